@@ -1,0 +1,92 @@
+"""What goes into a run and what comes out of it.
+
+The runner knows nothing of Django or HTTP: it takes a `Job` and gives back a `Result`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one run. Every one of them, when hit, ends the run with its own `Failure`."""
+
+    wall_seconds: float = 60.0
+    cpu_seconds: int = 60
+    memory_bytes: int = 2 * 1024**3
+    max_processes: int = 64
+    max_file_bytes: int = 100 * 1024**2
+    # stdout and stderr are each cut to this size, with a visible marker; the run still succeeds.
+    max_stream_bytes: int = 1024**2
+    max_result_bytes: int = 50 * 1024**2
+    max_image_bytes: int = 10 * 1024**2
+    # Like OML's OML_OUTPUT_SZLIMIT: len() of the returned list, dict or DataFrame.
+    max_output_items: int = 5000
+    network: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    source: str
+    function: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    args: tuple[Any, ...] = ()
+    graphics: bool = False
+    limits: Limits = field(default_factory=Limits)
+    # Interpreter of the environment to run in; None is the service's own.
+    python: str | None = None
+
+
+class Outcome(enum.StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+
+
+class Failure(enum.StrEnum):
+    """Why a run did not succeed. The API maps each to an OML error code."""
+
+    SCRIPT_ERROR = "script_error"  # the function raised
+    OUTPUT_TOO_LONG = "output_too_long"  # more items than max_output_items
+    RESULT_TOO_LARGE = "result_too_large"
+    NOT_SERIALIZABLE = "not_serializable"
+    IMAGE_TOO_LARGE = "image_too_large"
+    TIMEOUT = "timeout"
+    CPU_LIMIT = "cpu_limit"
+    MEMORY_LIMIT = "memory_limit"
+    PROCESS_LIMIT = "process_limit"
+    FILE_TOO_LARGE = "file_too_large"
+    CANCELLED = "cancelled"
+    CRASHED = "crashed"  # the child died without a result (signal, os._exit)
+
+
+@dataclass(frozen=True)
+class Figure:
+    png: bytes
+    title: str | None
+
+
+@dataclass
+class Result:
+    outcome: Outcome
+    # The return value converted to plain JSON types (DataFrame -> list of records).
+    value: Any = None
+    figures: list[Figure] = field(default_factory=list)
+    stdout: str = ""
+    stderr: str = ""
+    failure: Failure | None = None
+    error_message: str = ""
+    traceback: str = ""
+    duration_seconds: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome is Outcome.SUCCEEDED
+
+
+class RunnerBusy(Exception):
+    """Every run slot of this process is taken and none freed up in time."""
