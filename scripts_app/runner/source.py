@@ -29,8 +29,8 @@ def entry_function(source: str, script_name: str) -> str:
     """The function a run calls: the one named like the script, else the first one defined."""
     functions = top_level_functions(source)
     if not functions:
-        lines = source.count("\n") + 1
-        raise ScriptSourceError("the script defines no top-level function", lines if source.strip() else 1)
+        # Point at the end of the script: that is where a function is missing.
+        raise ScriptSourceError("the script defines no top-level function", max(1, len(source.splitlines())))
     for function in functions:
         if function.name == script_name:
             return function.name

@@ -1,0 +1,177 @@
+"""omlweb settings: one module, read from environment variables whose defaults need no server.
+
+Every variable is listed in the README's settings table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omlweb.env import database, env_bool, env_float, env_int, env_list, env_str, secret_key
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(env_str("OMLWEB_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = secret_key(DATA_DIR)
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_htmx",
+    "template_partials",
+    "scripts_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "scripts_app.api.middleware.OmlApiMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "omlweb.urls"
+WSGI_APPLICATION = "omlweb.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": database(env_str("DATABASE_URL", ""), DATA_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+MEDIA_URL = "media/"
+MEDIA_ROOT = DATA_DIR / "media"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+# Security headers: the seed's response headers, and HSTS whenever the request came over HTTPS.
+X_FRAME_OPTIONS = "SAMEORIGIN"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_HSTS_SECONDS = env_int("OMLWEB_HSTS_SECONDS", 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+if env_bool("OMLWEB_BEHIND_HTTPS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+
+# The REST API. Errors always leave as {"errorMessage", "errorCode"} (scripts_app.api.errors).
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "scripts_app.api.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PARSER_CLASSES": ["scripts_app.api.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "scripts_app.api.errors.oml_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "omlweb API",
+    "DESCRIPTION": "OML4Py-compatible Embedded Python Execution, plus script management.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+}
+
+# Largest request body the API reads; larger ones get a JSON 413.
+OMLWEB_MAX_BODY_BYTES = env_int("OMLWEB_MAX_BODY_BYTES", 10 * 1024**2, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = OMLWEB_MAX_BODY_BYTES
+
+# OML tokens: 60 minutes each, refreshable up to 8 hours after first issue (as Oracle).
+OMLWEB_TOKEN_LIFETIME_SECONDS = env_int("OMLWEB_TOKEN_LIFETIME_SECONDS", 3600, minimum=60)
+OMLWEB_TOKEN_MAX_AGE_SECONDS = env_int("OMLWEB_TOKEN_MAX_AGE_SECONDS", 8 * 3600, minimum=60)
+
+# Limits of one run (scripts_app.runner.Limits).
+OMLWEB_RUN_WALL_SECONDS = env_float("OMLWEB_RUN_WALL_SECONDS", 60.0)
+OMLWEB_RUN_CPU_SECONDS = env_int("OMLWEB_RUN_CPU_SECONDS", 60, minimum=1)
+OMLWEB_RUN_MEMORY_MB = env_int("OMLWEB_RUN_MEMORY_MB", 2048, minimum=64)
+OMLWEB_RUN_MAX_PROCESSES = env_int("OMLWEB_RUN_MAX_PROCESSES", 64, minimum=1)
+OMLWEB_RUN_MAX_FILE_MB = env_int("OMLWEB_RUN_MAX_FILE_MB", 100, minimum=1)
+OMLWEB_RUN_MAX_STREAM_KB = env_int("OMLWEB_RUN_MAX_STREAM_KB", 1024, minimum=1)
+OMLWEB_RUN_MAX_RESULT_MB = env_int("OMLWEB_RUN_MAX_RESULT_MB", 50, minimum=1)
+OMLWEB_RUN_MAX_IMAGE_MB = env_int("OMLWEB_RUN_MAX_IMAGE_MB", 10, minimum=1)
+OMLWEB_OUTPUT_SZLIMIT = env_int("OMLWEB_OUTPUT_SZLIMIT", 5000, minimum=1)
+OMLWEB_RUN_NETWORK = env_bool("OMLWEB_RUN_NETWORK", False)
+
+# Celery. The Run row is the truth; Celery carries only run ids.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL == "filesystem://":
+    # The embedded broker: message files in the data dir, no server to run.
+    _broker_dir = DATA_DIR / "broker"
+    for _folder in ("queue", "processed", "control"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+        "control_folder": str(_broker_dir / "control"),
+        "polling_interval": 0.2,
+    }
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("OMLWEB_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

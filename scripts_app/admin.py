@@ -1,0 +1,63 @@
+from django.contrib import admin
+
+from scripts_app.models import AccessToken, Run, RunImage, Script, ScriptGrant, ScriptVersion
+
+
+class ScriptVersionInline(admin.TabularInline):
+    model = ScriptVersion
+    fields = ("number", "entry_function", "created_by", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+
+class ScriptGrantInline(admin.TabularInline):
+    model = ScriptGrant
+    extra = 0
+    autocomplete_fields = ("grantee",)
+
+
+@admin.register(Script)
+class ScriptAdmin(admin.ModelAdmin):
+    list_display = ("name", "owner", "is_global", "current_version", "updated_at")
+    list_filter = ("is_global",)
+    search_fields = ("name", "description", "owner__username")
+    readonly_fields = ("current_version", "created_at", "updated_at")
+    inlines = (ScriptVersionInline, ScriptGrantInline)
+
+
+@admin.register(ScriptVersion)
+class ScriptVersionAdmin(admin.ModelAdmin):
+    list_display = ("script", "number", "entry_function", "created_by", "created_at")
+    search_fields = ("script__name",)
+    readonly_fields = ("script", "number", "source", "entry_function", "created_by", "created_at")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # versions are immutable
+
+
+class RunImageInline(admin.TabularInline):
+    model = RunImage
+    extra = 0
+    readonly_fields = ("position", "title", "image")
+    can_delete = False
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ("script_name", "script_owner", "user", "status", "mode", "service", "env_name", "created_at")
+    list_filter = ("status", "mode", "service", "env_name")
+    search_fields = ("script_name", "user__username", "id")
+    date_hierarchy = "created_at"
+    list_select_related = ("user",)
+    readonly_fields = [field.name for field in Run._meta.fields]
+    inlines = (RunImageInline,)
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(admin.ModelAdmin):
+    list_display = ("user", "kind", "name", "created_at", "expires_at", "revoked_at", "last_used_at")
+    list_filter = ("kind",)
+    search_fields = ("user__username", "name")
+    readonly_fields = ("token_hash", "created_at", "chain_started_at", "last_used_at")

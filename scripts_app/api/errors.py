@@ -1,0 +1,67 @@
+"""Every API error leaves as Oracle's flat body: {"errorMessage": ..., "errorCode": ...}."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions
+from rest_framework.response import Response
+
+from scripts_app.errors import ErrorCode, OmlError
+
+logger = logging.getLogger(__name__)
+
+DRF_CODES = {
+    exceptions.ParseError: ErrorCode.MALFORMED_JSON,
+    exceptions.AuthenticationFailed: ErrorCode.NOT_AUTHENTICATED,
+    exceptions.NotAuthenticated: ErrorCode.NOT_AUTHENTICATED,
+    exceptions.PermissionDenied: ErrorCode.PERMISSION_DENIED,
+    exceptions.NotFound: ErrorCode.NOT_FOUND,
+}
+
+
+def error_body(message: str, code: int) -> dict:
+    return {"errorMessage": message, "errorCode": int(code)}
+
+
+def oml_exception_handler(exc, context):
+    if isinstance(exc, OmlError):
+        return _response(exc.message, exc.code, exc.status, context)
+    if isinstance(exc, Http404):
+        return _response("Not found.", ErrorCode.NOT_FOUND, 404, context)
+    if isinstance(exc, DjangoPermissionDenied):
+        return _response("Permission denied.", ErrorCode.PERMISSION_DENIED, 403, context)
+    if isinstance(exc, exceptions.ValidationError):
+        return _response(validation_message(exc.detail), ErrorCode.BAD_REQUEST, 400, context)
+    if isinstance(exc, exceptions.APIException):
+        code = exc.get_codes() if isinstance(exc, exceptions.AuthenticationFailed) else None
+        error_code = code if isinstance(code, int) else DRF_CODES.get(type(exc), ErrorCode.BAD_REQUEST)
+        response = _response(str(exc.detail), error_code, exc.status_code, context)
+        if getattr(exc, "wait", None):
+            response["Retry-After"] = str(int(exc.wait))
+        return response
+    logger.exception("Unhandled error in %s", context.get("view"))
+    return _response("Internal error of the service.", ErrorCode.INTERNAL, 500, context)
+
+
+def _response(message: str, code: int, status: int, context) -> Response:
+    response = Response(error_body(message, code), status=status)
+    if status == 401:
+        # DRF only sends 401 (rather than 403) when the challenge header is there.
+        response["WWW-Authenticate"] = 'Bearer realm="omlweb"'
+    return response
+
+
+def validation_message(detail, prefix: str = "") -> str:
+    """DRF's nested validation errors as one readable line: 'graphicsFlag: Must be a valid boolean.'"""
+    if isinstance(detail, dict):
+        return "; ".join(validation_message(value, f"{prefix}{key}: ") for key, value in detail.items())
+    if isinstance(detail, list):
+        return "; ".join(validation_message(item, prefix) for item in detail)
+    return f"{prefix}{detail}"
+
+
+def json_error(message: str, code: int, status: int) -> JsonResponse:
+    return JsonResponse(error_body(message, code), status=status)

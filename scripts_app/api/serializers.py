@@ -1,0 +1,139 @@
+"""Request bodies of the API, checked strictly: a wrong type is a 400 that names the field."""
+
+from __future__ import annotations
+
+import json
+
+from rest_framework import serializers
+
+from scripts_app.models import ServiceLevel
+
+ASYNC_TIMEOUT_MIN, ASYNC_TIMEOUT_MAX = 1800, 43200
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """Only JSON true or false: "yes" or 1 are mistakes worth telling the caller about."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            return data
+        self.fail("invalid")
+
+
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class ParametersField(serializers.Field):
+    """OML's `parameters`: a JSON string of keyword arguments; a JSON object is accepted too."""
+
+    default_error_messages = {
+        "invalid": "Must be a JSON object of keyword arguments, or a string holding one.",
+        "not_json": "Is not valid JSON: {error}.",
+    }
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            if not data.strip():
+                return {}
+            try:
+                data = json.loads(data)
+            except RecursionError:
+                self.fail("not_json", error="nested too deeply")
+            except ValueError as error:
+                self.fail("not_json", error=error)
+        if not isinstance(data, dict):
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value):
+        return json.dumps(value)
+
+
+class ExecutionRequestSerializer(serializers.Serializer):
+    """The body every execution endpoint shares. Unknown fields are ignored, as Oracle does."""
+
+    parameters = ParametersField(required=False, help_text="JSON string (or object) of keyword arguments.")
+    graphicsFlag = StrictBooleanField(required=False, default=False)
+    envName = StrictCharField(required=False, allow_blank=True, max_length=128)
+    service = serializers.ChoiceField(choices=ServiceLevel.choices, required=False, default=ServiceLevel.LOW)
+    asyncFlag = StrictBooleanField(required=False, default=False)
+    timeout = StrictIntegerField(
+        required=False, min_value=ASYNC_TIMEOUT_MIN, max_value=ASYNC_TIMEOUT_MAX, help_text="Seconds; async only."
+    )
+    comments = StrictCharField(required=False, allow_blank=True, max_length=4000, help_text="v2, async only.")
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": "Must be a JSON object."})
+        # Oracle's own examples send "parameter"; clients copy them.
+        if "parameters" not in data and "parameter" in data:
+            data = {**data, "parameters": data["parameter"]}
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        attrs.setdefault("parameters", {})
+        if "timeout" in attrs and not attrs["asyncFlag"]:
+            raise serializers.ValidationError({"timeout": "Only allowed together with asyncFlag=true."})
+        return attrs
+
+
+class ScriptWriteSerializer(serializers.Serializer):
+    """POST scripts and PUT scripts/{name}."""
+
+    name = StrictCharField(max_length=128, required=False)
+    script = StrictCharField(trim_whitespace=False, required=False, help_text="Python source with the function.")
+    description = StrictCharField(required=False, allow_blank=True, max_length=4000)
+    isGlobal = StrictBooleanField(required=False)
+    overwrite = StrictBooleanField(required=False, default=False)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": "Must be a JSON object."})
+        return super().to_internal_value(data)
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    grant_type = serializers.ChoiceField(choices=["password", "refresh_token"])
+    username = StrictCharField(required=False)
+    password = StrictCharField(required=False, trim_whitespace=False)
+    refresh_token = StrictCharField(required=False)
+    token = StrictCharField(required=False)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": "Must be a JSON object."})
+        return super().to_internal_value(data)
+
+
+class TokenResponseSerializer(serializers.Serializer):
+    accessToken = serializers.CharField()
+    expiresIn = serializers.IntegerField()
+    tokenType = serializers.CharField()
+
+
+class ScriptRowSerializer(serializers.Serializer):
+    OWNER = serializers.CharField(source="owner.username")
+    NAME = serializers.CharField(source="name")
+    SCRIPT = serializers.CharField(source="source")
+    DESCRIPTION = serializers.CharField(source="description")
+    GLOBAL = serializers.BooleanField(source="is_global")
+    VERSION = serializers.IntegerField(source="current_version.number")
+    DATE = serializers.DateTimeField(source="updated_at")
+
+
+class ErrorSerializer(serializers.Serializer):
+    errorMessage = serializers.CharField()
+    errorCode = serializers.IntegerField()

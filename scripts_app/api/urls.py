@@ -1,0 +1,26 @@
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView
+
+from scripts_app.api import views
+
+# v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
+VERSION = r"(?P<version>v[12])"
+
+urlpatterns = [
+    path("omlusers/api/oauth2/v1/token", views.TokenView.as_view(), name="oml-token"),
+    path("omlusers/api/oauth2/v1/token/revoke", views.TokenRevokeView.as_view(), name="oml-token-revoke"),
+    path("oml/api/py-scripts", views.VersionCatalogView.as_view(), name="oml-versions"),
+    re_path(rf"^oml/api/py-scripts/{VERSION}$", views.VersionView.as_view(), name="oml-version"),
+    re_path(rf"^oml/api/py-scripts/{VERSION}/scripts$", views.ScriptListView.as_view(), name="oml-scripts"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)$",
+        views.ScriptDetailView.as_view(),
+        name="oml-script",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/do-eval/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
+        views.DoEvalView.as_view(),
+        name="oml-do-eval",
+    ),
+    path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
+]

@@ -1,0 +1,215 @@
+"""Endpoints of the OML4Py REST API and omlweb's script management."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from scripts_app.api.serializers import (
+    ErrorSerializer,
+    ExecutionRequestSerializer,
+    ScriptRowSerializer,
+    ScriptWriteSerializer,
+    TokenRequestSerializer,
+    TokenResponseSerializer,
+)
+from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound
+from scripts_app.models import AccessToken
+from scripts_app.services import runs, scripts, tokens
+
+ERRORS = dict.fromkeys((400, 401, 404, 413, 500), ErrorSerializer)
+
+
+def client_address(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+# Tokens
+
+
+class TokenView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={200: TokenResponseSerializer, **ERRORS},
+        summary="Get an OML token with a password, or refresh one",
+    )
+    def post(self, request: Request) -> Response:
+        body = TokenRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if data["grant_type"] == "password":
+            if not data.get("username") or "password" not in data:
+                raise BadRequest("grant_type password needs username and password.")
+            user = authenticate(request._request, username=data["username"], password=data["password"])
+            if user is None:
+                raise NotAuthenticated("Invalid username or password.", code=ErrorCode.BAD_CREDENTIALS)
+            raw, token = tokens.token_issue(user=user)
+        else:
+            raw_old = data.get("refresh_token") or data.get("token") or _bearer(request)
+            if not raw_old:
+                raise BadRequest("grant_type refresh_token needs the token in refresh_token or token.")
+            raw, token = tokens.token_refresh(raw=raw_old)
+        return Response(_token_body(raw, token))
+
+
+class TokenRevokeView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    def post(self, request: Request) -> Response:
+        """Revoke the token in the Authorization header (or in `token` in the body)."""
+        body = request.data if isinstance(request.data, dict) else {}
+        raw = _bearer(request) or body.get("token")
+        if not isinstance(raw, str) or not raw:
+            raise NotAuthenticated("Send the token to revoke as 'Authorization: Bearer <token>'.")
+        token = AccessToken.objects.filter(token_hash=tokens.token_hash(raw)).first()
+        if token is None:
+            raise NotAuthenticated("Invalid token.")
+        tokens.token_revoke(token=token)
+        return Response({"result": "token revoked"})
+
+
+def _bearer(request: Request) -> str | None:
+    parts = request.META.get("HTTP_AUTHORIZATION", "").split()
+    return parts[1] if len(parts) == 2 and parts[0].lower() == "bearer" else None
+
+
+def _token_body(raw: str, token: AccessToken) -> dict:
+    expires_in = int((token.expires_at - token.created_at).total_seconds())
+    return {"accessToken": raw, "expiresIn": expires_in, "tokenType": "Bearer"}
+
+
+# Running scripts
+
+
+class DoEvalView(APIView):
+    @extend_schema(
+        request=ExecutionRequestSerializer,
+        responses={200: OpenApiTypes.OBJECT, 201: OpenApiResponse(description="Async job accepted"), **ERRORS},
+        summary="Run a script's function with no input data (OML do-eval)",
+    )
+    def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
+        body = ExecutionRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
+        if data["asyncFlag"]:
+            raise BadRequest("Asynchronous jobs are not available yet.")
+        run = runs.run_sync(
+            script=script,
+            user=request.user,
+            parameters=data["parameters"],
+            graphics=data["graphicsFlag"],
+            env_name=data.get("envName"),
+            service=data["service"],
+            client_address=client_address(request),
+        )
+        return Response(runs.oml_result(run))
+
+
+# The script repository
+
+
+class ScriptListView(APIView):
+    @extend_schema(responses={200: ScriptRowSerializer(many=True), **ERRORS}, summary="Scripts the caller may run")
+    def get(self, request: Request, version: str) -> Response:
+        rows = scripts.scripts_runnable_by(request.user).order_by("owner__username", "name")
+        return Response({"result": ScriptRowSerializer(rows, many=True).data})
+
+    @extend_schema(
+        request=ScriptWriteSerializer,
+        responses={201: ScriptRowSerializer, 200: ScriptRowSerializer, **ERRORS},
+        summary="Create a script (or replace it with overwrite=true)",
+    )
+    def post(self, request: Request, version: str) -> Response:
+        body = ScriptWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        for field in ("name", "script"):
+            if field not in data:
+                raise serializers.ValidationError({field: "This field is required."})
+        existed = scripts.Script.objects.filter(owner=request.user, name=data["name"]).exists()
+        script = scripts.script_create(
+            owner=request.user,
+            name=data["name"],
+            source=data["script"],
+            description=data.get("description", ""),
+            is_global=data.get("isGlobal", False),
+            overwrite=data["overwrite"],
+        )
+        return Response({"result": ScriptRowSerializer(script).data}, status=200 if existed else 201)
+
+
+class ScriptDetailView(APIView):
+    @extend_schema(responses={200: ScriptRowSerializer, **ERRORS}, summary="One script the caller may run")
+    def get(self, request: Request, version: str, name: str) -> Response:
+        script = scripts.script_resolve(caller=request.user, name=name)
+        return Response({"result": ScriptRowSerializer(script).data})
+
+    @extend_schema(request=ScriptWriteSerializer, responses={200: ScriptRowSerializer, **ERRORS})
+    def put(self, request: Request, version: str, name: str) -> Response:
+        """Change the caller's own script; changed source becomes a new version."""
+        body = ScriptWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if data.get("name", name) != name:
+            raise BadRequest("Renaming a script is not supported; create a new one.")
+        with transaction.atomic():
+            script = scripts.own_script(owner=request.user, name=name)
+            script = scripts.script_update(
+                script=script,
+                by=request.user,
+                source=data.get("script"),
+                description=data.get("description"),
+                is_global=data.get("isGlobal"),
+            )
+        return Response({"result": ScriptRowSerializer(script).data})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    def delete(self, request: Request, version: str, name: str) -> Response:
+        script = scripts.own_script(owner=request.user, name=name)
+        scripts.script_delete(script=script)
+        return Response({"result": "script deleted successfully"})
+
+
+# Version metadata, as Oracle's GET /py-scripts and /py-scripts/{version}
+
+VERSIONS = {
+    "v1": {"isLatest": False, "lifecycle": "ACTIVE"},
+    "v2": {"isLatest": True, "lifecycle": "ACTIVE"},
+}
+
+
+def version_metadata(request: Request, version: str) -> dict:
+    base = request.build_absolute_uri(f"/oml/api/py-scripts/{version}")
+    children = ["scripts", "do-eval/{scriptName}", "do-eval/{scriptName}/{ownerName}"]
+    return {
+        "version": version,
+        **VERSIONS[version],
+        "links": [{"rel": "self", "href": base}] + [{"rel": "child", "href": f"{base}/{c}"} for c in children],
+    }
+
+
+class VersionCatalogView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        return Response({"items": [version_metadata(request, version) for version in VERSIONS]})
+
+
+class VersionView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 404: ErrorSerializer})
+    def get(self, request: Request, version: str) -> Response:
+        if version not in VERSIONS:
+            raise NotFound(f"API version {version!r} does not exist.")
+        return Response(version_metadata(request, version))

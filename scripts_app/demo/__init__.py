@@ -1,0 +1,11 @@
+"""Demo scripts loaded by `manage.py bootstrap`: one function per file, named like the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEMO_DIR = Path(__file__).parent
+
+
+def demo_scripts() -> dict[str, str]:
+    return {path.stem: path.read_text() for path in sorted(DEMO_DIR.glob("*.py")) if path.stem != "__init__"}

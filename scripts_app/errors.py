@@ -1,0 +1,94 @@
+"""The one error vocabulary of the service.
+
+Services raise `OmlError`s; the API turns them into Oracle's body {"errorMessage", "errorCode"} with the
+HTTP status, and the pages into messages. docs/errors.md lists every code.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from scripts_app.runner import Failure
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_REQUEST = 1000
+    MALFORMED_JSON = 1001
+    BODY_TOO_LARGE = 1002
+    UNKNOWN_ENVIRONMENT = 1003
+    INVALID_SCRIPT = 1004
+    SCRIPT_EXISTS = 1005
+    NOT_AUTHENTICATED = 1010
+    TOKEN_EXPIRED = 1011
+    BAD_CREDENTIALS = 1012
+    PERMISSION_DENIED = 1013
+    NOT_FOUND = 1020
+    # 1024 and 1026 are Oracle's own codes.
+    OUTPUT_TOO_LONG = 1024
+    RESULT_TOO_LARGE = 1025
+    NOT_SERIALIZABLE = 1027
+    SCRIPT_ERROR = 1030
+    TIMED_OUT = 1031
+    CPU_LIMIT = 1032
+    MEMORY_LIMIT = 1033
+    PROCESS_LIMIT = 1034
+    FILE_TOO_LARGE = 1035
+    IMAGE_TOO_LARGE = 1036
+    CANCELLED = 1037
+    CRASHED = 1038
+    BUSY = 1040
+    INTERNAL = 1099
+
+
+class OmlError(Exception):
+    status = 400
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(OmlError):
+    pass
+
+
+class NotAuthenticated(OmlError):
+    status = 401
+    code = ErrorCode.NOT_AUTHENTICATED
+
+
+class PermissionDenied(OmlError):
+    status = 403
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class NotFound(OmlError):
+    status = 404
+    code = ErrorCode.NOT_FOUND
+
+
+class Busy(OmlError):
+    status = 503
+    code = ErrorCode.BUSY
+    busy_message = "The service is busy: every run slot is taken. Try again shortly."
+
+
+FAILURE_CODES: dict[Failure, ErrorCode] = {
+    Failure.SCRIPT_ERROR: ErrorCode.SCRIPT_ERROR,
+    Failure.OUTPUT_TOO_LONG: ErrorCode.OUTPUT_TOO_LONG,
+    Failure.RESULT_TOO_LARGE: ErrorCode.RESULT_TOO_LARGE,
+    Failure.NOT_SERIALIZABLE: ErrorCode.NOT_SERIALIZABLE,
+    Failure.IMAGE_TOO_LARGE: ErrorCode.IMAGE_TOO_LARGE,
+    Failure.TIMEOUT: ErrorCode.TIMED_OUT,
+    Failure.CPU_LIMIT: ErrorCode.CPU_LIMIT,
+    Failure.MEMORY_LIMIT: ErrorCode.MEMORY_LIMIT,
+    Failure.PROCESS_LIMIT: ErrorCode.PROCESS_LIMIT,
+    Failure.FILE_TOO_LARGE: ErrorCode.FILE_TOO_LARGE,
+    Failure.CANCELLED: ErrorCode.CANCELLED,
+    Failure.CRASHED: ErrorCode.CRASHED,
+}

@@ -1,0 +1,56 @@
+"""Make a fresh installation usable: roles, an admin user, the demo scripts. Safe to run again."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from scripts_app.demo import demo_scripts
+from scripts_app.models import Script
+from scripts_app.roles import ADMINS, ROLES
+from scripts_app.services.scripts import script_create, script_update
+
+
+class Command(BaseCommand):
+    help = "Create the role groups, an admin user when there is none, and load the demo scripts."
+
+    @transaction.atomic
+    def handle(self, *args, **options) -> None:
+        for role in ROLES:
+            Group.objects.get_or_create(name=role)
+        admin = self.ensure_admin()
+        for name, source in demo_scripts().items():
+            script = Script.objects.filter(owner=admin, name=name).first()
+            if script is None:
+                script_create(owner=admin, name=name, source=source, description="Demo", is_global=True)
+                self.stdout.write(f"Loaded demo script {name}.")
+            elif script.source != source:
+                script_update(script=script, by=admin, source=source)
+                self.stdout.write(f"Updated demo script {name}.")
+
+    def ensure_admin(self):
+        users = get_user_model().objects
+        admin = users.filter(is_superuser=True).order_by("date_joined").first()
+        if admin is not None:
+            return admin
+        username = os.environ.get("DJANGO_SUPERUSER_USERNAME") or "admin"
+        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD")
+        generated = not password
+        if generated:
+            password = secrets.token_urlsafe(12)
+        admin = users.create_superuser(username=username, email="", password=password)
+        admin.groups.add(Group.objects.get(name=ADMINS))
+        if generated:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"Created admin user {username!r} with password {password!r}. It is shown only this once."
+                )
+            )
+        else:
+            self.stdout.write(f"Created admin user {username!r}.")
+        return admin

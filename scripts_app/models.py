@@ -1,0 +1,208 @@
+"""Scripts, their immutable versions, the runs made of them, and API tokens."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+SCRIPT_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
+script_name_validator = RegexValidator(
+    SCRIPT_NAME_PATTERN,
+    "A script name has 1 to 128 letters, digits, '_', '.' or '-'.",
+)
+
+
+class Script(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="scripts")
+    name = models.CharField(max_length=128, validators=[script_name_validator])
+    description = models.TextField(blank=True)
+    is_global = models.BooleanField(default=False, help_text="Every user may read and run a global script.")
+    current_version = models.ForeignKey(
+        "ScriptVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    grantees = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="ScriptGrant", related_name="granted_scripts", blank=True
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="script_name_unique_per_owner")]
+        indexes = [models.Index(fields=["name"]), models.Index(fields=["is_global", "name"])]
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def source(self) -> str:
+        return self.current_version.source if self.current_version else ""
+
+
+class ScriptVersion(models.Model):
+    """One saved state of a script's source. Never changed after it is written."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # SET_NULL: deleting a script keeps the versions its runs ran.
+    script = models.ForeignKey(Script, null=True, on_delete=models.SET_NULL, related_name="versions")
+    number = models.PositiveIntegerField()
+    source = models.TextField()
+    entry_function = models.CharField(max_length=255)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [models.UniqueConstraint(fields=["script", "number"], name="script_version_number_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.script_id} v{self.number}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise ValueError("A script version is immutable; save a new one instead.")
+        super().save(*args, **kwargs)
+
+
+class ScriptGrant(models.Model):
+    """The owner lets another user read and run a private script."""
+
+    script = models.ForeignKey(Script, on_delete=models.CASCADE, related_name="grants")
+    grantee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="script_grants")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["script", "grantee"], name="script_grant_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.script} -> {self.grantee}"
+
+
+class ServiceLevel(models.TextChoices):
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+
+
+class RunQuerySet(models.QuerySet):
+    def finished(self) -> RunQuerySet:
+        return self.filter(status__in=Run.FINISHED)
+
+    def visible_to(self, user) -> RunQuerySet:
+        return self if user.is_superuser else self.filter(user=user)
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "QUEUED"
+        RUNNING = "RUNNING"
+        SUCCEEDED = "SUCCEEDED"
+        FAILED = "FAILED"
+        TIMED_OUT = "TIMED_OUT"
+        CANCELLED = "CANCELLED"
+
+    class Mode(models.TextChoices):
+        SYNC = "SYNC"
+        ASYNC = "ASYNC"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    script_version = models.ForeignKey(ScriptVersion, on_delete=models.PROTECT, related_name="runs")
+    # Kept apart from the version so the history still reads right after a script is deleted or renamed.
+    script_name = models.CharField(max_length=128)
+    script_owner = models.CharField(max_length=150)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="runs")
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    graphics = models.BooleanField(default=False)
+    env_name = models.CharField(max_length=128, default="default")
+    service = models.CharField(max_length=6, choices=ServiceLevel.choices, default=ServiceLevel.LOW)
+    mode = models.CharField(max_length=5, choices=Mode.choices, default=Mode.SYNC)
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    comments = models.TextField(blank=True)
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.QUEUED)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    stdout = models.TextField(blank=True)
+    stderr = models.TextField(blank=True)
+    error_code = models.PositiveIntegerField(null=True, blank=True)
+    error_message = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["-created_at"]),
+            models.Index(fields=["user", "-created_at"]),
+            models.Index(fields=["status", "-created_at"]),
+            models.Index(fields=["script_name", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.script_name} {self.status} {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+def run_image_path(image: RunImage, filename: str) -> str:
+    return f"runs/{image.run_id}/{image.position}.png"
+
+
+class RunImage(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="images")
+    position = models.PositiveIntegerField(help_text="1 for the first figure, as OML's ID.")
+    title = models.CharField(max_length=500, null=True, blank=True)
+    image = models.FileField(upload_to=run_image_path)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [models.UniqueConstraint(fields=["run", "position"], name="run_image_position_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} #{self.position}"
+
+
+class AccessToken(models.Model):
+    """A bearer token for the REST API. Only its SHA-256 is stored."""
+
+    class Kind(models.TextChoices):
+        OAUTH = "OAUTH", "OML token (60 minutes, refreshable)"
+        PERSONAL = "PERSONAL", "Personal API token"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="access_tokens")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    name = models.CharField(max_length=100, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # A refreshed OML token keeps the moment its chain was first issued: refresh ends 8 hours after it.
+    chain_started_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.user} ({self.name or self.created_at:%Y-%m-%d %H:%M})"
+
+    def is_live(self, now) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)

@@ -1,0 +1,165 @@
+"""Running scripts: record the request as a Run, hand it to the runner, keep what came back."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from scripts_app import runner
+from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
+from scripts_app.models import Run, RunImage, Script, ServiceLevel
+
+DEFAULT_ENVIRONMENT = "default"
+
+
+def limits_from_settings(*, wall_seconds: float | None = None) -> runner.Limits:
+    return runner.Limits(
+        wall_seconds=wall_seconds or settings.OMLWEB_RUN_WALL_SECONDS,
+        cpu_seconds=settings.OMLWEB_RUN_CPU_SECONDS,
+        memory_bytes=settings.OMLWEB_RUN_MEMORY_MB * 1024**2,
+        max_processes=settings.OMLWEB_RUN_MAX_PROCESSES,
+        max_file_bytes=settings.OMLWEB_RUN_MAX_FILE_MB * 1024**2,
+        max_stream_bytes=settings.OMLWEB_RUN_MAX_STREAM_KB * 1024,
+        max_result_bytes=settings.OMLWEB_RUN_MAX_RESULT_MB * 1024**2,
+        max_image_bytes=settings.OMLWEB_RUN_MAX_IMAGE_MB * 1024**2,
+        max_output_items=settings.OMLWEB_OUTPUT_SZLIMIT,
+        network=settings.OMLWEB_RUN_NETWORK,
+    )
+
+
+def check_environment(env_name: str | None) -> str:
+    name = env_name or DEFAULT_ENVIRONMENT
+    if name != DEFAULT_ENVIRONMENT:
+        raise BadRequest(
+            f"Unknown environment {name!r}: only {DEFAULT_ENVIRONMENT!r} exists.",
+            code=ErrorCode.UNKNOWN_ENVIRONMENT,
+        )
+    return name
+
+
+def run_create(
+    *,
+    script: Script,
+    user,
+    parameters: dict,
+    graphics: bool = False,
+    env_name: str | None = None,
+    service: str = ServiceLevel.LOW,
+    mode: str = Run.Mode.SYNC,
+    client_address: str | None = None,
+    timeout_seconds: int | None = None,
+    comments: str = "",
+) -> Run:
+    """Record a run of the script's current version, QUEUED."""
+    return Run.objects.create(
+        script_version=script.current_version,
+        script_name=script.name,
+        script_owner=script.owner.get_username(),
+        user=user,
+        client_address=client_address,
+        parameters=parameters,
+        graphics=graphics,
+        env_name=check_environment(env_name),
+        service=service,
+        mode=mode,
+        timeout_seconds=timeout_seconds,
+        comments=comments,
+    )
+
+
+def function_kwargs(parameters: dict) -> dict:
+    """The keyword arguments for the function: OML's oml_* control arguments are not passed on."""
+    return {key: value for key, value in parameters.items() if not key.startswith("oml_")}
+
+
+def run_execute(*, run: Run, is_cancelled: Callable[[], bool] | None = None) -> Run:
+    """Run a QUEUED run to its end in the runner and record the outcome."""
+    version = run.script_version
+    run.status = Run.Status.RUNNING
+    run.started_at = timezone.now()
+    run.save(update_fields=["status", "started_at"])
+    job = runner.Job(
+        source=version.source,
+        function=version.entry_function,
+        kwargs=function_kwargs(run.parameters),
+        graphics=run.graphics,
+        limits=limits_from_settings(wall_seconds=run.timeout_seconds),
+    )
+    try:
+        result = runner.run(job, is_cancelled=is_cancelled)
+    except runner.RunnerBusy:
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.BUSY, error_message=Busy.busy_message)
+        raise Busy(Busy.busy_message) from None
+    run_record_result(run=run, result=result)
+    return run
+
+
+def run_record_result(*, run: Run, result: runner.Result) -> None:
+    with transaction.atomic():
+        for position, figure in enumerate(result.figures, start=1):
+            image = RunImage(run=run, position=position, title=figure.title)
+            image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
+            image.save()
+        run.stdout = result.stdout
+        run.stderr = result.stderr
+        if result.succeeded:
+            run.result = result.value
+            _finish(run, Run.Status.SUCCEEDED)
+        else:
+            code = FAILURE_CODES.get(result.failure, ErrorCode.INTERNAL)
+            _finish(
+                run,
+                Run.Status(result.outcome.value),
+                error_code=code,
+                error_message=result.error_message,
+                traceback=result.traceback,
+            )
+
+
+def _finish(run: Run, status: str, *, error_code: int | None = None, error_message: str = "", traceback: str = ""):
+    run.status = status
+    run.finished_at = timezone.now()
+    run.error_code = error_code
+    run.error_message = error_message
+    run.traceback = traceback
+    run.save()
+
+
+def run_sync(**kwargs) -> Run:
+    return run_execute(run=run_create(**kwargs))
+
+
+def oml_result(run: Run) -> dict:
+    """The body OML answers for a finished run: {"result": ...}, or raises the run's error."""
+    if run.status != Run.Status.SUCCEEDED:
+        raise run_error(run)
+    if not run.graphics:
+        return {"result": run.result}
+    data = json.dumps(run.result)
+    images = list(run.images.all())
+    if not images:
+        return {"result": [{"IMAGE": None, "DATA": data, "TITLE": None, "ID": 1}]}
+    return {
+        "result": [
+            {"IMAGE": _base64_file(image), "DATA": data, "TITLE": image.title, "ID": image.position} for image in images
+        ]
+    }
+
+
+def _base64_file(image: RunImage) -> str:
+    with image.image.open("rb") as file:
+        return base64.b64encode(file.read()).decode("ascii")
+
+
+def run_error(run: Run) -> OmlError:
+    # A script's traceback is what its author needs; Oracle puts it in errorMessage too.
+    message = run.traceback or run.error_message or f"The run ended {run.status}."
+    if run.traceback and run.error_message and run.error_message not in run.traceback:
+        message = f"{run.error_message}\n{run.traceback}"
+    return OmlError(message, code=ErrorCode(run.error_code or ErrorCode.INTERNAL), status=400)

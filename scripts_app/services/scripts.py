@@ -1,0 +1,151 @@
+"""The script repository: create, change, share and find scripts."""
+
+from __future__ import annotations
+
+import re
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import Max, Q, QuerySet
+
+from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
+from scripts_app.models import SCRIPT_NAME_PATTERN, Script, ScriptGrant, ScriptVersion
+from scripts_app.roles import is_admin, sees_everything
+from scripts_app.runner import ScriptSourceError, entry_function
+
+
+class InvalidScript(OmlError):
+    code = ErrorCode.INVALID_SCRIPT
+
+    def __init__(self, error: ScriptSourceError) -> None:
+        super().__init__(f"Invalid script: {error}")
+        self.line = error.line
+
+
+def validate_name(name: str) -> None:
+    if not isinstance(name, str) or not re.fullmatch(SCRIPT_NAME_PATTERN, name):
+        raise BadRequest(f"Invalid script name {name!r}: use 1 to 128 letters, digits, '_', '.' or '-'.")
+
+
+def checked_entry_function(*, source: str, name: str) -> str:
+    try:
+        return entry_function(source, name)
+    except ScriptSourceError as error:
+        raise InvalidScript(error) from None
+
+
+@transaction.atomic
+def script_create(
+    *, owner, name: str, source: str, description: str = "", is_global: bool = False, overwrite: bool = False
+) -> Script:
+    """A new script with its first version; with overwrite, an existing one of that name changes instead."""
+    validate_name(name)
+    function = checked_entry_function(source=source, name=name)
+    if is_global and not is_admin(owner):
+        raise PermissionDenied("Only admins may make a script global.")
+    existing = Script.objects.select_for_update().filter(owner=owner, name=name).first()
+    if existing is not None:
+        if not overwrite:
+            raise OmlError(
+                f"Script {name!r} already exists; send overwrite=true to replace it.",
+                code=ErrorCode.SCRIPT_EXISTS,
+                status=409,
+            )
+        return script_update(script=existing, by=owner, source=source, description=description, is_global=is_global)
+    try:
+        with transaction.atomic():
+            script = Script.objects.create(owner=owner, name=name, description=description, is_global=is_global)
+    except IntegrityError:
+        raise OmlError(f"Script {name!r} already exists.", code=ErrorCode.SCRIPT_EXISTS, status=409) from None
+    _add_version(script=script, source=source, function=function, by=owner)
+    return script
+
+
+@transaction.atomic
+def script_update(
+    *,
+    script: Script,
+    by,
+    source: str | None = None,
+    description: str | None = None,
+    is_global: bool | None = None,
+) -> Script:
+    """Change a script. Changed source becomes a new version; the old ones stay as they were."""
+    if is_global is not None and is_global != script.is_global and not is_admin(by):
+        raise PermissionDenied("Only admins may make a script global or private.")
+    if source is not None and source != script.source:
+        function = checked_entry_function(source=source, name=script.name)
+        _add_version(script=script, source=source, function=function, by=by)
+    if description is not None:
+        script.description = description
+    if is_global is not None:
+        script.is_global = is_global
+    script.save()
+    return script
+
+
+def script_restore_version(*, script: Script, version: ScriptVersion, by) -> Script:
+    """Make an old version's source current again, as a new version."""
+    return script_update(script=script, by=by, source=version.source)
+
+
+def _add_version(*, script: Script, source: str, function: str, by) -> ScriptVersion:
+    last = script.versions.aggregate(last=Max("number"))["last"] or 0
+    version = ScriptVersion.objects.create(
+        script=script, number=last + 1, source=source, entry_function=function, created_by=by
+    )
+    script.current_version = version
+    script.save(update_fields=["current_version", "updated_at"])
+    return version
+
+
+def script_delete(*, script: Script) -> None:
+    """Delete a script. Its versions stay for the runs that ran them."""
+    script.delete()
+
+
+def script_grant(*, script: Script, grantee) -> None:
+    ScriptGrant.objects.get_or_create(script=script, grantee=grantee)
+
+
+def script_revoke(*, script: Script, grantee) -> None:
+    ScriptGrant.objects.filter(script=script, grantee=grantee).delete()
+
+
+def scripts_runnable_by(user) -> QuerySet[Script]:
+    """The caller's own scripts, the global ones, and those granted to the caller."""
+    scripts = Script.objects.select_related("owner", "current_version")
+    if sees_everything(user):
+        return scripts
+    return scripts.filter(Q(owner=user) | Q(is_global=True) | Q(grants__grantee=user)).distinct()
+
+
+def script_resolve(*, caller, name: str, owner_name: str | None = None) -> Script:
+    """The script a run request names, as OML finds it.
+
+    Without an owner: the caller's own script first, then a global one. With an owner: that owner's
+    script when it is global or granted to the caller (or the caller's own).
+    """
+    scripts = Script.objects.select_related("owner", "current_version").filter(name=name)
+    if owner_name is None:
+        script = scripts.filter(owner=caller).first() or scripts.filter(is_global=True).order_by("created_at").first()
+        if script is None:
+            raise NotFound(f"Script {name!r} not found.")
+        return script
+    owner = get_user_model().objects.filter(username=owner_name).first()
+    if owner is None:
+        raise NotFound(f"Owner {owner_name!r} not found.")
+    script = scripts.filter(owner=owner).first()
+    if script is None or not (
+        script.owner_id == caller.pk or script.is_global or script.grants.filter(grantee=caller).exists()
+    ):
+        # The same answer for "missing" and "private": a private script's name is not disclosed.
+        raise NotFound(f"Script {name!r} of owner {owner_name!r} not found.")
+    return script
+
+
+def own_script(*, owner, name: str) -> Script:
+    script = Script.objects.select_related("owner", "current_version").filter(owner=owner, name=name).first()
+    if script is None:
+        raise NotFound(f"Script {name!r} not found.")
+    return script

@@ -1,0 +1,100 @@
+"""Bearer tokens: OML's 60-minute tokens (refreshable for 8 hours) and personal API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from scripts_app.errors import ErrorCode, NotAuthenticated
+from scripts_app.models import AccessToken
+
+# Writing last_used_at on every request would serialise all API calls on the database's write lock.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def token_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _new_raw_token() -> str:
+    return "oml_" + secrets.token_urlsafe(32)
+
+
+def token_issue(*, user) -> tuple[str, AccessToken]:
+    """A fresh OML token for a user who just gave their password."""
+    now = timezone.now()
+    raw = _new_raw_token()
+    token = AccessToken.objects.create(
+        user=user,
+        kind=AccessToken.Kind.OAUTH,
+        token_hash=token_hash(raw),
+        created_at=now,
+        chain_started_at=now,
+        expires_at=now + timedelta(seconds=settings.OMLWEB_TOKEN_LIFETIME_SECONDS),
+    )
+    return raw, token
+
+
+def personal_token_create(*, user, name: str) -> tuple[str, AccessToken]:
+    raw = _new_raw_token()
+    token = AccessToken.objects.create(user=user, kind=AccessToken.Kind.PERSONAL, name=name, token_hash=token_hash(raw))
+    return raw, token
+
+
+def token_refresh(*, raw: str) -> tuple[str, AccessToken]:
+    """Swap a live OML token for a new one; the chain ends 8 hours after its first token."""
+    old = _live_token(raw)
+    if old.kind != AccessToken.Kind.OAUTH:
+        raise NotAuthenticated("Only OML tokens can be refreshed.")
+    now = timezone.now()
+    chain_end = old.chain_started_at + timedelta(seconds=settings.OMLWEB_TOKEN_MAX_AGE_SECONDS)
+    if now >= chain_end:
+        raise NotAuthenticated(
+            "The token can no longer be refreshed: ask for a new one with your password.",
+            code=ErrorCode.TOKEN_EXPIRED,
+        )
+    new_raw = _new_raw_token()
+    new = AccessToken.objects.create(
+        user=old.user,
+        kind=AccessToken.Kind.OAUTH,
+        token_hash=token_hash(new_raw),
+        created_at=now,
+        chain_started_at=old.chain_started_at,
+        expires_at=min(now + timedelta(seconds=settings.OMLWEB_TOKEN_LIFETIME_SECONDS), chain_end),
+    )
+    old.revoked_at = now
+    old.save(update_fields=["revoked_at"])
+    return new_raw, new
+
+
+def token_revoke(*, token: AccessToken) -> None:
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+
+
+def token_authenticate(raw: str) -> AccessToken:
+    """The live token for a raw bearer string, or NotAuthenticated saying why not."""
+    token = _live_token(raw)
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        AccessToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token
+
+
+def _live_token(raw: str) -> AccessToken:
+    token = AccessToken.objects.select_related("user").filter(token_hash=token_hash(raw)).first()
+    if token is None:
+        raise NotAuthenticated("Invalid token.")
+    if token.revoked_at is not None:
+        raise NotAuthenticated("The token has been revoked.")
+    if token.expires_at is not None and timezone.now() >= token.expires_at:
+        raise NotAuthenticated("The token has expired.", code=ErrorCode.TOKEN_EXPIRED)
+    if not token.user.is_active:
+        raise NotAuthenticated("The user is inactive.")
+    return token
