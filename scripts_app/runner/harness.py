@@ -368,11 +368,15 @@ def _preload(modules: list[str]) -> list[str]:
 
     loaded = []
     for name in modules:
-        if name.startswith("matplotlib"):
-            import matplotlib
+        try:
+            if name.startswith("matplotlib"):
+                import matplotlib
 
-            matplotlib.use("Agg")
-        importlib.import_module(name)
+                matplotlib.use("Agg")
+            importlib.import_module(name)
+        except ImportError:
+            # An environment without one of them still runs; its runs import what they need.
+            continue
         loaded.append(name)
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
@@ -417,6 +421,19 @@ def _drop_to(uid: int) -> None:
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
+
+
+def _drop_and_read_interpreter(uid: int) -> None:
+    """Drop to `uid` and check it can still read the interpreter's library and site-packages.
+
+    A venv whose base interpreter sits in a 0700 home directory is unreadable after the drop:
+    imports not preloaded would fail, so such a template must not drop.
+    """
+    _drop_to(uid)
+    os.listdir(os.path.dirname(os.__file__))
+    for path in sys.path:
+        if path.endswith("site-packages") and os.path.isdir(path):
+            os.listdir(path)
 
 
 class _Run:
@@ -524,7 +541,7 @@ def zygote_main(control_fd: int, config: dict) -> None:
         "executable": sys.executable,
         "preloaded": loaded,
         "pid_namespace": _probe_pid_namespace(own_pidns),
-        "setuid": uid is not None and _probe(lambda: _drop_to(uid)),
+        "setuid": uid is not None and _probe(lambda: _drop_and_read_interpreter(uid)),
         "net_namespace": _probe(lambda: unshare(CLONE_NEWNET)),
         "mount_namespace": _probe(lambda: unshare(CLONE_NEWNS)),
     }
@@ -548,10 +565,12 @@ def zygote_main(control_fd: int, config: dict) -> None:
             # Leftovers of its process group.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.pid, signal.SIGKILL)
-        _, status = os.waitpid(run.pid, 0)
+        _, status, usage = os.wait4(run.pid, 0)
         shutil.rmtree(run.workdir, ignore_errors=True)
         with contextlib.suppress(OSError):
-            run.ctl.send(json.dumps({"status": status, "reason": run.reason}).encode())
+            run.ctl.send(
+                json.dumps({"status": status, "reason": run.reason, "cpu": usage.ru_utime + usage.ru_stime}).encode()
+            )
         run.ctl.close()
         os.close(run.pidfd)
         del runs[run.pidfd]

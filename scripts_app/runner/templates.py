@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import select
 import shutil
 import socket
 import subprocess
@@ -270,7 +271,11 @@ class Template:
         )
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        if self.process is None or self.process.poll() is not None or self.sock is None:
+            return False
+        # The template never speaks first: a readable socket means it hung up.
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return not readable
 
     def submit(self, header: dict, fds: list[int]) -> None:
         with self.send_lock:

@@ -34,3 +34,13 @@ def run():
         return runner.run(make_job(source, function, **kwargs))
 
     return _run
+
+
+@pytest.fixture
+def isolated():
+    """The active isolation level's details; skips where the level gives no namespaces."""
+    runner.configure(mode="zygote")
+    report = runner.isolation_report()
+    if report["level"] == "process":
+        pytest.skip(f"no isolation on this host: {report['levels_tried']}")
+    return report["templates"][0]
