@@ -349,7 +349,7 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Res
         "uid": uid,
         "pidns": template.uses_pid_namespace,
         "netns": template.uses_net_namespace,
-        "hide": template.hidden_paths,
+        "fs": template.filesystem_confinement,
         "env": {**base_env()},
     }
     watch = _Watch(job, out_r, err_r, res_r)

@@ -309,10 +309,11 @@ class Template:
         return self.level == "unshare" and not self.network and bool(self.info.get("net_namespace"))
 
     @property
-    def hidden_paths(self) -> list[str]:
-        if self.level == "unshare" and self.info.get("mount_namespace"):
-            return list(self.settings.data_dirs_to_hide)
-        return []
+    def filesystem_confinement(self) -> dict | None:
+        """What the child sets up in its own mount namespace (the unshare level only)."""
+        if self.level != "unshare" or not self.info.get("mount_namespace"):
+            return None
+        return {"hide": list(self.settings.data_dirs_to_hide), "new_proc": self.uses_pid_namespace}
 
 
 class Registry:

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from .helpers import make_job  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _stop_templates_at_exit():
+def _isolation_under_test():
+    """RUNNER_TEST_ISOLATION=bwrap|unshare|process runs the suite at that level (default: auto)."""
+    runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"))
     yield
     runner.shutdown()
 

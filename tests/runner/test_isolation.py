@@ -114,9 +114,16 @@ def f():
             outcome[target] = type(exc).__name__
     return outcome
 """
-    result = run(source)
-    assert "written" not in result.value.values()
-    assert not os.path.exists(os.path.join(sys.prefix, "omlweb-x"))
+    targets = ["/usr/omlweb-x", os.path.join(sys.prefix, "omlweb-x"), os.path.join(sys.base_prefix, "omlweb-x")]
+    try:
+        result = run(source)
+        assert result.succeeded, result.error_message
+        assert "written" not in result.value.values()
+        assert not any(os.path.exists(target) for target in targets)
+    finally:
+        for target in targets:
+            if os.path.exists(target):
+                os.remove(target)
 
 
 def test_the_network_is_off_by_default(run, isolated):
