@@ -177,7 +177,6 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("OMLWEB_WORKER_MAX_TASKS_PER_CHILD", 100, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_TASK_DEFAULT_QUEUE = "omlweb.low"
 
 # Async jobs. Each service level has its own Celery queue and its own workers, so a flood of LOW jobs
 # never takes the slots HIGH jobs run in. Concurrency is the worker processes `manage.py serve` starts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from io import StringIO
 from pathlib import Path
@@ -172,3 +173,17 @@ def test_prune_deletes_old_finished_runs_and_their_images(
     assert set(Run.objects.values_list("pk", flat=True)) == {recent.pk, queued.pk}
     assert not RunImage.objects.exists()
     assert not path.exists()
+
+
+def test_omlweb_status_command_shows_levels_and_the_oldest_job(script, published, monkeypatch):
+    """manage.py omlweb_status: the workers, a row per service level, and the oldest queued job."""
+    monkeypatch.setattr(jobs, "workers_alive", lambda: [{"name": "high@h", "queues": ["omlweb.high"]}])
+    monkeypatch.setattr(jobs, "queue_length", lambda service: 1 if service == "LOW" else 0)
+    run = job(script, created_at=ago(3725))
+    out = StringIO()
+    call_command("omlweb_status", stdout=out)
+    text = out.getvalue()
+    assert "Workers alive: 1" in text
+    assert "high@h: omlweb.high" in text
+    assert re.search(r"LOW\s+omlweb\.low\s+1\s+1\s+0\s+0", text), text
+    assert f"Oldest queued job: {run.pk} (LOW), waiting 01:02:05" in text
