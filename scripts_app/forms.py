@@ -151,7 +151,11 @@ class RunForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
-        if data.get("params_mode") == "fields":
+        if data.get("params_mode") == "json":
+            # The fields are not what runs: their errors must not block the raw JSON.
+            for name in self.parameter_fields:
+                self._errors.pop(name, None)
+        elif data.get("params_mode") == "fields":
             for name in self.parameter_fields:
                 field = self.fields[name]
                 if name in self.errors:
