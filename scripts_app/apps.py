@@ -1,7 +1,33 @@
+from pathlib import Path
+
 from django.apps import AppConfig
+from django.conf import settings
 
 
 class ScriptsAppConfig(AppConfig):
     name = "scripts_app"
     verbose_name = "Scripts"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The runner reads no settings of its own: it is told here, once per process.
+        from scripts_app import runner
+
+        runner.configure(
+            preload=settings.OMLWEB_RUNNER_PRELOAD,
+            max_concurrent=settings.OMLWEB_RUNNER_MAX_CONCURRENT,
+            queue_timeout=settings.OMLWEB_RUNNER_QUEUE_TIMEOUT,
+            network=settings.OMLWEB_RUN_NETWORK,
+            isolation=settings.OMLWEB_RUNNER_ISOLATION,
+            mode=settings.OMLWEB_RUNNER_MODE,
+            data_dirs_to_hide=service_data_dirs(),
+        )
+
+
+def service_data_dirs() -> list[str]:
+    """Folders holding the service's secrets and data, which no run may see."""
+    folders = {str(settings.DATA_DIR)}
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        folders.add(str(Path(database["NAME"]).resolve().parent))
+    return sorted(folders)

@@ -3,6 +3,9 @@
 Knows nothing of Django or HTTP. Callers build a `Job` and call `run()`.
 """
 
+from scripts_app.runner.config import Settings, configure
+from scripts_app.runner.execution import run
+from scripts_app.runner.report import isolation_report, shutdown, warm_up
 from scripts_app.runner.source import ScriptSourceError, entry_function
 from scripts_app.runner.types import Failure, Figure, Job, Limits, Outcome, Result, RunnerBusy
 
@@ -15,5 +18,11 @@ __all__ = [
     "Result",
     "RunnerBusy",
     "ScriptSourceError",
+    "Settings",
+    "configure",
     "entry_function",
+    "isolation_report",
+    "run",
+    "shutdown",
+    "warm_up",
 ]

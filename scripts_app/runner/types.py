@@ -23,6 +23,8 @@ class Limits:
     max_stream_bytes: int = 1024**2
     max_result_bytes: int = 50 * 1024**2
     max_image_bytes: int = 10 * 1024**2
+    # Open figures saved when graphics is on; more is an IMAGE_TOO_LARGE error, not a silent cut.
+    max_figures: int = 50
     # Like OML's OML_OUTPUT_SZLIMIT: len() of the returned list, dict or DataFrame.
     max_output_items: int = 5000
     network: bool = False

@@ -1,0 +1,463 @@
+"""The parent side of a run: start the child, feed it the job, read its output, judge the end."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+from scripts_app.runner import config
+from scripts_app.runner.templates import HARNESS, Template, TemplateError, base_env, default_python, registry
+from scripts_app.runner.types import Failure, Figure, Job, Outcome, Result, RunnerBusy
+
+POLL_SECONDS = 0.1
+# After the child is gone, how long stdout/stderr may stay open (a grandchild outside a PID
+# namespace can hold them) before we stop reading.
+DRAIN_GRACE_SECONDS = 1.0
+# Extra seconds the parent waits beyond the wall-clock limit for the template to report the kill.
+BACKSTOP_SECONDS = 5.0
+READ_CHUNK = 1 << 20
+
+
+class _Capture:
+    """Keeps the first `limit` bytes of a stream and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.kept = 0
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.kept < self.limit:
+            part = data[: self.limit - self.kept]
+            self.parts.append(part)
+            self.kept += len(part)
+
+    @property
+    def overflowed(self) -> bool:
+        return self.total > self.limit
+
+    def text(self) -> str:
+        text = b"".join(self.parts).decode("utf-8", errors="replace")
+        if self.overflowed:
+            text += f"\n[... output cut at {self.limit} bytes ...]"
+        return text
+
+
+def _job_document(job: Job) -> bytes:
+    limits = dataclasses.asdict(job.limits)
+    document = {
+        "source": job.source,
+        "function": job.function,
+        "args": list(job.args),
+        "kwargs": job.kwargs,
+        "graphics": job.graphics,
+        "limits": limits,
+    }
+    return json.dumps(document).encode()
+
+
+def _feed_job(fd: int, data: bytes) -> None:
+    """Write the job to the child's pipe without blocking the caller on a large job."""
+
+    def write() -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    if len(data) <= 60_000:
+        write()
+    else:
+        threading.Thread(target=write, name="runner-job-writer", daemon=True).start()
+
+
+def _result_cap(job: Job) -> int:
+    limits = job.limits
+    return limits.max_result_bytes + limits.max_figures * (limits.max_image_bytes * 4 // 3 + 1024) + (1 << 20)
+
+
+@dataclasses.dataclass
+class _Ending:
+    """How the child ended, as far as the parent knows."""
+
+    status: int | None = None  # waitpid status
+    reason: str | None = None  # "timeout", "cancelled", "parent gone", None
+    cpu_seconds: float | None = None
+
+
+class _Watch:
+    """Reads stdout, stderr and the result pipe of one run until the child is gone."""
+
+    def __init__(self, job: Job, out_r: int, err_r: int, res_r: int) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.stdout = _Capture(job.limits.max_stream_bytes)
+        self.stderr = _Capture(job.limits.max_stream_bytes)
+        self.result = bytearray()
+        self.result_cap = _result_cap(job)
+        self.result_overflow = False
+        self.open_fds = {out_r, err_r, res_r}
+        for fd in (out_r, err_r, res_r):
+            os.set_blocking(fd, False)
+        self.selector.register(out_r, selectors.EVENT_READ, self.stdout)
+        self.selector.register(err_r, selectors.EVENT_READ, self.stderr)
+        self.selector.register(res_r, selectors.EVENT_READ, "result")
+
+    def add(self, fileobj, tag) -> None:
+        self.selector.register(fileobj, selectors.EVENT_READ, tag)
+
+    def remove(self, fileobj) -> None:
+        self.selector.unregister(fileobj)
+
+    def poll(self, timeout: float) -> list:
+        """Read whatever pipes are ready; return the tags of other ready objects."""
+        others = []
+        for key, _ in self.selector.select(timeout):
+            if isinstance(key.fd, int) and key.fd in self.open_fds:
+                self._read(key.fd, key.data)
+            else:
+                others.append(key.data)
+        return others
+
+    def _read(self, fd: int, sink) -> None:
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(fd)
+            os.close(fd)
+            self.open_fds.discard(fd)
+            return
+        if sink == "result":
+            if len(self.result) + len(data) > self.result_cap:
+                self.result_overflow = True
+            else:
+                self.result += data
+        else:
+            sink.feed(data)
+
+    def drain(self, deadline: float) -> None:
+        while self.open_fds and time.monotonic() < deadline:
+            self.poll(max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+
+    def close(self) -> None:
+        for fd in list(self.open_fds):
+            self.selector.unregister(fd)
+            os.close(fd)
+        self.open_fds.clear()
+        self.selector.close()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Result:
+    limits = job.limits
+    result = Result(outcome=Outcome.FAILED, stdout=watch.stdout.text(), stderr=watch.stderr.text())
+    payload = None
+    if watch.result and not watch.result_overflow:
+        try:
+            payload = json.loads(watch.result)
+        except ValueError:
+            payload = None
+    status = ending.status
+    signalled = status is not None and os.WIFSIGNALED(status)
+    killed_by_us = ending.reason is not None and (payload is None or signalled)
+    if killed_by_us and ending.reason == "cancelled":
+        result.outcome = Outcome.CANCELLED
+        result.failure = Failure.CANCELLED
+        result.error_message = "The run was cancelled"
+    elif killed_by_us and ending.reason in ("timeout", "parent gone"):
+        result.outcome = Outcome.TIMED_OUT
+        result.failure = Failure.TIMEOUT
+        result.error_message = f"The run exceeded its time limit of {limits.wall_seconds:g} seconds"
+    elif payload is not None:
+        result.outcome = Outcome(payload["outcome"])
+        if payload.get("failure"):
+            result.failure = Failure(payload["failure"])
+        result.error_message = payload.get("error_message", "")
+        result.traceback = payload.get("traceback", "")
+        result.value = payload.get("value")
+        result.figures = [
+            Figure(png=base64.b64decode(figure["png"]), title=figure.get("title")) for figure in payload["figures"]
+        ]
+    elif watch.result_overflow:
+        result.failure = Failure.RESULT_TOO_LARGE
+        result.error_message = f"The result is over the limit of {limits.max_result_bytes} bytes"
+    elif signalled and (
+        os.WTERMSIG(status) == signal.SIGXCPU
+        or (ending.cpu_seconds is not None and ending.cpu_seconds >= limits.cpu_seconds)
+    ):
+        result.outcome = Outcome.TIMED_OUT
+        result.failure = Failure.CPU_LIMIT
+        result.error_message = f"The run used more than its CPU time limit of {limits.cpu_seconds} seconds"
+    elif signalled:
+        result.failure = Failure.CRASHED
+        name = _signal_name(os.WTERMSIG(status))
+        hint = " (possibly out of memory)" if os.WTERMSIG(status) == signal.SIGKILL else ""
+        result.error_message = f"The script's process was killed by {name}{hint} before giving a result"
+    else:
+        result.failure = Failure.CRASHED
+        code = os.WEXITSTATUS(status) if status is not None else "unknown"
+        result.error_message = f"The script's process exited with code {code} before giving a result"
+    result.duration_seconds = time.monotonic() - started
+    return result
+
+
+def _watch_until_end(
+    watch: _Watch,
+    job: Job,
+    *,
+    is_cancelled: Callable[[], bool] | None,
+    finished: Callable[[list], bool],
+    kill: Callable[[str], None],
+    deadline: float,
+) -> None:
+    """Pump the pipes until `finished` says the child is gone; kill on cancel or deadline."""
+    next_cancel_check = 0.0
+    killed = False
+    while True:
+        tags = watch.poll(POLL_SECONDS)
+        if finished(tags):
+            return
+        now = time.monotonic()
+        if killed:
+            continue
+        if is_cancelled is not None and now >= next_cancel_check:
+            next_cancel_check = now + POLL_SECONDS
+            if is_cancelled():
+                kill("cancelled")
+                killed = True
+        if now >= deadline:
+            kill("timeout")
+            killed = True
+
+
+def _run_cold(job: Job, is_cancelled, started: float) -> Result:
+    """A new interpreter for this run: slow to start (imports), but needs nothing else."""
+    workdir = tempfile.mkdtemp(prefix="omlweb-run-")
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    env = {
+        **base_env(),
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "MPLCONFIGDIR": os.path.join(workdir, ".matplotlib"),
+    }
+    watch = _Watch(job, out_r, err_r, res_r)
+    ending = _Ending()
+    try:
+        try:
+            process = subprocess.Popen(
+                [job.python or default_python(), "-I", HARNESS, "cold", str(res_w)],
+                stdin=subprocess.PIPE,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=[res_w],
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            for fd in (out_w, err_w, res_w):
+                os.close(fd)
+        stdin_fd = os.dup(process.stdin.fileno())
+        process.stdin.close()
+        _feed_job(stdin_fd, _job_document(job))
+        pidfd = os.pidfd_open(process.pid)
+        watch.add(pidfd, "exit")
+
+        def kill(reason: str) -> None:
+            if ending.reason is None:
+                ending.reason = reason
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+        def finished(tags: list) -> bool:
+            if "exit" not in tags:
+                return False
+            # Kill what is left of its process group, then reap it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = 0
+            ending.status = status
+            ending.cpu_seconds = usage.ru_utime + usage.ru_stime
+            return True
+
+        _watch_until_end(
+            watch,
+            job,
+            is_cancelled=is_cancelled,
+            finished=finished,
+            kill=kill,
+            deadline=started + job.limits.wall_seconds,
+        )
+        watch.remove(pidfd)
+        os.close(pidfd)
+        watch.drain(time.monotonic() + DRAIN_GRACE_SECONDS)
+        return _conclude(job, watch, ending, started)
+    finally:
+        watch.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Result:
+    """Fork a child from the environment's warm template."""
+    job_r, job_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    uid = uid_fd = None
+    if template.uses_run_uid and registry.uid_pool is not None:
+        uid, uid_fd = registry.uid_pool.acquire()
+    header = {
+        "wall_seconds": job.limits.wall_seconds,
+        "uid": uid,
+        "pidns": template.uses_pid_namespace,
+        "netns": template.uses_net_namespace,
+        "hide": template.hidden_paths,
+        "env": {**base_env()},
+    }
+    watch = _Watch(job, out_r, err_r, res_r)
+    ending = _Ending()
+    try:
+        try:
+            template.submit(header, [job_r, out_w, err_w, res_w, ctl_child.fileno()])
+        finally:
+            for fd in (job_r, out_w, err_w, res_w):
+                os.close(fd)
+            ctl_child.close()
+        _feed_job(job_w, _job_document(job))
+        watch.add(ctl, "ctl")
+        child_pid = None
+
+        def kill(reason: str) -> None:
+            if ending.reason is None:
+                ending.reason = reason
+            with contextlib.suppress(OSError):
+                ctl.send(b"k")
+
+        def finished(tags: list) -> bool:
+            nonlocal child_pid
+            if "ctl" not in tags:
+                return False
+            try:
+                message = ctl.recv(4096)
+            except OSError:
+                message = b""
+            if not message:
+                # The template died: without a PID namespace per template its child may live on.
+                if child_pid is not None and template.level != "bwrap":
+                    for kill_fn in (os.killpg, os.kill):
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            kill_fn(child_pid, signal.SIGKILL)
+                registry.discard(template)
+                return True
+            report = json.loads(message)
+            if "pid" in report:
+                child_pid = report["pid"]
+                return False
+            ending.status = report["status"]
+            ending.cpu_seconds = report.get("cpu")
+            if report.get("reason") and ending.reason is None:
+                ending.reason = report["reason"]
+            return True
+
+        # The template enforces the wall clock itself; the parent's deadline is only a backstop
+        # for a template that failed to report a run past its limit.
+        backstop = started + job.limits.wall_seconds + BACKSTOP_SECONDS
+        _watch_until_end(
+            watch,
+            job,
+            is_cancelled=is_cancelled,
+            finished=finished,
+            kill=lambda reason: _warm_kill(reason, kill, template, ending),
+            deadline=backstop,
+        )
+        watch.drain(time.monotonic() + DRAIN_GRACE_SECONDS)
+        return _conclude(job, watch, ending, started)
+    finally:
+        watch.close()
+        ctl.close()
+        if uid_fd is not None:
+            registry.uid_pool.release(uid_fd)
+
+
+def _warm_kill(reason: str, kill: Callable[[str], None], template: Template, ending: _Ending) -> None:
+    if reason == "timeout":
+        # The template should have killed the run at its wall clock already: it is stuck.
+        ending.reason = "timeout"
+        registry.discard(template)
+    else:
+        kill(reason)
+
+
+_slots_lock = threading.Lock()
+_slots: threading.BoundedSemaphore | None = None
+_slots_size = 0
+
+
+def _slot_semaphore() -> threading.BoundedSemaphore:
+    global _slots, _slots_size
+    settings = config.current()
+    with _slots_lock:
+        if _slots is None or _slots_size != settings.max_concurrent:
+            _slots = threading.BoundedSemaphore(settings.max_concurrent)
+            _slots_size = settings.max_concurrent
+        return _slots
+
+
+def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
+    """Run `job` in a fresh, bounded child process and return what happened.
+
+    Raises RunnerBusy when every run slot of this process stays taken for `queue_timeout` seconds.
+    """
+    settings = config.current()
+    slots = _slot_semaphore()
+    if not slots.acquire(timeout=settings.queue_timeout):
+        raise RunnerBusy(
+            f"All {settings.max_concurrent} run slots are busy; no slot freed within {settings.queue_timeout:g} seconds"
+        )
+    try:
+        started = time.monotonic()
+        if settings.mode == "cold":
+            return _run_cold(job, is_cancelled, started)
+        python = job.python or default_python()
+        network = settings.network or job.limits.network
+        try:
+            template = registry.get(python, network)
+        except TemplateError:
+            if settings.isolation != "auto":
+                raise
+            registry.levels_tried["zygote"] = "no template could start; running cold"
+            return _run_cold(job, is_cancelled, started)
+        return _run_warm(job, template, is_cancelled, started)
+    finally:
+        slots.release()

@@ -1,0 +1,620 @@
+"""The child side of a run: runs one user function and writes its result to a pipe.
+
+This file is executed by path with `python -I` in the run's own interpreter, so it must not import
+anything outside the standard library at import time (numpy, pandas and matplotlib are only used
+when the user's code has already loaded them). Two entry points:
+
+    python -I harness.py cold RESULT_FD        one run; the job arrives as JSON on stdin
+    python -I harness.py zygote CONTROL_FD     a warm template that forks one child per run
+
+The result travels on its own pipe (never stdout): one JSON document
+`{"outcome", "failure", "error_message", "traceback", "value", "figures": [{"title", "png"}]}`
+with the PNG bytes in base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import contextlib
+import ctypes
+import datetime
+import errno
+import fcntl
+import gc
+import io
+import json
+import linecache
+import math
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+import types
+
+SCRIPT_FILENAME = "<script>"
+MAX_NESTING = 100
+NOFILE_LIMIT = 1024
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+PR_SET_NO_NEW_PRIVS = 38
+
+_libc = None
+
+
+def libc():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def unshare(flags: int) -> None:
+    # os.unshare only arrived in Python 3.12.
+    _check(libc().unshare(flags), "unshare")
+
+
+def setns(fd: int, flags: int) -> None:
+    _check(libc().setns(fd, flags), "setns")
+
+
+# --------------------------------------------------------------------------------------------
+# Running the user's function
+
+
+class RunFailure(Exception):
+    def __init__(self, failure: str, message: str, tb: str = "") -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.message = message
+        self.tb = tb
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` with only the frames of the user's script."""
+    if isinstance(exc, SyntaxError) and exc.filename == SCRIPT_FILENAME:
+        return "".join(traceback.format_exception_only(type(exc), exc))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == SCRIPT_FILENAME]
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.StackSummary.from_list(frames).format()
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+def _error_message(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _classify(exc: BaseException, limits: dict) -> RunFailure:
+    """Turn an exception from the user's code into the failure it stands for."""
+    tb = _user_traceback(exc)
+    message = _error_message(exc)
+    if isinstance(exc, MemoryError):
+        limit_mb = limits["memory_bytes"] // 1024**2
+        return RunFailure("memory_limit", f"Memory limit of {limit_mb} MB reached ({message})", tb)
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return RunFailure(
+            "file_too_large", f"File size limit of {limits['max_file_bytes']} bytes reached ({message})", tb
+        )
+    process_limit = (isinstance(exc, OSError) and exc.errno == errno.EAGAIN) or (
+        isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
+    )
+    if process_limit:
+        return RunFailure(
+            "process_limit",
+            f"Process and thread limit of {limits['max_processes']} reached ({message})",
+            tb,
+        )
+    return RunFailure("script_error", message, tb)
+
+
+def call_user_function(job: dict):
+    source = job["source"]
+    linecache.cache[SCRIPT_FILENAME] = (len(source), None, source.splitlines(True), SCRIPT_FILENAME)
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = module
+    sys.argv = [""]
+    try:
+        code = compile(source, SCRIPT_FILENAME, "exec")
+        exec(code, module.__dict__)
+        function = module.__dict__.get(job["function"])
+        if not callable(function):
+            raise NameError(f"the script defines no function named {job['function']!r}")
+        return function(*job.get("args", ()), **job.get("kwargs", {}))
+    except BaseException as exc:  # noqa: BLE001 - everything the user's code raises is reported
+        raise _classify(exc, job["limits"]) from None
+
+
+class NotSerializable(Exception):
+    pass
+
+
+def _key(key) -> str:
+    if isinstance(key, str):
+        return key
+    plain = to_plain(key, MAX_NESTING)
+    return plain if isinstance(plain, str) else str(plain)
+
+
+def _frame_json(frame, orient: str) -> str:
+    def refuse(obj):
+        raise NotSerializable(f"a value of type {type(obj).__module__}.{type(obj).__qualname__}")
+
+    return frame.to_json(orient=orient, date_format="iso", double_precision=15, default_handler=refuse)
+
+
+def to_plain(value, depth: int = 0):
+    """`value` as plain JSON types: NaN and infinities become None, DataFrames lists of records."""
+    if depth > MAX_NESTING:
+        raise NotSerializable(f"a value nested more than {MAX_NESTING} levels deep")
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {_key(k): to_plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (datetime.date, datetime.time)):
+        pd = sys.modules.get("pandas")
+        if pd is not None and value is pd.NaT:
+            return None
+        return value.isoformat()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        if isinstance(value, np.datetime64):
+            return None if np.isnat(value) else str(value)
+        if isinstance(value, np.generic):
+            return to_plain(value.item(), depth + 1)
+        if isinstance(value, np.ndarray):
+            return to_plain(value.tolist(), depth + 1)
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        if isinstance(value, pd.DataFrame):
+            return json.loads(_frame_json(value, "records"))
+        if isinstance(value, pd.Series):
+            return json.loads(_frame_json(value, "values"))
+        if isinstance(value, pd.Index):
+            return to_plain(value.tolist(), depth + 1)
+        if value is pd.NA or value is pd.NaT:
+            return None
+    raise NotSerializable(f"a value of type {type(value).__module__}.{type(value).__qualname__}")
+
+
+def _length(value) -> int | None:
+    if isinstance(value, (list, tuple, dict)):
+        return len(value)
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(value, (pd.DataFrame, pd.Series)):
+        return len(value)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray) and value.ndim > 0:
+        return len(value)
+    return None
+
+
+def encode_value(value, limits: dict) -> str:
+    """The JSON text of the return value, within the output and size limits."""
+    length = _length(value)
+    if length is not None and length > limits["max_output_items"]:
+        raise RunFailure("output_too_long", f"Output exceeds maximum length {limits['max_output_items']}")
+    try:
+        pd = sys.modules.get("pandas")
+        if pd is not None and isinstance(value, pd.DataFrame):
+            text = _frame_json(value, "records")
+        elif pd is not None and isinstance(value, pd.Series):
+            text = _frame_json(value, "values")
+        else:
+            text = json.dumps(to_plain(value), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except NotSerializable as exc:
+        raise RunFailure(
+            "not_serializable",
+            f"The function returned {exc}, which cannot be converted to JSON. "
+            "Return None, a bool, number, str, list, tuple, dict, numpy value or pandas DataFrame/Series.",
+        ) from None
+    except RecursionError:
+        raise RunFailure("not_serializable", "The returned value is nested too deeply to convert to JSON") from None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits["max_result_bytes"]:
+        raise RunFailure(
+            "result_too_large",
+            f"The result is {size} bytes as JSON, over the limit of {limits['max_result_bytes']} bytes",
+        )
+    return text
+
+
+def _figure_title(figure) -> str | None:
+    suptitle = getattr(figure, "_suptitle", None)
+    if suptitle is not None and suptitle.get_text():
+        return suptitle.get_text()
+    if figure.axes and figure.axes[0].get_title():
+        return figure.axes[0].get_title()
+    return None
+
+
+def collect_figures(limits: dict) -> list[dict]:
+    """Every figure still open, in figure-number order, as PNG with its title."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is None:
+        return []
+    numbers = plt.get_fignums()
+    if len(numbers) > limits["max_figures"]:
+        raise RunFailure(
+            "image_too_large", f"{len(numbers)} figures are open, over the limit of {limits['max_figures']}"
+        )
+    figures = []
+    for position, number in enumerate(numbers, start=1):
+        figure = plt.figure(number)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        png = buffer.getvalue()
+        if len(png) > limits["max_image_bytes"]:
+            raise RunFailure(
+                "image_too_large",
+                f"Figure {position} is {len(png)} bytes as PNG, over the limit of {limits['max_image_bytes']} bytes",
+            )
+        figures.append({"title": _figure_title(figure), "png": base64.b64encode(png).decode("ascii")})
+    return figures
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        # A user who closed stdout loses only their own output.
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def execute(job: dict, result_fd: int) -> None:
+    """Run the job and write its result document to `result_fd`."""
+    limits = job["limits"]
+    pid = os.getpid()
+    meta = {"outcome": "SUCCEEDED", "failure": None, "error_message": "", "traceback": ""}
+    value_text = "null"
+    figures: list[dict] = []
+    try:
+        value = call_user_function(job)
+        if os.getpid() != pid:
+            # A process the user's code forked returned into the harness: it has no result to give.
+            os._exit(0)
+        value_text = encode_value(value, limits)
+        if job.get("graphics"):
+            figures = collect_figures(limits)
+    except RunFailure as failure:
+        if os.getpid() != pid:
+            os._exit(1)
+        meta.update(outcome="FAILED", failure=failure.failure, error_message=failure.message, traceback=failure.tb)
+        value_text = "null"
+        figures = []
+    _flush_std_streams()
+    head = json.dumps(meta, ensure_ascii=False)
+    document = head[:-1] + ',"value":' + value_text + ',"figures":' + json.dumps(figures) + "}"
+    _write_all(result_fd, document.encode("utf-8", "surrogatepass"))
+    os.close(result_fd)
+
+
+def apply_rlimits(limits: dict, *, nproc: bool) -> None:
+    cpu = max(1, int(limits["cpu_seconds"]))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_bytes"], limits["max_file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_LIMIT, NOFILE_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if nproc:
+        # Counted per real uid, and not enforced for root: only meaningful with a run uid of its own.
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits["max_processes"], limits["max_processes"]))
+
+
+def reseed_random() -> None:
+    """A forked child inherits the template's random state; every run must get its own."""
+    import random
+
+    random.seed()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()
+
+
+# --------------------------------------------------------------------------------------------
+# Cold start: one interpreter per run
+
+
+def cold_main(result_fd: int) -> None:
+    job = json.loads(sys.stdin.buffer.read())
+    os.close(0)
+    os.open(os.devnull, os.O_RDONLY)
+    apply_rlimits(job["limits"], nproc=False)
+    execute(job, result_fd)
+    _flush_std_streams()
+    os._exit(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Warm start: the template ("zygote")
+
+
+def _preload(modules: list[str]) -> list[str]:
+    import importlib
+
+    loaded = []
+    for name in modules:
+        if name.startswith("matplotlib"):
+            import matplotlib
+
+            matplotlib.use("Agg")
+        importlib.import_module(name)
+        loaded.append(name)
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        # Draw and save one throwaway figure so fonts and lazy imports are loaded before forking.
+        figure, axes = plt.subplots()
+        axes.plot([0, 1], [0, 1])
+        axes.set_title("warm-up")
+        figure.savefig(io.BytesIO(), format="png")
+        plt.close("all")
+    return loaded
+
+
+def _probe(action) -> bool:
+    """Whether `action` succeeds in a throwaway child, so the template itself stays untouched."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            action()
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _probe_pid_namespace(own_pidns: int) -> bool:
+    try:
+        unshare(CLONE_NEWPID)
+    except OSError:
+        return False
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if os.getpid() == 1 else 1)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+    finally:
+        setns(own_pidns, CLONE_NEWPID)
+
+
+def _drop_to(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+class _Run:
+    def __init__(self, pid, pidfd, ctl, workdir, deadline, own_ns):
+        self.pid = pid
+        self.pidfd = pidfd
+        self.ctl = ctl
+        self.workdir = workdir
+        self.deadline = deadline
+        self.own_ns = own_ns
+        self.reason = None
+        self.ctl_open = True
+
+    def kill(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        # In its own PID namespace the run is PID 1 there: killing it kills every process it made.
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(self.pid, signal.SIGKILL)
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _hide_paths(paths: list[str]) -> None:
+    """In a new mount namespace, lay an empty read-only tmpfs over each path."""
+    unshare(CLONE_NEWNS)
+    _check(libc().mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
+    for path in paths:
+        if os.path.isdir(path):
+            _check(
+                libc().mount(
+                    b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k"
+                ),
+                f"hide {path}",
+            )
+
+
+def _run_child(header: dict, fds: list[int], workdir: str) -> None:
+    """The forked child of one run: set its bounds, drop privileges, run, exit. Never returns."""
+    code = 70
+    try:
+        # Move the received pipes out of the way first: any of them may sit on fd 0-3.
+        job_r, out_w, err_w, res_w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds[:4])
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.dup2(res_w, 3)
+        _close_other_fds({job_r, 3})
+        chunks = []
+        while chunk := os.read(job_r, 1 << 20):
+            chunks.append(chunk)
+        os.close(job_r)
+        job = json.loads(b"".join(chunks))
+        limits = job["limits"]
+        os.chdir(workdir)
+        os.environ.clear()
+        os.environ.update(header["env"])
+        os.environ.update(HOME=workdir, TMPDIR=workdir, MPLCONFIGDIR=os.path.join(workdir, ".matplotlib"))
+        tempfile.tempdir = None
+        if header.get("netns"):
+            unshare(CLONE_NEWNET)
+        if header.get("hide"):
+            _hide_paths(header["hide"])
+        uid = header.get("uid")
+        apply_rlimits(limits, nproc=uid is not None)
+        _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+        if uid is not None:
+            _drop_to(uid)
+        reseed_random()
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace")
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+        )
+        gc.enable()
+        execute(job, 3)
+        code = 0
+    except BaseException:  # noqa: BLE001 - the harness itself failed; say so on stderr
+        try:
+            traceback.print_exc()
+            _flush_std_streams()
+        except BaseException:  # noqa: BLE001, S110
+            pass
+    finally:
+        os._exit(code)
+
+
+def zygote_main(control_fd: int, config: dict) -> None:
+    control = socket.socket(fileno=control_fd)
+    loaded = _preload(config.get("preload", []))
+    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    uid = config.get("probe_uid")
+    info = {
+        "pid": os.getpid(),
+        "version": sys.version.split()[0],
+        "prefix": sys.prefix,
+        "executable": sys.executable,
+        "preloaded": loaded,
+        "pid_namespace": _probe_pid_namespace(own_pidns),
+        "setuid": uid is not None and _probe(lambda: _drop_to(uid)),
+        "net_namespace": _probe(lambda: unshare(CLONE_NEWNET)),
+        "mount_namespace": _probe(lambda: unshare(CLONE_NEWNS)),
+    }
+    workroot = config["workroot"]
+    os.makedirs(workroot, mode=0o711, exist_ok=True)
+    _flush_std_streams()
+    gc.collect()
+    gc.freeze()  # fewer copy-on-write page faults in the children
+    gc.disable()
+    control.send(json.dumps(info).encode())
+
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ, "control")
+    runs: dict[int, _Run] = {}  # by pidfd
+
+    def finish(run: _Run) -> None:
+        selector.unregister(run.pidfd)
+        if run.ctl_open:
+            selector.unregister(run.ctl)
+        if not run.own_ns:
+            # Leftovers of its process group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.pid, signal.SIGKILL)
+        _, status = os.waitpid(run.pid, 0)
+        shutil.rmtree(run.workdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run.ctl.send(json.dumps({"status": status, "reason": run.reason}).encode())
+        run.ctl.close()
+        os.close(run.pidfd)
+        del runs[run.pidfd]
+
+    while True:
+        now = time.monotonic()
+        timeout = min((r.deadline for r in runs.values()), default=now + 3600) - now
+        for key, _ in selector.select(max(0.0, timeout)):
+            if key.data == "control":
+                message, fds, _, _ = socket.recv_fds(control, 1 << 16, 8)
+                if not message:
+                    for run in runs.values():
+                        run.kill("parent gone")
+                    os._exit(0)
+                header = json.loads(message)
+                workdir = tempfile.mkdtemp(prefix="run-", dir=workroot)
+                if header.get("uid") is not None:
+                    os.chown(workdir, header["uid"], header["uid"])
+                own_ns = bool(header.get("pidns"))
+                if own_ns:
+                    unshare(CLONE_NEWPID)
+                pid = os.fork()
+                if pid == 0:
+                    _run_child(header, fds, workdir)
+                if own_ns:
+                    setns(own_pidns, CLONE_NEWPID)
+                for fd in fds[:4]:
+                    os.close(fd)
+                ctl = socket.socket(fileno=fds[4])
+                with contextlib.suppress(OSError):
+                    ctl.send(json.dumps({"pid": pid}).encode())
+                pidfd = os.pidfd_open(pid)
+                run = _Run(pid, pidfd, ctl, workdir, time.monotonic() + header["wall_seconds"], own_ns)
+                runs[pidfd] = run
+                selector.register(pidfd, selectors.EVENT_READ, ("exit", run))
+                selector.register(ctl, selectors.EVENT_READ, ("ctl", run))
+            elif key.data[0] == "ctl":
+                run = key.data[1]
+                try:
+                    data = run.ctl.recv(16)
+                except OSError:
+                    data = b""
+                run.kill("cancelled" if data else "parent gone")
+                if not data:
+                    selector.unregister(run.ctl)
+                    run.ctl_open = False
+            elif key.data[0] == "exit":
+                finish(key.data[1])
+        now = time.monotonic()
+        for run in list(runs.values()):
+            if now >= run.deadline:
+                run.kill("timeout")
+                run.deadline = now + 3600
+
+
+def main(argv: list[str]) -> None:
+    if argv[1] == "cold":
+        cold_main(int(argv[2]))
+    elif argv[1] == "zygote":
+        zygote_main(int(argv[2]), json.loads(argv[3]))
+    else:
+        raise SystemExit(f"usage: {argv[0]} cold RESULT_FD | zygote CONTROL_FD CONFIG_JSON")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,56 @@
+"""manage.py bootstrap: roles, the first admin, the demo scripts; safe to run again."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+
+from scripts_app.models import Script
+
+
+def bootstrap() -> str:
+    out = StringIO()
+    call_command("bootstrap", stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.django_db
+def test_creates_admin_from_environment(monkeypatch):
+    """The admin's credentials come from DJANGO_SUPERUSER_USERNAME and DJANGO_SUPERUSER_PASSWORD."""
+    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "boss")
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "s3cret-enough")
+    output = bootstrap()
+    admin = get_user_model().objects.get(username="boss")
+    assert admin.is_superuser
+    assert admin.check_password("s3cret-enough")
+    assert "s3cret-enough" not in output
+    assert set(Group.objects.values_list("name", flat=True)) == {"admins", "auditors", "analysts"}
+
+
+@pytest.mark.django_db
+def test_generated_password_is_printed_once(monkeypatch):
+    """Without a password one is generated and printed, once; a second run changes nothing."""
+    monkeypatch.delenv("DJANGO_SUPERUSER_USERNAME", raising=False)
+    monkeypatch.delenv("DJANGO_SUPERUSER_PASSWORD", raising=False)
+    output = bootstrap()
+    password = output.split("with password '")[1].split("'")[0]
+    assert get_user_model().objects.get(username="admin").check_password(password)
+    again = bootstrap()
+    assert "password" not in again
+    assert get_user_model().objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_loads_random_red_dots_as_a_global_script_once(monkeypatch):
+    """RandomRedDots is loaded global, and loading again makes no new script or version."""
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "s3cret-enough")
+    bootstrap()
+    bootstrap()
+    script = Script.objects.get(name="RandomRedDots")
+    assert script.is_global
+    assert script.versions.count() == 1
+    assert script.current_version.entry_function == "RandomRedDots"

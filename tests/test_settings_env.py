@@ -1,0 +1,78 @@
+"""Settings read from the environment: typed, with defaults that need nothing, failing loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from omlweb.env import database, env_bool, env_int, secret_key
+
+
+def test_default_database_is_sqlite_in_the_data_dir(tmp_path):
+    """No DATABASE_URL: SQLite in the data dir, in WAL mode with a busy timeout."""
+    config = database("", tmp_path)
+    assert config["ENGINE"] == "django.db.backends.sqlite3"
+    assert config["NAME"] == str(tmp_path / "omlweb.sqlite3")
+    assert "journal_mode=WAL" in config["OPTIONS"]["init_command"]
+    assert config["OPTIONS"]["timeout"] == 20
+
+
+def test_sqlite_urls(tmp_path):
+    """sqlite:///relative and sqlite:////absolute, as SQLAlchemy writes them."""
+    assert database("sqlite:///db/x.sqlite3", tmp_path)["NAME"] == "db/x.sqlite3"
+    assert database("sqlite:////srv/x.sqlite3", tmp_path)["NAME"] == "/srv/x.sqlite3"
+
+
+def test_postgres_url(tmp_path):
+    """postgres:// URLs give Django's PostgreSQL backend, with quoted parts decoded."""
+    config = database("postgres://oml:p%40ss@db.example:5433/omlweb", tmp_path)
+    assert config["ENGINE"] == "django.db.backends.postgresql"
+    assert (config["USER"], config["PASSWORD"], config["HOST"], config["PORT"], config["NAME"]) == (
+        "oml",
+        "p@ss",
+        "db.example",
+        "5433",
+        "omlweb",
+    )
+
+
+def test_unknown_database_scheme_fails_loudly(tmp_path):
+    """An unsupported scheme stops start-up with a clear message."""
+    with pytest.raises(ImproperlyConfigured, match="mysql"):
+        database("mysql://x/y", tmp_path)
+
+
+def test_bool_and_int_fail_loudly(monkeypatch):
+    """A value that is not a boolean or a number stops start-up, naming the variable."""
+    monkeypatch.setenv("X_FLAG", "maybe")
+    with pytest.raises(ImproperlyConfigured, match="X_FLAG"):
+        env_bool("X_FLAG", False)
+    monkeypatch.setenv("X_FLAG", "yes")
+    assert env_bool("X_FLAG", False) is True
+    monkeypatch.setenv("X_NUMBER", "ten")
+    with pytest.raises(ImproperlyConfigured, match="X_NUMBER"):
+        env_int("X_NUMBER", 1)
+    monkeypatch.setenv("X_NUMBER", "0")
+    with pytest.raises(ImproperlyConfigured, match="at least 1"):
+        env_int("X_NUMBER", 5, minimum=1)
+
+
+def test_secret_key_generated_once_and_kept_private(tmp_path, monkeypatch):
+    """Without DJANGO_SECRET_KEY a key is generated once, kept with mode 0600, and reused."""
+    monkeypatch.delenv("DJANGO_SECRET_KEY", raising=False)
+    first = secret_key(tmp_path)
+    assert len(first) >= 50
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert secret_key(tmp_path) == first
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "from-the-environment")
+    assert secret_key(tmp_path) == "from-the-environment"
+
+
+def test_no_secret_key_in_the_repository():
+    """The repository holds no secret key."""
+    root = Path(__file__).resolve().parent.parent
+    settings_text = (root / "omlweb" / "settings.py").read_text()
+    assert "SECRET_KEY = secret_key(" in settings_text
+    assert not (root / "secret_key").exists()
