@@ -29,17 +29,6 @@ def browser_type_launch_args(browser_type_launch_args):
 
 
 @pytest.fixture
-def runner_available(monkeypatch):
-    """The real runner once it is merged; until then, the in-process stand-in (the live server is a thread)."""
-    from scripts_app import runner
-
-    if not hasattr(runner, "run"):
-        from tests import stand_in_runner
-
-        monkeypatch.setattr(runner, "run", stand_in_runner.run, raising=False)
-
-
-@pytest.fixture
 def screenshot():
     """Save a screenshot when OMLWEB_E2E_SCREENSHOTS names a folder (to look at the pages); else nothing."""
     folder = os.environ.get("OMLWEB_E2E_SCREENSHOTS")

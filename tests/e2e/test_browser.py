@@ -25,7 +25,7 @@ def dots(count: int = 5, colour: str = "r"):
 """
 
 
-def test_write_run_and_see_figure_and_table(live_server, page: Page, runner_available, screenshot):
+def test_write_run_and_see_figure_and_table(live_server, page: Page, screenshot):
     """Sign in, write a script in the editor, run it, and see its image and its table."""
     UserFactory(username="alice")
     sign_in(page, live_server, "alice", PASSWORD)

@@ -3,18 +3,8 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group
 
-from scripts_app import runner
 from scripts_app.roles import ADMINS, ANALYSTS, AUDITORS
 from tests.factories import UserFactory
-
-
-@pytest.fixture(autouse=True)
-def runner_available(monkeypatch):
-    """The real runner once it is merged; until then, the in-process stand-in."""
-    if not hasattr(runner, "run"):
-        from tests import stand_in_runner
-
-        monkeypatch.setattr(runner, "run", stand_in_runner.run, raising=False)
 
 
 def in_group(user, name: str):
