@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from django.db import transaction
+
 from scripts_app.errors import BadRequest
-from scripts_app.models import Run
+from scripts_app.models import Run, ScriptVersion
 
 
 def _jobs() -> ModuleType | None:
@@ -24,16 +26,25 @@ def available() -> bool:
     return _jobs() is not None
 
 
-def submit(**options) -> Run:
-    """Record a QUEUED run and hand it to a worker; takes the keyword arguments of `run_create`."""
+def submit(*, version: ScriptVersion | None = None, **options) -> Run:
+    """Record a QUEUED job and hand it to a worker; takes the keyword arguments of `job_submit`.
+
+    `job_submit` runs the current version. For an older one the run's version is switched inside the
+    same transaction: the job is published only on commit, so no worker sees the run before that.
+    """
     jobs = _jobs()
     if jobs is None:
         raise BadRequest("Asynchronous jobs are not available on this server.")
-    return jobs.job_submit(**options)
+    with transaction.atomic():
+        run = jobs.job_submit(**options)
+        if version is not None and run.script_version_id != version.pk:
+            run.script_version = version
+            run.save(update_fields=["script_version"])
+    return run
 
 
-def cancel(*, run: Run, by) -> None:
+def cancel(*, run: Run) -> Run:
     jobs = _jobs()
     if jobs is None:
         raise BadRequest("Asynchronous jobs are not available on this server.")
-    jobs.job_cancel(run=run)
+    return jobs.job_cancel(run=run)

@@ -192,8 +192,12 @@ def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     if run.is_finished:
         messages.info(request, f"The run had already ended: {run.get_status_display()}.")
     else:
-        jobs_seam.cancel(run=run, by=request.user)
-        messages.success(request, "Cancel requested: the run stops shortly.")
+        try:
+            run = jobs_seam.cancel(run=run)
+        except OmlError as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(request, f"Cancel requested: the run is {run.get_status_display().lower()}.")
     return redirect("web:run_detail", run.pk)
 
 
