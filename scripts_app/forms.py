@@ -255,3 +255,31 @@ def _parameter_field(parameter: Parameter) -> forms.Field:
         field.help_text = (hint + "; " if hint else "") + "any JSON value; other text is a string"
     field.widget.attrs["data-kind"] = kind
     return field
+
+
+# Users (admins)
+
+ROLE_CHOICES = [("analysts", "Analyst"), ("admins", "Admin"), ("auditors", "Auditor")]
+
+
+class UserCreateForm(forms.Form):
+    username = forms.RegexField(
+        regex=r"^[\w.@+-]{1,150}$",
+        max_length=150,
+        label="User name",
+        error_messages={"invalid": "Letters, digits and @/./+/-/_ only."},
+    )
+    password = forms.CharField(widget=forms.PasswordInput(render_value=False), min_length=8)
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial="analysts")
+
+    def clean_password(self) -> str:
+        from django.contrib.auth.password_validation import validate_password
+
+        password = self.cleaned_data["password"]
+        validate_password(password)
+        return password
+
+
+class UserRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+    is_active = forms.BooleanField(required=False, label="Active")

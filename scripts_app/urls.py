@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import runs, scripts, tokens
+from scripts_app.views import runs, scripts, tokens, users
 
 app_name = "web"
 
@@ -28,4 +28,6 @@ urlpatterns = [
     path("runs/<uuid:pk>/cancel/", runs.run_cancel, name="run_cancel"),
     path("tokens/", tokens.token_list, name="token_list"),
     path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token_revoke"),
+    path("users/", users.user_list, name="user_list"),
+    path("users/<int:pk>/", users.user_update, name="user_update"),
 ]
