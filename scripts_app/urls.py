@@ -11,6 +11,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="web:script_list"), name="home"),
     path("scripts/", scripts.script_list, name="script_list"),
     path("scripts/new/", scripts.script_create, name="script_create"),
+    path("scripts/check/", scripts.script_check, name="script_check"),
     path("scripts/<uuid:pk>/", scripts.script_detail, name="script_detail"),
     path("scripts/<uuid:pk>/edit/", scripts.script_edit, name="script_edit"),
     path("scripts/<uuid:pk>/delete/", scripts.script_delete, name="script_delete"),

@@ -18,7 +18,9 @@ from scripts_app import roles
 from scripts_app.errors import OmlError
 from scripts_app.forms import GrantForm, ScriptForm
 from scripts_app.models import Run, Script, ScriptVersion
+from scripts_app.runner import ScriptSourceError, entry_function
 from scripts_app.services import scripts as script_services
+from scripts_app.signature import entry_signature
 from scripts_app.views.base import (
     HtmxHttpRequest,
     editable_script_or_404,
@@ -163,6 +165,22 @@ def script_delete(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         return redirect("web:script_list")
     run_count = Run.objects.filter(script_version__script=script).count()
     return render(request, "scripts/confirm_delete.html", {"script": script, "run_count": run_count})
+
+
+@require_POST
+@login_required
+def script_check(request: HtmxHttpRequest) -> HttpResponse:
+    """Check a source while it is being written: its error and line, or the function a run calls."""
+    require_writer(request)
+    source = request.POST.get("source", "")
+    name = request.POST.get("name", "")
+    error, signature = None, None
+    try:
+        function = entry_function(source, name)
+        signature = entry_signature(source, function)
+    except ScriptSourceError as exc:
+        error = exc
+    return render(request, "_partials/source_check.html", {"error": error, "signature": signature})
 
 
 # Versions

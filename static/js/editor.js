@@ -38,12 +38,28 @@
       }
     });
     var box = textarea.closest("[data-error-line]");
-    var line = box ? parseInt(box.getAttribute("data-error-line"), 10) : NaN;
-    if (!isNaN(line) && line > 0) {
-      var handle = cm.addLineClass(line - 1, "background", "cm-error-line");
-      cm.setCursor({ line: line - 1, ch: 0 });
-      cm.scrollIntoView({ line: line - 1, ch: 0 }, 80);
-      cm.on("change", function () { cm.removeLineClass(handle, "background", "cm-error-line"); });
+    var marked = null;
+    function mark(line, moveCursor) {
+      if (marked !== null) { cm.removeLineClass(marked, "background", "cm-error-line"); marked = null; }
+      if (!isNaN(line) && line > 0 && line <= cm.lineCount()) {
+        marked = cm.addLineClass(line - 1, "background", "cm-error-line");
+        if (moveCursor) {
+          cm.setCursor({ line: line - 1, ch: 0 });
+          cm.scrollIntoView({ line: line - 1, ch: 0 }, 80);
+        }
+      }
+    }
+    mark(box ? parseInt(box.getAttribute("data-error-line"), 10) : NaN, true);
+    if (box) {
+      // While typing, htmx asks the server to check the source (see the form's hx-post on the box).
+      cm.on("change", function () {
+        cm.save();
+        if (window.htmx) { window.htmx.trigger(box, "checksource"); }
+      });
+      document.body.addEventListener("htmx:afterSwap", function (event) {
+        var result = event.detail.target.querySelector("[data-check-line]");
+        if (result) { mark(parseInt(result.getAttribute("data-check-line"), 10), false); }
+      });
     }
     cm.getInputField().setAttribute("aria-describedby", "source-help" + (document.getElementById("source-error") ? " source-error" : ""));
     textarea.form && textarea.form.addEventListener("submit", function () { cm.save(); });

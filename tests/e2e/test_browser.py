@@ -63,12 +63,15 @@ def test_write_run_and_see_figure_and_table(live_server, page: Page, screenshot)
 
 
 def test_a_syntax_error_is_marked_in_the_editor(live_server, page: Page):
-    """Saving a script with a syntax error shows the error and marks its line."""
+    """A syntax error is shown, with its line marked, while typing and after saving."""
     UserFactory(username="alice")
     sign_in(page, live_server, "alice", PASSWORD)
     page.goto(live_server.url + "/scripts/new/")
     page.get_by_label("Name").fill("broken")
     page.evaluate("() => window.omlwebEditor.setValue('def broken():\\n    return (\\n\\nx = 1\\n')")
+    # Checked while typing, before any save.
+    expect(page.locator("#source-check")).to_contain_text("Line 2")
+    expect(page.locator(".cm-error-line")).to_have_count(1)
     page.get_by_role("button", name="Create script").click()
     expect(page.locator(".field-error")).to_contain_text("line 2")
     expect(page.locator(".cm-error-line")).to_have_count(1)

@@ -331,3 +331,22 @@ def test_pages_escape_user_content(alice_client, alice):
     content = alice_client.get(detail(script)).content
     assert b"<script>alert(1)" not in content
     assert b"&lt;b&gt;x&lt;/b&gt;" in content
+
+
+def test_the_live_check_reports_an_error_with_its_line(alice_client):
+    """The editor's live check answers the error and its line, without saving anything."""
+    response = alice_client.post(reverse("web:script_check"), {"name": "x", "source": "def x(:\n  pass\n"})
+    assert b'data-check-line="1"' in response.content
+    assert b"Line 1: syntax error" in response.content
+    assert not Script.objects.exists()
+
+
+def test_the_live_check_names_the_entry_function(alice_client):
+    """A good source answers the function a run calls, with its parameters."""
+    response = alice_client.post(reverse("web:script_check"), {"name": "x", "source": SOURCE})
+    assert b"hello(name)" in response.content
+
+
+def test_auditors_cannot_use_the_live_check(client, auditor):
+    """The check is part of writing scripts, which auditors do not do."""
+    assert logged_in(client, auditor).post(reverse("web:script_check"), {"source": SOURCE}).status_code == 403
