@@ -259,3 +259,50 @@ def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
     )
     assert response.status_code == 200
     assert b'hx-trigger="every 2s"' in response.content
+
+
+# Jobs (the async services)
+
+
+def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_script, django_capture_on_commit_callbacks):
+    """'Run as a job' records a QUEUED async run of the chosen version and publishes it on commit."""
+    pytest.importorskip("scripts_app.services.jobs")
+    from scripts_app.services import jobs
+
+    script_update(script=typed_script, by=alice, source=TYPED.replace('"n": n', '"n": -n'))
+    published = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jobs, "job_enqueue", lambda *, run: published.append(run.pk))
+        with django_capture_on_commit_callbacks(execute=True):
+            response = alice_client.post(
+                run_url(typed_script) + "?version=1",
+                form_data(p_n="2", version="1", execution="async"),
+                REMOTE_ADDR="10.9.8.7",
+            )
+    run = Run.objects.get()
+    assert response["Location"] == reverse("web:run_detail", args=[run.pk])
+    assert run.mode == Run.Mode.ASYNC
+    assert run.status == Run.Status.QUEUED
+    assert run.script_version.number == 1
+    assert run.client_address == "10.9.8.7"
+    assert published == [run.pk]
+    page = alice_client.get(reverse("web:run_detail", args=[run.pk]))
+    assert page.context["may_cancel"]
+    assert b'hx-trigger="every 2s"' in page.content
+
+
+def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
+    """The job's owner cancels it; another user gets 404, an auditor 403."""
+    pytest.importorskip("scripts_app.services.jobs")
+    from scripts_app.services.runs import run_create
+
+    run = run_create(script=typed_script, user=alice, parameters={"n": 1}, mode=Run.Mode.ASYNC)
+    url = reverse("web:run_cancel", args=[run.pk])
+    assert logged_in(client, bob).post(url).status_code == 404
+    assert logged_in(client, auditor).post(url).status_code == 403
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED
+    response = logged_in(client, alice).post(url, follow=True)
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert b"Cancel requested" in response.content
