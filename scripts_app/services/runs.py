@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
-from scripts_app.models import Run, RunImage, Script, ServiceLevel
+from scripts_app.models import Run, RunImage, Script, ScriptVersion, ServiceLevel
 
 DEFAULT_ENVIRONMENT = "default"
 
@@ -55,10 +55,13 @@ def run_create(
     client_address: str | None = None,
     timeout_seconds: int | None = None,
     comments: str = "",
+    version: ScriptVersion | None = None,
 ) -> Run:
-    """Record a run of the script's current version, QUEUED."""
+    """Record a run of the script's current version (or of the given one of its versions), QUEUED."""
+    if version is not None and version.script_id != script.pk:
+        raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
     return Run.objects.create(
-        script_version=script.current_version,
+        script_version=version or script.current_version,
         script_name=script.name,
         script_owner=script.owner.get_username(),
         user=user,
