@@ -368,11 +368,16 @@ def _preload(modules: list[str]) -> list[str]:
 
     loaded = []
     for name in modules:
-        if name.startswith("matplotlib"):
-            import matplotlib
+        # An environment without a preload module (one built without numpy, say) must still get a
+        # warm template: without one the run would fall back to a cold, unsandboxed interpreter.
+        try:
+            if name.startswith("matplotlib"):
+                import matplotlib
 
-            matplotlib.use("Agg")
-        importlib.import_module(name)
+                matplotlib.use("Agg")
+            importlib.import_module(name)
+        except ImportError:
+            continue
         loaded.append(name)
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
