@@ -200,8 +200,9 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
         if tool == "uv":
             uv = find_uv()
             _run([uv, "venv", "--no-config", "--quiet", "--python", spec.python, str(path)], log, deadline)
-            installer = [uv, "pip", "install", "--no-config", "--python", str(python)]
-            syncer = [uv, "pip", "sync", "--no-config", "--python", str(python)]
+            # Bytecode now: runs see the environment read-only, so they could never cache it themselves.
+            installer = [uv, "pip", "install", "--no-config", "--compile-bytecode", "--python", str(python)]
+            syncer = [uv, "pip", "sync", "--no-config", "--compile-bytecode", "--python", str(python)]
             freezer = [uv, "pip", "freeze", "--no-config", "--python", str(python)]
             sources = [f"--find-links={link}" for link in options.find_links]
         else:
