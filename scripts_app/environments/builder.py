@@ -218,7 +218,8 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
         if spec.lock:
             lock_file = path / "omlweb-install-lock.txt"
             lock_file.write_text(_requirement_lines(spec.lock))
-            _run([*syncer, *sources, "-r", str(lock_file)], log, deadline)
+            # uv pip sync takes the file itself; pip install takes -r FILE.
+            _run([*syncer, *sources, *([] if tool == "uv" else ["-r"]), str(lock_file)], log, deadline)
         else:
             wanted = [*spec.runner_packages, *spec.packages]
             if wanted:
