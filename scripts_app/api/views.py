@@ -331,7 +331,7 @@ VERSIONS = {
 
 def version_metadata(request: Request, version: str) -> dict:
     base = request.build_absolute_uri(f"/oml/api/py-scripts/{version}")
-    children = ["scripts", "do-eval/{scriptName}", "do-eval/{scriptName}/{ownerName}"]
+    children = ["envs", "scripts", "do-eval/{scriptName}", "do-eval/{scriptName}/{ownerName}"]
     return {
         "version": version,
         **VERSIONS[version],
