@@ -90,6 +90,29 @@ class ExecutionRequestSerializer(serializers.Serializer):
         return attrs
 
 
+class TableApplyRequestSerializer(ExecutionRequestSerializer):
+    """table-apply: the whole input query's rows as the function's first argument."""
+
+    input = StrictCharField(max_length=100_000, trim_whitespace=False, help_text="SQL: select * from IRIS")
+    parallelFlag = StrictBooleanField(required=False, default=False)
+    parallel = StrictIntegerField(required=False, min_value=1, help_text="Degree; capped by the service level.")
+
+
+class RowApplyRequestSerializer(TableApplyRequestSerializer):
+    rows = StrictIntegerField(min_value=1, help_text="Most rows per chunk.")
+
+
+class GroupApplyRequestSerializer(TableApplyRequestSerializer):
+    groupBy = StrictCharField(max_length=4000, help_text="Column(s), comma-separated.")
+    orderBy = StrictCharField(required=False, allow_blank=True, max_length=4000, help_text="Column(s) within a group.")
+
+
+class IndexApplyRequestSerializer(ExecutionRequestSerializer):
+    times = StrictIntegerField(min_value=1, help_text="Calls the function with 1..times.")
+    parallelFlag = StrictBooleanField(required=False, default=False)
+    parallel = StrictIntegerField(required=False, min_value=1, help_text="Degree; capped by the service level.")
+
+
 class ScriptWriteSerializer(serializers.Serializer):
     """POST scripts and PUT scripts/{name}."""
 

@@ -22,5 +22,18 @@ urlpatterns = [
         views.DoEvalView.as_view(),
         name="oml-do-eval",
     ),
+    *[
+        re_path(
+            rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
+            view.as_view(),
+            name=f"oml-{endpoint}",
+        )
+        for endpoint, view in (
+            ("table-apply", views.TableApplyView),
+            ("row-apply", views.RowApplyView),
+            ("group-apply", views.GroupApplyView),
+            ("index-apply", views.IndexApplyView),
+        )
+    ],
     path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
 ]

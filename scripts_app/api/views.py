@@ -15,14 +15,18 @@ from rest_framework.views import APIView
 from scripts_app.api.serializers import (
     ErrorSerializer,
     ExecutionRequestSerializer,
+    GroupApplyRequestSerializer,
+    IndexApplyRequestSerializer,
+    RowApplyRequestSerializer,
     ScriptRowSerializer,
     ScriptWriteSerializer,
+    TableApplyRequestSerializer,
     TokenRequestSerializer,
     TokenResponseSerializer,
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound
-from scripts_app.models import AccessToken
-from scripts_app.services import runs, scripts, tokens
+from scripts_app.models import AccessToken, Run
+from scripts_app.services import apply, runs, scripts, tokens
 
 ERRORS = dict.fromkeys((400, 401, 404, 413, 500), ErrorSerializer)
 
@@ -118,6 +122,67 @@ class DoEvalView(APIView):
         return Response(runs.oml_result(run))
 
 
+class ApplyView(APIView):
+    """OML's table-apply, row-apply, group-apply and index-apply: the function fed with data, in pieces."""
+
+    kind: str
+    serializer_class: type[ExecutionRequestSerializer]
+
+    def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
+        body = self.serializer_class(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
+        if data["asyncFlag"]:
+            raise BadRequest("Asynchronous jobs are not available yet.")
+        run = apply.apply_create(
+            kind=self.kind,
+            script=script,
+            user=request.user,
+            input_query=data.get("input", ""),
+            rows=data.get("rows"),
+            group_by=data.get("groupBy"),
+            order_by=data.get("orderBy"),
+            times=data.get("times"),
+            parallel_flag=data.get("parallelFlag", False),
+            parallel=data.get("parallel"),
+            parameters=data["parameters"],
+            graphics=data["graphicsFlag"],
+            env_name=data.get("envName"),
+            service=data["service"],
+            client_address=client_address(request),
+        )
+        run = runs.run_execute(run=run)
+        return Response(runs.oml_result(run))
+
+
+def _apply_view(kind: str, serializer: type[ExecutionRequestSerializer], summary: str) -> type[ApplyView]:
+    schema = extend_schema(
+        request=serializer,
+        responses={200: OpenApiTypes.OBJECT, 201: OpenApiResponse(description="Async job accepted"), **ERRORS},
+        summary=summary,
+    )
+    view = type(f"{serializer.__name__.removesuffix('RequestSerializer')}View", (ApplyView,), {})
+    view.kind = kind
+    view.serializer_class = serializer
+    view.post = schema(ApplyView.post)
+    return view
+
+
+TableApplyView = _apply_view(
+    Run.Kind.TABLE_APPLY, TableApplyRequestSerializer, "Run a function on the whole input query (OML table-apply)"
+)
+RowApplyView = _apply_view(
+    Run.Kind.ROW_APPLY, RowApplyRequestSerializer, "Run a function on chunks of rows of the input (OML row-apply)"
+)
+GroupApplyView = _apply_view(
+    Run.Kind.GROUP_APPLY, GroupApplyRequestSerializer, "Run a function once per group of the input (OML group-apply)"
+)
+IndexApplyView = _apply_view(
+    Run.Kind.INDEX_APPLY, IndexApplyRequestSerializer, "Run a function with the indexes 1..times (OML index-apply)"
+)
+
+
 # The script repository
 
 
@@ -193,7 +258,9 @@ VERSIONS = {
 
 def version_metadata(request: Request, version: str) -> dict:
     base = request.build_absolute_uri(f"/oml/api/py-scripts/{version}")
-    children = ["scripts", "do-eval/{scriptName}", "do-eval/{scriptName}/{ownerName}"]
+    children = ["scripts", "datasets"]
+    for endpoint in ("do-eval", "table-apply", "row-apply", "group-apply", "index-apply"):
+        children += [f"{endpoint}/{{scriptName}}", f"{endpoint}/{{scriptName}}/{{ownerName}}"]
     return {
         "version": version,
         **VERSIONS[version],
