@@ -65,7 +65,7 @@ def _lock(connection: duckdb.DuckDBPyConnection, allowed_files: list[str]) -> No
 
 
 def _split_qualified(text: str) -> list[str]:
-    """'"a.b".c' -> ['a.b', 'c']: DuckDB's qualified names, double quotes honoured."""
+    """'"a.b".c AS x' -> ['a.b', 'c']: DuckDB's qualified names, double quotes honoured, alias dropped."""
     parts, current, quoted, i = [], [], False, 0
     while i < len(text):
         char = text[i]
@@ -79,6 +79,8 @@ def _split_qualified(text: str) -> list[str]:
                 current.append(char)
         elif char == '"':
             quoted = True
+        elif text[i : i + 4].upper() == " AS ":
+            break
         elif char == ".":
             parts.append("".join(current))
             current = []
