@@ -157,6 +157,34 @@ class ScriptRowSerializer(serializers.Serializer):
     DATE = serializers.DateTimeField(source="updated_at")
 
 
+class DatasetWriteSerializer(serializers.Serializer):
+    """POST datasets and PUT datasets/{name}: multipart/form-data with the file, or JSON without one."""
+
+    name = StrictCharField(max_length=128, required=False)
+    file = serializers.FileField(required=False, help_text="CSV (with a header row) or Parquet.")
+    format = serializers.ChoiceField(choices=["csv", "parquet"], required=False, help_text="Guessed when absent.")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=4000)
+    # Form fields arrive as text: "true"/"false" are accepted here.
+    isGlobal = serializers.BooleanField(required=False, default=None, allow_null=True)
+    overwrite = serializers.BooleanField(required=False, default=False)
+
+
+class DatasetRowSerializer(serializers.Serializer):
+    OWNER = serializers.CharField(source="owner.username")
+    NAME = serializers.CharField(source="name")
+    DESCRIPTION = serializers.CharField(source="description")
+    GLOBAL = serializers.BooleanField(source="is_global")
+    ROWS = serializers.IntegerField(source="row_count")
+    COLUMNS = serializers.JSONField(source="schema")
+    FORMAT = serializers.CharField(source="source_format")
+    SIZE = serializers.IntegerField(source="size_bytes")
+    DATE = serializers.DateTimeField(source="updated_at")
+
+
+class GrantSerializer(serializers.Serializer):
+    user = StrictCharField(max_length=150)
+
+
 class ErrorSerializer(serializers.Serializer):
     errorMessage = serializers.CharField()
     errorCode = serializers.IntegerField()

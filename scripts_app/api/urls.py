@@ -17,6 +17,17 @@ urlpatterns = [
         views.ScriptDetailView.as_view(),
         name="oml-script",
     ),
+    re_path(rf"^oml/api/py-scripts/{VERSION}/datasets$", views.DatasetListView.as_view(), name="oml-datasets"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)$",
+        views.DatasetDetailView.as_view(),
+        name="oml-dataset",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants(?:/(?P<user>[^/]+))?$",
+        views.DatasetGrantView.as_view(),
+        name="oml-dataset-grants",
+    ),
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/do-eval/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
         views.DoEvalView.as_view(),

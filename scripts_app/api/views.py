@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, get_user_model
 from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from scripts_app.api.parsers import StrictJSONParser
 from scripts_app.api.serializers import (
+    DatasetRowSerializer,
+    DatasetWriteSerializer,
     ErrorSerializer,
     ExecutionRequestSerializer,
+    GrantSerializer,
     GroupApplyRequestSerializer,
     IndexApplyRequestSerializer,
     RowApplyRequestSerializer,
@@ -26,7 +31,7 @@ from scripts_app.api.serializers import (
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound
 from scripts_app.models import AccessToken, Run
-from scripts_app.services import apply, runs, scripts, tokens
+from scripts_app.services import apply, datasets, runs, scripts, tokens
 
 ERRORS = dict.fromkeys((400, 401, 404, 413, 500), ErrorSerializer)
 
@@ -246,6 +251,110 @@ class ScriptDetailView(APIView):
         script = scripts.own_script(owner=request.user, name=name)
         scripts.script_delete(script=script)
         return Response({"result": "script deleted successfully"})
+
+
+# Datasets (beyond Oracle): the tables input queries read
+
+
+class DatasetListView(APIView):
+    parser_classes = [MultiPartParser, StrictJSONParser]
+
+    @extend_schema(responses={200: DatasetRowSerializer(many=True), **ERRORS}, summary="Datasets the caller may read")
+    def get(self, request: Request, version: str) -> Response:
+        rows = datasets.datasets_readable_by(request.user).order_by("owner__username", "name")
+        return Response({"result": DatasetRowSerializer(rows, many=True).data})
+
+    @extend_schema(
+        request={"multipart/form-data": DatasetWriteSerializer},
+        responses={201: DatasetRowSerializer, 200: DatasetRowSerializer, **ERRORS},
+        summary="Upload a CSV or Parquet file as a dataset (or replace one with overwrite=true)",
+    )
+    def post(self, request: Request, version: str) -> Response:
+        body = DatasetWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        for field in ("name", "file"):
+            if field not in data:
+                raise serializers.ValidationError({field: "This field is required."})
+        upload = data["file"]
+        dataset, created = datasets.dataset_create(
+            owner=request.user,
+            name=data["name"],
+            upload=upload,
+            filename=upload.name,
+            file_format=data.get("format"),
+            description=data.get("description", ""),
+            is_global=bool(data.get("isGlobal")),
+            overwrite=data["overwrite"],
+        )
+        return Response({"result": DatasetRowSerializer(dataset).data}, status=201 if created else 200)
+
+
+class DatasetDetailView(APIView):
+    parser_classes = [MultiPartParser, StrictJSONParser]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="A dataset: schema and its first rows")
+    def get(self, request: Request, version: str, name: str) -> Response:
+        """`?owner=` reads another user's shared dataset; `?rows=` sets how many rows to preview (20)."""
+        dataset = datasets.dataset_resolve(caller=request.user, name=name, owner_name=request.query_params.get("owner"))
+        try:
+            rows = min(max(int(request.query_params.get("rows", 20)), 0), 1000)
+        except ValueError:
+            raise BadRequest("rows: must be a whole number.") from None
+        preview = datasets.dataset_preview(dataset=dataset, rows=rows)
+        return Response({"result": {**DatasetRowSerializer(dataset).data, "PREVIEW": preview}})
+
+    @extend_schema(
+        request={"multipart/form-data": DatasetWriteSerializer},
+        responses={200: DatasetRowSerializer, **ERRORS},
+        summary="Replace a dataset's data (file), or change its description or sharing",
+    )
+    def put(self, request: Request, version: str, name: str) -> Response:
+        body = DatasetWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if data.get("name", name).lower() != name.lower():
+            raise BadRequest("Renaming a dataset is not supported; upload a new one.")
+        with transaction.atomic():
+            dataset = datasets.own_dataset(owner=request.user, name=name)
+            if "file" in data:
+                upload = data["file"]
+                datasets.dataset_replace(
+                    dataset=dataset, upload=upload, filename=upload.name, file_format=data.get("format")
+                )
+            dataset = datasets.dataset_update(
+                dataset=dataset, by=request.user, description=data.get("description"), is_global=data.get("isGlobal")
+            )
+        return Response({"result": DatasetRowSerializer(dataset).data})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    def delete(self, request: Request, version: str, name: str) -> Response:
+        datasets.dataset_delete(dataset=datasets.own_dataset(owner=request.user, name=name))
+        return Response({"result": "dataset deleted successfully"})
+
+
+class DatasetGrantView(APIView):
+    @extend_schema(request=GrantSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    def post(self, request: Request, version: str, name: str) -> Response:
+        """Let another user read one of the caller's datasets."""
+        body = GrantSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        dataset = datasets.own_dataset(owner=request.user, name=name)
+        datasets.dataset_grant(dataset=dataset, grantee=_user(body.validated_data["user"]))
+        return Response({"result": "dataset granted successfully"})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    def delete(self, request: Request, version: str, name: str, user: str) -> Response:
+        dataset = datasets.own_dataset(owner=request.user, name=name)
+        datasets.dataset_revoke(dataset=dataset, grantee=_user(user))
+        return Response({"result": "dataset revoked successfully"})
+
+
+def _user(username: str):
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise NotFound(f"User {username!r} not found.")
+    return user
 
 
 # Version metadata, as Oracle's GET /py-scripts and /py-scripts/{version}
