@@ -109,6 +109,11 @@ class _Ending:
     status: int | None = None  # waitpid status
     reason: str | None = None  # "timeout", "cancelled", "parent gone", None
     cpu_seconds: float | None = None
+    template_lost: bool = False
+
+
+class _TemplateLost(Exception):
+    """The template died before it started the run: the run can safely go to a new template."""
 
 
 class _Watch:
@@ -228,10 +233,12 @@ def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Resul
         name = _signal_name(os.WTERMSIG(status))
         hint = " (possibly out of memory)" if os.WTERMSIG(status) == signal.SIGKILL else ""
         result.error_message = f"The script's process was killed by {name}{hint} before giving a result"
+    elif status is None:
+        result.failure = Failure.CRASHED
+        result.error_message = "The runner's template process died during the run"
     else:
         result.failure = Failure.CRASHED
-        code = os.WEXITSTATUS(status) if status is not None else "unknown"
-        result.error_message = f"The script's process exited with code {code} before giving a result"
+        result.error_message = f"The script's process exited with code {os.WEXITSTATUS(status)} before giving a result"
     result.duration_seconds = time.monotonic() - started
     return result
 
@@ -350,7 +357,7 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Res
         "uid": uid,
         "pidns": template.uses_pid_namespace,
         "netns": template.uses_net_namespace,
-        "hide": template.hidden_paths,
+        "fs": template.filesystem_confinement,
         "env": {**base_env()},
     }
     watch = _Watch(job, out_r, err_r, res_r)
@@ -382,6 +389,7 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Res
                 message = b""
             if not message:
                 # The template died: without a PID namespace per template its child may live on.
+                ending.template_lost = True
                 if child_pid is not None and template.level != "bwrap":
                     for kill_fn in (os.killpg, os.kill):
                         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -409,6 +417,8 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Res
             kill=lambda reason: _warm_kill(reason, kill, template, ending),
             deadline=backstop,
         )
+        if ending.template_lost and child_pid is None:
+            raise _TemplateLost
         watch.drain(time.monotonic() + DRAIN_GRACE_SECONDS)
         return _conclude(job, watch, ending, started)
     finally:
@@ -459,13 +469,20 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
             return _run_cold(job, is_cancelled, started)
         python = job.python or default_python()
         network = settings.network or job.limits.network
-        try:
-            template = registry.get(python, network)
-        except TemplateError:
-            if settings.isolation != "auto":
-                raise
-            registry.levels_tried["zygote"] = "no template could start; running cold"
-            return _run_cold(job, is_cancelled, started)
-        return _run_warm(job, template, is_cancelled, started)
+        for attempt in (1, 2):
+            try:
+                template = registry.get(python, network)
+            except TemplateError:
+                if settings.isolation != "auto":
+                    raise
+                registry.levels_tried["zygote"] = "no template could start; running cold"
+                return _run_cold(job, is_cancelled, started)
+            try:
+                return _run_warm(job, template, is_cancelled, started)
+            except _TemplateLost:
+                registry.discard(template)
+                if attempt == 2:
+                    raise TemplateError("the runner's template died twice before starting the run") from None
+        raise AssertionError("unreachable")
     finally:
         slots.release()

@@ -51,7 +51,20 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_BIND = 0x1000
 PR_SET_NO_NEW_PRIVS = 38
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED, SECBIT_NO_CAP_AMBIENT_RAISE and their locks.
+SECURE_NOROOT_ALL_LOCKED = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SYS_MOUNT_SETATTR = 442  # x86_64 and aarch64 alike (the new syscall table)
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
 
 _libc = None
 
@@ -395,11 +408,15 @@ def _preload(modules: list[str]) -> list[str]:
 
     loaded = []
     for name in modules:
-        if name.startswith("matplotlib"):
-            import matplotlib
+        try:
+            if name.startswith("matplotlib"):
+                import matplotlib
 
-            matplotlib.use("Agg")
-        importlib.import_module(name)
+                matplotlib.use("Agg")
+            importlib.import_module(name)
+        except ImportError:
+            # An environment without one of them still runs; its runs import what they need.
+            continue
         loaded.append(name)
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
@@ -446,6 +463,19 @@ def _drop_to(uid: int) -> None:
     os.setuid(uid)
 
 
+def _drop_and_read_interpreter(uid: int) -> None:
+    """Drop to `uid` and check it can still read the interpreter's library and site-packages.
+
+    A venv whose base interpreter sits in a 0700 home directory is unreadable after the drop:
+    imports not preloaded would fail, so such a template must not drop.
+    """
+    _drop_to(uid)
+    os.listdir(os.path.dirname(os.__file__))
+    for path in sys.path:
+        if path.endswith("site-packages") and os.path.isdir(path):
+            os.listdir(path)
+
+
 class _Run:
     def __init__(self, pid, pidfd, ctl, workdir, deadline, own_ns):
         self.pid = pid
@@ -474,18 +504,49 @@ def _close_other_fds(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _hide_paths(paths: list[str]) -> None:
-    """In a new mount namespace, lay an empty read-only tmpfs over each path."""
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _mount_setattr(path: str, *, set_flags: int = 0, clear_flags: int = 0) -> None:
+    attr = _MountAttr(set_flags, clear_flags, 0, 0)
+    result = libc().syscall(
+        SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
+    )
+    _check(result, f"mount_setattr {path}")
+
+
+def confine_filesystem(fs: dict, workdir: str) -> None:
+    """In a new mount namespace: hide the data folders, make everything but the workdir read-only,
+    and give the run a /proc of its own PID namespace. Used where bubblewrap is not available."""
     unshare(CLONE_NEWNS)
     _check(libc().mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
-    for path in paths:
+    if fs.get("new_proc"):
+        _check(libc().mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
+    for path in fs.get("hide", []):
         if os.path.isdir(path):
-            _check(
-                libc().mount(
-                    b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k"
-                ),
-                f"hide {path}",
-            )
+            flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+            _check(libc().mount(b"tmpfs", path.encode(), b"tmpfs", flags, b"size=4k"), f"hide {path}")
+    _check(libc().mount(workdir.encode(), workdir.encode(), None, MS_BIND | MS_REC, None), "bind workdir")
+    _mount_setattr("/", set_flags=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
+    _mount_setattr(workdir, clear_flags=MOUNT_ATTR_RDONLY)
+
+
+def drop_all_capabilities() -> None:
+    """Stay uid 0 but without any capability, now or after an exec."""
+    for cap in range(64):
+        if libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break
+    libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    _check(libc().prctl(PR_SET_SECUREBITS, SECURE_NOROOT_ALL_LOCKED, 0, 0, 0), "securebits")
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _check(libc().capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
 def _run_child(header: dict, fds: list[int], workdir: str) -> None:
@@ -514,13 +575,16 @@ def _run_child(header: dict, fds: list[int], workdir: str) -> None:
         tempfile.tempdir = None
         if header.get("netns"):
             unshare(CLONE_NEWNET)
-        if header.get("hide"):
-            _hide_paths(header["hide"])
+        if header.get("fs"):
+            confine_filesystem(header["fs"], workdir)
+            os.chdir(workdir)  # onto the writable bind mount, not the directory under it
         uid = header.get("uid")
         apply_rlimits(limits, nproc=uid is not None)
         _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if uid is not None:
             _drop_to(uid)
+        elif os.geteuid() == 0:
+            drop_all_capabilities()
         reseed_random()
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace")
         sys.stderr = io.TextIOWrapper(
@@ -551,7 +615,7 @@ def zygote_main(control_fd: int, config: dict) -> None:
         "executable": sys.executable,
         "preloaded": loaded,
         "pid_namespace": _probe_pid_namespace(own_pidns),
-        "setuid": uid is not None and _probe(lambda: _drop_to(uid)),
+        "setuid": uid is not None and _probe(lambda: _drop_and_read_interpreter(uid)),
         "net_namespace": _probe(lambda: unshare(CLONE_NEWNET)),
         "mount_namespace": _probe(lambda: unshare(CLONE_NEWNS)),
     }
@@ -575,10 +639,12 @@ def zygote_main(control_fd: int, config: dict) -> None:
             # Leftovers of its process group.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.pid, signal.SIGKILL)
-        _, status = os.waitpid(run.pid, 0)
+        _, status, usage = os.wait4(run.pid, 0)
         shutil.rmtree(run.workdir, ignore_errors=True)
         with contextlib.suppress(OSError):
-            run.ctl.send(json.dumps({"status": status, "reason": run.reason}).encode())
+            run.ctl.send(
+                json.dumps({"status": status, "reason": run.reason, "cpu": usage.ru_utime + usage.ru_stime}).encode()
+            )
         run.ctl.close()
         os.close(run.pidfd)
         del runs[run.pidfd]

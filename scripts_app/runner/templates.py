@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import select
 import shutil
 import socket
 import subprocess
@@ -270,7 +271,11 @@ class Template:
         )
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        if self.process is None or self.process.poll() is not None or self.sock is None:
+            return False
+        # The template never speaks first: a readable socket means it hung up.
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return not readable
 
     def submit(self, header: dict, fds: list[int]) -> None:
         with self.send_lock:
@@ -304,10 +309,11 @@ class Template:
         return self.level == "unshare" and not self.network and bool(self.info.get("net_namespace"))
 
     @property
-    def hidden_paths(self) -> list[str]:
-        if self.level == "unshare" and self.info.get("mount_namespace"):
-            return list(self.settings.data_dirs_to_hide)
-        return []
+    def filesystem_confinement(self) -> dict | None:
+        """What the child sets up in its own mount namespace (the unshare level only)."""
+        if self.level != "unshare" or not self.info.get("mount_namespace"):
+            return None
+        return {"hide": list(self.settings.data_dirs_to_hide), "new_proc": self.uses_pid_namespace}
 
 
 class Registry:

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from .helpers import make_job  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _stop_templates_at_exit():
+def _isolation_under_test():
+    """RUNNER_TEST_ISOLATION=bwrap|unshare|process runs the suite at that level (default: auto)."""
+    runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"))
     yield
     runner.shutdown()
 
@@ -34,3 +37,13 @@ def run():
         return runner.run(make_job(source, function, **kwargs))
 
     return _run
+
+
+@pytest.fixture
+def isolated():
+    """The active isolation level's details; skips where the level gives no namespaces."""
+    runner.configure(mode="zygote")
+    report = runner.isolation_report()
+    if report["level"] == "process":
+        pytest.skip(f"no isolation on this host: {report['levels_tried']}")
+    return report["templates"][0]
