@@ -145,7 +145,7 @@ OMLWEB_RUN_NETWORK = env_bool("OMLWEB_RUN_NETWORK", False)
 # The runner (docs/runner.md): warm templates fork one isolated child per run.
 OMLWEB_RUNNER_MODE = env_str("OMLWEB_RUNNER_MODE", "zygote")
 OMLWEB_RUNNER_ISOLATION = env_str("OMLWEB_RUNNER_ISOLATION", "auto")
-OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot"])
+OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot", "pyarrow.parquet"])
 OMLWEB_RUNNER_MAX_CONCURRENT = env_int("OMLWEB_RUNNER_MAX_CONCURRENT", 4, minimum=1)
 OMLWEB_RUNNER_QUEUE_TIMEOUT = env_float("OMLWEB_RUNNER_QUEUE_TIMEOUT", 5.0)
 
