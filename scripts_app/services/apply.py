@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,6 +33,7 @@ from scripts_app.services.runs import _finish, function_kwargs, limits_from_sett
 
 DATA_KINDS = (Run.Kind.TABLE_APPLY, Run.Kind.ROW_APPLY, Run.Kind.GROUP_APPLY)
 INPUT_TYPES = ("default", "pandas.DataFrame", "numpy.recarray")
+CANCEL_CHECK_SECONDS = 0.5
 
 
 @dataclasses.dataclass
@@ -41,7 +42,8 @@ class Piece:
 
     label: str  # names the piece in timings and errors: "chunk 2 (rows 5-8)", "group 'setosa'", "index 3"
     key: str | int | None = None  # group key, or index
-    data: bytes | None = None  # Parquet
+    # The piece's rows: a zero-copy slice of the query's result, written as Parquet when it runs.
+    data: pa.Table | None = None
     rows: int | None = None
     args: tuple = ()
     # Filled in as it runs.
@@ -175,7 +177,7 @@ def _group_pieces(query: queries.Query, options: dict) -> list[Piece]:
             key += "_"
         seen.add(key)
         piece_table = table.slice(offset, size)
-        pieces.append(Piece(label=f"group {key!r}", key=key, data=_parquet(piece_table), rows=size))
+        pieces.append(Piece(label=f"group {key!r}", key=key, data=piece_table, rows=size))
         offset += size
     return pieces
 
@@ -193,7 +195,7 @@ def build_pieces(run: Run) -> list[Piece]:
             return _group_pieces(query, options)
         table = query.fetch(query.relation())
     if run.kind == Run.Kind.TABLE_APPLY:
-        return [Piece(label="table", data=_parquet(table), rows=table.num_rows)]
+        return [Piece(label="table", data=table, rows=table.num_rows)]
     size = options["rows"]
     count = -(-table.num_rows // size)
     _check_piece_count(count, "chunks")
@@ -201,7 +203,7 @@ def build_pieces(run: Run) -> list[Piece]:
     for number, offset in enumerate(range(0, table.num_rows, size), start=1):
         chunk = table.slice(offset, size)
         label = f"chunk {number} (rows {offset + 1}-{offset + chunk.num_rows})"
-        pieces.append(Piece(label=label, key=number, data=_parquet(chunk), rows=chunk.num_rows))
+        pieces.append(Piece(label=label, key=number, data=chunk, rows=chunk.num_rows))
     return pieces
 
 
@@ -222,10 +224,6 @@ def _run_pieces(
     failed: list[Piece] = []
 
     def stopped() -> bool:
-        if stop.is_set():
-            return True
-        if is_cancelled is not None and is_cancelled():
-            stop.set()
         return stop.is_set()
 
     def work(piece: Piece) -> None:
@@ -239,7 +237,7 @@ def _run_pieces(
             raise _Stop
         data = None
         if piece.data is not None:
-            data = runner.DataInput(parquet=piece.data, input_type=input_type, na_omit=na_omit)
+            data = runner.DataInput(parquet=_parquet(piece.data), input_type=input_type, na_omit=na_omit)
         job = runner.Job(
             source=version.source,
             function=version.entry_function,
@@ -272,6 +270,10 @@ def _run_pieces(
 
     with ThreadPoolExecutor(max_workers=degree, thread_name_prefix=f"apply-{run.pk}") as pool:
         futures = [pool.submit(work, piece) for piece in pieces]
+        # The caller's cancel check may query the database: it is asked here, in the caller's thread.
+        while wait(futures, timeout=CANCEL_CHECK_SECONDS).not_done:
+            if is_cancelled is not None and not stop.is_set() and is_cancelled():
+                stop.set()
     timed_out = False
     for future in futures:
         try:

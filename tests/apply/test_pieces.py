@@ -140,3 +140,51 @@ def test_group_apply_graphics_are_keyed_per_group(alice, alice_api, alice_iris):
     assert sorted(result) == ["setosa", "versicolor", "virginica"]
     assert result["setosa"][0]["TITLE"] == "index 7"
     assert result["setosa"][0]["ID"] == 1
+
+
+def test_empty_input_gives_empty_answers(alice, alice_api, alice_iris):
+    """A query with no rows: row-apply answers [], group-apply {}, table-apply calls once with no rows."""
+    make_script(alice, "count", "def count(df):\n    return len(df)\n")
+    base = {"input": "select * from IRIS where 1 = 0", "parameters": '{"oml_input_type":"pandas.DataFrame"}'}
+    assert apply(alice_api, "row-apply", "count", {**base, "rows": 3}).json() == {"result": []}
+    assert apply(alice_api, "group-apply", "count", {**base, "groupBy": "SPECIES"}).json() == {"result": {}}
+    assert apply(alice_api, "table-apply", "count", base).json() == {"result": 0}
+
+
+def test_the_time_limit_bounds_the_whole_run(alice, alice_api, settings):
+    """The wall-clock limit is the run's, not each piece's: pieces past it end the run TIMED_OUT."""
+    settings.OMLWEB_RUN_WALL_SECONDS = 2.0
+    make_script(alice, "sleepy", SLEEPY.replace("1.5", "0.8"))
+    response = apply(alice_api, "index-apply", "sleepy", {"times": 5})
+    assert response.status_code == 400
+    assert response.json()["errorCode"] == 1031
+    run = Run.objects.get()
+    assert run.status == Run.Status.TIMED_OUT
+    assert run.duration_seconds < 10
+    assert [p["status"] for p in run.pieces][:2] == ["SUCCEEDED", "SUCCEEDED"]
+
+
+def test_cancelling_stops_every_piece(alice):
+    """The caller's cancel check (asked by the async worker) stops running pieces: the run is CANCELLED."""
+    import time
+
+    from scripts_app.models import Script
+    from scripts_app.services import apply as apply_service
+    from scripts_app.services import runs
+
+    make_script(alice, "sleepy", SLEEPY.replace("1.5", "30"))
+    run = apply_service.apply_create(
+        kind=Run.Kind.INDEX_APPLY,
+        script=Script.objects.get(name="sleepy"),
+        user=alice,
+        times=4,
+        parallel_flag=True,
+        parameters={},
+    )
+    started = time.monotonic()
+    runs.run_execute(run=run, is_cancelled=lambda: time.monotonic() - started > 1)
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert run.error_code == 1037
+    assert time.monotonic() - started < 15
+    assert {p["status"] for p in run.pieces} <= {"CANCELLED", "SKIPPED"}
