@@ -13,6 +13,7 @@ import dataclasses
 import datetime
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlEr
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
 from scripts_app.services import queries
 from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
+
+logger = logging.getLogger(__name__)
 
 DATA_KINDS = (Run.Kind.TABLE_APPLY, Run.Kind.ROW_APPLY, Run.Kind.GROUP_APPLY)
 INPUT_TYPES = ("default", "pandas.DataFrame", "numpy.recarray")
@@ -212,7 +215,13 @@ class _Stop(Exception):
 
 
 def _run_pieces(
-    run: Run, pieces: list[Piece], *, degree: int, deadline: float, is_cancelled: Callable[[], bool] | None
+    run: Run,
+    pieces: list[Piece],
+    *,
+    degree: int,
+    deadline: float,
+    is_cancelled: Callable[[], bool] | None,
+    limits: runner.Limits,
 ) -> Piece | None:
     """Run every piece, `degree` at once; returns the first piece that failed, if any."""
     version = run.script_version
@@ -227,6 +236,22 @@ def _run_pieces(
         return stop.is_set()
 
     def work(piece: Piece) -> None:
+        try:
+            run_piece(piece)
+        except _Stop:
+            raise
+        except Exception as error:
+            logger.exception("Run %s: %s failed in the service", run.pk, piece.label)
+            piece.result = runner.Result(
+                outcome=runner.Outcome.FAILED, error_message=f"The service failed to run it: {error}"
+            )
+            piece.status = "FAILED"
+            with lock:
+                if not failed:
+                    failed.append(piece)
+                stop.set()
+
+    def run_piece(piece: Piece) -> None:
         if stopped():
             piece.status = "SKIPPED"
             return
@@ -244,7 +269,7 @@ def _run_pieces(
             kwargs=kwargs,
             args=piece.args,
             graphics=run.graphics,
-            limits=limits_from_settings(wall_seconds=remaining),
+            limits=dataclasses.replace(limits, wall_seconds=remaining),
             data=data,
             frame_orient=frame_orient,
         )
@@ -298,17 +323,32 @@ def _wall_seconds(run: Run) -> float:
     return float(run.timeout_seconds or settings.OMLWEB_RUN_WALL_SECONDS)
 
 
-def apply_execute(*, run: Run, is_cancelled: Callable[[], bool] | None = None) -> Run:
-    """Run a QUEUED apply run to its end and record the outcome, with each piece's timings."""
-    run.status = Run.Status.RUNNING
-    run.started_at = timezone.now()
-    run.save(update_fields=["status", "started_at"])
+def apply_execute(
+    *,
+    run: Run,
+    is_cancelled: Callable[[], bool] | None = None,
+    limits: runner.Limits | None = None,
+    claimed: bool = False,
+) -> Run:
+    """Run an apply run to its end and record the outcome, with each piece's timings.
+
+    `limits` are each piece's (the wall clock is what is left of the run's); `claimed` says the
+    caller (the async worker) already marked the run RUNNING.
+    """
+    if not claimed:
+        run.status = Run.Status.RUNNING
+        run.started_at = timezone.now()
+        run.save(update_fields=["status", "started_at"])
     deadline = time.monotonic() + _wall_seconds(run)
     try:
         pieces = build_pieces(run)
     except OmlError as error:
         _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
         return run
+    except Exception as error:
+        logger.exception("Run %s: preparing the input failed", run.pk)
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=f"The input failed: {error}")
+        raise
     options = run.apply_options
     degree = degree_for(
         service=run.service,
@@ -317,7 +357,8 @@ def apply_execute(*, run: Run, is_cancelled: Callable[[], bool] | None = None) -
         pieces=len(pieces),
     )
     run.apply_options = {**options, "degree": degree}
-    failed = _run_pieces(run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled)
+    base = limits or limits_from_settings()
+    failed = _run_pieces(run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base)
     _record(run, pieces, failed)
     if failed is not None and failed.status == "BUSY":
         raise Busy(Busy.busy_message)
