@@ -54,7 +54,10 @@ def _to_parquet(upload: IO[bytes], *, filename: str, file_format: str | None, wo
         raise BadRequest(f"format must be one of {', '.join(FORMATS)}.")
     output = os.path.join(workdir, "data.parquet")
     reader = "read_parquet(?)" if file_format == "parquet" else "read_csv(?, header = true)"
-    connection = duckdb.connect(":memory:", config={"autoload_known_extensions": False, "threads": 2})
+    connection = duckdb.connect(
+        ":memory:",
+        config={"autoload_known_extensions": False, "python_enable_replacements": False, "threads": 2},
+    )
     try:
         # Only this upload and its output are readable or writable while the file is converted.
         connection.execute("SET allowed_paths = ?", [[source, output]])

@@ -51,6 +51,8 @@ def _base_connection() -> duckdb.DuckDBPyConnection:
         config={
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
+            # Else an unknown table name would find a pandas or Arrow object in the calling Python frame.
+            "python_enable_replacements": False,
             "threads": settings.OMLWEB_QUERY_THREADS,
             "memory_limit": f"{settings.OMLWEB_QUERY_MEMORY_MB}MB",
         },

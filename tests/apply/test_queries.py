@@ -144,3 +144,21 @@ def test_a_quoted_dataset_name_with_a_dash(alice, alice_api, iris):
     make_dataset(alice, "iris-2024", iris)
     make_script(alice, "count", COUNT)
     assert table_apply(alice_api, 'select * from "iris-2024"').json() == {"result": len(iris)}
+
+
+def test_query_connections_see_no_python_objects_and_no_files(db):
+    """DuckDB's replacement scans are off (a DataFrame in scope is not a table) and file access is locked."""
+    import duckdb
+
+    from scripts_app.services.queries import _base_connection, _lock
+
+    leaked = pd.DataFrame({"secret": [42]})  # noqa: F841 - what a replacement scan would find
+    connection = _base_connection()
+    _lock(connection, [])
+    with pytest.raises(duckdb.CatalogException):
+        connection.sql("select * from leaked").fetchall()
+    for query in ("select * from glob('/*')", "select * from read_blob('/etc/hostname')"):
+        with pytest.raises(duckdb.PermissionException):
+            connection.sql(query).fetchall()
+    with pytest.raises(duckdb.Error, match="locked"):
+        connection.execute("SET enable_external_access = true")
