@@ -168,12 +168,20 @@ class Floor:
             exec(compile(source, name, "exec"), namespace)
             self.functions[name] = namespace[name]
 
+    lock = threading.Lock()
+
     def call(self, name: str) -> Callable[[], None]:
         function = self.functions[name]
         graphics = SCRIPTS[name][1]
         plt = self.plt
+        lock = self.lock
 
         def once() -> None:
+            # One interpreter runs one call at a time (the GIL, and pyplot is not thread-safe).
+            with lock:
+                encode()
+
+        def encode() -> None:
             value = function()
             if hasattr(value, "to_json"):
                 text = value.to_json(orient="records", date_format="iso", double_precision=15)
@@ -210,7 +218,9 @@ class RunnerDirect:
             if not result.succeeded:
                 raise RuntimeError(result.error_message or result.stderr)
             images = [base64.b64encode(figure.png).decode() for figure in result.figures]
-            json.dumps({"result": result.value, "images": images})
+            body = '{"result":' + result.value_json + ',"images":' + json.dumps(images) + "}"
+            if not body:
+                raise RuntimeError("empty response")
 
         return once
 

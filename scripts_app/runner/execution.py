@@ -172,14 +172,15 @@ class _Watch:
 
     def complete_payload(self) -> bool:
         """Whether every pipe is closed and the result document is whole."""
-        if self.open_fds or not self.result or self.result_overflow:
+        if self.open_fds:
             return False
-        if self.payload is None:
-            try:
-                self.payload = json.loads(self.result)
-            except ValueError:
-                return False
-        return True
+        return self.parse_payload() is not None
+
+    def parse_payload(self) -> dict | None:
+        """The result document, or None when it is missing, cut short or over its cap."""
+        if self.payload is None and self.result and not self.result_overflow:
+            self.payload = _parse_document(bytes(self.result))
+        return self.payload
 
     def drain(self, deadline: float) -> None:
         while self.open_fds and time.monotonic() < deadline:
@@ -193,6 +194,21 @@ class _Watch:
         self.selector.close()
 
 
+def _parse_document(raw: bytes) -> dict | None:
+    first, last = raw.find(b"\n"), raw.rfind(b"\n")
+    if first < 0 or last == first:
+        return None
+    try:
+        payload = json.loads(raw[:first])
+        value_json = raw[first + 1 : last].decode("utf-8", "surrogatepass")
+        payload["value"] = json.loads(value_json)
+        payload["value_json"] = value_json
+        payload["figures"] = json.loads(raw[last + 1 :])
+    except ValueError:
+        return None
+    return payload
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -203,12 +219,7 @@ def _signal_name(number: int) -> str:
 def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Result:
     limits = job.limits
     result = Result(outcome=Outcome.FAILED, stdout=watch.stdout.text(), stderr=watch.stderr.text())
-    payload = watch.payload
-    if payload is None and watch.result and not watch.result_overflow:
-        try:
-            payload = json.loads(watch.result)
-        except ValueError:
-            payload = None
+    payload = watch.parse_payload()
     status = ending.status
     signalled = status is not None and os.WIFSIGNALED(status)
     killed_by_us = ending.reason is not None and (payload is None or signalled)
@@ -226,7 +237,8 @@ def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Resul
             result.failure = Failure(payload["failure"])
         result.error_message = payload.get("error_message", "")
         result.traceback = payload.get("traceback", "")
-        result.value = payload.get("value")
+        result.value = payload["value"]
+        result.value_json = payload["value_json"]
         result.figures = [
             Figure(png=base64.b64decode(figure["png"]), title=figure.get("title")) for figure in payload["figures"]
         ]

@@ -7,9 +7,9 @@ when the user's code has already loaded them). Two entry points:
     python -I harness.py cold RESULT_FD        one run; the job arrives as JSON on stdin
     python -I harness.py zygote CONTROL_FD     a warm template that forks one child per run
 
-The result travels on its own pipe (never stdout): one JSON document
-`{"outcome", "failure", "error_message", "traceback", "value", "figures": [{"title", "png"}]}`
-with the PNG bytes in base64.
+The result travels on its own pipe (never stdout), as three lines: a JSON object
+`{"outcome", "failure", "error_message", "traceback"}`, the return value's JSON text, and a JSON
+list of figures `[{"title", "png"}]` with the PNG bytes in base64.
 """
 
 from __future__ import annotations
@@ -330,8 +330,9 @@ def execute(job: dict, result_fd: int) -> None:
         value_text = "null"
         figures = []
     _flush_std_streams()
-    head = json.dumps(meta, ensure_ascii=False)
-    document = head[:-1] + ',"value":' + value_text + ',"figures":' + json.dumps(figures) + "}"
+    # Three lines: the outcome, the value's JSON text as is (so the service can pass it on without
+    # decoding and encoding it again), the figures. JSON text holds no raw newline.
+    document = json.dumps(meta, ensure_ascii=False) + "\n" + value_text + "\n" + json.dumps(figures)
     _write_all(result_fd, document.encode("utf-8", "surrogatepass"))
     os.close(result_fd)
 

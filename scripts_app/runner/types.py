@@ -84,6 +84,8 @@ class Result:
     error_message: str = ""
     traceback: str = ""
     duration_seconds: float = 0.0
+    # The same value as JSON text, as the child wrote it: pass it on without encoding it again.
+    value_json: str = "null"
 
     @property
     def succeeded(self) -> bool:
