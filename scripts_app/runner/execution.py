@@ -531,6 +531,17 @@ _slots: threading.BoundedSemaphore | None = None
 _slots_size = 0
 
 
+def _fresh_state_in_forked_child() -> None:
+    global reaper, _slots_lock, _slots, _slots_size
+    reaper = _Reaper()
+    _slots_lock = threading.Lock()
+    _slots = None
+    _slots_size = 0
+
+
+os.register_at_fork(after_in_child=_fresh_state_in_forked_child)
+
+
 def _slot_semaphore() -> threading.BoundedSemaphore:
     global _slots, _slots_size
     settings = config.current()

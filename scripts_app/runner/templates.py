@@ -411,6 +411,18 @@ class Registry:
 registry = Registry()
 
 
+def _forget_templates_in_forked_child() -> None:
+    # A process forked from one that already runs templates (a Celery prefork pool, a gunicorn
+    # worker forked after import) must start its own: the templates, their sockets and locks
+    # belong to the parent. Dropping our copies of the sockets does not disturb the parent.
+    registry.lock = threading.Lock()
+    registry.templates = {}
+    registry.checked_at = {}
+
+
+os.register_at_fork(after_in_child=_forget_templates_in_forked_child)
+
+
 # Settings a running template depends on; changing any of them restarts the templates.
 TEMPLATE_SETTINGS = (
     "preload",
