@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import selectors
@@ -36,6 +37,16 @@ DRAIN_GRACE_SECONDS = 1.0
 # Extra seconds the parent waits beyond the wall-clock limit for the template to report the kill.
 BACKSTOP_SECONDS = 5.0
 READ_CHUNK = 1 << 20
+# Larger pipes mean fewer wake-ups of both sides for a large result or a lot of output.
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = 1031
+
+
+def _pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_BYTES)
+    return read_end, write_end
 
 
 class _Capture:
@@ -299,9 +310,9 @@ def _watch_until_end(
 def _run_cold(job: Job, is_cancelled, started: float) -> Result:
     """A new interpreter for this run: slow to start (imports), but needs nothing else."""
     workdir = tempfile.mkdtemp(prefix="omlweb-run-")
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = _pipe()
+    err_r, err_w = _pipe()
+    res_r, res_w = _pipe()
     env = {
         **base_env(),
         "HOME": workdir,
@@ -373,9 +384,9 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
     exit is then awaited by the reaper, which frees the run's slot (`release`) and uid.
     """
     job_r, job_w = os.pipe2(os.O_CLOEXEC)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = _pipe()
+    err_r, err_w = _pipe()
+    res_r, res_w = _pipe()
     ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     uid = uid_fd = None
     if template.uses_run_uid and registry.uid_pool is not None:
