@@ -58,6 +58,12 @@ def base_env() -> dict[str, str]:
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "MPLBACKEND": "Agg",
+        # glibc reserves 64 MiB of address space per thread arena; with RLIMIT_AS bounding address
+        # space, a few threads would otherwise exhaust it without using any memory.
+        "MALLOC_ARENA_MAX": "2",
+        # pyarrow (pandas' string dtype) would reserve 1 GiB of address space for mimalloc on the
+        # first string column, which alone hits a 1 GiB RLIMIT_AS.
+        "ARROW_DEFAULT_MEMORY_POOL": "system",
         **THREAD_ENV,
     }
 

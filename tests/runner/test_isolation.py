@@ -37,6 +37,8 @@ def test_the_run_environment_is_rebuilt_from_an_allow_list(mode, run):
         "TMPDIR",
         "MPLBACKEND",
         "MPLCONFIGDIR",
+        "MALLOC_ARENA_MAX",
+        "ARROW_DEFAULT_MEMORY_POOL",
         "OPENBLAS_NUM_THREADS",
         "OMP_NUM_THREADS",
         "MKL_NUM_THREADS",
