@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts_app.runner import config
+from scripts_app.runner.types import RunnerUnavailable
 
 logger = logging.getLogger("scripts_app.runner")
 
@@ -166,8 +167,8 @@ def bwrap_command(settings: config.Settings, interp: Interpreter, network: bool)
     return args
 
 
-class TemplateError(RuntimeError):
-    pass
+class TemplateError(RunnerUnavailable):
+    """A template could not start, or died twice before starting a run."""
 
 
 class UidPool:

@@ -94,3 +94,7 @@ class Result:
 
 class RunnerBusy(Exception):
     """Every run slot of this process is taken and none freed up in time."""
+
+
+class RunnerUnavailable(RuntimeError):
+    """No run can start: the isolation level asked for (not "auto") is not available here."""

@@ -244,3 +244,25 @@ def test_a_dead_template_is_restarted(run, isolated):
     assert_runner_still_works()
     [after] = [t["pid"] for t in runner.isolation_report()["templates"] if not t["network"]]
     assert after != before
+
+
+def test_an_isolation_level_asked_for_fails_closed_when_unavailable(run):
+    """isolation="bwrap" without a working bwrap raises RunnerUnavailable instead of running weaker."""
+    runner.configure(isolation="bwrap", bwrap_path="/nonexistent/bwrap")
+    try:
+        with pytest.raises(runner.RunnerUnavailable):
+            run("def f():\n    return 1\n")
+    finally:
+        runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"), bwrap_path="/usr/bin/bwrap")
+
+
+def test_auto_isolation_falls_back_and_says_why(run):
+    """With bwrap missing, "auto" still runs, at a lower level, and the report names the reason."""
+    runner.configure(isolation="auto", bwrap_path="/nonexistent/bwrap")
+    try:
+        assert run("def f():\n    return 1\n").value == 1
+        report = runner.isolation_report()
+        assert report["level"] != "bwrap"
+        assert "/nonexistent/bwrap not found" in report["levels_tried"]["bwrap"]
+    finally:
+        runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"), bwrap_path="/usr/bin/bwrap")
