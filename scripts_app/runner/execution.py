@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from scripts_app.runner import config
+from scripts_app.runner.source import imports_only_stdlib
 from scripts_app.runner.templates import (
     HARNESS,
     Template,
@@ -563,6 +564,10 @@ def _slot_semaphore() -> threading.BoundedSemaphore:
         return _slots
 
 
+def _light(job: Job, settings: config.Settings) -> bool:
+    return settings.light_template and not job.graphics and imports_only_stdlib(job.source)
+
+
 def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
     """Run `job` in a fresh, bounded child process and return what happened.
 
@@ -591,7 +596,7 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
         network = settings.network or job.limits.network
         for attempt in (1, 2):
             try:
-                template = registry.get(python, network)
+                template = registry.get(python, network, light=_light(job, settings))
                 started = time.monotonic()  # a template's start-up is not part of the run
             except TemplateError:
                 if settings.isolation != "auto":

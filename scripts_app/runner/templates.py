@@ -204,6 +204,8 @@ class Template:
     network: bool
     level: str
     settings: config.Settings
+    # Modules imported before forking; empty for the light template of stdlib-only scripts.
+    preload: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
     sock: socket.socket | None = None
     info: dict = field(default_factory=dict)
@@ -232,7 +234,7 @@ class Template:
             cwd = self.workroot
             env = {**base_env(), "HOME": self.workroot, "MPLCONFIGDIR": os.path.join(self.workroot, ".matplotlib")}
         template_config = {
-            "preload": list(settings.preload),
+            "preload": list(self.preload),
             "workroot": self.workroot,
             "probe_uid": settings.run_uid_base if is_root() and self.level != "process" else None,
             "pid_namespace": self.level != "process",
@@ -325,7 +327,7 @@ class Template:
 
 
 class Registry:
-    """The templates of this process, one per (interpreter, network), started lazily."""
+    """The templates of this process, one per (interpreter, network, light), started lazily."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -350,8 +352,9 @@ class Registry:
         levels.append("process")
         return levels
 
-    def get(self, python: str, network: bool) -> Template:
-        key = (python, network)
+    def get(self, python: str, network: bool, *, light: bool = False) -> Template:
+        """The template for runs in `python`; `light` is the one that preloads nothing."""
+        key = (python, network, light)
         with self.lock:
             template = self.templates.get(key)
             if template is not None and self._healthy(template, key):
@@ -363,7 +366,8 @@ class Registry:
             levels = [self.level] if self.level else self.candidate_levels(settings)
             errors = []
             for level in levels:
-                template = Template(python=python, network=network, level=level, settings=settings)
+                preload = () if light else settings.preload
+                template = Template(python, network, level, settings, preload=preload)
                 try:
                     template.start()
                 except (TemplateError, OSError, subprocess.SubprocessError, ValueError) as exc:
@@ -433,6 +437,7 @@ os.register_at_fork(after_in_child=_forget_templates_in_forked_child)
 # Settings a running template depends on; changing any of them restarts the templates.
 TEMPLATE_SETTINGS = (
     "preload",
+    "light_template",
     "network",
     "data_dirs_to_hide",
     "isolation",
