@@ -134,7 +134,10 @@ def bwrap_command(settings: config.Settings, interp: Interpreter, network: bool)
         for cap in ("SETUID", "SETGID", "SYS_ADMIN", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWNER"):
             args += ["--cap-add", f"CAP_{cap}"]
     else:
-        args += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "CAP_SYS_ADMIN"]
+        # Unprivileged: uid 0 inside a user namespace, mapped to the service's own uid outside.
+        # SYS_ADMIN for a PID namespace per run, SETPCAP so a run can drop every capability.
+        args += ["--unshare-user", "--uid", "0", "--gid", "0"]
+        args += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]
     args += ["--clearenv"]
     for name, value in base_env().items():
         args += ["--setenv", name, value]
