@@ -96,6 +96,21 @@ def test_the_message_is_published_after_commit_on_the_service_levels_queue(
     assert published == [(job_id, "omlweb.medium")]
 
 
+def test_a_broker_that_is_down_does_not_lose_the_job(
+    alice_api, add_script, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Publishing fails: the client still gets 201 and the job stays QUEUED for the reaper to publish."""
+
+    def broker_down(*, run):
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(jobs, "job_enqueue", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = submit(alice_api, "add")
+    assert response.status_code == 201
+    assert Run.objects.get(pk=job_id_of(response)).status == Run.Status.QUEUED
+
+
 def test_status_is_202_while_queued_then_302_with_content_location(alice_api, add_script, published, run_job):
     """Queued: 202 with createdDate, 'job is still running' and elapsedTime; finished: 302, Content-Location."""
     job_id = job_id_of(submit(alice_api, "add"))
