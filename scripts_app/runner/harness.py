@@ -52,6 +52,7 @@ MS_NOEXEC = 8
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_BIND = 0x1000
+MNT_DETACH = 2
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
@@ -142,6 +143,26 @@ def _classify(exc: BaseException, limits: dict) -> RunFailure:
     return RunFailure("script_error", message, tb)
 
 
+def load_input(data: dict):
+    """The rows of OML's table/row/group apply as the function's first argument, per oml_input_type."""
+    import pyarrow.parquet as pq
+
+    # One thread: the run is bounded in processes and threads, and its piece is small.
+    frame = pq.read_table(io.BytesIO(base64.b64decode(data["parquet"])), use_threads=False).to_pandas()
+    if data.get("na_omit"):
+        frame = frame.dropna().reset_index(drop=True)
+    input_type = data.get("input_type", "default")
+    if input_type == "numpy.recarray":
+        return frame.to_records(index=False)
+    if input_type == "default":
+        import numpy as np
+        import pandas as pd
+
+        if len(frame.columns) and all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes):
+            return frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    return frame
+
+
 def call_user_function(job: dict):
     source = job["source"]
     linecache.cache[SCRIPT_FILENAME] = (len(source), None, source.splitlines(True), SCRIPT_FILENAME)
@@ -149,13 +170,21 @@ def call_user_function(job: dict):
     module.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = module
     sys.argv = [""]
+    args = tuple(job.get("args", ()))
+    if job.get("data") is not None:
+        try:
+            args = (load_input(job["data"]), *args)
+        except MemoryError as exc:
+            raise _classify(exc, job["limits"]) from None
+        except Exception as exc:  # noqa: BLE001 - a broken input is the run's failure, not the harness's
+            raise RunFailure("script_error", f"The input data could not be loaded: {_error_message(exc)}") from None
     try:
         code = compile(source, SCRIPT_FILENAME, "exec")
         exec(code, module.__dict__)
         function = module.__dict__.get(job["function"])
         if not callable(function):
             raise NameError(f"the script defines no function named {job['function']!r}")
-        return function(*job.get("args", ()), **job.get("kwargs", {}))
+        return function(*args, **job.get("kwargs", {}))
     except BaseException as exc:  # noqa: BLE001 - everything the user's code raises is reported
         raise _classify(exc, job["limits"]) from None
 
@@ -230,7 +259,7 @@ def _length(value) -> int | None:
     return None
 
 
-def encode_value(value, limits: dict) -> str:
+def encode_value(value, limits: dict, frame_orient: str = "records") -> str:
     """The JSON text of the return value, within the output and size limits."""
     length = _length(value)
     if length is not None and length > limits["max_output_items"]:
@@ -238,7 +267,7 @@ def encode_value(value, limits: dict) -> str:
     try:
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(value, pd.DataFrame):
-            text = _frame_json(value, "records")
+            text = _frame_json(value, frame_orient)
         elif pd is not None and isinstance(value, pd.Series):
             text = _frame_json(value, "values")
         else:
@@ -320,7 +349,7 @@ def execute(job: dict, result_fd: int) -> None:
         if os.getpid() != pid:
             # A process the user's code forked returned into the harness: it has no result to give.
             os._exit(0)
-        value_text = encode_value(value, limits)
+        value_text = encode_value(value, limits, job.get("frame_orient", "records"))
         if job.get("graphics"):
             figures = collect_figures(limits)
     except RunFailure as failure:
@@ -501,10 +530,23 @@ def confine_filesystem(fs: dict, workdir: str) -> None:
     _check(libc().mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
     if fs.get("new_proc"):
         _check(libc().mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
+    # Folders to keep inside hidden ones: held by a bind in the workdir while the tmpfs goes over them.
+    held = []
+    for index, path in enumerate(p for p in fs.get("keep", []) if os.path.isdir(p)):
+        hold = os.path.join(workdir, f".keep-{index}")
+        os.mkdir(hold)
+        _check(libc().mount(path.encode(), hold.encode(), None, MS_BIND | MS_REC, None), f"hold {path}")
+        held.append((path, hold))
     for path in fs.get("hide", []):
         if os.path.isdir(path):
-            flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+            # Writable only until the whole tree is made read-only below, so kept folders can be placed.
+            flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if held else MS_RDONLY)
             _check(libc().mount(b"tmpfs", path.encode(), b"tmpfs", flags, b"size=4k"), f"hide {path}")
+    for path, hold in held:
+        os.makedirs(path, exist_ok=True)
+        _check(libc().mount(hold.encode(), path.encode(), None, MS_BIND | MS_REC, None), f"keep {path}")
+        _check(libc().umount2(hold.encode(), MNT_DETACH), f"release {hold}")
+        os.rmdir(hold)
     _check(libc().mount(workdir.encode(), workdir.encode(), None, MS_BIND | MS_REC, None), "bind workdir")
     _mount_setattr("/", set_flags=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
     _mount_setattr(workdir, clear_flags=MOUNT_ATTR_RDONLY)
