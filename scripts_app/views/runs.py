@@ -234,6 +234,7 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             "started_at",
             "finished_at",
             "client_address",
+            "parameters",
             "user__username",
             "script_version__number",
         )

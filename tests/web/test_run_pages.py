@@ -306,3 +306,11 @@ def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
     assert b"Cancel requested" in response.content
+
+
+def test_csv_quotes_cells_a_spreadsheet_would_run(alice_client, alice):
+    """Text starting with =, +, - or @ is prefixed with a quote in the CSV; numbers are left alone."""
+    source = "def f():\n    return [{'a': '=HYPERLINK(\"x\")', 'b': -1}]\n"
+    run = run_sync(script=make_script(alice, "f", source), user=alice, parameters={})
+    csv = alice_client.get(reverse("web:run_data", args=[run.pk, "csv"])).content.decode()
+    assert csv.splitlines()[1] == '"\'=HYPERLINK(""x"")",-1'
