@@ -86,7 +86,7 @@ class RunForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 5, "class": "code", "spellcheck": "false"}),
         label="Parameters (a JSON object of keyword arguments)",
     )
-    env_name = forms.ChoiceField(label="Environment")
+    env_name = forms.ChoiceField(label="Environment", help_text="Only environments that are built (READY) are offered.")
     service = forms.ChoiceField(choices=ServiceLevel.choices, initial=ServiceLevel.LOW, label="Service level")
     graphics = forms.BooleanField(required=False, initial=True, label="Capture graphics (matplotlib figures)")
     execution = forms.ChoiceField(

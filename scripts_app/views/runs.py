@@ -20,6 +20,7 @@ from scripts_app.errors import OmlError
 from scripts_app.forms import RunForm
 from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
+from scripts_app.services import environments as environment_services
 from scripts_app.services import runs as run_services
 from scripts_app.signature import entry_signature
 from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
@@ -46,7 +47,7 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     form = RunForm(
         request.POST or None,
         signature=signature,
-        environments=run_services_environments(),
+        environments=environment_services.environment_names_ready(),
         jobs_available=jobs_available,
     )
     again = request.GET.get("again")
@@ -90,11 +91,6 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         },
         status=422 if form.errors else 200,
     )
-
-
-def run_services_environments() -> list[str]:
-    # Environments are not modelled yet: the runner knows only the service's own.
-    return [run_services.DEFAULT_ENVIRONMENT]
 
 
 def _chosen_version(request: HtmxHttpRequest, script: Script) -> ScriptVersion:

@@ -314,3 +314,13 @@ def test_csv_quotes_cells_a_spreadsheet_would_run(alice_client, alice):
     run = run_sync(script=make_script(alice, "f", source), user=alice, parameters={})
     csv = alice_client.get(reverse("web:run_data", args=[run.pk, "csv"])).content.decode()
     assert csv.splitlines()[1] == '"\'=HYPERLINK(""x"")",-1'
+
+
+def test_the_environment_picker_offers_ready_environments(alice_client, typed_script):
+    """The picker lists the default environment and the READY ones, not those building or failed."""
+    from scripts_app.models import Environment
+
+    Environment.objects.create(name="ready", python="/usr/bin/python3", status=Environment.Status.READY)
+    Environment.objects.create(name="building", python="/usr/bin/python3", status=Environment.Status.BUILDING)
+    form = alice_client.get(run_url(typed_script)).context["form"]
+    assert [name for name, _ in form.fields["env_name"].choices] == ["default", "ready"]
