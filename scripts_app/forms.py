@@ -101,7 +101,6 @@ class RunForm(forms.Form):
         *args,
         signature: Signature | None,
         environments: list[str] | None = None,
-        jobs_available: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -109,8 +108,6 @@ class RunForm(forms.Form):
         environments = environments or [DEFAULT_ENVIRONMENT]
         self.fields["env_name"].choices = [(name, name) for name in environments]
         self.fields["env_name"].initial = environments[0]
-        if not jobs_available:
-            self.fields["execution"].choices = [("sync", "Run now and wait")]
         self.parameter_fields: list[str] = []
         for parameter in signature.parameters if signature else []:
             name = self.PARAMETER_PREFIX + parameter.name

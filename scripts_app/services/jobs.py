@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from scripts_app import roles, runner
 from scripts_app.errors import BadRequest, ErrorCode, NotFound
-from scripts_app.models import Run, RunImage, Script, ServiceLevel
+from scripts_app.models import Run, RunImage, Script, ScriptVersion, ServiceLevel
 from scripts_app.services import runs
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,10 @@ def job_submit(
     timeout_seconds: int | None = None,
     comments: str = "",
     client_address: str | None = None,
+    version: ScriptVersion | None = None,
 ) -> Run:
-    """Record an async run, QUEUED, and publish its id once the row is committed."""
+    """Record an async run (of the current version, or of the given one), QUEUED, and publish its id
+    once the row is committed."""
     with transaction.atomic():
         run = runs.run_create(
             script=script,
@@ -68,6 +70,7 @@ def job_submit(
             client_address=client_address,
             timeout_seconds=timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS,
             comments=comments,
+            version=version,
         )
         run.enqueued_at = run.created_at
         run.save(update_fields=["enqueued_at"])

@@ -143,18 +143,6 @@ def test_a_failing_script_shows_its_traceback(alice_client, alice):
     assert b"ValueError: no &lt;good&gt;" in content
 
 
-def test_jobs_are_offered_only_when_available(alice_client, typed_script, monkeypatch):
-    """Without the job services the form offers only sync runs; async is refused."""
-    from scripts_app import jobs_seam
-
-    monkeypatch.setattr(jobs_seam, "available", lambda: False)
-    form = alice_client.get(run_url(typed_script)).context["form"]
-    assert [value for value, _ in form.fields["execution"].choices] == ["sync"]
-    response = alice_client.post(run_url(typed_script), form_data(p_n="1", execution="async"))
-    assert response.status_code == 422
-    assert not Run.objects.exists()
-
-
 # The run page
 
 
@@ -266,7 +254,6 @@ def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
 
 def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_script, django_capture_on_commit_callbacks):
     """'Run as a job' records a QUEUED async run of the chosen version and publishes it on commit."""
-    pytest.importorskip("scripts_app.services.jobs")
     from scripts_app.services import jobs
 
     script_update(script=typed_script, by=alice, source=TYPED.replace('"n": n', '"n": -n'))
@@ -293,7 +280,6 @@ def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_scrip
 
 def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
     """The job's owner cancels it; another user gets 404, an auditor 403."""
-    pytest.importorskip("scripts_app.services.jobs")
     from scripts_app.services.runs import run_create
 
     run = run_create(script=typed_script, user=alice, parameters={"n": 1}, mode=Run.Mode.ASYNC)
@@ -324,3 +310,16 @@ def test_the_environment_picker_offers_ready_environments(alice_client, typed_sc
     Environment.objects.create(name="building", python="/usr/bin/python3", status=Environment.Status.BUILDING)
     form = alice_client.get(run_url(typed_script)).context["form"]
     assert [name for name, _ in form.fields["env_name"].choices] == ["default", "ready"]
+
+
+def test_a_sync_run_has_no_cancel(alice_client, alice, typed_script):
+    """Only jobs can be cancelled: a sync run's cancel is refused and changes nothing."""
+    from scripts_app.services.runs import run_create
+
+    run = run_create(script=typed_script, user=alice, parameters={"n": 1})
+    assert not alice_client.get(reverse("web:run_detail", args=[run.pk])).context["may_cancel"]
+    response = alice_client.post(reverse("web:run_cancel", args=[run.pk]), follow=True)
+    assert b"Only jobs can be cancelled" in response.content
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED
+    assert run.cancel_requested_at is None
