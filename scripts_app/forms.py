@@ -95,6 +95,17 @@ class RunForm(forms.Form):
         widget=forms.RadioSelect,
         label="Execution",
     )
+    # Oracle's bounds for an async job's timeout; the API uses the same.
+    job_timeout = forms.IntegerField(
+        required=False,
+        min_value=1800,
+        max_value=43200,
+        label="Job time limit (seconds)",
+        help_text="Jobs only: 1800 to 43200. Empty: the service's default.",
+    )
+    comments = forms.CharField(
+        required=False, max_length=4000, label="Job comments", help_text="Jobs only: a note kept with the run."
+    )
 
     def __init__(
         self,

@@ -70,7 +70,11 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         }
         try:
             if form.cleaned_data["execution"] == "async":
-                run = job_services.job_submit(**options)
+                run = job_services.job_submit(
+                    **options,
+                    timeout_seconds=form.cleaned_data["job_timeout"],
+                    comments=form.cleaned_data["comments"],
+                )
             else:
                 run = run_services.run_sync(**options)
         except OmlError as error:

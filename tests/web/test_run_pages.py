@@ -263,7 +263,7 @@ def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_scrip
         with django_capture_on_commit_callbacks(execute=True):
             response = alice_client.post(
                 run_url(typed_script) + "?version=1",
-                form_data(p_n="2", version="1", execution="async"),
+                form_data(p_n="2", version="1", execution="async", job_timeout="3600", comments="nightly"),
                 REMOTE_ADDR="10.9.8.7",
             )
     run = Run.objects.get()
@@ -272,6 +272,8 @@ def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_scrip
     assert run.status == Run.Status.QUEUED
     assert run.script_version.number == 1
     assert run.client_address == "10.9.8.7"
+    assert run.timeout_seconds == 3600
+    assert run.comments == "nightly"
     assert published == [run.pk]
     page = alice_client.get(reverse("web:run_detail", args=[run.pk]))
     assert page.context["may_cancel"]
