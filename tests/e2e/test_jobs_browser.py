@@ -38,7 +38,7 @@ def worker(celery_on_broker, live_server, tmp_path, settings):
 def submit_job(page: Page, live_server, script, **fields) -> None:
     page.goto(f"{live_server.url}/scripts/{script.pk}/run/")
     for label, value in fields.items():
-        page.get_by_label(label).fill(value)
+        page.get_by_label(label, exact=True).fill(value)
     page.get_by_label("Run as a job").check()
     page.get_by_role("button", name="Run", exact=True).click()
 
