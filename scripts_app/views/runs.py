@@ -249,6 +249,8 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
         template,
         {
             "page": page,
+            # Queued or running runs on the page: the list refreshes itself until they end.
+            "has_active": any(not run.is_finished for run in page.object_list),
             "filters": filters,
             "sees_all": sees_all,
             "statuses": Run.Status.choices,
