@@ -157,7 +157,7 @@ OMLWEB_RUN_NETWORK = env_bool("OMLWEB_RUN_NETWORK", False)
 # The runner (docs/runner.md): warm templates fork one isolated child per run.
 OMLWEB_RUNNER_MODE = env_str("OMLWEB_RUNNER_MODE", "zygote")
 OMLWEB_RUNNER_ISOLATION = env_str("OMLWEB_RUNNER_ISOLATION", "auto")
-OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot"])
+OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot", "pyarrow.parquet"])
 OMLWEB_RUNNER_MAX_CONCURRENT = env_int("OMLWEB_RUNNER_MAX_CONCURRENT", 4, minimum=1)
 OMLWEB_RUNNER_QUEUE_TIMEOUT = env_float("OMLWEB_RUNNER_QUEUE_TIMEOUT", 5.0)
 
@@ -173,6 +173,14 @@ OMLWEB_ENV_RUNNER_PACKAGES = env_list("OMLWEB_ENV_RUNNER_PACKAGES", ["numpy", "p
 OMLWEB_ENV_FIND_LINKS = env_list("OMLWEB_ENV_FIND_LINKS", [])
 OMLWEB_ENV_NO_INDEX = env_bool("OMLWEB_ENV_NO_INDEX", False)
 OMLWEB_ENV_BUILD_TIMEOUT = env_float("OMLWEB_ENV_BUILD_TIMEOUT", 1800.0)
+
+# Datasets and the input queries of apply runs (docs/datasets.md).
+OMLWEB_DATASET_MAX_UPLOAD_MB = env_int("OMLWEB_DATASET_MAX_UPLOAD_MB", 500, minimum=1)
+OMLWEB_QUERY_TIMEOUT_SECONDS = env_float("OMLWEB_QUERY_TIMEOUT_SECONDS", 30.0)
+OMLWEB_QUERY_MEMORY_MB = env_int("OMLWEB_QUERY_MEMORY_MB", 1024, minimum=64)
+OMLWEB_QUERY_THREADS = env_int("OMLWEB_QUERY_THREADS", 2, minimum=1)
+OMLWEB_QUERY_MAX_ROWS = env_int("OMLWEB_QUERY_MAX_ROWS", 10_000_000, minimum=1)
+OMLWEB_APPLY_MAX_PIECES = env_int("OMLWEB_APPLY_MAX_PIECES", 10_000, minimum=1)
 
 # Celery. The Run row is the truth; Celery carries only run ids.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")

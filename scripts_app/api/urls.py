@@ -17,11 +17,35 @@ urlpatterns = [
         views.ScriptDetailView.as_view(),
         name="oml-script",
     ),
+    re_path(rf"^oml/api/py-scripts/{VERSION}/datasets$", views.DatasetListView.as_view(), name="oml-datasets"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)$",
+        views.DatasetDetailView.as_view(),
+        name="oml-dataset",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants(?:/(?P<user>[^/]+))?$",
+        views.DatasetGrantView.as_view(),
+        name="oml-dataset-grants",
+    ),
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/do-eval/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
         views.DoEvalView.as_view(),
         name="oml-do-eval",
     ),
+    *[
+        re_path(
+            rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
+            view.as_view(),
+            name=f"oml-{endpoint}",
+        )
+        for endpoint, view in (
+            ("table-apply", views.TableApplyView),
+            ("row-apply", views.RowApplyView),
+            ("group-apply", views.GroupApplyView),
+            ("index-apply", views.IndexApplyView),
+        )
+    ],
     re_path(rf"^oml/api/py-scripts/{VERSION}/jobs$", views.JobListView.as_view(), name="oml-jobs"),
     re_path(rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)$", views.JobView.as_view(), name="oml-job"),
     re_path(

@@ -83,6 +83,10 @@ def function_kwargs(parameters: dict) -> dict:
 
 def run_execute(*, run: Run, is_cancelled: Callable[[], bool] | None = None) -> Run:
     """Run a QUEUED run to its end in the runner and record the outcome."""
+    if run.kind != Run.Kind.DO_EVAL:
+        from scripts_app.services.apply import apply_execute
+
+        return apply_execute(run=run, is_cancelled=is_cancelled)
     version = run.script_version
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
@@ -159,6 +163,10 @@ def oml_result(run: Run) -> dict:
         raise run_error(run)
     if not run.graphics:
         return {"result": run.result}
+    if run.kind != Run.Kind.DO_EVAL:
+        from scripts_app.services.apply import graphics_result
+
+        return {"result": graphics_result(run)}
     data = json.dumps(run.result)
     images = list(run.images.all())
     if not images:
