@@ -230,6 +230,7 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             "script_owner",
             "status",
             "mode",
+            "kind",
             "created_at",
             "started_at",
             "finished_at",

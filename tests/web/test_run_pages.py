@@ -325,3 +325,28 @@ def test_a_sync_run_has_no_cancel(alice_client, alice, typed_script):
     run.refresh_from_db()
     assert run.status == Run.Status.QUEUED
     assert run.cancel_requested_at is None
+
+
+def test_an_apply_run_shows_its_input_and_pieces(alice_client, alice, typed_script):
+    """A row-apply run's page shows its kind, input query, options and each piece."""
+    from scripts_app.services.runs import run_create
+
+    run = run_create(script=typed_script, user=alice, parameters={})
+    Run.objects.filter(pk=run.pk).update(
+        kind=Run.Kind.ROW_APPLY,
+        input_query="SELECT * FROM iris",
+        apply_options={"rows": 50},
+        status=Run.Status.SUCCEEDED,
+        result=[{"n": 1}],
+        pieces=[
+            {"label": "rows 1-50", "rows": 50, "status": "SUCCEEDED", "seconds": 0.12, "figures": []},
+            {"label": "rows 51-<100>", "rows": 50, "status": "SUCCEEDED", "seconds": 0.1, "figures": [1]},
+        ],
+    )
+    content = alice_client.get(reverse("web:run_detail", args=[run.pk])).content.decode()
+    assert "SELECT * FROM iris" in content
+    assert "{&quot;rows&quot;: 50}" in content
+    assert "Pieces (2)" in content
+    assert "rows 51-&lt;100&gt;" in content
+    listing = alice_client.get(reverse("web:run_list")).content.decode()
+    assert "row-apply" in listing
