@@ -113,3 +113,30 @@ def sqlite_database(path: Path) -> dict:
         },
         "TEST": {"NAME": str(path.with_name("test_" + path.name))},
     }
+
+
+# Longest async run (Oracle's maximum timeout) plus a margin: Redis must not hand a running job's
+# message to a second worker while the first still runs it.
+REDIS_VISIBILITY_TIMEOUT = 2 * 43200
+
+
+def broker_transport_options(url: str, data_dir: Path) -> dict:
+    """Celery's broker_transport_options for a broker URL: the embedded broker's folders, Redis's timeout."""
+    scheme = urlsplit(url).scheme
+    if scheme == "filesystem":
+        # The embedded broker: one file per message in the data dir, no server to run. Unlike the SQL
+        # transport it supports fanout, so remote control (inspect, ping) works.
+        broker = data_dir / "broker"
+        for folder in ("queue", "processed", "control"):
+            (broker / folder).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(broker / "queue"),
+            "data_folder_out": str(broker / "queue"),
+            "processed_folder": str(broker / "processed"),
+            "store_processed": False,
+            "control_folder": str(broker / "control"),
+            "polling_interval": 0.1,
+        }
+    if scheme in {"redis", "rediss"}:
+        return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+    return {}

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omlweb.env import database, env_bool, env_float, env_int, env_list, env_str, secret_key
+from django.core.exceptions import ImproperlyConfigured
+
+from omlweb.env import (
+    broker_transport_options,
+    database,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    secret_key,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -164,28 +175,57 @@ OMLWEB_ENV_BUILD_TIMEOUT = env_float("OMLWEB_ENV_BUILD_TIMEOUT", 1800.0)
 
 # Celery. The Run row is the truth; Celery carries only run ids.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
-if CELERY_BROKER_URL == "filesystem://":
-    # The embedded broker: message files in the data dir, no server to run.
-    _broker_dir = DATA_DIR / "broker"
-    for _folder in ("queue", "processed", "control"):
-        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "store_processed": False,
-        "control_folder": str(_broker_dir / "control"),
-        "polling_interval": 0.2,
-    }
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, DATA_DIR)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_TASK_IGNORE_RESULT = True
+# At least once: a message is acked only after its task returns, and put back when the worker process
+# running it dies. The task's claim on the Run row makes a second delivery harmless.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message reserved per process, so a dying worker takes no waiting job with it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("OMLWEB_WORKER_MAX_TASKS_PER_CHILD", 100, minimum=1)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Async jobs. Each service level has its own Celery queue and its own workers, so a flood of LOW jobs
+# never takes the slots HIGH jobs run in. Concurrency is the worker processes `manage.py serve` starts
+# for that level on this machine (0: none here); memory is the limit of one run of that level.
+OMLWEB_QUEUE_PREFIX = env_str("OMLWEB_QUEUE_PREFIX", "omlweb")
+OMLWEB_SERVICE_LEVELS = {
+    "LOW": {
+        "concurrency": env_int("OMLWEB_LOW_CONCURRENCY", 2, minimum=0),
+        "memory_mb": env_int("OMLWEB_LOW_MEMORY_MB", OMLWEB_RUN_MEMORY_MB, minimum=64),
+    },
+    "MEDIUM": {
+        "concurrency": env_int("OMLWEB_MEDIUM_CONCURRENCY", 1, minimum=0),
+        "memory_mb": env_int("OMLWEB_MEDIUM_MEMORY_MB", 2 * OMLWEB_RUN_MEMORY_MB, minimum=64),
+    },
+    "HIGH": {
+        "concurrency": env_int("OMLWEB_HIGH_CONCURRENCY", 1, minimum=0),
+        "memory_mb": env_int("OMLWEB_HIGH_MEMORY_MB", 4 * OMLWEB_RUN_MEMORY_MB, minimum=64),
+    },
+}
+# Oracle's default async timeout; a request may ask for 1800 to 43200 seconds.
+OMLWEB_ASYNC_TIMEOUT_SECONDS = env_int("OMLWEB_ASYNC_TIMEOUT_SECONDS", 1800, minimum=1)
+# A worker writes a heartbeat on each run it holds this often, and checks for a cancel request.
+OMLWEB_HEARTBEAT_SECONDS = env_float("OMLWEB_HEARTBEAT_SECONDS", 10.0)
+OMLWEB_CANCEL_POLL_SECONDS = env_float("OMLWEB_CANCEL_POLL_SECONDS", 0.5)
+# The reaper takes back a run whose heartbeat is older than this (its worker is gone), and requeues
+# it until it has been tried OMLWEB_RUN_MAX_ATTEMPTS times; then the run fails with a clear message.
+OMLWEB_HEARTBEAT_STALE_SECONDS = env_float("OMLWEB_HEARTBEAT_STALE_SECONDS", 60.0)
+OMLWEB_RUN_MAX_ATTEMPTS = env_int("OMLWEB_RUN_MAX_ATTEMPTS", 3, minimum=1)
+OMLWEB_REAPER_INTERVAL_SECONDS = env_float("OMLWEB_REAPER_INTERVAL_SECONDS", 30.0)
+# A queued job whose message may have been lost (published before a crash, or reserved by a killed
+# worker) is published again after this long, when its queue holds fewer messages than queued jobs.
+OMLWEB_REQUEUE_AFTER_SECONDS = env_float("OMLWEB_REQUEUE_AFTER_SECONDS", 120.0)
+# Finished runs (and their images) are deleted this many days after they finished: 6 months, as Oracle.
+OMLWEB_RUN_RETENTION_DAYS = env_int("OMLWEB_RUN_RETENTION_DAYS", 183, minimum=1)
+if OMLWEB_HEARTBEAT_STALE_SECONDS < 3 * OMLWEB_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("OMLWEB_HEARTBEAT_STALE_SECONDS must be at least 3 x OMLWEB_HEARTBEAT_SECONDS")
 
 LOGGING = {
     "version": 1,

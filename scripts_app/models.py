@@ -202,6 +202,13 @@ class Run(models.Model):
     error_code = models.PositiveIntegerField(null=True, blank=True)
     error_message = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
+    # Async jobs: when the message was (last) published, who holds the run and when it last said so,
+    # how often it was started, and a cancel request the worker polls for.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
 
     objects = RunQuerySet.as_manager()
 
@@ -212,6 +219,9 @@ class Run(models.Model):
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["status", "-created_at"]),
             models.Index(fields=["script_name", "-created_at"]),
+            models.Index(fields=["user", "mode", "-created_at"], name="run_jobs_of_user"),
+            models.Index(fields=["mode", "status", "service"], name="run_jobs_by_status"),
+            models.Index(fields=["finished_at"], name="run_finished_at"),
         ]
 
     def __str__(self) -> str:

@@ -1,5 +1,15 @@
 """Celery tasks: thin. They take ids and call a service; the database rows are the truth."""
 
-from scripts_app.environments.tasks import build_environment
+from __future__ import annotations
 
-__all__ = ["build_environment"]
+from celery import shared_task
+
+from scripts_app.environments.tasks import build_environment
+from scripts_app.services import jobs
+
+__all__ = ["build_environment", "execute_job"]
+
+
+@shared_task(name="omlweb.execute_job", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def execute_job(self, run_id: str) -> None:
+    jobs.job_execute(run_id=run_id, worker=self.request.hostname or "")

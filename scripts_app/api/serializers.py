@@ -137,3 +137,9 @@ class ScriptRowSerializer(serializers.Serializer):
 class ErrorSerializer(serializers.Serializer):
     errorMessage = serializers.CharField()
     errorCode = serializers.IntegerField()
+
+
+class JobStatusSerializer(serializers.Serializer):
+    createdDate = serializers.CharField(help_text="e.g. 2026-01-26 20:35:22 UTC")
+    status = serializers.CharField(help_text='"job is still running"')
+    elapsedTime = serializers.CharField(help_text="HH:MM:SS")

@@ -38,5 +38,18 @@ urlpatterns = [
         environments.InterpreterListView.as_view(),
         name="oml-interpreters",
     ),
+    re_path(rf"^oml/api/py-scripts/{VERSION}/jobs$", views.JobListView.as_view(), name="oml-jobs"),
+    re_path(rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)$", views.JobView.as_view(), name="oml-job"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)/result$",
+        views.JobResultView.as_view(),
+        name="oml-job-result",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)/cancel$",
+        views.JobCancelView.as_view(),
+        name="oml-job-cancel",
+    ),
+    path("oml/api/admin/status", views.AdminStatusView.as_view(), name="oml-admin-status"),
     path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
 ]

@@ -4,27 +4,31 @@ from __future__ import annotations
 
 from django.contrib.auth import authenticate
 from django.db import transaction
+from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from scripts_app import roles
 from scripts_app.api.serializers import (
     ErrorSerializer,
     ExecutionRequestSerializer,
+    JobStatusSerializer,
     ScriptRowSerializer,
     ScriptWriteSerializer,
     TokenRequestSerializer,
     TokenResponseSerializer,
 )
-from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound
+from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound, PermissionDenied
 from scripts_app.models import AccessToken
-from scripts_app.services import runs, scripts, tokens
+from scripts_app.services import jobs, runs, scripts, tokens
 
-ERRORS = dict.fromkeys((400, 401, 404, 413, 500), ErrorSerializer)
+ERRORS = dict.fromkeys((400, 401, 403, 404, 413, 500), ErrorSerializer)
 
 
 def client_address(request: Request) -> str | None:
@@ -104,18 +108,152 @@ class DoEvalView(APIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
-        if data["asyncFlag"]:
-            raise BadRequest("Asynchronous jobs are not available yet.")
-        run = runs.run_sync(
-            script=script,
-            user=request.user,
-            parameters=data["parameters"],
-            graphics=data["graphicsFlag"],
-            env_name=data.get("envName"),
-            service=data["service"],
-            client_address=client_address(request),
+        return execute(request, version, script, data)
+
+
+def execute(request: Request, version: str, script, data: dict) -> Response:
+    """What every execution endpoint does with a checked body: run now, or submit an async job."""
+    common = {
+        "script": script,
+        "user": request.user,
+        "parameters": data["parameters"],
+        "graphics": data["graphicsFlag"],
+        "env_name": data.get("envName"),
+        "service": data["service"],
+        "client_address": client_address(request),
+    }
+    if not data["asyncFlag"]:
+        return Response(runs.oml_result(runs.run_sync(**common)))
+    run = jobs.job_submit(**common, timeout_seconds=data.get("timeout"), comments=data.get("comments", ""))
+    # Oracle: 201, no body, and the job's absolute URL in Location, which clients poll as it is.
+    return Response(status=201, headers={"Location": job_url(request, version, run)})
+
+
+def job_url(request: Request, version: str, run, suffix: str = "") -> str:
+    return request.build_absolute_uri(reverse("oml-job", kwargs={"version": version, "job_id": run.pk}) + suffix)
+
+
+# Async jobs, as Oracle's /jobs endpoints
+
+JOB_RUNNING = "job is still running"
+JOB_PAGE_DEFAULT, JOB_PAGE_MAX = 50, 500
+
+
+class JobView(APIView):
+    @extend_schema(
+        responses={
+            202: JobStatusSerializer,
+            302: OpenApiResponse(description="Finished: the result's URL is in Content-Location"),
+            **ERRORS,
+        },
+        summary="An async job's status",
+    )
+    def get(self, request: Request, version: str, job_id: str) -> Response:
+        run = jobs.job_get(user=request.user, job_id=job_id)
+        if run.is_finished:
+            # Content-Location, not Location, exactly as Oracle: HTTP clients would follow a Location
+            # and never see the 302.
+            return Response(status=302, headers={"Content-Location": job_url(request, version, run, "/result")})
+        body = {
+            "createdDate": jobs.oracle_date(run.created_at),
+            "status": JOB_RUNNING,
+            "elapsedTime": jobs.hms(jobs.elapsed(run)),
+        }
+        return Response(body, status=202)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Stop (if running) and delete a job")
+    def delete(self, request: Request, version: str, job_id: str) -> Response:
+        run = jobs.job_get(user=request.user, job_id=job_id)
+        jobs.job_delete(run=run)
+        return Response({"result": "job deleted successfully"})
+
+
+class JobResultView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="A finished async job's result")
+    def get(self, request: Request, version: str, job_id: str) -> Response:
+        run = jobs.job_get(user=request.user, job_id=job_id)
+        if not run.is_finished:
+            raise NotFound("The job has not finished: its result is not ready.")
+        body = runs.oml_result(run)
+        if version == "v2" and run.comments:
+            body["comments"] = run.comments
+        return Response(body)
+
+
+class JobListView(APIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("limit", int, description=f"At most {JOB_PAGE_MAX}; default {JOB_PAGE_DEFAULT}."),
+            OpenApiParameter("offset", int),
+        ],
+        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+        summary="The caller's async jobs, newest first (v2)",
+    )
+    def get(self, request: Request, version: str) -> Response:
+        v2_only(version)
+        limit = _query_int(request, "limit", JOB_PAGE_DEFAULT, minimum=1, maximum=JOB_PAGE_MAX)
+        offset = _query_int(request, "offset", 0, minimum=0)
+        page = list(jobs.jobs_visible_to(request.user).order_by("-created_at")[offset : offset + limit + 1])
+        now = timezone.now()
+        items = [job_row(run, now) for run in page[:limit]]
+        return Response({"result": items, "limit": limit, "offset": offset, "hasMore": len(page) > limit})
+
+
+class JobCancelView(APIView):
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Cancel a job (v2)")
+    def post(self, request: Request, version: str, job_id: str) -> Response:
+        v2_only(version)
+        run = jobs.job_get(user=request.user, job_id=job_id)
+        jobs.job_cancel(run=run)
+        return Response({"result": "job cancelled successfully"})
+
+
+def job_row(run, now) -> dict:
+    """One job in GET v2/jobs: Oracle's four keys, then ours."""
+    return {
+        "job_id": str(run.pk),
+        "createdDate": jobs.oracle_date(run.created_at),
+        "status": "FINISH" if run.is_finished else JOB_RUNNING,
+        "elapsedTime": jobs.hms(jobs.elapsed(run, now)),
+        "state": run.status,
+        "scriptName": run.script_name,
+        "owner": run.user.get_username(),
+        "service": run.service,
+        "comments": run.comments,
+    }
+
+
+def v2_only(version: str) -> None:
+    if version != "v2":
+        raise NotFound("This endpoint exists in v2 only: /oml/api/py-scripts/v2/...")
+
+
+def _query_int(request: Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: must be a whole number.") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise BadRequest(
+            f"{name}: must be between {minimum} and {maximum}." if maximum else f"{name}: at least {minimum}."
         )
-        return Response(runs.oml_result(run))
+    return value
+
+
+# The operator's view
+
+
+class AdminStatusView(APIView):
+    @extend_schema(
+        responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Workers, queues and the oldest job (admins)"
+    )
+    def get(self, request: Request) -> Response:
+        if not roles.is_admin(request.user):
+            raise PermissionDenied("Only admins may see the service's status.")
+        return Response(jobs.service_status())
 
 
 # The script repository

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = ".omlweb-env.json"
+SUPERSEDED = ".omlweb-superseded"
 # Bump when the way environments are built changes, so every host builds them anew.
 FORMAT = 1
 
@@ -259,8 +260,12 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
     )
 
 
-def remove_other_generations(root: Path, name: str, keep: str | None, *, older_than: float) -> list[Path]:
-    """Delete this host's folders of environment `name` other than `keep`, unused for `older_than` seconds."""
+def remove_other_generations(root: Path, name: str, keep: str | None, *, grace: float | None) -> list[Path]:
+    """Delete this host's folders of environment `name` other than `keep`.
+
+    A folder is first marked superseded, and deleted by a later call once `grace` seconds have passed
+    since: runs that started before the rebuild still import from it. `grace=None` deletes at once.
+    """
     removed = []
     if not root.is_dir():
         return removed
@@ -268,8 +273,16 @@ def remove_other_generations(root: Path, name: str, keep: str | None, *, older_t
     for path in root.iterdir():
         if path.name == keep or not path.is_dir() or path.name.rpartition("-")[0] != name:
             continue
-        if now - path.stat().st_mtime < older_than:
-            continue
+        superseded = path / SUPERSEDED
+        if grace is not None:
+            try:
+                since = superseded.stat().st_mtime
+            except FileNotFoundError:
+                with contextlib.suppress(OSError):
+                    superseded.touch()
+                continue
+            if now - since < grace:
+                continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed

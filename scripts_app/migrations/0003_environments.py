@@ -11,7 +11,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('scripts_app', '0001_initial'),
+        ('scripts_app', '0002_async_jobs'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

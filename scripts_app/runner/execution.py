@@ -18,7 +18,15 @@ import time
 from collections.abc import Callable
 
 from scripts_app.runner import config
-from scripts_app.runner.templates import HARNESS, Template, TemplateError, base_env, default_python, registry
+from scripts_app.runner.templates import (
+    HARNESS,
+    Template,
+    TemplateError,
+    UidPool,
+    base_env,
+    default_python,
+    registry,
+)
 from scripts_app.runner.types import Failure, Figure, Job, Outcome, Result, RunnerBusy
 
 POLL_SECONDS = 0.1
@@ -118,6 +126,7 @@ class _Watch:
         self.result = bytearray()
         self.result_cap = _result_cap(job)
         self.result_overflow = False
+        self.payload: dict | None = None
         self.open_fds = {out_r, err_r, res_r}
         for fd in (out_r, err_r, res_r):
             os.set_blocking(fd, False)
@@ -161,6 +170,17 @@ class _Watch:
         else:
             sink.feed(data)
 
+    def complete_payload(self) -> bool:
+        """Whether every pipe is closed and the result document is whole."""
+        if self.open_fds or not self.result or self.result_overflow:
+            return False
+        if self.payload is None:
+            try:
+                self.payload = json.loads(self.result)
+            except ValueError:
+                return False
+        return True
+
     def drain(self, deadline: float) -> None:
         while self.open_fds and time.monotonic() < deadline:
             self.poll(max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
@@ -183,8 +203,8 @@ def _signal_name(number: int) -> str:
 def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Result:
     limits = job.limits
     result = Result(outcome=Outcome.FAILED, stdout=watch.stdout.text(), stderr=watch.stderr.text())
-    payload = None
-    if watch.result and not watch.result_overflow:
+    payload = watch.payload
+    if payload is None and watch.result and not watch.result_overflow:
         try:
             payload = json.loads(watch.result)
         except ValueError:
@@ -334,8 +354,12 @@ def _run_cold(job: Job, is_cancelled, started: float) -> Result:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Result:
-    """Fork a child from the environment's warm template."""
+def _run_warm(job: Job, template: Template, is_cancelled, started: float, release: Callable[[], None]) -> Result:
+    """Run in a child forked from the environment's warm template.
+
+    The caller gets its answer as soon as the result and both streams are complete; the child's
+    exit is then awaited by the reaper, which frees the run's slot (`release`) and uid.
+    """
     job_r, job_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -347,7 +371,6 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Res
     header = {
         "wall_seconds": job.limits.wall_seconds,
         "uid": uid,
-        "pidns": template.uses_pid_namespace,
         "netns": template.uses_net_namespace,
         "fs": template.filesystem_confinement,
         "env": {**base_env()},
@@ -374,7 +397,7 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Res
         def finished(tags: list) -> bool:
             nonlocal child_pid
             if "ctl" not in tags:
-                return False
+                return ending.reason is None and watch.complete_payload()
             try:
                 message = ctl.recv(4096)
             except OSError:
@@ -412,12 +435,74 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float) -> Res
         if ending.template_lost and child_pid is None:
             raise _TemplateLost
         watch.drain(time.monotonic() + DRAIN_GRACE_SECONDS)
-        return _conclude(job, watch, ending, started)
-    finally:
+        result = _conclude(job, watch, ending, started)
+    except BaseException:
         watch.close()
         ctl.close()
         if uid_fd is not None:
-            registry.uid_pool.release(uid_fd)
+            UidPool.release(uid_fd)
+        raise
+    watch.close()
+    callbacks = [release]
+    if uid_fd is not None:
+        callbacks.insert(0, lambda: UidPool.release(uid_fd))
+    if ending.status is None and not ending.template_lost:
+        reaper.wait_for_exit(ctl, callbacks, backstop=started + job.limits.wall_seconds + BACKSTOP_SECONDS)
+    else:
+        ctl.close()
+        for callback in callbacks:
+            callback()
+    return result
+
+
+class _Reaper:
+    """Waits, off the caller's path, for the exit report of runs that have already answered."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.thread: threading.Thread | None = None
+
+    def wait_for_exit(self, ctl: socket.socket, callbacks: list, *, backstop: float) -> None:
+        with self.lock:
+            self.selector.register(ctl, selectors.EVENT_READ, (callbacks, backstop))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="runner-reaper", daemon=True)
+                self.thread.start()
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_w, b"x")
+
+    def _done(self, ctl: socket.socket, callbacks: list) -> None:
+        with self.lock:
+            self.selector.unregister(ctl)
+        ctl.close()
+        for callback in callbacks:
+            callback()
+
+    def _loop(self) -> None:
+        while True:
+            for key, _ in self.selector.select(1.0):
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 4096)
+                    continue
+                try:
+                    message = key.fileobj.recv(4096)
+                except OSError:
+                    message = b""
+                if message and b'"status"' not in message:
+                    continue  # the child's pid, sent before the run started
+                self._done(key.fileobj, key.data[0])
+            now = time.monotonic()
+            with self.lock:
+                overdue = [key for key in self.selector.get_map().values() if key.data and now > key.data[1]]
+            for key in overdue:
+                self._done(key.fileobj, key.data[0])
+
+
+reaper = _Reaper()
 
 
 def _warm_kill(reason: str, kill: Callable[[str], None], template: Template, ending: _Ending) -> None:
@@ -455,6 +540,15 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
         raise RunnerBusy(
             f"All {settings.max_concurrent} run slots are busy; no slot freed within {settings.queue_timeout:g} seconds"
         )
+    # The slot is held until the child has exited, which for a warm run can be after we answer.
+    released = threading.Event()
+    handed_over = False
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            slots.release()
+
     try:
         started = time.monotonic()
         if settings.mode == "cold":
@@ -464,17 +558,21 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
         for attempt in (1, 2):
             try:
                 template = registry.get(python, network)
+                started = time.monotonic()  # a template's start-up is not part of the run
             except TemplateError:
                 if settings.isolation != "auto":
                     raise
                 registry.levels_tried["zygote"] = "no template could start; running cold"
                 return _run_cold(job, is_cancelled, started)
             try:
-                return _run_warm(job, template, is_cancelled, started)
+                result = _run_warm(job, template, is_cancelled, started, release)
+                handed_over = True
+                return result
             except _TemplateLost:
                 registry.discard(template)
                 if attempt == 2:
                     raise TemplateError("the runner's template died twice before starting the run") from None
         raise AssertionError("unreachable")
     finally:
-        slots.release()
+        if not handed_over:
+            release()

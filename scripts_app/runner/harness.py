@@ -542,7 +542,8 @@ def _run_child(header: dict, fds: list[int], workdir: str) -> None:
     try:
         # Move the received pipes out of the way first: any of them may sit on fd 0-3.
         job_r, out_w, err_w, res_w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds[:4])
-        os.setsid()
+        with contextlib.suppress(PermissionError):
+            os.setsid()  # a spare is a session leader already
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out_w, 1)
@@ -572,13 +573,17 @@ def _run_child(header: dict, fds: list[int], workdir: str) -> None:
             _drop_to(uid)
         elif os.geteuid() == 0:
             drop_all_capabilities()
-        reseed_random()
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace")
         sys.stderr = io.TextIOWrapper(
             io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
         )
         gc.enable()
         execute(job, 3)
+        _flush_std_streams()
+        # Closing stdout and stderr lets the parent answer now, while this process is torn down.
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         code = 0
     except BaseException:  # noqa: BLE001 - the harness itself failed; say so on stderr
         try:
@@ -588,6 +593,40 @@ def _run_child(header: dict, fds: list[int], workdir: str) -> None:
             pass
     finally:
         os._exit(code)
+
+
+SPARES = 1
+
+
+class _Spare:
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
+def _make_spare(use_pidns: bool, own_pidns: int) -> _Spare:
+    """Fork a child that waits for its job: the next run starts without paying for a fork."""
+    template_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if use_pidns:
+        unshare(CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _close_other_fds({child_end.fileno()})
+            os.setsid()
+            reseed_random()
+            message, fds, _, _ = socket.recv_fds(child_end, 1 << 16, 8)
+        except BaseException:  # noqa: BLE001
+            os._exit(71)
+        if not message:
+            os._exit(0)
+        header = json.loads(message)
+        child_end.close()
+        _run_child(header, fds, header["workdir"])
+    if use_pidns:
+        setns(own_pidns, CLONE_NEWPID)
+    child_end.close()
+    return _Spare(pid, template_end)
 
 
 def zygote_main(control_fd: int, config: dict) -> None:
@@ -636,6 +675,9 @@ def zygote_main(control_fd: int, config: dict) -> None:
         os.close(run.pidfd)
         del runs[run.pidfd]
 
+    use_pidns = bool(config.get("pid_namespace")) and info["pid_namespace"]
+    spares: list[_Spare] = []
+
     while True:
         now = time.monotonic()
         timeout = min((r.deadline for r in runs.values()), default=now + 3600) - now
@@ -650,21 +692,19 @@ def zygote_main(control_fd: int, config: dict) -> None:
                 workdir = tempfile.mkdtemp(prefix="run-", dir=workroot)
                 if header.get("uid") is not None:
                     os.chown(workdir, header["uid"], header["uid"])
-                own_ns = bool(header.get("pidns"))
-                if own_ns:
-                    unshare(CLONE_NEWPID)
-                pid = os.fork()
-                if pid == 0:
-                    _run_child(header, fds, workdir)
-                if own_ns:
-                    setns(own_pidns, CLONE_NEWPID)
+                header["workdir"] = workdir
+                spare = spares.pop(0) if spares else _make_spare(use_pidns, own_pidns)
+                # A spare that died unexpectedly shows up as a run that crashed.
+                with contextlib.suppress(OSError):
+                    socket.send_fds(spare.sock, [json.dumps(header).encode()], fds[:4])
+                spare.sock.close()
                 for fd in fds[:4]:
                     os.close(fd)
                 ctl = socket.socket(fileno=fds[4])
                 with contextlib.suppress(OSError):
-                    ctl.send(json.dumps({"pid": pid}).encode())
-                pidfd = os.pidfd_open(pid)
-                run = _Run(pid, pidfd, ctl, workdir, time.monotonic() + header["wall_seconds"], own_ns)
+                    ctl.send(json.dumps({"pid": spare.pid}).encode())
+                pidfd = os.pidfd_open(spare.pid)
+                run = _Run(spare.pid, pidfd, ctl, workdir, time.monotonic() + header["wall_seconds"], use_pidns)
                 runs[pidfd] = run
                 selector.register(pidfd, selectors.EVENT_READ, ("exit", run))
                 selector.register(ctl, selectors.EVENT_READ, ("ctl", run))
@@ -685,6 +725,9 @@ def zygote_main(control_fd: int, config: dict) -> None:
             if now >= run.deadline:
                 run.kill("timeout")
                 run.deadline = now + 3600
+        # Fork the next run's child ahead of time, so a fork is never on a run's critical path.
+        while len(spares) < SPARES and not selector.select(0):
+            spares.append(_make_spare(use_pidns, own_pidns))
 
 
 def main(argv: list[str]) -> None:

@@ -228,6 +228,7 @@ class Template:
             "preload": list(settings.preload),
             "workroot": self.workroot,
             "probe_uid": settings.run_uid_base if is_root() and self.level != "process" else None,
+            "pid_namespace": self.level != "process",
         }
         command = [*prefix, interp.executable, "-I", harness, "zygote", str(child_end.fileno())]
         command.append(json.dumps(template_config))

@@ -24,7 +24,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from scripts_app.environments import builder, interpreters
 from scripts_app.errors import BadRequest, Conflict, ErrorCode, NotFound
-from scripts_app.models import Environment, EnvironmentLock, Run, environment_name_validator
+from scripts_app.models import Environment, EnvironmentLock, Run, ServiceLevel, environment_name_validator
 
 logger = logging.getLogger("scripts_app.environments")
 
@@ -33,8 +33,9 @@ DEFAULT_DESCRIPTION = "The service's own Python, with the packages omlweb itself
 # How much of a build's log the row keeps: the end, where the error is.
 MAX_LOG_CHARS = 200_000
 LOG_FLUSH_SECONDS = 0.5
-# A folder of an older generation is removed once nothing has touched it for this long.
-OLD_GENERATION_GRACE_SECONDS = 600
+# A folder of an older generation is removed this long after a newer one was built: longer than
+# the longest async run (43200 s), which may have started in it before the rebuild.
+OLD_GENERATION_GRACE_SECONDS = 13 * 3600
 
 
 # Reading
@@ -263,14 +264,18 @@ def environment_delete(*, environment: Environment) -> None:
             )
         name = environment.name
         environment.delete()
-    builder.remove_other_generations(settings.OMLWEB_ENVS_DIR, name, None, older_than=0)
+    builder.remove_other_generations(settings.OMLWEB_ENVS_DIR, name, None, grace=None)
 
 
 def _queue_build(environment: Environment) -> None:
     from scripts_app.environments.tasks import build_environment
+    from scripts_app.services.jobs import queue_name
 
     environment_id, generation = str(environment.pk), environment.generation
-    transaction.on_commit(lambda: build_environment.delay(environment_id, generation))
+    # The LOW service level's workers build environments: every deployment runs some.
+    transaction.on_commit(
+        lambda: build_environment.apply_async((environment_id, generation), queue=queue_name(ServiceLevel.LOW))
+    )
 
 
 # Building
@@ -363,10 +368,28 @@ def environment_build(*, environment_id: str, generation: int) -> Environment | 
         build_finished_at=timezone.now(),
     )
     builder.remove_other_generations(
-        settings.OMLWEB_ENVS_DIR, environment.name, spec.folder_name, older_than=OLD_GENERATION_GRACE_SECONDS
+        settings.OMLWEB_ENVS_DIR, environment.name, spec.folder_name, grace=OLD_GENERATION_GRACE_SECONDS
     )
     environment.refresh_from_db()
     return environment
+
+
+def python_for_run(run: Run) -> str | None:
+    """The interpreter `run` uses on this host (None: the service's own); records the lock it runs with.
+
+    Raises an OmlError when the run's environment was deleted or cannot be built on this host.
+    """
+    environment = run.environment
+    if environment is None and run.env_name != DEFAULT_ENVIRONMENT:
+        raise BadRequest(
+            f"Environment {run.env_name!r} was deleted before the run started.", code=ErrorCode.UNKNOWN_ENVIRONMENT
+        )
+    python = environment_python(environment)
+    if environment is not None and environment.lock_id != run.env_lock_id:
+        # Rebuilt since the run was queued: record the lock it really runs with.
+        run.env_lock_id = environment.lock_id
+        run.save(update_fields=["env_lock"])
+    return python
 
 
 def environment_python(environment: Environment | None) -> str | None:

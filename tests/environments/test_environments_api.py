@@ -34,7 +34,8 @@ def test_an_admin_builds_an_environment_and_a_script_runs_in_it(
     assert response.json()["result"]["status"] == "BUILDING"
     assert response["Location"].endswith("/oml/api/py-scripts/v1/envs/probe")
     environment = Environment.objects.get(name="probe")
-    assert queued_builds == [(str(environment.pk), 1)]
+    # The LOW level's workers build environments.
+    assert queued_builds == [(str(environment.pk), 1, "omlweb.low")]
 
     build_queued()
 
@@ -217,3 +218,44 @@ def test_without_uv_venv_and_pip_build_the_same_environment(create, build_queued
     assert "omlweb-probe==1.0" in environment.lock.text
     make_script(alice, "probe", PROBE)
     assert do_eval(alice_api, "probe", {"envName": "probe"}).json() == {"result": 42}
+
+
+def test_an_async_job_runs_in_its_environment(create, build_queued, alice, alice_api, monkeypatch):
+    """asyncFlag with envName: the worker runs the job with the environment's interpreter and records its lock."""
+    from scripts_app.services import jobs
+    from tests.api.test_jobs import InlineWatch
+
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    make_script(alice, "probe", PROBE)
+    monkeypatch.setattr(jobs, "RunWatch", InlineWatch)
+    monkeypatch.setattr(jobs, "job_enqueue", lambda *, run: None)
+
+    response = alice_api.post(
+        "/oml/api/py-scripts/v1/do-eval/probe", {"envName": "probe", "asyncFlag": True}, format="json"
+    )
+    assert response.status_code == 201
+    run = Run.objects.get()
+    jobs.job_execute(run_id=str(run.pk), worker="inline@test")
+
+    run.refresh_from_db()
+    assert (run.status, run.result) == (Run.Status.SUCCEEDED, 42)
+    assert run.env_lock == Environment.objects.get().lock
+
+
+def test_old_generations_are_removed_only_long_after_they_were_superseded(tmp_path):
+    """A superseded folder survives the next build (runs may still use it) and goes after the grace period."""
+    import os
+
+    from scripts_app.environments import builder
+
+    old, current, other = (tmp_path / name for name in ("probe-aaaa", "probe-bbbb", "probe2-cccc"))
+    for folder in (old, current, other):
+        folder.mkdir()
+    assert builder.remove_other_generations(tmp_path, "probe", "probe-bbbb", grace=3600) == []
+    assert (old / builder.SUPERSEDED).exists()
+    past = (old / builder.SUPERSEDED).stat().st_mtime - 7200
+    os.utime(old / builder.SUPERSEDED, (past, past))
+    assert builder.remove_other_generations(tmp_path, "probe", "probe-bbbb", grace=3600) == [old]
+    assert current.exists()
+    assert other.exists()

@@ -13,12 +13,11 @@ from .helpers import assert_runner_still_works, make_job
 
 def test_a_run_past_its_wall_clock_limit_times_out(mode, run):
     """A function that sleeps forever is killed at the limit and TIMED_OUT says so."""
-    started = time.monotonic()
     result = run("import time\ndef f():\n    time.sleep(3600)\n", limits=Limits(wall_seconds=1))
     assert result.outcome is Outcome.TIMED_OUT
     assert result.failure is Failure.TIMEOUT
     assert "time limit of 1 seconds" in result.error_message
-    assert time.monotonic() - started < 4
+    assert 1 <= result.duration_seconds < 3
     assert_runner_still_works()
 
 

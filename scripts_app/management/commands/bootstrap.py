@@ -12,8 +12,8 @@ from django.db import transaction
 
 from scripts_app.demo import DEMO_ENVIRONMENT, demo_scripts
 from scripts_app.models import Environment, Script
-from scripts_app.services.environments import environment_create
 from scripts_app.roles import ADMINS, ROLES
+from scripts_app.services.environments import environment_create
 from scripts_app.services.scripts import script_create, script_update
 
 

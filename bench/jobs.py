@@ -1,0 +1,259 @@
+"""Async job benchmark: latency and throughput per broker, and scaling with worker processes.
+
+Prints figures and ratios; it passes or fails nothing. Run from the repository root:
+
+    .venv/bin/python bench/jobs.py                      # everything (needs Redis and PostgreSQL)
+    .venv/bin/python bench/jobs.py --only latency       # latency/throughput only
+    BENCH_REDIS_URL=redis://127.0.0.1:6379/14 BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres ...
+
+1. Submit-to-finished latency (p50, p95) of a trivial job, one at a time on an idle system, and jobs per
+   second for a burst of trivial jobs, with 2 worker processes: Redis and the embedded broker side by
+   side (SQLite database).
+2. Scaling: jobs per second for 100 ms jobs with 1, 2 and 4 worker processes, on Redis with PostgreSQL,
+   as a ratio to the ideal of 10 jobs/s per worker process.
+
+Jobs are submitted through the job service (`jobs.job_submit`), the same call the API makes after
+parsing the request; times come from the Run rows (created_at to finished_at), so polling adds nothing.
+Each configuration runs in a child process with its own settings, fresh database and worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TRIVIAL = "def trivial():\n    return 1\n"
+NAP = "import time\ndef nap(seconds=0.1):\n    time.sleep(seconds)\n    return seconds\n"
+
+
+# The parent: one child process per configuration, then the table.
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["latency", "scaling"])
+    parser.add_argument("--latency-jobs", type=int, default=100)
+    parser.add_argument("--burst-jobs", type=int, default=200)
+    parser.add_argument("--scaling-jobs", type=int, default=120)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+    postgres_url = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}")
+    if args.only in (None, "latency"):
+        rows = {}
+        for name, broker in (("embedded (filesystem)", "filesystem://"), ("Redis", redis_url)):
+            rows[name] = run_child(
+                broker=broker,
+                database="sqlite",
+                workers=2,
+                script="trivial",
+                latency_jobs=args.latency_jobs,
+                burst_jobs=args.burst_jobs,
+            )
+        print("\n1. Trivial job, 2 worker processes, SQLite database")
+        names = list(rows)
+        print(f"{'':32}" + "".join(f"{n:>24}" for n in names))
+        for label, key, unit in (
+            ("submit-to-finished p50", "p50", "ms"),
+            ("submit-to-finished p95", "p95", "ms"),
+            ("burst throughput", "jobs_per_second", "jobs/s"),
+        ):
+            print(f"{label:32}" + "".join(f"{rows[n][key]:>17.1f} {unit:<6}" for n in names))
+        print(
+            f"(latency over {args.latency_jobs} jobs one at a time; burst of {args.burst_jobs} jobs submitted at once)"
+        )
+    if args.only in (None, "scaling"):
+        print("\n2. 100 ms jobs on Redis + PostgreSQL: jobs/s against the ideal of N x 10 jobs/s")
+        print(f"{'worker processes':>18}{'jobs/s':>10}{'ideal':>8}{'ratio':>8}")
+        for workers in (1, 2, 4):
+            result = run_child(
+                broker=redis_url,
+                database=postgres_url,
+                workers=workers,
+                script="nap",
+                latency_jobs=0,
+                burst_jobs=args.scaling_jobs,
+            )
+            ideal = workers * 10
+            rate = result["jobs_per_second"]
+            print(f"{workers:>18}{rate:>10.1f}{ideal:>8}{rate / ideal:>8.2f}")
+
+
+def run_child(**config) -> dict:
+    output = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if output.returncode:
+        sys.stderr.write(output.stderr[-5000:])
+        raise SystemExit(f"benchmark child failed for {config}")
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+# A child: one configuration, with its own data dir, database and workers.
+
+
+def child(config: dict) -> dict:
+    data_dir = Path(tempfile.mkdtemp(prefix="omlweb-bench-"))
+    os.environ["OMLWEB_DATA_DIR"] = str(data_dir)
+    os.environ["CELERY_BROKER_URL"] = config["broker"]
+    os.environ["OMLWEB_QUEUE_PREFIX"] = f"bench{uuid.uuid4().hex[:8]}"
+    os.environ["OMLWEB_LOG_LEVEL"] = "WARNING"
+    database = None
+    if config["database"] == "sqlite":
+        os.environ.pop("DATABASE_URL", None)
+    else:
+        database = fresh_postgres_database(config["database"])
+        os.environ["DATABASE_URL"] = database
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "omlweb.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    workers = start_workers(config["workers"], data_dir)
+    try:
+        return measure(config)
+    finally:
+        for process in workers:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        drop_queues()
+        if database:
+            from django.db import connections
+
+            connections.close_all()
+            drop_postgres_database(config["database"], database.rsplit("/", 1)[1])
+
+
+def fresh_postgres_database(admin_url: str) -> str:
+    import psycopg
+
+    name = f"omlweb_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+def drop_postgres_database(admin_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_workers(count: int, data_dir: Path) -> list[subprocess.Popen]:
+    from scripts_app.services import jobs
+
+    processes = []
+    for number in range(count):
+        log = (data_dir / f"worker{number}.log").open("w")
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "omlweb",
+                    "worker",
+                    "--queues",
+                    jobs.queue_name("LOW"),
+                    "--concurrency",
+                    "1",
+                    "--hostname",
+                    f"bench{number}@%h",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                cwd=ROOT,
+                env=os.environ.copy(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    return processes
+
+
+def measure(config: dict) -> dict:
+    from django.contrib.auth import get_user_model
+
+    from scripts_app.models import Run
+    from scripts_app.services import jobs
+    from scripts_app.services.scripts import script_create
+
+    user = get_user_model().objects.create_user("bench", password="bench-password-1")
+    name = config["script"]
+    script = script_create(owner=user, name=name, source=TRIVIAL if name == "trivial" else NAP)
+
+    def submit() -> Run:
+        return jobs.job_submit(script=script, user=user, parameters={})
+
+    def wait_all(ids: list, timeout: float = 600) -> list[Run]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = list(Run.objects.filter(pk__in=ids, status__in=Run.FINISHED))
+            if len(done) == len(ids):
+                failed = [run for run in done if run.status != Run.Status.SUCCEEDED]
+                if failed:
+                    raise SystemExit(f"{len(failed)} jobs did not succeed: {failed[0].error_message}")
+                return done
+            # Times come from the rows: polling slower biases nothing and leaves the CPU to the workers.
+            time.sleep(0.05)
+        raise SystemExit(f"jobs not finished after {timeout} s")
+
+    # Warm-up: each worker process starts its runner template on its first job.
+    wait_all([submit().pk for _ in range(4 * config["workers"])])
+    result: dict = {}
+    if config["latency_jobs"]:
+        latencies = []
+        for _ in range(config["latency_jobs"]):
+            [run] = wait_all([submit().pk])
+            latencies.append((run.finished_at - run.created_at).total_seconds() * 1000)
+        cuts = statistics.quantiles(latencies, n=100)
+        result.update(p50=statistics.median(latencies), p95=cuts[94])
+    ids = [submit().pk for _ in range(config["burst_jobs"])]
+    done = wait_all(ids)
+    span = (max(r.finished_at for r in done) - min(r.created_at for r in done)).total_seconds()
+    result["jobs_per_second"] = len(done) / span
+    return result
+
+
+def drop_queues() -> None:
+    from kombu import Queue
+
+    from omlweb.celery import app
+    from scripts_app.services import jobs
+
+    if not app.conf.broker_url.startswith(("redis", "amqp")):
+        return
+    with app.connection_for_write() as conn, conn.channel() as channel:
+        for level in jobs.service_levels():
+            Queue(jobs.queue_name(level), channel=channel).delete()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,505 @@
+"""Async jobs: Oracle's job flow on top of Run rows, executed by Celery workers.
+
+The Run row is the truth. Celery carries only the run's id; a task claims the row with a conditional
+UPDATE (QUEUED -> RUNNING), so a second delivery of the same message does nothing. While it runs, the
+worker heartbeats the row and polls it for a cancel request. The reaper takes back runs whose worker
+vanished and republishes queued runs whose message was lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from scripts_app import roles, runner
+from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError
+from scripts_app.models import Run, RunImage, Script, ServiceLevel
+from scripts_app.services import environments, runs
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
+# Celery's hard time limit is only a backstop behind the runner's own wall clock.
+CELERY_TIME_LIMIT_MARGIN_SECONDS = 300
+
+
+def queue_name(service: str) -> str:
+    return f"{settings.OMLWEB_QUEUE_PREFIX}.{service.lower()}"
+
+
+def service_levels() -> list[str]:
+    return [level.value for level in ServiceLevel]
+
+
+# Submitting
+
+
+def job_submit(
+    *,
+    script: Script,
+    user,
+    parameters: dict,
+    graphics: bool = False,
+    env_name: str | None = None,
+    service: str = ServiceLevel.LOW,
+    timeout_seconds: int | None = None,
+    comments: str = "",
+    client_address: str | None = None,
+) -> Run:
+    """Record an async run, QUEUED, and publish its id once the row is committed."""
+    with transaction.atomic():
+        run = runs.run_create(
+            script=script,
+            user=user,
+            parameters=parameters,
+            graphics=graphics,
+            env_name=env_name,
+            service=service,
+            mode=Run.Mode.ASYNC,
+            client_address=client_address,
+            timeout_seconds=timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS,
+            comments=comments,
+        )
+        run.enqueued_at = run.created_at
+        run.save(update_fields=["enqueued_at"])
+        # robust: a broker that is down must not turn an accepted job into a 500; the row is committed
+        # and the reaper publishes it later.
+        transaction.on_commit(lambda: job_enqueue(run=run), robust=True)
+    return run
+
+
+def job_enqueue(*, run: Run) -> None:
+    """Publish the run's id on its service level's queue."""
+    from scripts_app.tasks import execute_job
+
+    timeout = run.timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS
+    execute_job.apply_async(
+        args=[str(run.pk)],
+        queue=queue_name(run.service),
+        time_limit=timeout + CELERY_TIME_LIMIT_MARGIN_SECONDS,
+    )
+
+
+# Reading
+
+
+def jobs_visible_to(user):
+    """The async runs a user may see and touch: their own; an admin's are everyone's."""
+    jobs = Run.objects.filter(mode=Run.Mode.ASYNC)
+    return jobs if roles.is_admin(user) else jobs.filter(user=user)
+
+
+def job_get(*, user, job_id: str) -> Run:
+    """A job the user may see; 404 for one that does not exist or is someone else's."""
+    try:
+        pk = uuid.UUID(str(job_id))
+    except ValueError:
+        raise NotFound(f"Job {job_id} does not exist.") from None
+    run = jobs_visible_to(user).filter(pk=pk).first()
+    if run is None:
+        raise NotFound(f"Job {job_id} does not exist.")
+    return run
+
+
+def elapsed(run: Run, now: datetime | None = None) -> timedelta:
+    end = run.finished_at or now or timezone.now()
+    return max(end - run.created_at, timedelta(0))
+
+
+def hms(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def oracle_date(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# Cancelling and deleting
+
+
+def job_cancel(*, run: Run) -> Run:
+    """Stop a queued or running job; it ends CANCELLED. A finished job can't be cancelled (400)."""
+    now = timezone.now()
+    if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
+        status=Run.Status.CANCELLED,
+        cancel_requested_at=now,
+        finished_at=now,
+        error_code=ErrorCode.CANCELLED,
+        error_message="The job was cancelled before it started.",
+    ):
+        run.refresh_from_db()
+        return run
+    # Running: the worker holding it sees the flag within OMLWEB_CANCEL_POLL_SECONDS and kills the run.
+    if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(cancel_requested_at=now):
+        raise BadRequest("Job is not running.", code=ErrorCode.BAD_REQUEST)
+    run.refresh_from_db()
+    return run
+
+
+def job_delete(*, run: Run) -> None:
+    """Delete a job and its images; a worker running it notices the row is gone and kills the run."""
+    with transaction.atomic():
+        images = list(RunImage.objects.filter(run=run))
+        Run.objects.filter(pk=run.pk).delete()
+        transaction.on_commit(lambda: _delete_files(images))
+
+
+def _delete_files(images: list[RunImage]) -> None:
+    for image in images:
+        image.image.delete(save=False)
+
+
+# Executing (in a Celery worker)
+
+
+def job_execute(*, run_id: str, worker: str) -> Run | None:
+    """Claim a queued run, run it in the runner while heartbeating, record the outcome.
+
+    Returns None when there was nothing to do: the run is gone, finished, or held by another worker.
+    """
+    run = job_claim(run_id=run_id, worker=worker)
+    if run is None:
+        return None
+    try:
+        # The run's environment; this host builds its copy first if it has none (issue 6).
+        python = environments.python_for_run(run)
+    except OmlError as error:
+        job_fail(run=run, message=error.message, code=error.code)
+        return run
+    job = runner.Job(
+        source=run.script_version.source,
+        function=run.script_version.entry_function,
+        kwargs=runs.function_kwargs(run.parameters),
+        graphics=run.graphics,
+        limits=job_limits(run),
+        python=python,
+    )
+    watch = RunWatch(run=run)
+    watch.start()
+    try:
+        result = runner.run(job, is_cancelled=watch.is_cancelled)
+    except runner.RunnerBusy:
+        watch.stop()
+        logger.warning("Run %s: no runner slot free; requeued", run.pk)
+        job_requeue(run=run, count_attempt=False)
+        return run
+    except Exception as error:
+        watch.stop()
+        logger.exception("Run %s: the runner failed", run.pk)
+        job_fail(run=run, message=f"The service failed to run the job: {error}")
+        return run
+    watch.stop()
+    return job_record(run=run, result=result)
+
+
+def job_limits(run: Run) -> runner.Limits:
+    """The run's service level's limits; an async run's own timeout bounds both wall clock and CPU."""
+    limits = runs.limits_from_settings(wall_seconds=run.timeout_seconds)
+    level = settings.OMLWEB_SERVICE_LEVELS[run.service]
+    return dataclasses.replace(
+        limits,
+        cpu_seconds=max(limits.cpu_seconds, int(run.timeout_seconds or 0)),
+        memory_bytes=level["memory_mb"] * 1024**2,
+    )
+
+
+def job_claim(*, run_id: str, worker: str) -> Run | None:
+    now = timezone.now()
+    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True).update(
+        status=Run.Status.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        worker=worker,
+        attempts=F("attempts") + 1,
+    )
+    if not claimed:
+        logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
+        return None
+    return Run.objects.select_related("script_version").filter(pk=run_id).first()
+
+
+def _held(run: Run):
+    """The row as long as this attempt of this worker still holds it."""
+    return Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, worker=run.worker, attempts=run.attempts)
+
+
+def job_record(*, run: Run, result: runner.Result) -> Run | None:
+    """Record the outcome, unless the run was taken from this attempt (deleted, reaped) meanwhile."""
+    with transaction.atomic():
+        current = _held(run).select_for_update().first()
+        if current is None:
+            logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
+            return None
+        runs.run_record_result(run=current, result=result)
+    return current
+
+
+def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
+    _held(run).update(
+        status=Run.Status.FAILED, finished_at=timezone.now(), error_code=code, error_message=message, traceback=""
+    )
+
+
+def job_requeue(*, run: Run, count_attempt: bool = True) -> None:
+    updated = _held(run).update(
+        status=Run.Status.QUEUED,
+        worker="",
+        heartbeat_at=None,
+        enqueued_at=timezone.now(),
+        attempts=F("attempts") if count_attempt else F("attempts") - 1,
+    )
+    if updated:
+        job_enqueue(run=run)
+
+
+class RunWatch:
+    """A thread beside the runner: heartbeats the run and turns a cancel request into `is_cancelled()`.
+
+    It reads the row at most every OMLWEB_CANCEL_POLL_SECONDS, whatever the runner polls. The run counts
+    as cancelled when a cancel was requested, or the row was deleted or taken away from this attempt.
+    """
+
+    def __init__(self, *, run: Run) -> None:
+        self.run = run
+        self._cancelled = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"watch-{run.pk}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _loop(self) -> None:
+        beat_every = settings.OMLWEB_HEARTBEAT_SECONDS
+        poll_every = min(settings.OMLWEB_CANCEL_POLL_SECONDS, beat_every)
+        next_beat = 0.0
+        try:
+            while not self._stopped.wait(poll_every):
+                try:
+                    if time.monotonic() >= next_beat:
+                        next_beat = time.monotonic() + beat_every
+                        if not _held(self.run).update(heartbeat_at=timezone.now()):
+                            self._cancelled.set()
+                    if _held(self.run).filter(cancel_requested_at__isnull=False).exists():
+                        self._cancelled.set()
+                except Exception:
+                    # A locked or unreachable database must not kill the run; the next poll tries again.
+                    logger.exception("Run %s: heartbeat failed", self.run.pk)
+                    close_old_connections()
+        finally:
+            connection.close()
+
+
+# The reaper
+
+
+@dataclasses.dataclass
+class ReapReport:
+    requeued: list[str] = dataclasses.field(default_factory=list)
+    failed: list[str] = dataclasses.field(default_factory=list)
+    cancelled: list[str] = dataclasses.field(default_factory=list)
+    republished: list[str] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed or self.cancelled or self.republished)
+
+
+def reap_runs(*, now: datetime | None = None) -> ReapReport:
+    """Take back what dead processes left: no run stays QUEUED or RUNNING forever.
+
+    - An async run whose heartbeat is older than OMLWEB_HEARTBEAT_STALE_SECONDS lost its worker: it is
+      requeued, or failed once it was tried OMLWEB_RUN_MAX_ATTEMPTS times, or cancelled if that was asked.
+    - A queued async run whose message may be lost is published again (see `_republish_lost`).
+    - A sync run still open well past the sync wall-clock limit lost its web process: it is failed.
+    Every change is a conditional UPDATE, so reapers on several machines at once do no harm.
+    """
+    now = now or timezone.now()
+    report = ReapReport()
+    stale_before = now - timedelta(seconds=settings.OMLWEB_HEARTBEAT_STALE_SECONDS)
+    stale = Run.objects.filter(mode=Run.Mode.ASYNC, status=Run.Status.RUNNING).filter(
+        Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
+    )
+    for run in stale:
+        taken = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, attempts=run.attempts, worker=run.worker)
+        lost = f"its worker {run.worker or '(unknown)'} stopped answering"
+        if run.cancel_requested_at:
+            if taken.update(
+                status=Run.Status.CANCELLED,
+                finished_at=now,
+                error_code=ErrorCode.CANCELLED,
+                error_message=f"The job was cancelled; {lost}.",
+            ):
+                report.cancelled.append(str(run.pk))
+        elif run.attempts >= settings.OMLWEB_RUN_MAX_ATTEMPTS:
+            if taken.update(
+                status=Run.Status.FAILED,
+                finished_at=now,
+                error_code=ErrorCode.CRASHED,
+                error_message=(
+                    f"The job was started {run.attempts} times and each time {lost} "
+                    "(killed, or out of memory); it is not tried again."
+                ),
+            ):
+                report.failed.append(str(run.pk))
+                logger.warning("Run %s failed: %s, attempt %s of %s", run.pk, lost, run.attempts, run.attempts)
+        elif taken.update(status=Run.Status.QUEUED, worker="", heartbeat_at=None, enqueued_at=now):
+            logger.warning("Run %s requeued: %s (attempt %s)", run.pk, lost, run.attempts)
+            report.requeued.append(str(run.pk))
+            _publish_quietly(run)
+    report.republished = _republish_lost(now=now)
+    sync_limit = timedelta(seconds=settings.OMLWEB_RUN_WALL_SECONDS + settings.OMLWEB_HEARTBEAT_STALE_SECONDS)
+    orphans = Run.objects.filter(mode=Run.Mode.SYNC, status__in=ACTIVE, created_at__lt=now - sync_limit)
+    for pk in orphans.values_list("pk", flat=True):
+        if Run.objects.filter(pk=pk, status__in=ACTIVE).update(
+            status=Run.Status.FAILED,
+            finished_at=now,
+            error_code=ErrorCode.CRASHED,
+            error_message="The web process running this synchronous run stopped before it finished.",
+        ):
+            report.failed.append(str(pk))
+    return report
+
+
+def _republish_lost(*, now: datetime) -> list[str]:
+    """Publish again queued runs whose message may be lost, oldest first.
+
+    A message can be lost between the commit and the publish (a crash), or with the worker that had
+    reserved it (the embedded broker deletes a message file when a worker fetches it). When a level's
+    queue holds fewer messages than it has queued runs, the difference is republished from the runs
+    waiting longest; a duplicate is harmless because only one delivery can claim the run.
+    """
+    republished: list[str] = []
+    before = now - timedelta(seconds=settings.OMLWEB_REQUEUE_AFTER_SECONDS)
+    for level in service_levels():
+        queued = Run.objects.filter(mode=Run.Mode.ASYNC, status=Run.Status.QUEUED, service=level)
+        waiting_long = queued.filter(Q(enqueued_at__lt=before) | Q(enqueued_at__isnull=True))
+        if not waiting_long.exists():
+            continue
+        in_queue = queue_length(level)
+        missing = queued.count() - in_queue if in_queue is not None else waiting_long.count()
+        if missing <= 0:
+            continue
+        for run in waiting_long.order_by(F("enqueued_at").asc(nulls_first=True))[:missing]:
+            if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(enqueued_at=now):
+                _publish_quietly(run)
+                republished.append(str(run.pk))
+    return republished
+
+
+def _publish_quietly(run: Run) -> None:
+    try:
+        job_enqueue(run=run)
+    except Exception:
+        # The row stays QUEUED; the next reaper pass tries again.
+        logger.exception("Run %s: publishing to the broker failed", run.pk)
+
+
+# Retention
+
+
+def prune_runs(*, now: datetime | None = None, batch: int = 1000) -> int:
+    """Delete finished runs (and their image files) older than OMLWEB_RUN_RETENTION_DAYS. Returns how many."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.OMLWEB_RUN_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        # In batches: a long delete would hold SQLite's write lock away from every worker.
+        ids = list(
+            Run.objects.filter(status__in=Run.FINISHED, finished_at__lt=cutoff).values_list("pk", flat=True)[:batch]
+        )
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            images = list(RunImage.objects.filter(run_id__in=ids))
+            Run.objects.filter(pk__in=ids).delete()
+            transaction.on_commit(lambda images=images: _delete_files(images))
+        deleted += len(ids)
+
+
+# The operator's view
+
+
+def queue_length(service: str) -> int | None:
+    """Messages waiting in a service level's queue, or None when the broker can't be asked."""
+    from omlweb.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+            with conn.channel() as channel:
+                declared = channel.queue_declare(queue=queue_name(service), durable=True, auto_delete=False)
+                return int(declared.message_count)
+    except Exception:
+        logger.exception("Could not read the length of queue %s", queue_name(service))
+        return None
+
+
+def workers_alive(*, timeout: float = 1.0) -> list[dict]:
+    """The Celery workers that answer, with the queues they consume."""
+    from omlweb.celery import app
+
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    except Exception:
+        logger.exception("Could not ask the workers")
+        return []
+    return [
+        {"name": name, "queues": sorted(queue["name"] for queue in queues)} for name, queues in sorted(replies.items())
+    ]
+
+
+def service_status() -> dict:
+    """Workers alive, per level: queue length, queued and running jobs; and the oldest queued job."""
+    now = timezone.now()
+    workers = workers_alive()
+    levels = {}
+    for level in service_levels():
+        jobs = Run.objects.filter(mode=Run.Mode.ASYNC, service=level)
+        levels[level] = {
+            "queue": queue_name(level),
+            "messages": queue_length(level),
+            "queued": jobs.filter(status=Run.Status.QUEUED).count(),
+            "running": jobs.filter(status=Run.Status.RUNNING).count(),
+            "workers": [w["name"] for w in workers if queue_name(level) in w["queues"]],
+            "concurrencyPerHost": settings.OMLWEB_SERVICE_LEVELS[level]["concurrency"],
+            "memoryMbPerRun": settings.OMLWEB_SERVICE_LEVELS[level]["memory_mb"],
+        }
+    oldest = Run.objects.filter(mode=Run.Mode.ASYNC, status=Run.Status.QUEUED).order_by("created_at").first()
+    return {
+        "time": oracle_date(now),
+        "broker": _scheme(settings.CELERY_BROKER_URL),
+        "database": connection.vendor,
+        "workers": workers,
+        "serviceLevels": levels,
+        "oldestQueuedJob": None
+        if oldest is None
+        else {
+            "jobId": str(oldest.pk),
+            "service": oldest.service,
+            "createdDate": oracle_date(oldest.created_at),
+            "waiting": hms(now - oldest.created_at),
+            "attempts": oldest.attempts,
+        },
+        # Filled from the runner's isolation_report() by whoever wires it in.
+        "isolation": None,
+    }
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else url
