@@ -70,6 +70,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "scripts_app.context_processors.roles",
             ],
         },
     },
@@ -156,7 +157,7 @@ OMLWEB_RUN_NETWORK = env_bool("OMLWEB_RUN_NETWORK", False)
 # The runner (docs/runner.md): warm templates fork one isolated child per run.
 OMLWEB_RUNNER_MODE = env_str("OMLWEB_RUNNER_MODE", "zygote")
 OMLWEB_RUNNER_ISOLATION = env_str("OMLWEB_RUNNER_ISOLATION", "auto")
-OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot"])
+OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot", "pyarrow.parquet"])
 OMLWEB_RUNNER_MAX_CONCURRENT = env_int("OMLWEB_RUNNER_MAX_CONCURRENT", 4, minimum=1)
 OMLWEB_RUNNER_QUEUE_TIMEOUT = env_float("OMLWEB_RUNNER_QUEUE_TIMEOUT", 5.0)
 # An environment's warm template stops after this long without runs (0: never); the default one stays.
@@ -174,6 +175,14 @@ OMLWEB_ENV_RUNNER_PACKAGES = env_list("OMLWEB_ENV_RUNNER_PACKAGES", ["numpy", "p
 OMLWEB_ENV_FIND_LINKS = env_list("OMLWEB_ENV_FIND_LINKS", [])
 OMLWEB_ENV_NO_INDEX = env_bool("OMLWEB_ENV_NO_INDEX", False)
 OMLWEB_ENV_BUILD_TIMEOUT = env_float("OMLWEB_ENV_BUILD_TIMEOUT", 1800.0)
+
+# Datasets and the input queries of apply runs (docs/datasets.md).
+OMLWEB_DATASET_MAX_UPLOAD_MB = env_int("OMLWEB_DATASET_MAX_UPLOAD_MB", 500, minimum=1)
+OMLWEB_QUERY_TIMEOUT_SECONDS = env_float("OMLWEB_QUERY_TIMEOUT_SECONDS", 30.0)
+OMLWEB_QUERY_MEMORY_MB = env_int("OMLWEB_QUERY_MEMORY_MB", 1024, minimum=64)
+OMLWEB_QUERY_THREADS = env_int("OMLWEB_QUERY_THREADS", 2, minimum=1)
+OMLWEB_QUERY_MAX_ROWS = env_int("OMLWEB_QUERY_MAX_ROWS", 10_000_000, minimum=1)
+OMLWEB_APPLY_MAX_PIECES = env_int("OMLWEB_APPLY_MAX_PIECES", 10_000, minimum=1)
 
 # Celery. The Run row is the truth; Celery carries only run ids.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -197,6 +206,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # never takes the slots HIGH jobs run in. Concurrency is the worker processes `manage.py serve` starts
 # for that level on this machine (0: none here); memory is the limit of one run of that level.
 OMLWEB_QUEUE_PREFIX = env_str("OMLWEB_QUEUE_PREFIX", "omlweb")
+# Environment builds go to their own queue, which every worker also serves.
+OMLWEB_BUILD_QUEUE = f"{OMLWEB_QUEUE_PREFIX}.builds"
+CELERY_TASK_ROUTES = {"omlweb.build_environment": {"queue": OMLWEB_BUILD_QUEUE}}
 OMLWEB_SERVICE_LEVELS = {
     "LOW": {
         "concurrency": env_int("OMLWEB_LOW_CONCURRENCY", 2, minimum=0),

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from scripts_app.models import AccessToken, Run, RunImage, Script, ScriptGrant, ScriptVersion
+from scripts_app.models import AccessToken, Dataset, DatasetGrant, Run, RunImage, Script, ScriptGrant, ScriptVersion
 
 
 class ScriptVersionInline(admin.TabularInline):
@@ -61,3 +61,27 @@ class AccessTokenAdmin(admin.ModelAdmin):
     list_filter = ("kind",)
     search_fields = ("user__username", "name")
     readonly_fields = ("token_hash", "created_at", "chain_started_at", "last_used_at")
+
+
+class DatasetGrantInline(admin.TabularInline):
+    model = DatasetGrant
+    extra = 0
+    autocomplete_fields = ("grantee",)
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ("name", "owner", "is_global", "row_count", "column_count", "size_bytes", "updated_at")
+    list_filter = ("is_global", "source_format")
+    search_fields = ("name", "description", "owner__username")
+    readonly_fields = (
+        "file",
+        "source_format",
+        "size_bytes",
+        "row_count",
+        "column_count",
+        "schema",
+        "created_at",
+        "updated_at",
+    )
+    inlines = (DatasetGrantInline,)

@@ -7,6 +7,7 @@ import uuid
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 SCRIPT_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
@@ -152,6 +153,62 @@ class Environment(models.Model):
         return self.status == self.Status.READY
 
 
+# Oracle's most parallel pieces at once per service level.
+SERVICE_LEVEL_DEGREE = {ServiceLevel.LOW: 2, ServiceLevel.MEDIUM: 4, ServiceLevel.HIGH: 8}
+
+
+def dataset_file_path(dataset: Dataset, filename: str) -> str:
+    # A new name per upload: a replaced file never changes under a query that is reading it.
+    return f"datasets/{dataset.owner_id}/{dataset.id}/{uuid.uuid4().hex}.parquet"
+
+
+class Dataset(models.Model):
+    """A named table of data, stored as Parquet; input queries name it in SQL."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="datasets")
+    # Same rules as script names; unique per owner ignoring case, since SQL names ignore case.
+    name = models.CharField(max_length=128, validators=[script_name_validator])
+    description = models.TextField(blank=True)
+    is_global = models.BooleanField(default=False, help_text="Every user may query a global dataset.")
+    grantees = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="DatasetGrant", related_name="granted_datasets", blank=True
+    )
+    file = models.FileField(upload_to=dataset_file_path, max_length=255)
+    source_format = models.CharField(max_length=8, help_text="The format it was uploaded in: csv or parquet.")
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    row_count = models.PositiveBigIntegerField(default=0)
+    column_count = models.PositiveIntegerField(default=0)
+    # [{"name": ..., "type": <DuckDB type>}, ...] in column order.
+    schema = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(Lower("name"), "owner", name="dataset_name_unique_per_owner"),
+        ]
+        indexes = [models.Index(fields=["is_global", "name"])]
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+class DatasetGrant(models.Model):
+    """The owner lets another user query a private dataset."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="grants")
+    grantee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="dataset_grants")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["dataset", "grantee"], name="dataset_grant_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.dataset} -> {self.grantee}"
+
+
 class RunQuerySet(models.QuerySet):
     def finished(self) -> RunQuerySet:
         return self.filter(status__in=Run.FINISHED)
@@ -173,6 +230,15 @@ class Run(models.Model):
         SYNC = "SYNC"
         ASYNC = "ASYNC"
 
+    class Kind(models.TextChoices):
+        """Which OML endpoint: do-eval runs once with no data, the others feed it data in pieces."""
+
+        DO_EVAL = "do-eval"
+        TABLE_APPLY = "table-apply"
+        ROW_APPLY = "row-apply"
+        GROUP_APPLY = "group-apply"
+        INDEX_APPLY = "index-apply"
+
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -192,6 +258,12 @@ class Run(models.Model):
     mode = models.CharField(max_length=5, choices=Mode.choices, default=Mode.SYNC)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     comments = models.TextField(blank=True)
+    kind = models.CharField(max_length=11, choices=Kind.choices, default=Kind.DO_EVAL)
+    input_query = models.TextField(blank=True, help_text="The SQL query over datasets that feeds an apply run.")
+    # An apply run's own fields: rows, groupBy, orderBy, times, and the degree of parallelism used.
+    apply_options = models.JSONField(default=dict, blank=True)
+    # One entry per chunk, group or index of an apply run: label, status, timings, figures.
+    pieces = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.QUEUED)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)

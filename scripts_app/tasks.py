@@ -1,4 +1,4 @@
-"""Celery tasks: thin. They take ids and call a service; the database rows are the truth."""
+"""Celery tasks: thin. They take a run id and call the service; the Run row is the truth."""
 
 from __future__ import annotations
 

@@ -25,3 +25,14 @@ class UserFactory(factory.django.DjangoModelFactory):
 def make_script(owner, name: str, source: str, **kwargs):
     """A script through the same service the API uses, so it has its first version."""
     return script_create(owner=owner, name=name, source=source, **kwargs)
+
+
+def make_dataset(owner, name: str, frame, **kwargs):
+    """A dataset uploaded as CSV through the same service the API uses."""
+    import io
+
+    from scripts_app.services.datasets import dataset_create
+
+    upload = io.BytesIO(frame.to_csv(index=False).encode())
+    dataset, _ = dataset_create(owner=owner, name=name, upload=upload, filename=f"{name}.csv", **kwargs)
+    return dataset

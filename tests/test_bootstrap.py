@@ -63,9 +63,7 @@ def test_defines_the_seaborn_environment_once_and_queues_its_build(monkeypatch, 
 
     monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "s3cret-enough")
     queued = []
-    monkeypatch.setattr(
-        "scripts_app.environments.tasks.build_environment.apply_async", lambda args, queue: queued.append(args)
-    )
+    monkeypatch.setattr("scripts_app.environments.tasks.build_environment.delay", lambda *a: queued.append(a))
     with django_capture_on_commit_callbacks(execute=True):
         bootstrap()
         bootstrap()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from django.conf import settings
 
@@ -10,6 +11,8 @@ from scripts_app.errors import ErrorCode
 logger = logging.getLogger(__name__)
 
 API_PREFIXES = ("/oml/", "/omlusers/")
+# Dataset uploads carry files: their own, larger limit.
+DATASET_UPLOAD = re.compile(r"^/oml/api/py-scripts/v[12]/datasets(/[^/]+)?$")
 
 
 class OmlApiMiddleware:
@@ -22,6 +25,8 @@ class OmlApiMiddleware:
         if not request.path.startswith(API_PREFIXES):
             return self.get_response(request)
         limit = settings.OMLWEB_MAX_BODY_BYTES
+        if DATASET_UPLOAD.match(request.path):
+            limit = settings.OMLWEB_DATASET_MAX_UPLOAD_MB * 1024**2
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:

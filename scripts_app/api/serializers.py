@@ -90,6 +90,29 @@ class ExecutionRequestSerializer(serializers.Serializer):
         return attrs
 
 
+class TableApplyRequestSerializer(ExecutionRequestSerializer):
+    """table-apply: the whole input query's rows as the function's first argument."""
+
+    input = StrictCharField(max_length=100_000, trim_whitespace=False, help_text="SQL: select * from IRIS")
+    parallelFlag = StrictBooleanField(required=False, default=False)
+    parallel = StrictIntegerField(required=False, min_value=1, help_text="Degree; capped by the service level.")
+
+
+class RowApplyRequestSerializer(TableApplyRequestSerializer):
+    rows = StrictIntegerField(min_value=1, help_text="Most rows per chunk.")
+
+
+class GroupApplyRequestSerializer(TableApplyRequestSerializer):
+    groupBy = StrictCharField(max_length=4000, help_text="Column(s), comma-separated.")
+    orderBy = StrictCharField(required=False, allow_blank=True, max_length=4000, help_text="Column(s) within a group.")
+
+
+class IndexApplyRequestSerializer(ExecutionRequestSerializer):
+    times = StrictIntegerField(min_value=1, help_text="Calls the function with 1..times.")
+    parallelFlag = StrictBooleanField(required=False, default=False)
+    parallel = StrictIntegerField(required=False, min_value=1, help_text="Degree; capped by the service level.")
+
+
 class ScriptWriteSerializer(serializers.Serializer):
     """POST scripts and PUT scripts/{name}."""
 
@@ -132,6 +155,34 @@ class ScriptRowSerializer(serializers.Serializer):
     GLOBAL = serializers.BooleanField(source="is_global")
     VERSION = serializers.IntegerField(source="current_version.number")
     DATE = serializers.DateTimeField(source="updated_at")
+
+
+class DatasetWriteSerializer(serializers.Serializer):
+    """POST datasets and PUT datasets/{name}: multipart/form-data with the file, or JSON without one."""
+
+    name = StrictCharField(max_length=128, required=False)
+    file = serializers.FileField(required=False, help_text="CSV (with a header row) or Parquet.")
+    format = serializers.ChoiceField(choices=["csv", "parquet"], required=False, help_text="Guessed when absent.")
+    description = serializers.CharField(required=False, allow_blank=True, max_length=4000)
+    # Form fields arrive as text: "true"/"false" are accepted here.
+    isGlobal = serializers.BooleanField(required=False, default=None, allow_null=True)
+    overwrite = serializers.BooleanField(required=False, default=False)
+
+
+class DatasetRowSerializer(serializers.Serializer):
+    OWNER = serializers.CharField(source="owner.username")
+    NAME = serializers.CharField(source="name")
+    DESCRIPTION = serializers.CharField(source="description")
+    GLOBAL = serializers.BooleanField(source="is_global")
+    ROWS = serializers.IntegerField(source="row_count")
+    COLUMNS = serializers.JSONField(source="schema")
+    FORMAT = serializers.CharField(source="source_format")
+    SIZE = serializers.IntegerField(source="size_bytes")
+    DATE = serializers.DateTimeField(source="updated_at")
+
+
+class GrantSerializer(serializers.Serializer):
+    user = StrictCharField(max_length=150)
 
 
 class ErrorSerializer(serializers.Serializer):

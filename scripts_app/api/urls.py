@@ -17,11 +17,48 @@ urlpatterns = [
         views.ScriptDetailView.as_view(),
         name="oml-script",
     ),
+    re_path(rf"^oml/api/py-scripts/{VERSION}/datasets$", views.DatasetListView.as_view(), name="oml-datasets"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)$",
+        views.DatasetDetailView.as_view(),
+        name="oml-dataset",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants(?:/(?P<user>[^/]+))?$",
+        views.DatasetGrantView.as_view(),
+        name="oml-dataset-grants",
+    ),
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/do-eval/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
         views.DoEvalView.as_view(),
         name="oml-do-eval",
     ),
+    *[
+        re_path(
+            rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
+            view.as_view(),
+            name=f"oml-{endpoint}",
+        )
+        for endpoint, view in (
+            ("table-apply", views.TableApplyView),
+            ("row-apply", views.RowApplyView),
+            ("group-apply", views.GroupApplyView),
+            ("index-apply", views.IndexApplyView),
+        )
+    ],
+    re_path(rf"^oml/api/py-scripts/{VERSION}/jobs$", views.JobListView.as_view(), name="oml-jobs"),
+    re_path(rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)$", views.JobView.as_view(), name="oml-job"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)/result$",
+        views.JobResultView.as_view(),
+        name="oml-job-result",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)/cancel$",
+        views.JobCancelView.as_view(),
+        name="oml-job-cancel",
+    ),
+    path("oml/api/admin/status", views.AdminStatusView.as_view(), name="oml-admin-status"),
     re_path(rf"^oml/api/py-scripts/{VERSION}/envs$", environments.EnvironmentListView.as_view(), name="oml-envs"),
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/envs/(?P<name>[^/]+)$",
@@ -38,18 +75,5 @@ urlpatterns = [
         environments.InterpreterListView.as_view(),
         name="oml-interpreters",
     ),
-    re_path(rf"^oml/api/py-scripts/{VERSION}/jobs$", views.JobListView.as_view(), name="oml-jobs"),
-    re_path(rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)$", views.JobView.as_view(), name="oml-job"),
-    re_path(
-        rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)/result$",
-        views.JobResultView.as_view(),
-        name="oml-job-result",
-    ),
-    re_path(
-        rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)/cancel$",
-        views.JobCancelView.as_view(),
-        name="oml-job-cancel",
-    ),
-    path("oml/api/admin/status", views.AdminStatusView.as_view(), name="oml-admin-status"),
     path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
 ]

@@ -2,31 +2,40 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, get_user_model
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from scripts_app import roles
+from scripts_app.api.parsers import StrictJSONParser
 from scripts_app.api.serializers import (
+    DatasetRowSerializer,
+    DatasetWriteSerializer,
     ErrorSerializer,
     ExecutionRequestSerializer,
+    GrantSerializer,
+    GroupApplyRequestSerializer,
+    IndexApplyRequestSerializer,
     JobStatusSerializer,
+    RowApplyRequestSerializer,
     ScriptRowSerializer,
     ScriptWriteSerializer,
+    TableApplyRequestSerializer,
     TokenRequestSerializer,
     TokenResponseSerializer,
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound, PermissionDenied
-from scripts_app.models import AccessToken
-from scripts_app.services import jobs, runs, scripts, tokens
+from scripts_app.models import AccessToken, Run
+from scripts_app.services import apply, datasets, jobs, runs, scripts, tokens
 
 ERRORS = dict.fromkeys((400, 401, 403, 404, 413, 500), ErrorSerializer)
 
@@ -256,6 +265,67 @@ class AdminStatusView(APIView):
         return Response(jobs.service_status())
 
 
+class ApplyView(APIView):
+    """OML's table-apply, row-apply, group-apply and index-apply: the function fed with data, in pieces."""
+
+    kind: str
+    serializer_class: type[ExecutionRequestSerializer]
+
+    def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
+        body = self.serializer_class(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
+        if data["asyncFlag"]:
+            raise BadRequest("Asynchronous jobs are not available yet.")
+        run = apply.apply_create(
+            kind=self.kind,
+            script=script,
+            user=request.user,
+            input_query=data.get("input", ""),
+            rows=data.get("rows"),
+            group_by=data.get("groupBy"),
+            order_by=data.get("orderBy"),
+            times=data.get("times"),
+            parallel_flag=data.get("parallelFlag", False),
+            parallel=data.get("parallel"),
+            parameters=data["parameters"],
+            graphics=data["graphicsFlag"],
+            env_name=data.get("envName"),
+            service=data["service"],
+            client_address=client_address(request),
+        )
+        run = runs.run_execute(run=run)
+        return Response(runs.oml_result(run))
+
+
+def _apply_view(kind: str, serializer: type[ExecutionRequestSerializer], summary: str) -> type[ApplyView]:
+    schema = extend_schema(
+        request=serializer,
+        responses={200: OpenApiTypes.OBJECT, 201: OpenApiResponse(description="Async job accepted"), **ERRORS},
+        summary=summary,
+    )
+    view = type(f"{serializer.__name__.removesuffix('RequestSerializer')}View", (ApplyView,), {})
+    view.kind = kind
+    view.serializer_class = serializer
+    view.post = schema(ApplyView.post)
+    return view
+
+
+TableApplyView = _apply_view(
+    Run.Kind.TABLE_APPLY, TableApplyRequestSerializer, "Run a function on the whole input query (OML table-apply)"
+)
+RowApplyView = _apply_view(
+    Run.Kind.ROW_APPLY, RowApplyRequestSerializer, "Run a function on chunks of rows of the input (OML row-apply)"
+)
+GroupApplyView = _apply_view(
+    Run.Kind.GROUP_APPLY, GroupApplyRequestSerializer, "Run a function once per group of the input (OML group-apply)"
+)
+IndexApplyView = _apply_view(
+    Run.Kind.INDEX_APPLY, IndexApplyRequestSerializer, "Run a function with the indexes 1..times (OML index-apply)"
+)
+
+
 # The script repository
 
 
@@ -321,6 +391,110 @@ class ScriptDetailView(APIView):
         return Response({"result": "script deleted successfully"})
 
 
+# Datasets (beyond Oracle): the tables input queries read
+
+
+class DatasetListView(APIView):
+    parser_classes = [MultiPartParser, StrictJSONParser]
+
+    @extend_schema(responses={200: DatasetRowSerializer(many=True), **ERRORS}, summary="Datasets the caller may read")
+    def get(self, request: Request, version: str) -> Response:
+        rows = datasets.datasets_readable_by(request.user).order_by("owner__username", "name")
+        return Response({"result": DatasetRowSerializer(rows, many=True).data})
+
+    @extend_schema(
+        request={"multipart/form-data": DatasetWriteSerializer},
+        responses={201: DatasetRowSerializer, 200: DatasetRowSerializer, **ERRORS},
+        summary="Upload a CSV or Parquet file as a dataset (or replace one with overwrite=true)",
+    )
+    def post(self, request: Request, version: str) -> Response:
+        body = DatasetWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        for field in ("name", "file"):
+            if field not in data:
+                raise serializers.ValidationError({field: "This field is required."})
+        upload = data["file"]
+        dataset, created = datasets.dataset_create(
+            owner=request.user,
+            name=data["name"],
+            upload=upload,
+            filename=upload.name,
+            file_format=data.get("format"),
+            description=data.get("description", ""),
+            is_global=bool(data.get("isGlobal")),
+            overwrite=data["overwrite"],
+        )
+        return Response({"result": DatasetRowSerializer(dataset).data}, status=201 if created else 200)
+
+
+class DatasetDetailView(APIView):
+    parser_classes = [MultiPartParser, StrictJSONParser]
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="A dataset: schema and its first rows")
+    def get(self, request: Request, version: str, name: str) -> Response:
+        """`?owner=` reads another user's shared dataset; `?rows=` sets how many rows to preview (20)."""
+        dataset = datasets.dataset_resolve(caller=request.user, name=name, owner_name=request.query_params.get("owner"))
+        try:
+            rows = min(max(int(request.query_params.get("rows", 20)), 0), 1000)
+        except ValueError:
+            raise BadRequest("rows: must be a whole number.") from None
+        preview = datasets.dataset_preview(dataset=dataset, rows=rows)
+        return Response({"result": {**DatasetRowSerializer(dataset).data, "PREVIEW": preview}})
+
+    @extend_schema(
+        request={"multipart/form-data": DatasetWriteSerializer},
+        responses={200: DatasetRowSerializer, **ERRORS},
+        summary="Replace a dataset's data (file), or change its description or sharing",
+    )
+    def put(self, request: Request, version: str, name: str) -> Response:
+        body = DatasetWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        if data.get("name", name).lower() != name.lower():
+            raise BadRequest("Renaming a dataset is not supported; upload a new one.")
+        with transaction.atomic():
+            dataset = datasets.own_dataset(owner=request.user, name=name)
+            if "file" in data:
+                upload = data["file"]
+                datasets.dataset_replace(
+                    dataset=dataset, upload=upload, filename=upload.name, file_format=data.get("format")
+                )
+            dataset = datasets.dataset_update(
+                dataset=dataset, by=request.user, description=data.get("description"), is_global=data.get("isGlobal")
+            )
+        return Response({"result": DatasetRowSerializer(dataset).data})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    def delete(self, request: Request, version: str, name: str) -> Response:
+        datasets.dataset_delete(dataset=datasets.own_dataset(owner=request.user, name=name))
+        return Response({"result": "dataset deleted successfully"})
+
+
+class DatasetGrantView(APIView):
+    @extend_schema(request=GrantSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    def post(self, request: Request, version: str, name: str) -> Response:
+        """Let another user read one of the caller's datasets."""
+        body = GrantSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        dataset = datasets.own_dataset(owner=request.user, name=name)
+        datasets.dataset_grant(dataset=dataset, grantee=_user(body.validated_data["user"]))
+        return Response({"result": "dataset granted successfully"})
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    def delete(self, request: Request, version: str, name: str, user: str) -> Response:
+        dataset = datasets.own_dataset(owner=request.user, name=name)
+        datasets.dataset_revoke(dataset=dataset, grantee=_user(user))
+        return Response({"result": "dataset revoked successfully"})
+
+
+def _user(username: str):
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise NotFound(f"User {username!r} not found.")
+    return user
+
+
 # Version metadata, as Oracle's GET /py-scripts and /py-scripts/{version}
 
 VERSIONS = {
@@ -331,7 +505,9 @@ VERSIONS = {
 
 def version_metadata(request: Request, version: str) -> dict:
     base = request.build_absolute_uri(f"/oml/api/py-scripts/{version}")
-    children = ["envs", "scripts", "do-eval/{scriptName}", "do-eval/{scriptName}/{ownerName}"]
+    children = ["envs", "scripts", "datasets"]
+    for endpoint in ("do-eval", "table-apply", "row-apply", "group-apply", "index-apply"):
+        children += [f"{endpoint}/{{scriptName}}", f"{endpoint}/{{scriptName}}/{{ownerName}}"]
     return {
         "version": version,
         **VERSIONS[version],

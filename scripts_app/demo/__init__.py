@@ -1,4 +1,4 @@
-"""Demo scripts loaded by `manage.py bootstrap`: one function per file, named like the file."""
+"""Demo scripts and datasets loaded by `manage.py bootstrap`: one per file, named like the file."""
 
 from __future__ import annotations
 
@@ -16,3 +16,8 @@ DEMO_ENVIRONMENT = {
 
 def demo_scripts() -> dict[str, str]:
     return {path.stem: path.read_text() for path in sorted(DEMO_DIR.glob("*.py")) if path.stem != "__init__"}
+
+
+def demo_datasets() -> dict[str, Path]:
+    """CSV files loaded as global datasets: IRIS (Fisher's iris data, with OML's column names)."""
+    return {path.stem: path for path in sorted(DEMO_DIR.glob("*.csv"))}

@@ -7,9 +7,10 @@ from scripts_app.runner.config import Settings, configure
 from scripts_app.runner.execution import run
 from scripts_app.runner.report import isolation_report, shutdown, warm_up
 from scripts_app.runner.source import ScriptSourceError, entry_function
-from scripts_app.runner.types import Failure, Figure, Job, Limits, Outcome, Result, RunnerBusy
+from scripts_app.runner.types import DataInput, Failure, Figure, Job, Limits, Outcome, Result, RunnerBusy
 
 __all__ = [
+    "DataInput",
     "Failure",
     "Figure",
     "Job",

@@ -74,7 +74,15 @@ def _job_document(job: Job) -> bytes:
         "kwargs": job.kwargs,
         "graphics": job.graphics,
         "limits": limits,
+        "frame_orient": job.frame_orient,
     }
+    if job.data is not None:
+        # The job pipe is the one channel that reaches a sandboxed child, so the rows travel in it.
+        document["data"] = {
+            "parquet": base64.b64encode(job.data.parquet).decode("ascii"),
+            "input_type": job.data.input_type,
+            "na_omit": job.data.na_omit,
+        }
     return json.dumps(document).encode()
 
 

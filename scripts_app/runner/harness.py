@@ -143,6 +143,26 @@ def _classify(exc: BaseException, limits: dict) -> RunFailure:
     return RunFailure("script_error", message, tb)
 
 
+def load_input(data: dict):
+    """The rows of OML's table/row/group apply as the function's first argument, per oml_input_type."""
+    import pyarrow.parquet as pq
+
+    # One thread: the run is bounded in processes and threads, and its piece is small.
+    frame = pq.read_table(io.BytesIO(base64.b64decode(data["parquet"])), use_threads=False).to_pandas()
+    if data.get("na_omit"):
+        frame = frame.dropna().reset_index(drop=True)
+    input_type = data.get("input_type", "default")
+    if input_type == "numpy.recarray":
+        return frame.to_records(index=False)
+    if input_type == "default":
+        import numpy as np
+        import pandas as pd
+
+        if len(frame.columns) and all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes):
+            return frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    return frame
+
+
 def call_user_function(job: dict):
     source = job["source"]
     linecache.cache[SCRIPT_FILENAME] = (len(source), None, source.splitlines(True), SCRIPT_FILENAME)
@@ -150,13 +170,21 @@ def call_user_function(job: dict):
     module.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = module
     sys.argv = [""]
+    args = tuple(job.get("args", ()))
+    if job.get("data") is not None:
+        try:
+            args = (load_input(job["data"]), *args)
+        except MemoryError as exc:
+            raise _classify(exc, job["limits"]) from None
+        except Exception as exc:  # noqa: BLE001 - a broken input is the run's failure, not the harness's
+            raise RunFailure("script_error", f"The input data could not be loaded: {_error_message(exc)}") from None
     try:
         code = compile(source, SCRIPT_FILENAME, "exec")
         exec(code, module.__dict__)
         function = module.__dict__.get(job["function"])
         if not callable(function):
             raise NameError(f"the script defines no function named {job['function']!r}")
-        return function(*job.get("args", ()), **job.get("kwargs", {}))
+        return function(*args, **job.get("kwargs", {}))
     except BaseException as exc:  # noqa: BLE001 - everything the user's code raises is reported
         raise _classify(exc, job["limits"]) from None
 
@@ -231,7 +259,7 @@ def _length(value) -> int | None:
     return None
 
 
-def encode_value(value, limits: dict) -> str:
+def encode_value(value, limits: dict, frame_orient: str = "records") -> str:
     """The JSON text of the return value, within the output and size limits."""
     length = _length(value)
     if length is not None and length > limits["max_output_items"]:
@@ -239,7 +267,7 @@ def encode_value(value, limits: dict) -> str:
     try:
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(value, pd.DataFrame):
-            text = _frame_json(value, "records")
+            text = _frame_json(value, frame_orient)
         elif pd is not None and isinstance(value, pd.Series):
             text = _frame_json(value, "values")
         else:
@@ -321,7 +349,7 @@ def execute(job: dict, result_fd: int) -> None:
         if os.getpid() != pid:
             # A process the user's code forked returned into the harness: it has no result to give.
             os._exit(0)
-        value_text = encode_value(value, limits)
+        value_text = encode_value(value, limits, job.get("frame_orient", "records"))
         if job.get("graphics"):
             figures = collect_figures(limits)
     except RunFailure as failure:

@@ -31,6 +31,23 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class DataInput:
+    """Rows handed to the function as its first positional argument (OML's table/row/group apply)."""
+
+    # The rows as a Parquet file; the child reads it with pyarrow.
+    parquet: bytes
+    # OML's oml_input_type: "pandas.DataFrame", "numpy.recarray", or "default" (an all-numeric
+    # input becomes a 2-D float64 numpy.ndarray, anything else a pandas.DataFrame).
+    input_type: str = "default"
+    # OML's oml_na_omit: drop the rows with any missing value first.
+    na_omit: bool = False
+
+
+INPUT_TYPES = ("default", "pandas.DataFrame", "numpy.recarray")
+FRAME_ORIENTS = ("records", "columns")
+
+
+@dataclass(frozen=True)
 class Job:
     source: str
     function: str
@@ -40,6 +57,17 @@ class Job:
     limits: Limits = field(default_factory=Limits)
     # Interpreter of the environment to run in; None is the service's own.
     python: str | None = None
+    # Data passed before `args`, as the function's first positional argument.
+    data: DataInput | None = None
+    # How a returned DataFrame becomes JSON: a list of records, or OML group-apply's
+    # {column: {index: value}}.
+    frame_orient: str = "records"
+
+    def __post_init__(self) -> None:
+        if self.data is not None and self.data.input_type not in INPUT_TYPES:
+            raise ValueError(f"input_type must be one of {INPUT_TYPES}")
+        if self.frame_orient not in FRAME_ORIENTS:
+            raise ValueError(f"frame_orient must be one of {FRAME_ORIENTS}")
 
 
 class Outcome(enum.StrEnum):

@@ -24,7 +24,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from scripts_app.environments import builder, interpreters
 from scripts_app.errors import BadRequest, Conflict, ErrorCode, NotFound
-from scripts_app.models import Environment, EnvironmentLock, Run, ServiceLevel, environment_name_validator
+from scripts_app.models import Environment, EnvironmentLock, Run, environment_name_validator
 
 logger = logging.getLogger("scripts_app.environments")
 
@@ -269,13 +269,10 @@ def environment_delete(*, environment: Environment) -> None:
 
 def _queue_build(environment: Environment) -> None:
     from scripts_app.environments.tasks import build_environment
-    from scripts_app.services.jobs import queue_name
 
     environment_id, generation = str(environment.pk), environment.generation
-    # The LOW service level's workers build environments: every deployment runs some.
-    transaction.on_commit(
-        lambda: build_environment.apply_async((environment_id, generation), queue=queue_name(ServiceLevel.LOW))
-    )
+    # CELERY_TASK_ROUTES sends it to the builds queue, which every worker serves.
+    transaction.on_commit(lambda: build_environment.delay(environment_id, generation))
 
 
 # Building

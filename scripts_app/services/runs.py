@@ -12,8 +12,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from scripts_app import runner
-from scripts_app.errors import FAILURE_CODES, Busy, ErrorCode, OmlError
-from scripts_app.models import Environment, Run, RunImage, Script, ServiceLevel
+from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
+from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
 from scripts_app.services import environments
 
 DEFAULT_ENVIRONMENT = environments.DEFAULT_ENVIRONMENT
@@ -51,11 +51,15 @@ def run_create(
     client_address: str | None = None,
     timeout_seconds: int | None = None,
     comments: str = "",
+    version: ScriptVersion | None = None,
 ) -> Run:
-    """Record a run of the script's current version, QUEUED, with its environment and that one's lock."""
+    """Record a run of the script's current version (or the given one of its versions), QUEUED,
+    with its environment and that one's lock."""
+    if version is not None and version.script_id != script.pk:
+        raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
     environment = check_environment(env_name)
     return Run.objects.create(
-        script_version=script.current_version,
+        script_version=version or script.current_version,
         script_name=script.name,
         script_owner=script.owner.get_username(),
         user=user,
@@ -79,6 +83,10 @@ def function_kwargs(parameters: dict) -> dict:
 
 def run_execute(*, run: Run, is_cancelled: Callable[[], bool] | None = None) -> Run:
     """Run a QUEUED run to its end in the runner and record the outcome."""
+    if run.kind != Run.Kind.DO_EVAL:
+        from scripts_app.services.apply import apply_execute
+
+        return apply_execute(run=run, is_cancelled=is_cancelled)
     version = run.script_version
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
@@ -146,6 +154,10 @@ def oml_result(run: Run) -> dict:
         raise run_error(run)
     if not run.graphics:
         return {"result": run.result}
+    if run.kind != Run.Kind.DO_EVAL:
+        from scripts_app.services.apply import graphics_result
+
+        return {"result": graphics_result(run)}
     data = json.dumps(run.result)
     images = list(run.images.all())
     if not images:

@@ -53,11 +53,10 @@ def offline_builds(settings, tmp_path, wheelhouse):
 
 @pytest.fixture
 def queued_builds(monkeypatch):
-    """Build requests, as (environment id, generation, queue), instead of sending them to Celery."""
-    queued: list[tuple[str, int, str]] = []
+    """Build requests, as (environment id, generation), instead of sending them to Celery."""
+    queued: list[tuple[str, int]] = []
     monkeypatch.setattr(
-        "scripts_app.environments.tasks.build_environment.apply_async",
-        lambda args, queue: queued.append((*args, queue)),
+        "scripts_app.environments.tasks.build_environment.delay", lambda *args: queued.append(tuple(args))
     )
     return queued
 
@@ -69,7 +68,7 @@ def build_queued(queued_builds):
     def _build():
         results = []
         while queued_builds:
-            environment_id, generation, _ = queued_builds.pop(0)
+            environment_id, generation = queued_builds.pop(0)
             results.append(environments.environment_build(environment_id=environment_id, generation=generation))
         return results
 

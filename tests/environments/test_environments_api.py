@@ -34,8 +34,7 @@ def test_an_admin_builds_an_environment_and_a_script_runs_in_it(
     assert response.json()["result"]["status"] == "BUILDING"
     assert response["Location"].endswith("/oml/api/py-scripts/v1/envs/probe")
     environment = Environment.objects.get(name="probe")
-    # The LOW level's workers build environments.
-    assert queued_builds == [(str(environment.pk), 1, "omlweb.low")]
+    assert queued_builds == [(str(environment.pk), 1)]
 
     build_queued()
 

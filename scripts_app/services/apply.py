@@ -1,0 +1,473 @@
+"""OML's table-apply, row-apply, group-apply and index-apply: a function fed with data, in pieces.
+
+The input query's rows are split into pieces (the whole table, chunks of `rows` rows, one group per
+distinct `groupBy` value, or the indexes 1..times); each piece is one runner job. With parallelism,
+up to the service level's degree of pieces run at once, each in its own runner process. The first
+piece that fails fails the run, with a message naming the piece, and stops the others.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.utils import timezone
+
+from scripts_app import runner
+from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
+from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
+from scripts_app.services import queries
+from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
+
+logger = logging.getLogger(__name__)
+
+DATA_KINDS = (Run.Kind.TABLE_APPLY, Run.Kind.ROW_APPLY, Run.Kind.GROUP_APPLY)
+INPUT_TYPES = ("default", "pandas.DataFrame", "numpy.recarray")
+CANCEL_CHECK_SECONDS = 0.5
+
+
+@dataclasses.dataclass
+class Piece:
+    """One runner job of an apply run."""
+
+    label: str  # names the piece in timings and errors: "chunk 2 (rows 5-8)", "group 'setosa'", "index 3"
+    key: str | int | None = None  # group key, or index
+    # The piece's rows: a zero-copy slice of the query's result, written as Parquet when it runs.
+    data: pa.Table | None = None
+    rows: int | None = None
+    args: tuple = ()
+    # Filled in as it runs.
+    status: str = "PENDING"
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: runner.Result | None = None
+
+
+def parse_columns(text: str | None, *, field: str) -> list[str]:
+    """'GENDER, YEAR' -> ['GENDER', 'YEAR']."""
+    if not text:
+        return []
+    columns = [part.strip() for part in text.split(",")]
+    if any(not column for column in columns):
+        raise BadRequest(f"{field}: give column names separated by commas.")
+    return columns
+
+
+def control_arguments(parameters: dict) -> tuple[str, bool]:
+    """OML's oml_input_type and oml_na_omit, checked."""
+    input_type = parameters.get("oml_input_type", "default")
+    if input_type not in INPUT_TYPES:
+        raise BadRequest(f"parameters: oml_input_type must be one of {', '.join(INPUT_TYPES)}.")
+    na_omit = parameters.get("oml_na_omit", False)
+    if isinstance(na_omit, str) and na_omit.lower() in ("true", "false"):
+        na_omit = na_omit.lower() == "true"
+    if not isinstance(na_omit, bool):
+        raise BadRequest("parameters: oml_na_omit must be true or false.")
+    return input_type, na_omit
+
+
+def degree_for(*, service: str, parallel_flag: bool, parallel: int | None, pieces: int) -> int:
+    """How many pieces run at once: the requested degree, capped by the service level and the runner."""
+    level = SERVICE_LEVEL_DEGREE[ServiceLevel(service)]
+    wanted = (parallel or level) if (parallel_flag or parallel) else 1
+    return max(1, min(wanted, level, runner.config.current().max_concurrent, pieces))
+
+
+def apply_create(
+    *,
+    kind: str,
+    script: Script,
+    user,
+    input_query: str = "",
+    rows: int | None = None,
+    group_by: str | None = None,
+    order_by: str | None = None,
+    times: int | None = None,
+    parallel_flag: bool = False,
+    parallel: int | None = None,
+    **run_fields,
+) -> Run:
+    """Check an apply request and record it as a QUEUED run. A bad query is a BadRequest here already."""
+    if kind in DATA_KINDS:
+        queries.Query(caller=user, text=input_query)  # parse and name checks, before anything is recorded
+    control_arguments(run_fields.get("parameters", {}))
+    options = {
+        "rows": rows,
+        "groupBy": parse_columns(group_by, field="groupBy"),
+        "orderBy": parse_columns(order_by, field="orderBy"),
+        "times": times,
+        "parallelFlag": parallel_flag,
+        "parallel": parallel,
+    }
+    with transaction.atomic():
+        run = run_create(script=script, user=user, **run_fields)
+        run.kind = kind
+        run.input_query = input_query if kind in DATA_KINDS else ""
+        run.apply_options = {key: value for key, value in options.items() if value not in (None, [])}
+        run.save(update_fields=["kind", "input_query", "apply_options"])
+    return run
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="lz4")
+    return buffer.getvalue()
+
+
+def _check_piece_count(count: int, what: str) -> None:
+    limit = settings.OMLWEB_APPLY_MAX_PIECES
+    if count > limit:
+        raise BadRequest(f"The input makes {count} {what}, more than the limit of {limit} pieces of one run.")
+
+
+def _group_key(values: list) -> str:
+    def text(value) -> str:
+        if value is None:
+            return "NA"
+        if isinstance(value, (datetime.date, datetime.datetime)):
+            return value.isoformat()
+        return str(value)
+
+    return "_".join(text(value) for value in values)
+
+
+def _column(name: str, columns: list[str], field: str) -> str:
+    matches = [column for column in columns if column.lower() == name.lower()] if name not in columns else [name]
+    if len(matches) != 1:
+        raise BadRequest(f"{field}: the input has no column {name!r}; its columns are {', '.join(columns)}.")
+    return matches[0]
+
+
+def _sql_name(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
+def _group_pieces(query: queries.Query, options: dict) -> list[Piece]:
+    relation = query.relation()
+    columns = list(relation.columns)
+    group_by = [_column(name, columns, "groupBy") for name in options.get("groupBy", [])]
+    if not group_by:
+        raise BadRequest("groupBy: required for group-apply.")
+    order = []
+    for item in options.get("orderBy", []):
+        name, _, direction = item.rpartition(" ") if item.upper().endswith((" ASC", " DESC")) else (item, "", "")
+        order.append(f"{_sql_name(_column(name.strip(), columns, 'orderBy'))} {direction.upper()}".strip())
+    keys = ", ".join(f"{_sql_name(column)} ASC NULLS LAST" for column in group_by)
+    counts = query.fetch(
+        relation.aggregate(f"{', '.join(map(_sql_name, group_by))}, count(*) AS omlweb_rows").order(keys)
+    )
+    _check_piece_count(counts.num_rows, "groups")
+    table = query.fetch(relation.order(", ".join([keys, *order])))
+    pieces, offset, seen = [], 0, set()
+    count_column = counts.column("omlweb_rows").to_pylist()
+    group_values = [counts.column(i).to_pylist() for i in range(len(group_by))]
+    for position, size in enumerate(count_column):
+        key = _group_key([values[position] for values in group_values])
+        while key in seen:
+            key += "_"
+        seen.add(key)
+        piece_table = table.slice(offset, size)
+        pieces.append(Piece(label=f"group {key!r}", key=key, data=piece_table, rows=size))
+        offset += size
+    return pieces
+
+
+def build_pieces(run: Run) -> list[Piece]:
+    """Split the run's input into pieces: runs the input query (BadRequest when it fails)."""
+    options = run.apply_options
+    if run.kind == Run.Kind.INDEX_APPLY:
+        times = options["times"]
+        _check_piece_count(times, "indexes")
+        return [Piece(label=f"index {i}", key=i, args=(i,)) for i in range(1, times + 1)]
+    query = queries.Query(caller=run.user, text=run.input_query)
+    with query.open():
+        if run.kind == Run.Kind.GROUP_APPLY:
+            return _group_pieces(query, options)
+        table = query.fetch(query.relation())
+    if run.kind == Run.Kind.TABLE_APPLY:
+        return [Piece(label="table", data=table, rows=table.num_rows)]
+    size = options["rows"]
+    count = -(-table.num_rows // size)
+    _check_piece_count(count, "chunks")
+    pieces = []
+    for number, offset in enumerate(range(0, table.num_rows, size), start=1):
+        chunk = table.slice(offset, size)
+        label = f"chunk {number} (rows {offset + 1}-{offset + chunk.num_rows})"
+        pieces.append(Piece(label=label, key=number, data=chunk, rows=chunk.num_rows))
+    return pieces
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run_pieces(
+    run: Run,
+    pieces: list[Piece],
+    *,
+    degree: int,
+    deadline: float,
+    is_cancelled: Callable[[], bool] | None,
+    limits: runner.Limits,
+) -> Piece | None:
+    """Run every piece, `degree` at once; returns the first piece that failed, if any."""
+    version = run.script_version
+    input_type, na_omit = control_arguments(run.parameters)
+    kwargs = function_kwargs(run.parameters)
+    frame_orient = "columns" if run.kind == Run.Kind.GROUP_APPLY else "records"
+    stop = threading.Event()
+    lock = threading.Lock()
+    failed: list[Piece] = []
+
+    def stopped() -> bool:
+        return stop.is_set()
+
+    def work(piece: Piece) -> None:
+        try:
+            run_piece(piece)
+        except _Stop:
+            raise
+        except Exception as error:
+            logger.exception("Run %s: %s failed in the service", run.pk, piece.label)
+            piece.result = runner.Result(
+                outcome=runner.Outcome.FAILED, error_message=f"The service failed to run it: {error}"
+            )
+            piece.status = "FAILED"
+            with lock:
+                if not failed:
+                    failed.append(piece)
+                stop.set()
+
+    def run_piece(piece: Piece) -> None:
+        if stopped():
+            piece.status = "SKIPPED"
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            piece.status = "SKIPPED"
+            stop.set()
+            raise _Stop
+        data = None
+        if piece.data is not None:
+            data = runner.DataInput(parquet=_parquet(piece.data), input_type=input_type, na_omit=na_omit)
+        job = runner.Job(
+            source=version.source,
+            function=version.entry_function,
+            kwargs=kwargs,
+            args=piece.args,
+            graphics=run.graphics,
+            limits=dataclasses.replace(limits, wall_seconds=remaining),
+            data=data,
+            frame_orient=frame_orient,
+        )
+        piece.status = "RUNNING"
+        piece.started_at = time.time()
+        try:
+            piece.result = runner.run(job, is_cancelled=stopped)
+        except runner.RunnerBusy as error:
+            piece.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
+            piece.status = "BUSY"
+        finally:
+            piece.finished_at = time.time()
+            piece.data = None  # the rows are not needed any more
+        if piece.status != "BUSY":
+            piece.status = piece.result.outcome.value
+        if piece.status != "SUCCEEDED":
+            with lock:
+                # A piece that fails first is the run's failure; it is recorded before the others
+                # are stopped, so a piece killed because of it is never taken for the cause.
+                if not failed:
+                    failed.append(piece)
+                stop.set()
+
+    with ThreadPoolExecutor(max_workers=degree, thread_name_prefix=f"apply-{run.pk}") as pool:
+        futures = [pool.submit(work, piece) for piece in pieces]
+        # The caller's cancel check may query the database: it is asked here, in the caller's thread.
+        while wait(futures, timeout=CANCEL_CHECK_SECONDS).not_done:
+            if is_cancelled is not None and not stop.is_set() and is_cancelled():
+                stop.set()
+    timed_out = False
+    for future in futures:
+        try:
+            future.result()
+        except _Stop:
+            timed_out = True
+    if failed:
+        return failed[0]
+    if timed_out:
+        late = next(piece for piece in pieces if piece.status == "SKIPPED")
+        late.status = "TIMED_OUT"
+        late.result = runner.Result(
+            outcome=runner.Outcome.TIMED_OUT,
+            failure=runner.Failure.TIMEOUT,
+            error_message=f"The run exceeded its time limit of {_wall_seconds(run):g} seconds",
+        )
+        return late
+    return None
+
+
+def _wall_seconds(run: Run) -> float:
+    return float(run.timeout_seconds or settings.OMLWEB_RUN_WALL_SECONDS)
+
+
+def apply_execute(
+    *,
+    run: Run,
+    is_cancelled: Callable[[], bool] | None = None,
+    limits: runner.Limits | None = None,
+    claimed: bool = False,
+) -> Run:
+    """Run an apply run to its end and record the outcome, with each piece's timings.
+
+    `limits` are each piece's (the wall clock is what is left of the run's); `claimed` says the
+    caller (the async worker) already marked the run RUNNING.
+    """
+    if not claimed:
+        run.status = Run.Status.RUNNING
+        run.started_at = timezone.now()
+        run.save(update_fields=["status", "started_at"])
+    deadline = time.monotonic() + _wall_seconds(run)
+    try:
+        pieces = build_pieces(run)
+    except OmlError as error:
+        _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        return run
+    except Exception as error:
+        logger.exception("Run %s: preparing the input failed", run.pk)
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=f"The input failed: {error}")
+        raise
+    options = run.apply_options
+    degree = degree_for(
+        service=run.service,
+        parallel_flag=options.get("parallelFlag", False),
+        parallel=options.get("parallel"),
+        pieces=len(pieces),
+    )
+    run.apply_options = {**options, "degree": degree}
+    base = limits or limits_from_settings()
+    failed = _run_pieces(run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base)
+    _record(run, pieces, failed)
+    if failed is not None and failed.status == "BUSY":
+        raise Busy(Busy.busy_message)
+    return run
+
+
+def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
+    entries, stdout, stderr, position = [], [], [], 0
+    with transaction.atomic():
+        for piece in pieces:
+            entry = {
+                "label": piece.label,
+                "key": piece.key,
+                "rows": piece.rows,
+                "status": piece.status,
+                "started_at": _iso(piece.started_at),
+                "finished_at": _iso(piece.finished_at),
+                "seconds": round(piece.finished_at - piece.started_at, 6) if piece.finished_at else None,
+                "figures": [],
+            }
+            result = piece.result
+            if result is not None:
+                if result.stdout:
+                    stdout.append(f"--- {piece.label} ---\n{result.stdout}")
+                if result.stderr:
+                    stderr.append(f"--- {piece.label} ---\n{result.stderr}")
+                if not result.succeeded:
+                    entry["error_message"] = result.error_message
+                if result.succeeded and run.graphics:
+                    entry["value"] = result.value
+                    for figure in result.figures:
+                        position += 1
+                        image = RunImage(run=run, position=position, title=figure.title)
+                        image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
+                        image.save()
+                        entry["figures"].append(position)
+            entries.append(entry)
+        run.pieces = entries
+        run.stdout = "".join(stdout)
+        run.stderr = "".join(stderr)
+        if failed is None:
+            run.result = assemble(run.kind, pieces)
+            _finish(run, Run.Status.SUCCEEDED)
+            return
+        result = failed.result
+        if failed.status == "BUSY":
+            code, status = ErrorCode.BUSY, Run.Status.FAILED
+        else:
+            code, status = FAILURE_CODES.get(result.failure, ErrorCode.INTERNAL), Run.Status(result.outcome.value)
+        where = failed.label[0].upper() + failed.label[1:]
+        _finish(
+            run,
+            status,
+            error_code=code,
+            error_message=f"{where} failed: {result.error_message}",
+            traceback=f"{where} failed:\n{result.traceback}" if result.traceback else "",
+        )
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat()
+
+
+def assemble(kind: str, pieces: list[Piece]) -> object:
+    """OML's answer from the pieces' values: records concatenated, keyed per group, or in index order."""
+    values = [piece.result.value for piece in pieces]
+    if kind == Run.Kind.TABLE_APPLY:
+        return values[0]
+    if kind == Run.Kind.GROUP_APPLY:
+        return {piece.key: value for piece, value in zip(pieces, values, strict=True)}
+    if kind == Run.Kind.INDEX_APPLY:
+        return values
+    combined: list = []
+    for value in values:
+        # A DataFrame comes back as records: the chunks' records make one list, as Oracle's.
+        if isinstance(value, list):
+            combined.extend(value)
+        else:
+            combined.append(value)
+    return combined
+
+
+def graphics_result(run: Run) -> object:
+    """With graphicsFlag: image records per piece ({"IMAGE","DATA","TITLE","ID"}), keyed per group for group-apply."""
+    images = {image.position: image for image in run.images.all()}
+
+    def records(entries: list[dict]) -> list[dict]:
+        out = []
+        for entry in entries:
+            data = json.dumps(entry.get("value"))
+            figures = [images[p] for p in entry.get("figures", []) if p in images] or [None]
+            for image in figures:
+                out.append(
+                    {
+                        "IMAGE": _base64(image) if image else None,
+                        "DATA": data,
+                        "TITLE": image.title if image else None,
+                        "ID": len(out) + 1,
+                    }
+                )
+        return out
+
+    if run.kind == Run.Kind.GROUP_APPLY:
+        return {entry["key"]: records([entry]) for entry in run.pieces}
+    return records(run.pieces)
+
+
+def _base64(image: RunImage) -> str:
+    with image.image.open("rb") as file:
+        return base64.b64encode(file.read()).decode("ascii")
