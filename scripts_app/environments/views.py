@@ -37,7 +37,7 @@ class EnvironmentForm(forms.Form):
         required=False,
         widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "placeholder": "seaborn\nscikit-learn==1.7.2"}),
         help_text="One requirement per line, pins allowed (requirements.txt syntax, no options). "
-        "numpy, pandas and matplotlib are always installed, at the service's versions.",
+        "numpy, pandas, matplotlib and pyarrow are always installed, at the service's versions.",
     )
     python = forms.ChoiceField(label="Python")
 

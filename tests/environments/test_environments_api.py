@@ -258,3 +258,18 @@ def test_old_generations_are_removed_only_long_after_they_were_superseded(tmp_pa
     assert builder.remove_other_generations(tmp_path, "probe", "probe-bbbb", grace=3600) == [old]
     assert current.exists()
     assert other.exists()
+
+
+def test_an_apply_run_runs_in_its_environment(create, build_queued, alice, alice_api):
+    """index-apply with envName calls the function in the environment, for every index."""
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    make_script(alice, "probe_times", "import omlweb_probe\ndef probe_times(i):\n    return omlweb_probe.ANSWER * i\n")
+
+    response = alice_api.post(
+        "/oml/api/py-scripts/v1/index-apply/probe_times", {"times": 3, "envName": "probe"}, format="json"
+    )
+
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"result": [42, 84, 126]}
+    assert Run.objects.get().env_lock == Environment.objects.get().lock
