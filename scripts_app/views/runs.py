@@ -20,6 +20,7 @@ from scripts_app.errors import OmlError
 from scripts_app.forms import RunForm
 from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
+from scripts_app.services import environments as environment_services
 from scripts_app.services import runs as run_services
 from scripts_app.signature import entry_signature
 from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
@@ -93,8 +94,8 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 
 
 def run_services_environments() -> list[str]:
-    # Environments are not modelled yet: the runner knows only the service's own.
-    return [run_services.DEFAULT_ENVIRONMENT]
+    """The environments a run may pick: the default one first, then every READY one."""
+    return environment_services.environment_names_ready()
 
 
 def _chosen_version(request: HtmxHttpRequest, script: Script) -> ScriptVersion:
