@@ -176,6 +176,8 @@ OMLWEB_ENV_RUNNER_PACKAGES = env_list("OMLWEB_ENV_RUNNER_PACKAGES", ["numpy", "p
 OMLWEB_ENV_FIND_LINKS = env_list("OMLWEB_ENV_FIND_LINKS", [])
 OMLWEB_ENV_NO_INDEX = env_bool("OMLWEB_ENV_NO_INDEX", False)
 OMLWEB_ENV_BUILD_TIMEOUT = env_float("OMLWEB_ENV_BUILD_TIMEOUT", 1800.0)
+# Installing from source distributions runs their setup code in the worker, with its rights.
+OMLWEB_ENV_SOURCE_BUILDS = env_bool("OMLWEB_ENV_SOURCE_BUILDS", False)
 
 # Datasets and the input queries of apply runs (docs/datasets.md).
 OMLWEB_DATASET_MAX_UPLOAD_MB = env_int("OMLWEB_DATASET_MAX_UPLOAD_MB", 500, minimum=1)

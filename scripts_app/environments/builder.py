@@ -88,6 +88,8 @@ class Options:
     find_links: tuple[str, ...] = ()
     no_index: bool = False
     timeout: float = 1800.0
+    # Building a package from source runs its setup code with the worker's rights: off by default.
+    source_builds: bool = False
 
 
 @dataclass
@@ -216,6 +218,8 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
             sources = [f"--find-links={link}" for link in options.find_links]
         if options.no_index:
             sources.append("--no-index")
+        if not options.source_builds:
+            sources.append("--only-binary=:all:")
         if spec.lock:
             lock_file = path / "omlweb-install-lock.txt"
             lock_file.write_text(_requirement_lines(spec.lock))

@@ -306,6 +306,7 @@ def build_options() -> builder.Options:
         find_links=tuple(settings.OMLWEB_ENV_FIND_LINKS),
         no_index=settings.OMLWEB_ENV_NO_INDEX,
         timeout=settings.OMLWEB_ENV_BUILD_TIMEOUT,
+        source_builds=settings.OMLWEB_ENV_SOURCE_BUILDS,
     )
 
 

@@ -273,3 +273,28 @@ def test_an_apply_run_runs_in_its_environment(create, build_queued, alice, alice
     assert response.status_code == 200, response.json()
     assert response.json() == {"result": [42, 84, 126]}
     assert Run.objects.get().env_lock == Environment.objects.get().lock
+
+
+def test_packages_without_a_wheel_are_not_built_from_source(create, build_queued, wheelhouse):
+    """An sdist's setup code would run in the worker with its rights: by default the build refuses it."""
+    import io
+    import tarfile
+
+    files = {
+        "omlweb_sdist-1.0/pyproject.toml": '[project]\nname = "omlweb-sdist"\nversion = "1.0"\n',
+        "omlweb_sdist-1.0/PKG-INFO": "Metadata-Version: 2.1\nName: omlweb-sdist\nVersion: 1.0\n",
+        "omlweb_sdist-1.0/omlweb_sdist.py": "X = 1\n",
+    }
+    with tarfile.open(wheelhouse / "omlweb_sdist-1.0.tar.gz", "w:gz") as archive:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            archive.addfile(info, io.BytesIO(text.encode()))
+
+    create(name="sdist", packages="omlweb-sdist")
+    build_queued()
+
+    environment = Environment.objects.get()
+    assert environment.status == Environment.Status.FAILED
+    assert "--only-binary=:all:" in environment.build_log
+    assert "omlweb-sdist" in environment.build_log.split("--only-binary=:all:")[-1]
