@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -33,6 +34,8 @@ DEFAULT_DESCRIPTION = "The service's own Python, with the packages omlweb itself
 # How much of a build's log the row keeps: the end, where the error is.
 MAX_LOG_CHARS = 200_000
 LOG_FLUSH_SECONDS = 0.5
+# How long a build may wait for a worker before a BUILDING environment counts as lost.
+BUILD_QUEUE_MARGIN_SECONDS = 600
 # A folder of an older generation is removed this long after a newer one was built: longer than
 # the longest async run (43200 s), which may have started in it before the rebuild.
 OLD_GENERATION_GRACE_SECONDS = 13 * 3600
@@ -60,6 +63,12 @@ def environment_for_run(env_name: str | None) -> Environment | None:
             f"Unknown environment {name!r}. Environments: {', '.join(known)}.", code=ErrorCode.UNKNOWN_ENVIRONMENT
         )
     if environment.status == Environment.Status.BUILDING:
+        if build_seems_lost(environment):
+            raise BadRequest(
+                f"Environment {name!r} has been building since {environment.build_started_at:%Y-%m-%d %H:%M} UTC, "
+                "longer than a build may take: its worker probably stopped. An admin can rebuild it.",
+                code=ErrorCode.ENVIRONMENT_NOT_READY,
+            )
         raise BadRequest(
             f"Environment {name!r} is still being built; try again when it is READY.",
             code=ErrorCode.ENVIRONMENT_NOT_READY,
@@ -70,6 +79,14 @@ def environment_for_run(env_name: str | None) -> Environment | None:
             code=ErrorCode.ENVIRONMENT_NOT_READY,
         )
     return environment
+
+
+def build_seems_lost(environment: Environment) -> bool:
+    """BUILDING for longer than a build may take (plus a margin for the queue): its worker is gone."""
+    if environment.status != Environment.Status.BUILDING or environment.build_started_at is None:
+        return False
+    limit = timedelta(seconds=settings.OMLWEB_ENV_BUILD_TIMEOUT + BUILD_QUEUE_MARGIN_SECONDS)
+    return timezone.now() - environment.build_started_at > limit
 
 
 def environment_names_ready() -> list[str]:

@@ -298,3 +298,19 @@ def test_packages_without_a_wheel_are_not_built_from_source(create, build_queued
     assert environment.status == Environment.Status.FAILED
     assert "--only-binary=:all:" in environment.build_log
     assert "omlweb-sdist" in environment.build_log.split("--only-binary=:all:")[-1]
+
+
+def test_a_build_whose_worker_vanished_says_so(create, alice, alice_api):
+    """BUILDING far longer than a build may take: runs are told the worker probably stopped and to rebuild."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    create(name="stuck", packages="omlweb-probe")
+    Environment.objects.update(build_started_at=timezone.now() - timedelta(hours=2))
+    make_script(alice, "f", "def f():\n    return 1\n")
+
+    response = do_eval(alice_api, "f", {"envName": "stuck"})
+
+    assert response.json()["errorCode"] == 1006
+    assert "worker probably stopped" in response.json()["errorMessage"]
