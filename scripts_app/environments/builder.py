@@ -240,7 +240,7 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
     lock = f"# python {version.strip()}\n" + "".join(f"{line}\n" for line in packages)
     (path / "omlweb-lock.txt").write_text(lock)
     _open_to_everyone(path)
-    size = _size(path)
+    size = folder_size(path)
     marker = {
         "spec_hash": spec.hash,
         "lock_sha256": lock_sha256(lock),
@@ -371,7 +371,7 @@ def _open_to_everyone(path: Path) -> None:
     os.chmod(path, 0o755)
 
 
-def _size(path: Path) -> int:
+def folder_size(path: Path) -> int:
     total = 0
     for folder_path, _, files in os.walk(path):
         for name in files:

@@ -132,7 +132,7 @@ def default_info() -> dict:
             version = ".".join(str(part) for part in sys.version_info[:3])
             lock = f"# python {version}\n" + "".join(f"{line}\n" for line in sorted(names.values(), key=str.lower))
             _default_info = {
-                "size_bytes": builder._size(Path(sys.prefix)),
+                "size_bytes": builder.folder_size(Path(sys.prefix)),
                 "package_count": len(names),
                 "python_version": version,
                 "python": sys.executable,
@@ -256,7 +256,7 @@ def environment_update(
 
 
 def environment_rebuild(*, environment: Environment) -> Environment:
-    """Build the environment afresh (a new resolve, a new folder): runs of the old one are not disturbed."""
+    """Build the environment afresh (a new resolve, a new folder); runs already in the old one go on there."""
     with transaction.atomic():
         Environment.objects.filter(pk=environment.pk).update(
             generation=F("generation") + 1,
@@ -340,7 +340,8 @@ class _LogWriter:
         self.text += f"[{stamp}] {line[:2000]}\n"
         if len(self.text) > MAX_LOG_CHARS:
             self.text = "[... the start of the log is cut ...]\n" + self.text[-MAX_LOG_CHARS:]
-        if time.monotonic() - self.flushed_at >= LOG_FLUSH_SECONDS:
+        # A command line is written at once: the step it starts may print nothing for a while.
+        if line.startswith("$ ") or time.monotonic() - self.flushed_at >= LOG_FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
