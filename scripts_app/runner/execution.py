@@ -412,6 +412,9 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
     try:
         try:
             template.submit(header, [job_r, out_w, err_w, res_w, ctl_child.fileno()])
+        except OSError:
+            # It exited just now (idle, or died): run() starts it again.
+            raise _TemplateLost from None
         finally:
             for fd in (job_r, out_w, err_w, res_w):
                 os.close(fd)

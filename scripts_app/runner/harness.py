@@ -729,11 +729,20 @@ def zygote_main(control_fd: int, config: dict) -> None:
 
     use_pidns = bool(config.get("pid_namespace")) and info["pid_namespace"]
     spares: list[_Spare] = []
+    # An environment's template that has served no run for this long exits; the parent starts it
+    # again on the next run there. None: stay (the service's own environment).
+    idle_seconds = config.get("idle_seconds")
+    last_active = time.monotonic()
 
     while True:
         now = time.monotonic()
         timeout = min((r.deadline for r in runs.values()), default=now + 3600) - now
-        for key, _ in selector.select(max(0.0, timeout)):
+        if idle_seconds and not runs:
+            timeout = min(timeout, last_active + idle_seconds - now)
+        events = selector.select(max(0.0, timeout))
+        if not events and idle_seconds and not runs and time.monotonic() - last_active >= idle_seconds:
+            os._exit(0)
+        for key, _ in events:
             if key.data == "control":
                 message, fds, _, _ = socket.recv_fds(control, 1 << 16, 8)
                 if not message:
@@ -773,6 +782,8 @@ def zygote_main(control_fd: int, config: dict) -> None:
             elif key.data[0] == "exit":
                 finish(key.data[1])
         now = time.monotonic()
+        if runs:
+            last_active = now
         for run in list(runs.values()):
             if now >= run.deadline:
                 run.kill("timeout")

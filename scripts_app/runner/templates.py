@@ -237,6 +237,7 @@ class Template:
             cwd = self.workroot
             env = {**base_env(), "HOME": self.workroot, "MPLCONFIGDIR": os.path.join(self.workroot, ".matplotlib")}
         template_config = {
+            "idle_seconds": (settings.template_idle_seconds or None) if self.python != default_python() else None,
             "preload": list(self.preload),
             "workroot": self.workroot,
             "probe_uid": settings.run_uid_base if is_root() and self.level != "process" else None,
