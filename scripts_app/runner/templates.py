@@ -323,10 +323,13 @@ class Template:
 
     @property
     def filesystem_confinement(self) -> dict | None:
-        """What the child sets up in its own mount namespace (the unshare level only)."""
-        if self.level != "unshare" or not self.info.get("mount_namespace"):
+        """What the child sets up in a mount namespace of its own: everything read-only but its
+        working directory, a /proc showing only its own processes, and (unshare level, where the
+        host's tree is visible) the data folders hidden."""
+        if self.level == "process" or not self.info.get("mount_namespace"):
             return None
-        return {"hide": list(self.settings.data_dirs_to_hide), "new_proc": self.uses_pid_namespace}
+        hide = list(self.settings.data_dirs_to_hide) if self.level == "unshare" else []
+        return {"hide": hide, "new_proc": self.uses_pid_namespace}
 
 
 class Registry:
