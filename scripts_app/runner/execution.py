@@ -29,7 +29,7 @@ from scripts_app.runner.templates import (
     default_python,
     registry,
 )
-from scripts_app.runner.types import Failure, Figure, Job, Outcome, Result, RunnerBusy
+from scripts_app.runner.types import Failure, Figure, Job, Outcome, Result, RunnerBusy, RunnerUnavailable
 
 POLL_SECONDS = 0.1
 # After the child is gone, how long stdout/stderr may stay open (a grandchild outside a PID
@@ -601,9 +601,11 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
 
     try:
         started = time.monotonic()
+        python = job.python or default_python()
+        if not os.access(python, os.X_OK):
+            raise RunnerUnavailable(f"the environment's interpreter {python} does not exist or cannot be run")
         if settings.mode == "cold":
             return _run_cold(job, is_cancelled, started)
-        python = job.python or default_python()
         network = settings.network or job.limits.network
         for attempt in (1, 2):
             try:

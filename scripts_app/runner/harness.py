@@ -54,6 +54,7 @@ MS_PRIVATE = 1 << 18
 MS_BIND = 0x1000
 MNT_DETACH = 2
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
 PR_CAP_AMBIENT = 47
@@ -625,6 +626,8 @@ def _run_child(header: dict, fds: list[int], workdir: str) -> None:
             _drop_to(uid)
         elif os.geteuid() == 0:
             drop_all_capabilities()
+            # Sharing a uid with other runs: keep them from reading this one's memory.
+            libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace")
         sys.stderr = io.TextIOWrapper(
             io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True

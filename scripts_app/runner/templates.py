@@ -324,10 +324,12 @@ class Template:
 
     @property
     def filesystem_confinement(self) -> dict | None:
-        """What the child sets up in its own mount namespace (the unshare level only)."""
-        if self.level != "unshare" or not self.info.get("mount_namespace"):
+        """What the child sets up in a mount namespace of its own: everything read-only but its
+        working directory, a /proc showing only its own processes, and (unshare level, where the
+        host's tree is visible) the data folders hidden."""
+        if self.level == "process" or not self.info.get("mount_namespace"):
             return None
-        hide = list(self.settings.data_dirs_to_hide)
+        hide = list(self.settings.data_dirs_to_hide) if self.level == "unshare" else []
         # An environment built inside a hidden data folder (OMLWEB_ENVS_DIR) stays visible to its runs.
         prefix = self.info.get("prefix") or ""
         keep = [prefix] if prefix and any(Path(prefix).is_relative_to(path) for path in hide) else []

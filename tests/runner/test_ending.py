@@ -104,3 +104,10 @@ def test_a_forked_worker_starts_its_own_template():
     os.waitpid(pid, 0)
     assert answer == b"ok"
     assert runner.run(make_job("def f():\n    return 3\n")).value == 3
+
+
+def test_a_missing_environment_interpreter_is_runner_unavailable(mode):
+    """A job whose environment's python does not exist fails with RunnerUnavailable, not a crash."""
+    with pytest.raises(runner.RunnerUnavailable, match="does not exist"):
+        runner.run(make_job("def f():\n    return 1\n", python="/nonexistent/venv/bin/python"))
+    assert_runner_still_works()

@@ -266,3 +266,25 @@ def test_auto_isolation_falls_back_and_says_why(run):
         assert "/nonexistent/bwrap not found" in report["levels_tried"]["bwrap"]
     finally:
         runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"), bwrap_path="/usr/bin/bwrap")
+
+
+def test_a_run_sees_only_its_own_processes_and_writes_only_its_directory(run, isolated):
+    """/proc lists only the run's own processes, and nothing outside its directory is writable."""
+    source = """
+import os
+def f():
+    written = []
+    for folder in ["/tmp", "/tmp/runs", "/dev/shm", "/"]:
+        try:
+            with open(os.path.join(folder, "omlweb-escape"), "w") as out:
+                out.write("x")
+            written.append(folder)
+        except OSError:
+            pass
+    return {"pids": sorted(p for p in os.listdir("/proc") if p.isdigit()), "written": written}
+"""
+    result = run(source)
+    assert result.succeeded, result.error_message + result.stderr
+    if isolated["run_pid_namespace"]:
+        assert result.value["pids"] == ["1"]
+    assert result.value["written"] == []

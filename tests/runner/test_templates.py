@@ -1,5 +1,10 @@
 """Which template a run forks from, and what each template holds."""
 
+import os
+import subprocess
+import sys
+import time
+
 from scripts_app import runner
 from scripts_app.runner.source import imports_only_stdlib
 
@@ -39,3 +44,25 @@ def test_the_light_template_can_be_turned_off(run, isolated):
         assert run("import sys\ndef f():\n    return 'numpy' in sys.modules\n").value is True
     finally:
         runner.configure(light_template=True)
+
+
+def _template_pid(python: str) -> int:
+    [pid] = [t["pid"] for t in runner.isolation_report()["templates"] if t["python"] == python and t["light"]]
+    return pid
+
+
+def test_a_job_runs_in_its_environment_and_a_changed_environment_gets_a_new_template(run, tmp_path):
+    """Job.python selects the interpreter; touching its environment restarts that template."""
+    base = os.path.realpath(sys.executable)
+    venv = tmp_path / "env"
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    source = "import sys\ndef f():\n    return sys.prefix\n"
+    assert run(source, python=python).value == str(venv)
+    first = _template_pid(python)
+    assert run(source, python=python).succeeded
+    assert _template_pid(python) == first
+    time.sleep(2.1)  # the environment is checked at most every 2 seconds
+    os.utime(venv / "pyvenv.cfg")
+    assert run(source, python=python).value == str(venv)
+    assert _template_pid(python) != first
