@@ -86,7 +86,7 @@ class RunForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 5, "class": "code", "spellcheck": "false"}),
         label="Parameters (a JSON object of keyword arguments)",
     )
-    env_name = forms.ChoiceField(label="Environment")
+    env_name = forms.ChoiceField(label="Environment", help_text="Only environments that are built (READY) are offered.")
     service = forms.ChoiceField(choices=ServiceLevel.choices, initial=ServiceLevel.LOW, label="Service level")
     graphics = forms.BooleanField(required=False, initial=True, label="Capture graphics (matplotlib figures)")
     execution = forms.ChoiceField(
@@ -95,13 +95,23 @@ class RunForm(forms.Form):
         widget=forms.RadioSelect,
         label="Execution",
     )
+    # Oracle's bounds for an async job's timeout; the API uses the same.
+    job_timeout = forms.IntegerField(
+        required=False,
+        min_value=1800,
+        max_value=43200,
+        label="Job time limit (seconds)",
+        help_text="Jobs only: 1800 to 43200. Empty: the service's default.",
+    )
+    comments = forms.CharField(
+        required=False, max_length=4000, label="Job comments", help_text="Jobs only: a note kept with the run."
+    )
 
     def __init__(
         self,
         *args,
         signature: Signature | None,
         environments: list[str] | None = None,
-        jobs_available: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -109,8 +119,6 @@ class RunForm(forms.Form):
         environments = environments or [DEFAULT_ENVIRONMENT]
         self.fields["env_name"].choices = [(name, name) for name in environments]
         self.fields["env_name"].initial = environments[0]
-        if not jobs_available:
-            self.fields["execution"].choices = [("sync", "Run now and wait")]
         self.parameter_fields: list[str] = []
         for parameter in signature.parameters if signature else []:
             name = self.PARAMETER_PREFIX + parameter.name

@@ -102,20 +102,11 @@ def run_execute(
         run.status = Run.Status.RUNNING
         run.started_at = timezone.now()
         run.save(update_fields=["status", "started_at"])
-    environment = run.environment
-    if environment is None and run.env_name != DEFAULT_ENVIRONMENT:
-        message = f"Environment {run.env_name!r} was deleted before the run started."
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.UNKNOWN_ENVIRONMENT, error_message=message)
-        return run
     try:
-        python = environments.environment_python(environment)
+        python = environments.python_for_run(run)
     except OmlError as error:
         _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
         return run
-    if environment is not None and environment.lock_id != run.env_lock_id:
-        # Rebuilt since the run was queued: record the lock it really runs with.
-        run.env_lock_id = environment.lock_id
-        run.save(update_fields=["env_lock"])
     job = runner.Job(
         source=version.source,
         function=version.entry_function,
