@@ -296,32 +296,11 @@ def reap_runs(*, now: datetime | None = None) -> ReapReport:
         Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
     )
     for run in stale:
-        taken = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, attempts=run.attempts, worker=run.worker)
-        lost = f"its worker {run.worker or '(unknown)'} stopped answering"
-        if run.cancel_requested_at:
-            if taken.update(
-                status=Run.Status.CANCELLED,
-                finished_at=now,
-                error_code=ErrorCode.CANCELLED,
-                error_message=f"The job was cancelled; {lost}.",
-            ):
-                report.cancelled.append(str(run.pk))
-        elif run.attempts >= settings.OMLWEB_RUN_MAX_ATTEMPTS:
-            if taken.update(
-                status=Run.Status.FAILED,
-                finished_at=now,
-                error_code=ErrorCode.CRASHED,
-                error_message=(
-                    f"The job was started {run.attempts} times and each time {lost} "
-                    "(killed, or out of memory); it is not tried again."
-                ),
-            ):
-                report.failed.append(str(run.pk))
-                logger.warning("Run %s failed: %s, attempt %s of %s", run.pk, lost, run.attempts, run.attempts)
-        elif taken.update(status=Run.Status.QUEUED, worker="", heartbeat_at=None, enqueued_at=now):
-            logger.warning("Run %s requeued: %s (attempt %s)", run.pk, lost, run.attempts)
-            report.requeued.append(str(run.pk))
-            _publish_quietly(run)
+        outcome = _take_back(run, now=now, lost=f"its worker {run.worker or '(unknown)'} stopped answering")
+        if outcome:
+            getattr(report, outcome).append(str(run.pk))
+            if outcome == "requeued":
+                _publish_quietly(run)
     report.republished = _republish_lost(now=now)
     sync_limit = timedelta(seconds=settings.OMLWEB_RUN_WALL_SECONDS + settings.OMLWEB_HEARTBEAT_STALE_SECONDS)
     orphans = Run.objects.filter(mode=Run.Mode.SYNC, status__in=ACTIVE, created_at__lt=now - sync_limit)
@@ -334,6 +313,50 @@ def reap_runs(*, now: datetime | None = None) -> ReapReport:
         ):
             report.failed.append(str(pk))
     return report
+
+
+def _take_back(run: Run, *, now: datetime, lost: str) -> str | None:
+    """Take a RUNNING run from the attempt that lost its worker: "requeued", "failed" once it was started
+    OMLWEB_RUN_MAX_ATTEMPTS times, or "cancelled" if a cancel was asked; None if another change won."""
+    taken = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, attempts=run.attempts, worker=run.worker)
+    if run.cancel_requested_at:
+        cancelled = taken.update(
+            status=Run.Status.CANCELLED,
+            finished_at=now,
+            error_code=ErrorCode.CANCELLED,
+            error_message=f"The job was cancelled; {lost}.",
+        )
+        return "cancelled" if cancelled else None
+    if run.attempts >= settings.OMLWEB_RUN_MAX_ATTEMPTS:
+        failed = taken.update(
+            status=Run.Status.FAILED,
+            finished_at=now,
+            error_code=ErrorCode.CRASHED,
+            error_message=(
+                f"The job was started {run.attempts} times and each time {lost} "
+                "(killed, or out of memory); it is not tried again."
+            ),
+        )
+        if failed:
+            logger.warning("Run %s failed: %s, attempt %s", run.pk, lost, run.attempts)
+        return "failed" if failed else None
+    if taken.update(status=Run.Status.QUEUED, worker="", heartbeat_at=None, enqueued_at=now):
+        logger.warning("Run %s requeued: %s (attempt %s)", run.pk, lost, run.attempts)
+        return "requeued"
+    return None
+
+
+def job_worker_lost(*, run_id: str, worker: str) -> str | None:
+    """The pool process running a job died (killed, out of memory): hand the run back at once.
+
+    Called in the worker's main process, just before Celery puts the message back on the queue
+    (reject_on_worker_lost), so the redelivery finds the run QUEUED and claims it as the next attempt
+    instead of waiting for the reaper. Past OMLWEB_RUN_MAX_ATTEMPTS the run fails instead.
+    """
+    run = Run.objects.filter(pk=run_id, status=Run.Status.RUNNING, worker=worker).first()
+    if run is None:
+        return None
+    return _take_back(run, now=timezone.now(), lost=f"the worker process on {worker} running it died")
 
 
 def _republish_lost(*, now: datetime) -> list[str]:

@@ -105,6 +105,11 @@ class Worker:
             lambda: " ready." in self.log_text(), timeout=START_TIMEOUT, what=f"worker {self.name} to start", on=self
         )
 
+    def pool_processes(self) -> list[int]:
+        """The prefork pool's processes: the worker's children."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
     def kill9(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
@@ -248,7 +253,8 @@ def wait_for(predicate, *, timeout: float, what: str, on=None):
             return value
         time.sleep(0.05)
     logs = ""
-    for worker in on.workers if isinstance(on, Cluster) else [on] if on else []:
+    # Duck-typed: pytest and the test modules may import this conftest under two module names.
+    for worker in getattr(on, "workers", None) or ([on] if on else []):
         logs += f"\n--- {worker.name} ---\n{worker.log_text()[-3000:]}"
     raise AssertionError(f"Timed out after {timeout:g} s waiting for {what}{logs}")
 

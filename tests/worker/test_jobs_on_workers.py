@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 
 import pytest
 
@@ -191,6 +193,20 @@ def test_kill_9_of_the_worker_mid_run_is_recovered(cluster, sleeper):
     done = wait_status(run.pk, FINISHED, timeout=60, on=cluster)
     assert (done.status, done.attempts, done.worker) == (Run.Status.SUCCEEDED, 2, "second@test")
     assert done.result == {"slept": 2}
+
+
+def test_a_killed_pool_process_hands_its_job_back_at_once(cluster, sleeper):
+    """kill -9 of the pool process running a job (as the OOM killer would): the message is rejected and
+    requeued, the run handed back on the spot, and the worker's next process runs it as attempt 2, with
+    no reaper involved."""
+    worker = cluster.start("pool", ["LOW"])
+    run = job(sleeper, 2)
+    wait_status(run.pk, Run.Status.RUNNING, timeout=60, on=cluster)
+    [child] = worker.pool_processes()
+    os.kill(child, signal.SIGKILL)
+    done = wait_status(run.pk, FINISHED, timeout=60, on=cluster)
+    assert (done.status, done.attempts, done.worker) == (Run.Status.SUCCEEDED, 2, "pool@test")
+    assert "the worker process on pool@test running it died" in worker.log_text()
 
 
 def test_a_job_that_keeps_losing_its_worker_fails_clearly(cluster, sleeper, settings):
