@@ -158,7 +158,12 @@ def run_image(request: HtmxHttpRequest, pk: UUID, position: int) -> FileResponse
     image = get_object_or_404(RunImage, run=run, position=position)
     download = request.GET.get("download") == "1"
     filename = f"{run.script_name}-{str(run.pk)[:8]}-{position}.png"
-    return FileResponse(image.image.open("rb"), content_type="image/png", as_attachment=download, filename=filename)
+    try:
+        file = image.image.open("rb")
+    except FileNotFoundError:
+        # Pruned from disk (retention) while the row stayed.
+        raise Http404("The image file is gone.") from None
+    return FileResponse(file, content_type="image/png", as_attachment=download, filename=filename)
 
 
 @require_GET
