@@ -343,7 +343,9 @@ def test_an_apply_run_shows_its_input_and_pieces(alice_client, alice, typed_scri
             {"label": "rows 51-<100>", "rows": 50, "status": "SUCCEEDED", "seconds": 0.1, "figures": [1]},
         ],
     )
-    content = alice_client.get(reverse("web:run_detail", args=[run.pk])).content.decode()
+    response = alice_client.get(reverse("web:run_detail", args=[run.pk]))
+    content = response.content.decode()
+    assert not response.context["may_run_again"]
     assert "SELECT * FROM iris" in content
     assert "{&quot;rows&quot;: 50}" in content
     assert "Pieces (2)" in content
