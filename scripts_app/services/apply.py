@@ -29,7 +29,7 @@ from django.utils import timezone
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
-from scripts_app.services import queries
+from scripts_app.services import environments, queries
 from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,7 @@ def _run_pieces(
     deadline: float,
     is_cancelled: Callable[[], bool] | None,
     limits: runner.Limits,
+    python: str | None = None,
 ) -> Piece | None:
     """Run every piece, `degree` at once; returns the first piece that failed, if any."""
     version = run.script_version
@@ -272,6 +273,7 @@ def _run_pieces(
             limits=dataclasses.replace(limits, wall_seconds=remaining),
             data=data,
             frame_orient=frame_orient,
+            python=python,
         )
         piece.status = "RUNNING"
         piece.started_at = time.time()
@@ -341,6 +343,8 @@ def apply_execute(
         run.save(update_fields=["status", "started_at"])
     deadline = time.monotonic() + _wall_seconds(run)
     try:
+        # The run's environment (issue 6); this host builds its copy first if it has none.
+        python = environments.python_for_run(run)
         pieces = build_pieces(run)
     except OmlError as error:
         _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
@@ -358,7 +362,9 @@ def apply_execute(
     )
     run.apply_options = {**options, "degree": degree}
     base = limits or limits_from_settings()
-    failed = _run_pieces(run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base)
+    failed = _run_pieces(
+        run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base, python=python
+    )
     _record(run, pieces, failed)
     if failed is not None and failed.status == "BUSY":
         raise Busy(Busy.busy_message)
