@@ -11,8 +11,8 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from scripts_app import runner
-from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
+from scripts_app import roles, runner
+from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError, PermissionDenied
 from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
 from scripts_app.services import environments
 
@@ -57,6 +57,8 @@ def run_create(
     with its environment and that one's lock."""
     if version is not None and version.script_id != script.pk:
         raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
+    if roles.is_read_only(user):
+        raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
     environment = check_environment(env_name)
     return Run.objects.create(
         script_version=version or script.current_version,

@@ -10,7 +10,7 @@ from django.db.models import Max, Q, QuerySet
 
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
 from scripts_app.models import SCRIPT_NAME_PATTERN, Script, ScriptGrant, ScriptVersion
-from scripts_app.roles import is_admin, sees_everything
+from scripts_app.roles import is_admin, is_read_only, sees_everything
 from scripts_app.runner import ScriptSourceError, entry_function
 
 
@@ -39,6 +39,8 @@ def script_create(
     *, owner, name: str, source: str, description: str = "", is_global: bool = False, overwrite: bool = False
 ) -> Script:
     """A new script with its first version; with overwrite, an existing one of that name changes instead."""
+    if is_read_only(owner):
+        raise PermissionDenied("Auditors have read-only access: they do not write scripts.")
     validate_name(name)
     function = checked_entry_function(source=source, name=name)
     if is_global and not is_admin(owner):
@@ -71,6 +73,8 @@ def script_update(
     is_global: bool | None = None,
 ) -> Script:
     """Change a script. Changed source becomes a new version; the old ones stay as they were."""
+    if is_read_only(by):
+        raise PermissionDenied("Auditors have read-only access: they do not change scripts.")
     if is_global is not None and is_global != script.is_global and not is_admin(by):
         raise PermissionDenied("Only admins may make a script global or private.")
     if source is not None and source != script.source:

@@ -147,7 +147,10 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         if run.status == Run.Status.SUCCEEDED and table is None
         else None,
         "may_cancel": run.mode == Run.Mode.ASYNC and not run.is_finished and roles.can_cancel_run(request.user, run),
-        "may_run_again": script is not None and roles.can_run_script(request.user, script),
+        # The form runs a function with parameters (do-eval); an apply run is repeated through the API.
+        "may_run_again": script is not None
+        and run.kind == Run.Kind.DO_EVAL
+        and roles.can_run_script(request.user, script),
     }
 
 
@@ -158,7 +161,12 @@ def run_image(request: HtmxHttpRequest, pk: UUID, position: int) -> FileResponse
     image = get_object_or_404(RunImage, run=run, position=position)
     download = request.GET.get("download") == "1"
     filename = f"{run.script_name}-{str(run.pk)[:8]}-{position}.png"
-    return FileResponse(image.image.open("rb"), content_type="image/png", as_attachment=download, filename=filename)
+    try:
+        file = image.image.open("rb")
+    except FileNotFoundError:
+        # Pruned from disk (retention) while the row stayed.
+        raise Http404("The image file is gone.") from None
+    return FileResponse(file, content_type="image/png", as_attachment=download, filename=filename)
 
 
 @require_GET

@@ -106,3 +106,23 @@ def test_another_user_cannot_open_a_private_script(live_server, page: Page):
     expect(page.get_by_text("private_thing")).to_have_count(0)
     response = page.goto(f"{live_server.url}/scripts/{script.pk}/")
     assert response.status == 404
+
+
+def test_everything_works_without_javascript(live_server, browser, screenshot):
+    """With JavaScript off: sign in, write a script in the plain textarea, run it, see its table."""
+    UserFactory(username="alice")
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    sign_in(page, live_server, "alice", PASSWORD)
+    page.goto(live_server.url + "/scripts/new/")
+    expect(page.locator(".CodeMirror")).to_have_count(0)
+    page.get_by_label("Name").fill("rows")
+    page.get_by_label("Source").fill("def rows(n: int = 2):\n    return [{'i': i} for i in range(n)]\n")
+    page.get_by_role("button", name="Create script").click()
+    page.get_by_role("link", name="Run", exact=True).click()
+    page.get_by_label("n", exact=True).fill("3")
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator(".status")).to_have_text("Succeeded")
+    expect(page.locator("table.data tbody tr")).to_have_count(3)
+    screenshot(page, "07-no-javascript")
+    context.close()

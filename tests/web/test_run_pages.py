@@ -343,10 +343,19 @@ def test_an_apply_run_shows_its_input_and_pieces(alice_client, alice, typed_scri
             {"label": "rows 51-<100>", "rows": 50, "status": "SUCCEEDED", "seconds": 0.1, "figures": [1]},
         ],
     )
-    content = alice_client.get(reverse("web:run_detail", args=[run.pk])).content.decode()
+    response = alice_client.get(reverse("web:run_detail", args=[run.pk]))
+    content = response.content.decode()
+    assert not response.context["may_run_again"]
     assert "SELECT * FROM iris" in content
     assert "{&quot;rows&quot;: 50}" in content
     assert "Pieces (2)" in content
     assert "rows 51-&lt;100&gt;" in content
     listing = alice_client.get(reverse("web:run_list")).content.decode()
     assert "row-apply" in listing
+
+
+def test_a_pruned_image_file_is_a_404(alice_client, figure_run):
+    """An image whose file is gone from disk answers 404, not a server error."""
+    image = figure_run.images.get()
+    image.image.storage.delete(image.image.name)
+    assert alice_client.get(reverse("web:run_image", args=[figure_run.pk, 1])).status_code == 404
