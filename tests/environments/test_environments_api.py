@@ -314,3 +314,22 @@ def test_a_build_whose_worker_vanished_says_so(create, alice, alice_api):
 
     assert response.json()["errorCode"] == 1006
     assert "worker probably stopped" in response.json()["errorMessage"]
+
+
+def test_prepare_environments_builds_what_this_host_lacks(create, build_queued, settings, tmp_path):
+    """`manage.py prepare_environments` on a new host builds every READY environment from its lock."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    environment = Environment.objects.get()
+    settings.OMLWEB_ENVS_DIR = tmp_path / "new-host"
+    out = StringIO()
+
+    call_command("prepare_environments", stdout=out)
+
+    folder = settings.OMLWEB_ENVS_DIR / f"probe-{environment.spec_hash[:16]}"
+    assert f"probe: {folder}/bin/python" in out.getvalue()
+    assert (folder / "omlweb-lock.txt").read_text() == environment.lock.text
