@@ -276,27 +276,30 @@ class ApplyView(APIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
-        if data["asyncFlag"]:
-            raise BadRequest("Asynchronous jobs are not available yet.")
+        fields = {
+            "kind": self.kind,
+            "script": script,
+            "user": request.user,
+            "input_query": data.get("input", ""),
+            "rows": data.get("rows"),
+            "group_by": data.get("groupBy"),
+            "order_by": data.get("orderBy"),
+            "times": data.get("times"),
+            "parallel_flag": data.get("parallelFlag", False),
+            "parallel": data.get("parallel"),
+            "parameters": data["parameters"],
+            "graphics": data["graphicsFlag"],
+            "env_name": data.get("envName"),
+            "service": data["service"],
+            "client_address": client_address(request),
+        }
+        if not data["asyncFlag"]:
+            run = apply.apply_create(**fields)
+            return Response(runs.oml_result(runs.run_execute(run=run)))
         run = apply.apply_create(
-            kind=self.kind,
-            script=script,
-            user=request.user,
-            input_query=data.get("input", ""),
-            rows=data.get("rows"),
-            group_by=data.get("groupBy"),
-            order_by=data.get("orderBy"),
-            times=data.get("times"),
-            parallel_flag=data.get("parallelFlag", False),
-            parallel=data.get("parallel"),
-            parameters=data["parameters"],
-            graphics=data["graphicsFlag"],
-            env_name=data.get("envName"),
-            service=data["service"],
-            client_address=client_address(request),
+            **fields, asynchronous=True, timeout_seconds=data.get("timeout"), comments=data.get("comments", "")
         )
-        run = runs.run_execute(run=run)
-        return Response(runs.oml_result(run))
+        return Response(status=201, headers={"Location": job_url(request, version, run)})
 
 
 def _apply_view(kind: str, serializer: type[ExecutionRequestSerializer], summary: str) -> type[ApplyView]:

@@ -30,7 +30,7 @@ from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
 from scripts_app.services import queries
-from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
+from scripts_app.services.runs import function_kwargs, limits_from_settings, run_create
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +98,14 @@ def apply_create(
     times: int | None = None,
     parallel_flag: bool = False,
     parallel: int | None = None,
+    asynchronous: bool = False,
     **run_fields,
 ) -> Run:
-    """Check an apply request and record it as a QUEUED run. A bad query is a BadRequest here already."""
+    """Check an apply request and record it as a QUEUED run, or submit it as an async job.
+
+    A bad query is a BadRequest here already, before anything is recorded. `run_fields` are
+    `run_create`'s (with `asynchronous`, `job_submit`'s: `timeout_seconds`, `comments` too).
+    """
     if kind in DATA_KINDS:
         queries.Query(caller=user, text=input_query)  # parse and name checks, before anything is recorded
     control_arguments(run_fields.get("parameters", {}))
@@ -113,7 +118,13 @@ def apply_create(
         "parallel": parallel,
     }
     with transaction.atomic():
-        run = run_create(script=script, user=user, **run_fields)
+        if asynchronous:
+            from scripts_app.services.jobs import job_submit
+
+            # job_submit publishes the id on commit: of this outer transaction, so after the fields below.
+            run = job_submit(script=script, user=user, **run_fields)
+        else:
+            run = run_create(script=script, user=user, **run_fields)
         run.kind = kind
         run.input_query = input_query if kind in DATA_KINDS else ""
         run.apply_options = {key: value for key, value in options.items() if value not in (None, [])}
@@ -329,11 +340,14 @@ def apply_execute(
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
     claimed: bool = False,
-) -> Run:
+    holder: Callable[[], Run | None] | None = None,
+) -> Run | None:
     """Run an apply run to its end and record the outcome, with each piece's timings.
 
-    `limits` are each piece's (the wall clock is what is left of the run's); `claimed` says the
-    caller (the async worker) already marked the run RUNNING.
+    `limits` are each piece's (the wall clock is what is left of the run's). The async worker passes
+    `claimed` (it marked the run RUNNING) and `holder`, which gives the row locked while this attempt
+    still holds it, else None: then the outcome is dropped and None returned. A claimed run whose
+    pieces found no free runner slot raises RunnerBusy unrecorded, for the worker to requeue.
     """
     if not claimed:
         run.status = Run.Status.RUNNING
@@ -343,11 +357,17 @@ def apply_execute(
     try:
         pieces = build_pieces(run)
     except OmlError as error:
-        _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        with transaction.atomic():
+            if holder is not None and holder() is None:
+                return None
+            _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
         return run
     except Exception as error:
         logger.exception("Run %s: preparing the input failed", run.pk)
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=f"The input failed: {error}")
+        with transaction.atomic():
+            if holder is None or holder() is not None:
+                message = f"The service failed to prepare the input: {error}"
+                _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
         raise
     options = run.apply_options
     degree = degree_for(
@@ -359,8 +379,15 @@ def apply_execute(
     run.apply_options = {**options, "degree": degree}
     base = limits or limits_from_settings()
     failed = _run_pieces(run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base)
-    _record(run, pieces, failed)
-    if failed is not None and failed.status == "BUSY":
+    busy = failed is not None and failed.status == "BUSY"
+    if busy and claimed:
+        raise runner.RunnerBusy(failed.result.error_message)
+    with transaction.atomic():
+        if holder is not None and holder() is None:
+            logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
+            return None
+        _record(run, pieces, failed)
+    if busy:
         raise Busy(Busy.busy_message)
     return run
 
@@ -416,6 +443,30 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
             error_message=f"{where} failed: {result.error_message}",
             traceback=f"{where} failed:\n{result.traceback}" if result.traceback else "",
         )
+
+
+FINISH_FIELDS = [
+    "status",
+    "finished_at",
+    "error_code",
+    "error_message",
+    "traceback",
+    "result",
+    "stdout",
+    "stderr",
+    "pieces",
+    "apply_options",
+]
+
+
+def _finish(run: Run, status: str, *, error_code: int | None = None, error_message: str = "", traceback: str = ""):
+    # Only the outcome's fields: the async worker's lease fields (heartbeat, cancel request) are not ours.
+    run.status = status
+    run.finished_at = timezone.now()
+    run.error_code = error_code
+    run.error_message = error_message
+    run.traceback = traceback
+    run.save(update_fields=FINISH_FIELDS)
 
 
 def _iso(timestamp: float | None) -> str | None:

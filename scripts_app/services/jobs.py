@@ -170,6 +170,8 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
     run = job_claim(run_id=run_id, worker=worker)
     if run is None:
         return None
+    if run.kind != Run.Kind.DO_EVAL:
+        return _execute_apply(run)
     job = runner.Job(
         source=run.script_version.source,
         function=run.script_version.entry_function,
@@ -193,6 +195,32 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
         return run
     watch.stop()
     return job_record(run=run, result=result)
+
+
+def _execute_apply(run: Run) -> Run | None:
+    """An apply run: its pieces run in parallel inside this worker (services.apply), under the same watch."""
+    from scripts_app.services.apply import apply_execute
+
+    watch = RunWatch(run=run)
+    watch.start()
+    try:
+        return apply_execute(
+            run=run,
+            is_cancelled=watch.is_cancelled,
+            limits=job_limits(run),
+            claimed=True,
+            holder=lambda: _held(run).select_for_update().first(),
+        )
+    except runner.RunnerBusy:
+        logger.warning("Run %s: no runner slot free; requeued", run.pk)
+        job_requeue(run=run, count_attempt=False)
+        return run
+    except Exception as error:
+        logger.exception("Run %s: the apply run failed", run.pk)
+        job_fail(run=run, message=f"The service failed to run the job: {error}")
+        return run
+    finally:
+        watch.stop()
 
 
 def job_limits(run: Run) -> runner.Limits:
