@@ -70,6 +70,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "scripts_app.context_processors.roles",
             ],
         },
     },
@@ -160,6 +161,19 @@ OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "m
 OMLWEB_RUNNER_MAX_CONCURRENT = env_int("OMLWEB_RUNNER_MAX_CONCURRENT", 4, minimum=1)
 OMLWEB_RUNNER_QUEUE_TIMEOUT = env_float("OMLWEB_RUNNER_QUEUE_TIMEOUT", 5.0)
 
+# Environments (docs/environments.md): admins define them; each worker host builds them here.
+OMLWEB_ENVS_DIR = Path(env_str("OMLWEB_ENVS_DIR", str(DATA_DIR / "envs"))).resolve()
+# "auto": uv when installed, else venv and pip; "uv" or "pip" to force one.
+OMLWEB_ENV_BUILDER = env_str("OMLWEB_ENV_BUILDER", "auto")
+# Interpreters offered besides those found on the host (/usr/bin, /usr/local/bin, pyenv, the service's own).
+OMLWEB_ENV_PYTHONS = env_list("OMLWEB_ENV_PYTHONS", [])
+# What the runner needs in every environment, pinned to the versions the service itself runs.
+OMLWEB_ENV_RUNNER_PACKAGES = env_list("OMLWEB_ENV_RUNNER_PACKAGES", ["numpy", "pandas", "matplotlib"])
+# Package sources of builds: extra folders or URLs of wheels, and whether to use only those.
+OMLWEB_ENV_FIND_LINKS = env_list("OMLWEB_ENV_FIND_LINKS", [])
+OMLWEB_ENV_NO_INDEX = env_bool("OMLWEB_ENV_NO_INDEX", False)
+OMLWEB_ENV_BUILD_TIMEOUT = env_float("OMLWEB_ENV_BUILD_TIMEOUT", 1800.0)
+
 # Datasets and the input queries of apply runs (docs/datasets.md).
 OMLWEB_DATASET_MAX_UPLOAD_MB = env_int("OMLWEB_DATASET_MAX_UPLOAD_MB", 500, minimum=1)
 OMLWEB_QUERY_TIMEOUT_SECONDS = env_float("OMLWEB_QUERY_TIMEOUT_SECONDS", 30.0)
@@ -190,6 +204,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # never takes the slots HIGH jobs run in. Concurrency is the worker processes `manage.py serve` starts
 # for that level on this machine (0: none here); memory is the limit of one run of that level.
 OMLWEB_QUEUE_PREFIX = env_str("OMLWEB_QUEUE_PREFIX", "omlweb")
+# Environment builds go to their own queue, which every worker also serves.
+OMLWEB_BUILD_QUEUE = f"{OMLWEB_QUEUE_PREFIX}.builds"
+CELERY_TASK_ROUTES = {"omlweb.build_environment": {"queue": OMLWEB_BUILD_QUEUE}}
 OMLWEB_SERVICE_LEVELS = {
     "LOW": {
         "concurrency": env_int("OMLWEB_LOW_CONCURRENCY", 2, minimum=0),

@@ -18,6 +18,8 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_ENVIRONMENT = 1003
     INVALID_SCRIPT = 1004
     SCRIPT_EXISTS = 1005
+    ENVIRONMENT_NOT_READY = 1006
+    ENVIRONMENT_CONFLICT = 1007
     NOT_AUTHENTICATED = 1010
     TOKEN_EXPIRED = 1011
     BAD_CREDENTIALS = 1012
@@ -70,6 +72,11 @@ class PermissionDenied(OmlError):
 class NotFound(OmlError):
     status = 404
     code = ErrorCode.NOT_FOUND
+
+
+class Conflict(OmlError):
+    status = 409
+    code = ErrorCode.ENVIRONMENT_CONFLICT
 
 
 class Busy(OmlError):

@@ -90,6 +90,69 @@ class ServiceLevel(models.TextChoices):
     HIGH = "HIGH"
 
 
+ENVIRONMENT_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
+environment_name_validator = RegexValidator(
+    ENVIRONMENT_NAME_PATTERN,
+    "An environment name has 1 to 64 letters, digits, '_', '.' or '-', and does not start with '.' or '-'.",
+)
+
+
+class EnvironmentLock(models.Model):
+    """The exact packages of an environment at one moment, as `name==version` lines. Never changed.
+
+    Runs point at the lock they ran with, so identical locks are stored once.
+    """
+
+    sha256 = models.CharField(max_length=64, unique=True, editable=False)
+    text = models.TextField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    def __str__(self) -> str:
+        return self.sha256[:12]
+
+
+class Environment(models.Model):
+    """A named Python environment that admins define; each worker host builds it from this row."""
+
+    class Status(models.TextChoices):
+        BUILDING = "BUILDING"
+        READY = "READY"
+        FAILED = "FAILED"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=64, unique=True, validators=[environment_name_validator])
+    description = models.TextField(blank=True)
+    packages = models.TextField(blank=True, help_text="Requirements, one per line; pins allowed.")
+    python = models.CharField(max_length=500, help_text="Path of the base interpreter on every worker host.")
+    python_version = models.CharField(max_length=32, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.BUILDING)
+    # Bumped by every (re)build: a build that finds a newer generation gives up, and each
+    # generation gets its own folder on disk, so a rebuild never disturbs runs of the old one.
+    generation = models.PositiveIntegerField(default=1)
+    spec_hash = models.CharField(max_length=64, blank=True)
+    lock = models.ForeignKey(EnvironmentLock, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    package_count = models.PositiveIntegerField(null=True, blank=True)
+    build_log = models.TextField(blank=True)
+    build_started_at = models.DateTimeField(null=True, blank=True)
+    build_finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == self.Status.READY
+
+
 # Oracle's most parallel pieces at once per service level.
 SERVICE_LEVEL_DEGREE = {ServiceLevel.LOW: 2, ServiceLevel.MEDIUM: 4, ServiceLevel.HIGH: 8}
 
@@ -188,6 +251,9 @@ class Run(models.Model):
     parameters = models.JSONField(default=dict, blank=True)
     graphics = models.BooleanField(default=False)
     env_name = models.CharField(max_length=128, default="default")
+    # None for the default environment. The lock is what the environment held when the run was made.
+    environment = models.ForeignKey(Environment, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    env_lock = models.ForeignKey(EnvironmentLock, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     service = models.CharField(max_length=6, choices=ServiceLevel.choices, default=ServiceLevel.LOW)
     mode = models.CharField(max_length=5, choices=Mode.choices, default=Mode.SYNC)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)

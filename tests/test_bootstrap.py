@@ -54,3 +54,20 @@ def test_loads_random_red_dots_as_a_global_script_once(monkeypatch):
     assert script.is_global
     assert script.versions.count() == 1
     assert script.current_version.entry_function == "RandomRedDots"
+
+
+@pytest.mark.django_db
+def test_defines_the_seaborn_environment_once_and_queues_its_build(monkeypatch, django_capture_on_commit_callbacks):
+    """Example 2's environment is defined with seaborn and built in the background; a second run keeps it."""
+    from scripts_app.models import Environment
+
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "s3cret-enough")
+    queued = []
+    monkeypatch.setattr("scripts_app.environments.tasks.build_environment.delay", lambda *a: queued.append(a))
+    with django_capture_on_commit_callbacks(execute=True):
+        bootstrap()
+        bootstrap()
+    environment = Environment.objects.get()
+    assert (environment.name, environment.packages, environment.status) == ("seaborn", "seaborn", "BUILDING")
+    assert queued == [(str(environment.pk), 1)]
+    assert Script.objects.filter(name="test_seaborn_noinp", is_global=True).exists()

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from scripts_app.api import views
+from scripts_app.api import environments, views
 
 # v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
 VERSION = r"(?P<version>v[12])"
@@ -59,5 +59,21 @@ urlpatterns = [
         name="oml-job-cancel",
     ),
     path("oml/api/admin/status", views.AdminStatusView.as_view(), name="oml-admin-status"),
+    re_path(rf"^oml/api/py-scripts/{VERSION}/envs$", environments.EnvironmentListView.as_view(), name="oml-envs"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/envs/(?P<name>[^/]+)$",
+        environments.EnvironmentDetailView.as_view(),
+        name="oml-env",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/envs/(?P<name>[^/]+)/rebuild$",
+        environments.EnvironmentRebuildView.as_view(),
+        name="oml-env-rebuild",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/interpreters$",
+        environments.InterpreterListView.as_view(),
+        name="oml-interpreters",
+    ),
     path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
 ]

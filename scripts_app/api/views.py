@@ -508,7 +508,7 @@ VERSIONS = {
 
 def version_metadata(request: Request, version: str) -> dict:
     base = request.build_absolute_uri(f"/oml/api/py-scripts/{version}")
-    children = ["scripts", "datasets"]
+    children = ["envs", "scripts", "datasets"]
     for endpoint in ("do-eval", "table-apply", "row-apply", "group-apply", "index-apply"):
         children += [f"{endpoint}/{{scriptName}}", f"{endpoint}/{{scriptName}}/{{ownerName}}"]
     return {

@@ -6,6 +6,13 @@ from pathlib import Path
 
 DEMO_DIR = Path(__file__).parent
 
+# The environment the seed's Example 2 runs test_seaborn_noinp in.
+DEMO_ENVIRONMENT = {
+    "name": "seaborn",
+    "packages": "seaborn",
+    "description": "seaborn for statistical plots (the demo script test_seaborn_noinp runs here).",
+}
+
 
 def demo_scripts() -> dict[str, str]:
     return {path.stem: path.read_text() for path in sorted(DEMO_DIR.glob("*.py")) if path.stem != "__init__"}

@@ -13,7 +13,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('scripts_app', '0002_async_jobs'),
+        ('scripts_app', '0003_environments'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

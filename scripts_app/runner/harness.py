@@ -52,6 +52,7 @@ MS_NOEXEC = 8
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_BIND = 0x1000
+MNT_DETACH = 2
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
@@ -529,10 +530,23 @@ def confine_filesystem(fs: dict, workdir: str) -> None:
     _check(libc().mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
     if fs.get("new_proc"):
         _check(libc().mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
+    # Folders to keep inside hidden ones: held by a bind in the workdir while the tmpfs goes over them.
+    held = []
+    for index, path in enumerate(p for p in fs.get("keep", []) if os.path.isdir(p)):
+        hold = os.path.join(workdir, f".keep-{index}")
+        os.mkdir(hold)
+        _check(libc().mount(path.encode(), hold.encode(), None, MS_BIND | MS_REC, None), f"hold {path}")
+        held.append((path, hold))
     for path in fs.get("hide", []):
         if os.path.isdir(path):
-            flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+            # Writable only until the whole tree is made read-only below, so kept folders can be placed.
+            flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if held else MS_RDONLY)
             _check(libc().mount(b"tmpfs", path.encode(), b"tmpfs", flags, b"size=4k"), f"hide {path}")
+    for path, hold in held:
+        os.makedirs(path, exist_ok=True)
+        _check(libc().mount(hold.encode(), path.encode(), None, MS_BIND | MS_REC, None), f"keep {path}")
+        _check(libc().umount2(hold.encode(), MNT_DETACH), f"release {hold}")
+        os.rmdir(hold)
     _check(libc().mount(workdir.encode(), workdir.encode(), None, MS_BIND | MS_REC, None), "bind workdir")
     _mount_setattr("/", set_flags=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
     _mount_setattr(workdir, clear_flags=MOUNT_ATTR_RDONLY)

@@ -314,7 +314,11 @@ class Template:
         """What the child sets up in its own mount namespace (the unshare level only)."""
         if self.level != "unshare" or not self.info.get("mount_namespace"):
             return None
-        return {"hide": list(self.settings.data_dirs_to_hide), "new_proc": self.uses_pid_namespace}
+        hide = list(self.settings.data_dirs_to_hide)
+        # An environment built inside a hidden data folder (OMLWEB_ENVS_DIR) stays visible to its runs.
+        prefix = self.info.get("prefix") or ""
+        keep = [prefix] if prefix and any(Path(prefix).is_relative_to(path) for path in hide) else []
+        return {"hide": hide, "keep": keep, "new_proc": self.uses_pid_namespace}
 
 
 class Registry:

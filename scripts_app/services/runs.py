@@ -13,9 +13,10 @@ from django.utils import timezone
 
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
-from scripts_app.models import Run, RunImage, Script, ServiceLevel
+from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
+from scripts_app.services import environments
 
-DEFAULT_ENVIRONMENT = "default"
+DEFAULT_ENVIRONMENT = environments.DEFAULT_ENVIRONMENT
 
 
 def limits_from_settings(*, wall_seconds: float | None = None) -> runner.Limits:
@@ -33,14 +34,9 @@ def limits_from_settings(*, wall_seconds: float | None = None) -> runner.Limits:
     )
 
 
-def check_environment(env_name: str | None) -> str:
-    name = env_name or DEFAULT_ENVIRONMENT
-    if name != DEFAULT_ENVIRONMENT:
-        raise BadRequest(
-            f"Unknown environment {name!r}: only {DEFAULT_ENVIRONMENT!r} exists.",
-            code=ErrorCode.UNKNOWN_ENVIRONMENT,
-        )
-    return name
+def check_environment(env_name: str | None) -> Environment | None:
+    """The READY environment a run names (None: the default one), or a 400 saying why not."""
+    return environments.environment_for_run(env_name)
 
 
 def run_create(
@@ -55,17 +51,24 @@ def run_create(
     client_address: str | None = None,
     timeout_seconds: int | None = None,
     comments: str = "",
+    version: ScriptVersion | None = None,
 ) -> Run:
-    """Record a run of the script's current version, QUEUED."""
+    """Record a run of the script's current version (or the given one of its versions), QUEUED,
+    with its environment and that one's lock."""
+    if version is not None and version.script_id != script.pk:
+        raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
+    environment = check_environment(env_name)
     return Run.objects.create(
-        script_version=script.current_version,
+        script_version=version or script.current_version,
         script_name=script.name,
         script_owner=script.owner.get_username(),
         user=user,
         client_address=client_address,
         parameters=parameters,
         graphics=graphics,
-        env_name=check_environment(env_name),
+        env_name=environment.name if environment else environments.DEFAULT_ENVIRONMENT,
+        environment=environment,
+        env_lock=environment.lock if environment else environments.default_lock(),
         service=service,
         mode=mode,
         timeout_seconds=timeout_seconds,
@@ -88,12 +91,27 @@ def run_execute(*, run: Run, is_cancelled: Callable[[], bool] | None = None) -> 
     run.status = Run.Status.RUNNING
     run.started_at = timezone.now()
     run.save(update_fields=["status", "started_at"])
+    environment = run.environment
+    if environment is None and run.env_name != DEFAULT_ENVIRONMENT:
+        message = f"Environment {run.env_name!r} was deleted before the run started."
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.UNKNOWN_ENVIRONMENT, error_message=message)
+        return run
+    try:
+        python = environments.environment_python(environment)
+    except OmlError as error:
+        _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        return run
+    if environment is not None and environment.lock_id != run.env_lock_id:
+        # Rebuilt since the run was queued: record the lock it really runs with.
+        run.env_lock_id = environment.lock_id
+        run.save(update_fields=["env_lock"])
     job = runner.Job(
         source=version.source,
         function=version.entry_function,
         kwargs=function_kwargs(run.parameters),
         graphics=run.graphics,
         limits=limits_from_settings(wall_seconds=run.timeout_seconds),
+        python=python,
     )
     try:
         result = runner.run(job, is_cancelled=is_cancelled)

@@ -52,6 +52,9 @@ def attack(api, owner, source: str):
 )
 def test_limit_attacks_get_their_own_error(alice, alice_api, tight_limits, source, code, status):
     """Each limit, when hit, gives its own error code and run status."""
+    if code == 1032:
+        # One CPU second may take many wall seconds on a loaded machine: the clock must not win.
+        tight_limits.OMLWEB_RUN_WALL_SECONDS = 60.0
     response = attack(alice_api, alice, source)
     assert response.status_code == 400
     assert response.json()["errorCode"] == code, response.json()

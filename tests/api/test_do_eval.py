@@ -258,7 +258,7 @@ def test_unknown_script_and_owner_are_404(alice_api):
 
 
 def test_unknown_environment_is_400(alice, alice_api):
-    """An envName other than the default is refused until environments can be built."""
+    """An envName that names no environment is a 400 (1003) naming it; "default" always exists."""
     make_script(alice, "f", "def f():\n    return 1\n")
     response = do_eval(alice_api, "f", {"envName": "seaborn"})
     assert response.status_code == 400

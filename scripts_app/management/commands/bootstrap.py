@@ -10,15 +10,18 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from scripts_app.demo import demo_datasets, demo_scripts
-from scripts_app.models import Dataset, Script
+from scripts_app.demo import DEMO_ENVIRONMENT, demo_datasets, demo_scripts
+from scripts_app.models import Dataset, Environment, Script
 from scripts_app.roles import ADMINS, ROLES
 from scripts_app.services.datasets import dataset_create
+from scripts_app.services.environments import environment_create
 from scripts_app.services.scripts import script_create, script_update
 
 
 class Command(BaseCommand):
-    help = "Create the role groups, an admin user when there is none, and load the demo scripts and datasets."
+    help = (
+        "Create the role groups, an admin user when there is none, and load the demos: scripts, datasets, environment."
+    )
 
     @transaction.atomic
     def handle(self, *args, **options) -> None:
@@ -33,6 +36,10 @@ class Command(BaseCommand):
             elif script.source != source:
                 script_update(script=script, by=admin, source=source)
                 self.stdout.write(f"Updated demo script {name}.")
+        if not Environment.objects.filter(name=DEMO_ENVIRONMENT["name"]).exists():
+            # Built by a worker in the background; Example 2 works once it is READY.
+            environment_create(by=admin, **DEMO_ENVIRONMENT)
+            self.stdout.write(f"Defined demo environment {DEMO_ENVIRONMENT['name']}; a worker builds it now.")
         for name, path in demo_datasets().items():
             if not Dataset.objects.filter(owner=admin, name__iexact=name).exists():
                 with path.open("rb") as upload:

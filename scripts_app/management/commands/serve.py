@@ -32,7 +32,7 @@ def worker_command(level: str, concurrency: int) -> list[str]:
         "omlweb",
         "worker",
         "--queues",
-        jobs.queue_name(level),
+        f"{jobs.queue_name(level)},{settings.OMLWEB_BUILD_QUEUE}",
         "--concurrency",
         str(concurrency),
         "--hostname",

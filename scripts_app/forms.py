@@ -1,0 +1,285 @@
+"""The forms of the pages. They validate input; the services decide and change things."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+
+from scripts_app.errors import ErrorCode, OmlError
+from scripts_app.models import SCRIPT_NAME_PATTERN, ServiceLevel
+from scripts_app.services.runs import DEFAULT_ENVIRONMENT
+from scripts_app.signature import Parameter, Signature
+
+# Scripts
+
+
+class ScriptForm(forms.Form):
+    name = forms.RegexField(
+        regex=SCRIPT_NAME_PATTERN,
+        max_length=128,
+        help_text="Letters, digits, '_', '.' or '-'. The run calls the function of this name, else the first one.",
+        error_messages={"invalid": "Use 1 to 128 letters, digits, '_', '.' or '-'."},
+    )
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    source = forms.CharField(
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 18, "class": "code", "spellcheck": "false", "data-editor": "python"}),
+        label="Source",
+    )
+    is_global = forms.BooleanField(required=False, label="Global: every user may read and run it")
+
+    def __init__(self, *args, may_make_global: bool = False, renaming: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not may_make_global:
+            del self.fields["is_global"]
+        if not renaming:
+            # A script is found by name through the API: renaming it would break its callers.
+            self.fields["name"].disabled = True
+        self.error_line: int | None = None
+
+    def add_service_error(self, error: OmlError) -> None:
+        """Show a service's refusal next to the field it is about, with the line of a source error."""
+        if error.code == ErrorCode.INVALID_SCRIPT:
+            self.error_line = getattr(error, "line", None)
+            self.add_error("source", error.message)
+        elif error.code == ErrorCode.SCRIPT_EXISTS:
+            self.add_error("name", error.message)
+        else:
+            self.add_error(None, error.message)
+
+
+class GrantForm(forms.Form):
+    username = forms.CharField(max_length=150, label="User name")
+
+    def clean_username(self) -> Any:
+        username = self.cleaned_data["username"]
+        user = get_user_model().objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise forms.ValidationError(f"There is no active user {username!r}.")
+        return user
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What the token is for, e.g. 'nightly report'.")
+
+
+# Runs
+
+
+class RunForm(forms.Form):
+    """Parameters from the entry function's signature, or raw JSON; and how to run."""
+
+    PARAMETER_PREFIX = "p_"
+
+    params_mode = forms.ChoiceField(
+        choices=[("fields", "Fields"), ("json", "Raw JSON")],
+        initial="fields",
+        widget=forms.RadioSelect,
+        label="Parameters as",
+    )
+    raw_json = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 5, "class": "code", "spellcheck": "false"}),
+        label="Parameters (a JSON object of keyword arguments)",
+    )
+    env_name = forms.ChoiceField(label="Environment")
+    service = forms.ChoiceField(choices=ServiceLevel.choices, initial=ServiceLevel.LOW, label="Service level")
+    graphics = forms.BooleanField(required=False, initial=True, label="Capture graphics (matplotlib figures)")
+    execution = forms.ChoiceField(
+        choices=[("sync", "Run now and wait"), ("async", "Run as a job")],
+        initial="sync",
+        widget=forms.RadioSelect,
+        label="Execution",
+    )
+
+    def __init__(
+        self,
+        *args,
+        signature: Signature | None,
+        environments: list[str] | None = None,
+        jobs_available: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.signature = signature
+        environments = environments or [DEFAULT_ENVIRONMENT]
+        self.fields["env_name"].choices = [(name, name) for name in environments]
+        self.fields["env_name"].initial = environments[0]
+        if not jobs_available:
+            self.fields["execution"].choices = [("sync", "Run now and wait")]
+        self.parameter_fields: list[str] = []
+        for parameter in signature.parameters if signature else []:
+            name = self.PARAMETER_PREFIX + parameter.name
+            self.fields[name] = _parameter_field(parameter)
+            self.parameter_fields.append(name)
+        if signature is None or signature.takes_more and not signature.parameters:
+            self.fields["params_mode"].initial = "json"
+
+    def parameter_bound_fields(self) -> list:
+        return [self[name] for name in self.parameter_fields]
+
+    def set_parameters(self, parameters: dict) -> None:
+        """Fill the form (unbound) with an earlier run's parameters: run again."""
+        known = {field.removeprefix(self.PARAMETER_PREFIX) for field in self.parameter_fields}
+        if set(parameters) <= known:
+            for key, value in parameters.items():
+                field = self.PARAMETER_PREFIX + key
+                self.initial[field] = value if isinstance(value, bool | str) else json.dumps(value)
+                if isinstance(value, str) and self.fields[field].widget.attrs.get("data-kind") in ("json", "list"):
+                    self.initial[field] = json.dumps(value)
+        else:
+            self.initial["params_mode"] = "json"
+        self.initial["raw_json"] = json.dumps(parameters, indent=2)
+
+    def clean_raw_json(self) -> Any:
+        raw = self.cleaned_data["raw_json"]
+        if self.data.get(self.add_prefix("params_mode")) != "json":
+            return None
+        if not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise forms.ValidationError(f"Not valid JSON: {error.msg} (line {error.lineno}).") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Give a JSON object: its keys are the function's keyword arguments.")
+        return value
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("params_mode") == "json":
+            # The fields are not what runs: their errors must not block the raw JSON.
+            for name in self.parameter_fields:
+                self._errors.pop(name, None)
+        elif data.get("params_mode") == "fields":
+            for name in self.parameter_fields:
+                field = self.fields[name]
+                if name in self.errors:
+                    continue
+                raw = self.data.get(self.add_prefix(name), "")
+                if field.required is False and not isinstance(field, forms.BooleanField) and raw.strip() == "":
+                    data.pop(name, None)
+        return data
+
+    def parameters(self) -> dict:
+        """The keyword arguments, after is_valid()."""
+        if self.cleaned_data["params_mode"] == "json":
+            return self.cleaned_data["raw_json"] or {}
+        return {
+            name.removeprefix(self.PARAMETER_PREFIX): self.cleaned_data[name]
+            for name in self.parameter_fields
+            if name in self.cleaned_data
+        }
+
+
+class JSONValueField(forms.CharField):
+    """Any JSON value; text that is not JSON is taken as a string."""
+
+    def to_python(self, value: Any) -> Any:
+        value = super().to_python(value)
+        if value in self.empty_values:
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+
+
+class ListField(forms.CharField):
+    """A JSON list (`[1, 2]`) or comma-separated items (`1, 2`), each converted to the item kind."""
+
+    def __init__(self, *args, item_kind: str = "json", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.item_kind = item_kind
+
+    def to_python(self, value: Any) -> Any:
+        value = super().to_python(value)
+        if value in self.empty_values:
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise forms.ValidationError(f"Not a valid JSON list: {error.msg}.") from None
+        else:
+            items = [item.strip() for item in text.split(",")]
+        return [self._item(item) for item in items]
+
+    def _item(self, item: Any) -> Any:
+        if not isinstance(item, str) or self.item_kind == "str":
+            return item
+        try:
+            if self.item_kind == "int":
+                return int(item)
+            if self.item_kind == "float":
+                return float(item)
+            if self.item_kind == "bool":
+                return item.lower() in ("true", "1", "yes")
+        except ValueError:
+            raise forms.ValidationError(f"{item!r} is not a valid {self.item_kind}.") from None
+        try:
+            return json.loads(item)
+        except json.JSONDecodeError:
+            return item
+
+
+def _parameter_field(parameter: Parameter) -> forms.Field:
+    required = parameter.required
+    label = parameter.name
+    hint = f"{parameter.annotation}" if parameter.annotation else ""
+    default = parameter.default if parameter.has_default else None
+    if parameter.has_default:
+        hint = f"{hint}, default {default!r}" if hint else f"default {default!r}"
+    common: dict[str, Any] = {"label": label, "help_text": hint, "required": required}
+    kind = parameter.kind
+    if kind == "bool":
+        field: forms.Field = forms.BooleanField(label=label, help_text=hint, required=False, initial=bool(default))
+    elif kind == "int":
+        field = forms.IntegerField(**common, initial=default)
+    elif kind == "float":
+        field = forms.FloatField(**common, initial=default, widget=forms.NumberInput(attrs={"step": "any"}))
+    elif kind == "str":
+        field = forms.CharField(**common, strip=False, initial=default)
+    elif kind == "list":
+        initial = json.dumps(default) if isinstance(default, list | tuple) else None
+        field = ListField(**common, item_kind=parameter.item_kind, initial=initial)
+        field.help_text = (hint + "; " if hint else "") + "a JSON list, or items separated by commas"
+    else:
+        initial = json.dumps(default) if parameter.has_default and default is not None else None
+        field = JSONValueField(**common, initial=initial)
+        field.help_text = (hint + "; " if hint else "") + "any JSON value; other text is a string"
+    field.widget.attrs["data-kind"] = kind
+    return field
+
+
+# Users (admins)
+
+ROLE_CHOICES = [("analysts", "Analyst"), ("admins", "Admin"), ("auditors", "Auditor")]
+
+
+class UserCreateForm(forms.Form):
+    username = forms.RegexField(
+        regex=r"^[\w.@+-]{1,150}$",
+        max_length=150,
+        label="User name",
+        error_messages={"invalid": "Letters, digits and @/./+/-/_ only."},
+    )
+    password = forms.CharField(widget=forms.PasswordInput(render_value=False), min_length=8)
+    role = forms.ChoiceField(choices=ROLE_CHOICES, initial="analysts")
+
+    def clean_password(self) -> str:
+        from django.contrib.auth.password_validation import validate_password
+
+        password = self.cleaned_data["password"]
+        validate_password(password)
+        return password
+
+
+class UserRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=ROLE_CHOICES)
+    is_active = forms.BooleanField(required=False, label="Active")

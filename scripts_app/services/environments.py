@@ -1,0 +1,387 @@
+"""Environments: admins define them, a worker builds them, runs name them (docs/environments.md).
+
+The database row is the definition and the truth of its state. Its first build, on a Celery worker,
+resolves the packages and records the lock; every other host builds the same folder from the row's
+spec and lock the first time a run needs it (`environment_python`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from packaging.requirements import InvalidRequirement, Requirement
+
+from scripts_app.environments import builder, interpreters
+from scripts_app.errors import BadRequest, Conflict, ErrorCode, NotFound
+from scripts_app.models import Environment, EnvironmentLock, Run, environment_name_validator
+
+logger = logging.getLogger("scripts_app.environments")
+
+DEFAULT_ENVIRONMENT = "default"
+DEFAULT_DESCRIPTION = "The service's own Python, with the packages omlweb itself runs on."
+# How much of a build's log the row keeps: the end, where the error is.
+MAX_LOG_CHARS = 200_000
+LOG_FLUSH_SECONDS = 0.5
+# A folder of an older generation is removed once nothing has touched it for this long.
+OLD_GENERATION_GRACE_SECONDS = 600
+
+
+# Reading
+
+
+def environment_get(*, name: str) -> Environment:
+    environment = Environment.objects.filter(name=name).first()
+    if environment is None:
+        raise NotFound(f"No environment named {name!r}.")
+    return environment
+
+
+def environment_for_run(env_name: str | None) -> Environment | None:
+    """The environment a run asked for, None for the default one; a 400 when it cannot run there."""
+    name = env_name or DEFAULT_ENVIRONMENT
+    if name == DEFAULT_ENVIRONMENT:
+        return None
+    environment = Environment.objects.select_related("lock").filter(name=name).first()
+    if environment is None:
+        known = [DEFAULT_ENVIRONMENT, *Environment.objects.values_list("name", flat=True)]
+        raise BadRequest(
+            f"Unknown environment {name!r}. Environments: {', '.join(known)}.", code=ErrorCode.UNKNOWN_ENVIRONMENT
+        )
+    if environment.status == Environment.Status.BUILDING:
+        raise BadRequest(
+            f"Environment {name!r} is still being built; try again when it is READY.",
+            code=ErrorCode.ENVIRONMENT_NOT_READY,
+        )
+    if environment.status == Environment.Status.FAILED:
+        raise BadRequest(
+            f"Environment {name!r} failed to build; an admin must fix and rebuild it. See its build log.",
+            code=ErrorCode.ENVIRONMENT_NOT_READY,
+        )
+    return environment
+
+
+def environment_names_ready() -> list[str]:
+    """The names a run may give, the default first: what the UI's environment picker offers."""
+    ready = Environment.objects.filter(status=Environment.Status.READY).values_list("name", flat=True)
+    return [DEFAULT_ENVIRONMENT, *ready]
+
+
+def environment_summaries() -> list[dict]:
+    """Every environment in Oracle's `envs` shape, the default first."""
+    rows = [default_summary()]
+    for environment in Environment.objects.all():
+        rows.append(
+            {
+                "name": environment.name,
+                "description": environment.description,
+                "size": builder.human_size(environment.size_bytes) if environment.size_bytes is not None else None,
+                "number_of_installed_packages": environment.package_count,
+                "tags": {
+                    "application": "OML4PY",
+                    "python": ".".join(environment.python_version.split(".")[:2]),
+                    "status": environment.status,
+                },
+            }
+        )
+    return rows
+
+
+_default_lock = threading.Lock()
+_default_info: dict | None = None
+
+
+def default_info() -> dict:
+    """Size, packages and lock of the service's own environment (measured once per process)."""
+    global _default_info
+    with _default_lock:
+        if _default_info is None:
+            names = {}
+            for distribution in importlib.metadata.distributions():
+                name = distribution.metadata["Name"]
+                if name:
+                    names[name.lower()] = f"{name}=={distribution.version}"
+            version = ".".join(str(part) for part in sys.version_info[:3])
+            lock = f"# python {version}\n" + "".join(f"{line}\n" for line in sorted(names.values(), key=str.lower))
+            _default_info = {
+                "size_bytes": builder._size(Path(sys.prefix)),
+                "package_count": len(names),
+                "python_version": version,
+                "python": sys.executable,
+                "lock": lock,
+            }
+        return _default_info
+
+
+def default_summary() -> dict:
+    info = default_info()
+    return {
+        "name": DEFAULT_ENVIRONMENT,
+        "description": DEFAULT_DESCRIPTION,
+        "size": builder.human_size(info["size_bytes"]),
+        "number_of_installed_packages": info["package_count"],
+        "tags": {
+            "application": "OML4PY",
+            "python": ".".join(info["python_version"].split(".")[:2]),
+            "status": Environment.Status.READY,
+        },
+    }
+
+
+def lock_record(text: str) -> EnvironmentLock:
+    lock, _ = EnvironmentLock.objects.get_or_create(sha256=builder.lock_sha256(text), defaults={"text": text})
+    return lock
+
+
+def default_lock() -> EnvironmentLock:
+    return lock_record(default_info()["lock"])
+
+
+def available_interpreters() -> list[interpreters.Interpreter]:
+    return interpreters.discover(settings.OMLWEB_ENV_PYTHONS)
+
+
+# Changing
+
+
+def parse_packages(text: str) -> tuple[str, ...]:
+    """The requirement lines of `text`; a 400 naming the first line that is not one.
+
+    Options (`-r`, `--index-url`, ...) are refused: where packages come from is the operator's
+    setting, the same for every environment and host.
+    """
+    lines = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-"):
+            raise BadRequest(f"Package line {number} ({line!r}): options are not allowed, only requirements.")
+        try:
+            Requirement(line)
+        except InvalidRequirement as error:
+            raise BadRequest(f"Package line {number} ({line!r}) is not a requirement: {error}") from None
+        lines.append(line)
+    return tuple(lines)
+
+
+def _check_name(name: str) -> None:
+    try:
+        environment_name_validator(name)
+    except ValidationError as error:
+        raise BadRequest(error.messages[0]) from None
+    if name.lower() == DEFAULT_ENVIRONMENT:
+        raise Conflict(f"{DEFAULT_ENVIRONMENT!r} is the service's own environment; choose another name.")
+
+
+def _check_python(python: str) -> interpreters.Interpreter:
+    found = [i for i in available_interpreters() if i.path == python]
+    if not found:
+        offered = ", ".join(i.path for i in available_interpreters())
+        raise BadRequest(f"Python {python!r} is not one of this host's interpreters: {offered}.")
+    return found[0]
+
+
+def environment_create(
+    *, by, name: str, packages: str = "", description: str = "", python: str | None = None
+) -> Environment:
+    """Define an environment and queue its build."""
+    _check_name(name)
+    parse_packages(packages)
+    interpreter = _check_python(python or interpreters.service_python())
+    with transaction.atomic():
+        if Environment.objects.filter(name__iexact=name).exists():
+            raise Conflict(f"An environment named {name!r} exists.")
+        environment = Environment.objects.create(
+            name=name,
+            description=description,
+            packages=packages,
+            python=interpreter.path,
+            python_version=interpreter.version,
+            created_by=by,
+            build_started_at=timezone.now(),
+        )
+        _queue_build(environment)
+    return environment
+
+
+def environment_update(
+    *, environment: Environment, description: str | None = None, packages: str | None = None, python: str | None = None
+) -> Environment:
+    """Change an environment; a changed package list or interpreter rebuilds it."""
+    rebuild = False
+    if packages is not None and packages != environment.packages:
+        parse_packages(packages)
+        environment.packages = packages
+        rebuild = True
+    if python is not None and python != environment.python:
+        interpreter = _check_python(python)
+        environment.python = interpreter.path
+        environment.python_version = interpreter.version
+        rebuild = True
+    if description is not None:
+        environment.description = description
+    environment.save()
+    if rebuild:
+        environment_rebuild(environment=environment)
+    return environment
+
+
+def environment_rebuild(*, environment: Environment) -> Environment:
+    """Build the environment afresh (a new resolve, a new folder): runs of the old one are not disturbed."""
+    with transaction.atomic():
+        Environment.objects.filter(pk=environment.pk).update(
+            generation=F("generation") + 1,
+            status=Environment.Status.BUILDING,
+            build_log="",
+            build_started_at=timezone.now(),
+            build_finished_at=None,
+        )
+        environment.refresh_from_db()
+        _queue_build(environment)
+    return environment
+
+
+def environment_delete(*, environment: Environment) -> None:
+    with transaction.atomic():
+        in_use = Run.objects.filter(environment=environment, status__in=(Run.Status.QUEUED, Run.Status.RUNNING))
+        count = in_use.count()
+        if count:
+            raise Conflict(
+                f"Environment {environment.name!r} is in use by {count} queued or running run(s); "
+                "delete it when they have finished."
+            )
+        name = environment.name
+        environment.delete()
+    builder.remove_other_generations(settings.OMLWEB_ENVS_DIR, name, None, older_than=0)
+
+
+def _queue_build(environment: Environment) -> None:
+    from scripts_app.environments.tasks import build_environment
+
+    environment_id, generation = str(environment.pk), environment.generation
+    transaction.on_commit(lambda: build_environment.delay(environment_id, generation))
+
+
+# Building
+
+
+def runner_requirements() -> tuple[str, ...]:
+    """What the runner needs in every environment, pinned to the versions the service runs."""
+    pinned = []
+    for name in settings.OMLWEB_ENV_RUNNER_PACKAGES:
+        try:
+            pinned.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pinned.append(name)
+    return tuple(pinned)
+
+
+def build_spec(environment: Environment) -> builder.Spec:
+    return builder.Spec(
+        name=environment.name,
+        python=environment.python,
+        packages=parse_packages(environment.packages),
+        runner_packages=runner_requirements(),
+        generation=environment.generation,
+        lock=environment.lock.text if environment.lock_id else "",
+    )
+
+
+def build_options() -> builder.Options:
+    return builder.Options(
+        tool=settings.OMLWEB_ENV_BUILDER,
+        find_links=tuple(settings.OMLWEB_ENV_FIND_LINKS),
+        no_index=settings.OMLWEB_ENV_NO_INDEX,
+        timeout=settings.OMLWEB_ENV_BUILD_TIMEOUT,
+    )
+
+
+class _LogWriter:
+    """Collects a build's log and writes it to the row twice a second, so its page can follow it."""
+
+    def __init__(self, environment: Environment) -> None:
+        self.rows = Environment.objects.filter(pk=environment.pk, generation=environment.generation)
+        self.text = ""
+        self.flushed_at = 0.0
+
+    def __call__(self, line: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.text += f"[{stamp}] {line[:2000]}\n"
+        if len(self.text) > MAX_LOG_CHARS:
+            self.text = "[... the start of the log is cut ...]\n" + self.text[-MAX_LOG_CHARS:]
+        if time.monotonic() - self.flushed_at >= LOG_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.rows.update(build_log=self.text)
+        self.flushed_at = time.monotonic()
+
+
+def environment_build(*, environment_id: str, generation: int) -> Environment | None:
+    """Build one generation of an environment (the Celery task's body). A stale request does nothing."""
+    environment = Environment.objects.filter(pk=environment_id).first()
+    if environment is None or environment.generation != generation:
+        return None
+    if environment.status != Environment.Status.BUILDING:
+        return environment
+    # A fresh resolve: the lock is recorded from what this build installed.
+    spec = dataclasses.replace(build_spec(environment), lock="")
+    log = _LogWriter(environment)
+    try:
+        result = builder.ensure(settings.OMLWEB_ENVS_DIR, spec, build_options(), log)
+    except Exception as error:  # noqa: BLE001 - any failure ends the build FAILED, with its reason
+        log(f"Build failed: {error}")
+        log.flush()
+        Environment.objects.filter(pk=environment.pk, generation=generation).update(
+            status=Environment.Status.FAILED, build_finished_at=timezone.now()
+        )
+        logger.warning("environment %s generation %s failed to build: %s", environment.name, generation, error)
+        environment.refresh_from_db()
+        return environment
+    if not result.built_now:
+        log(f"Already built on this host in {result.path}")
+    log.flush()
+    lock = lock_record(result.lock)
+    Environment.objects.filter(pk=environment.pk, generation=generation).update(
+        status=Environment.Status.READY,
+        spec_hash=spec.hash,
+        lock=lock,
+        python_version=result.python_version,
+        size_bytes=result.size_bytes,
+        package_count=result.package_count,
+        build_finished_at=timezone.now(),
+    )
+    builder.remove_other_generations(
+        settings.OMLWEB_ENVS_DIR, environment.name, spec.folder_name, older_than=OLD_GENERATION_GRACE_SECONDS
+    )
+    environment.refresh_from_db()
+    return environment
+
+
+def environment_python(environment: Environment | None) -> str | None:
+    """The interpreter a run in `environment` uses on this host, built here first if this host lacks it."""
+    if environment is None:
+        return None
+    spec = build_spec(environment)
+
+    def log(line: str) -> None:
+        logger.info("building %s on this host: %s", environment.name, line)
+
+    try:
+        return builder.ensure(settings.OMLWEB_ENVS_DIR, spec, build_options(), log).python
+    except builder.BuildError as error:
+        raise BadRequest(
+            f"Environment {environment.name!r} could not be built on this host: {error}",
+            code=ErrorCode.ENVIRONMENT_NOT_READY,
+        ) from None

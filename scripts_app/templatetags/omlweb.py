@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from scripts_app.results import as_pretty_json, cell_text
+
+register = template.Library()
+
+
+@register.filter
+def cell(value: Any) -> str:
+    """A table cell's text: JSON for nested values, empty for null. Escaped by the template."""
+    return cell_text(value)
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    return as_pretty_json(value)

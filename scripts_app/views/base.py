@@ -1,0 +1,52 @@
+"""What every page view shares: the typed request, permission look-ups and pagination."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Page, Paginator
+from django.http import Http404, HttpRequest
+from django_htmx.middleware import HtmxDetails
+
+from scripts_app import roles
+from scripts_app.models import Run, Script
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def client_address(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def visible_script_or_404(request: HttpRequest, pk: Any) -> Script:
+    """The script, if the user may read it; else 404, so that a private script's existence stays private."""
+    script = Script.objects.select_related("owner", "current_version").filter(pk=pk).first()
+    if script is None or not roles.can_view_script(request.user, script):
+        raise Http404("No such script.")
+    return script
+
+
+def editable_script_or_404(request: HttpRequest, pk: Any) -> Script:
+    script = visible_script_or_404(request, pk)
+    if not roles.can_edit_script(request.user, script):
+        raise PermissionDenied("You may not change this script.")
+    return script
+
+
+def visible_run_or_404(request: HttpRequest, pk: Any) -> Run:
+    run = Run.objects.select_related("user", "script_version__script__owner").filter(pk=pk).first()
+    if run is None or not roles.can_view_run(request.user, run):
+        raise Http404("No such run.")
+    return run
+
+
+def require_writer(request: HttpRequest) -> None:
+    if roles.is_read_only(request.user):
+        raise PermissionDenied("Auditors have read-only access.")
+
+
+def paginate(request: HttpRequest, items, per_page: int) -> Page:
+    return Paginator(items, per_page).get_page(request.GET.get("page"))

@@ -1,0 +1,269 @@
+"""Run pages: the run form, a run's results (live while it runs), downloads, and the history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from uuid import UUID
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from scripts_app import jobs_seam, results, roles
+from scripts_app.errors import OmlError
+from scripts_app.forms import RunForm
+from scripts_app.models import Run, RunImage, Script, ScriptVersion
+from scripts_app.runner import ScriptSourceError
+from scripts_app.services import runs as run_services
+from scripts_app.signature import entry_signature
+from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
+
+RUNS_PER_PAGE = 50
+TABLE_ROWS_PER_PAGE = 50
+
+
+# Running
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    script = visible_script_or_404(request, pk)
+    if not roles.can_run_script(request.user, script):
+        raise PermissionDenied("You may not run this script.")
+    version = _chosen_version(request, script)
+    try:
+        signature = entry_signature(version.source, version.entry_function)
+    except ScriptSourceError:
+        signature = None
+    jobs_available = jobs_seam.available()
+    form = RunForm(
+        request.POST or None,
+        signature=signature,
+        environments=run_services_environments(),
+        jobs_available=jobs_available,
+    )
+    again = request.GET.get("again")
+    if request.method == "GET" and again:
+        earlier = Run.objects.filter(pk=_uuid_or_none(again)).first()
+        if earlier is not None and roles.can_view_run(request.user, earlier):
+            form.set_parameters(earlier.parameters)
+            form.initial.update(
+                {"env_name": earlier.env_name, "service": earlier.service, "graphics": earlier.graphics}
+            )
+    if request.method == "POST" and form.is_valid():
+        options = {
+            "script": script,
+            "user": request.user,
+            "parameters": form.parameters(),
+            "graphics": form.cleaned_data["graphics"],
+            "env_name": form.cleaned_data["env_name"],
+            "service": form.cleaned_data["service"],
+            "client_address": client_address(request),
+            "version": version,
+        }
+        try:
+            if form.cleaned_data["execution"] == "async":
+                run = jobs_seam.submit(**options)
+            else:
+                run = run_services.run_sync(**options)
+        except OmlError as error:
+            form.add_error(None, error.message)
+        else:
+            return redirect("web:run_detail", run.pk)
+    return render(
+        request,
+        "runs/form.html",
+        {
+            "script": script,
+            "version": version,
+            "versions": script.versions.only("number").order_by("-number"),
+            "signature": signature,
+            "form": form,
+            "jobs_available": jobs_available,
+        },
+        status=422 if form.errors else 200,
+    )
+
+
+def run_services_environments() -> list[str]:
+    # Environments are not modelled yet: the runner knows only the service's own.
+    return [run_services.DEFAULT_ENVIRONMENT]
+
+
+def _chosen_version(request: HtmxHttpRequest, script: Script) -> ScriptVersion:
+    number = request.GET.get("version") or request.POST.get("version")
+    if number:
+        try:
+            return script.versions.get(number=int(number))
+        except (ValueError, ScriptVersion.DoesNotExist):
+            raise Http404("No such version.") from None
+    if script.current_version is None:
+        raise Http404("The script has no version.")
+    return script.current_version
+
+
+def _uuid_or_none(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
+# One run
+
+
+@require_GET
+@login_required
+def run_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    run = visible_run_or_404(request, pk)
+    context = _run_context(request, run)
+    if request.htmx and request.htmx.target == "run-live":
+        response = render(request, "runs/detail.html#live", context)
+        if run.is_finished:
+            # The swapped-in content has no poll trigger left; 286 also tells htmx to stop.
+            response.status_code = HttpResponseStopPolling.status_code
+        return response
+    if request.htmx and request.htmx.target == "result-table":
+        return render(request, "runs/detail.html#table", context)
+    return render(request, "runs/detail.html", context)
+
+
+def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
+    table = results.as_table(run.result) if run.status == Run.Status.SUCCEEDED else None
+    table_page = paginate(request, table.rows, TABLE_ROWS_PER_PAGE) if table else None
+    script = run.script_version.script
+    return {
+        "run": run,
+        "script": script,
+        "images": list(run.images.all()) if run.is_finished else [],
+        "table": table,
+        "table_page": table_page,
+        "result_json": results.as_pretty_json(run.result)
+        if run.status == Run.Status.SUCCEEDED and table is None
+        else None,
+        "may_cancel": not run.is_finished and roles.can_cancel_run(request.user, run) and jobs_seam.available(),
+        "may_run_again": script is not None and roles.can_run_script(request.user, script),
+    }
+
+
+@require_GET
+@login_required
+def run_image(request: HtmxHttpRequest, pk: UUID, position: int) -> FileResponse:
+    run = visible_run_or_404(request, pk)
+    image = get_object_or_404(RunImage, run=run, position=position)
+    download = request.GET.get("download") == "1"
+    filename = f"{run.script_name}-{str(run.pk)[:8]}-{position}.png"
+    return FileResponse(image.image.open("rb"), content_type="image/png", as_attachment=download, filename=filename)
+
+
+@require_GET
+@login_required
+def run_data(request: HtmxHttpRequest, pk: UUID, fmt: str) -> HttpResponse:
+    if fmt not in ("csv", "json"):
+        raise Http404("Data comes as csv or json.")
+    run = visible_run_or_404(request, pk)
+    if run.status != Run.Status.SUCCEEDED:
+        raise Http404("The run returned no data.")
+    filename = f"{run.script_name}-{str(run.pk)[:8]}.{fmt}"
+    if fmt == "csv":
+        table = results.as_table(run.result)
+        if table is None:
+            raise Http404("The data is not a table.")
+        response = HttpResponse(results.as_csv(table), content_type="text/csv; charset=utf-8")
+    else:
+        response = HttpResponse(results.as_pretty_json(run.result), content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@require_POST
+@login_required
+def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    run = visible_run_or_404(request, pk)
+    if not roles.can_cancel_run(request.user, run):
+        raise PermissionDenied("You may not cancel this run.")
+    if run.is_finished:
+        messages.info(request, f"The run had already ended: {run.get_status_display()}.")
+    else:
+        try:
+            run = jobs_seam.cancel(run=run)
+        except OmlError as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(request, f"Cancel requested: the run is {run.get_status_display().lower()}.")
+    return redirect("web:run_detail", run.pk)
+
+
+# History
+
+
+@require_GET
+@login_required
+def run_list(request: HtmxHttpRequest) -> HttpResponse:
+    user = request.user
+    sees_all = roles.sees_everything(user)
+    filters = {key: request.GET.get(key, "").strip() for key in ("script", "user", "status", "since", "until")}
+    runs = roles.runs_visible_to(user, Run.objects.all())
+    if filters["script"]:
+        runs = runs.filter(script_name=filters["script"])
+    if filters["user"] and sees_all:
+        runs = runs.filter(user__username=filters["user"])
+    if filters["status"] in Run.Status.values:
+        runs = runs.filter(status=filters["status"])
+    since, until = _date(filters["since"]), _date(filters["until"])
+    if since:
+        runs = runs.filter(created_at__gte=_start_of(since))
+    if until:
+        runs = runs.filter(created_at__lt=_start_of(until + dt.timedelta(days=1)))
+    runs = (
+        runs.select_related("user", "script_version")
+        .only(
+            "id",
+            "script_name",
+            "script_owner",
+            "status",
+            "mode",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "client_address",
+            "user__username",
+            "script_version__number",
+        )
+        .order_by("-created_at")
+    )
+    page = paginate(request, runs, RUNS_PER_PAGE)
+    template = "runs/list.html"
+    if request.htmx and not request.htmx.boosted:
+        template += "#results"
+    return render(
+        request,
+        template,
+        {
+            "page": page,
+            "filters": filters,
+            "sees_all": sees_all,
+            "statuses": Run.Status.choices,
+            "usernames": get_user_model().objects.order_by("username").values_list("username", flat=True)
+            if sees_all and not request.htmx
+            else [],
+        },
+    )
+
+
+def _date(value: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _start_of(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=timezone.get_current_timezone())

@@ -1,0 +1,326 @@
+"""Script pages: list and search, create and edit, versions and diffs, delete, share."""
+
+from __future__ import annotations
+
+import difflib
+from uuid import UUID
+
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from scripts_app import roles
+from scripts_app.errors import OmlError
+from scripts_app.forms import GrantForm, ScriptForm
+from scripts_app.models import Run, Script, ScriptVersion
+from scripts_app.runner import ScriptSourceError, entry_function
+from scripts_app.services import scripts as script_services
+from scripts_app.signature import entry_signature
+from scripts_app.views.base import (
+    HtmxHttpRequest,
+    editable_script_or_404,
+    paginate,
+    require_writer,
+    visible_script_or_404,
+)
+
+SCRIPTS_PER_PAGE = 25
+
+
+@require_GET
+@login_required
+def script_list(request: HtmxHttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "").strip()
+    owner = request.GET.get("owner", "").strip()
+    scope = request.GET.get("scope", "")
+    scripts = roles.scripts_visible_to(request.user, Script.objects.all())
+    if query:
+        scripts = scripts.filter(Q(name__icontains=query) | Q(description__icontains=query))
+    if owner:
+        scripts = scripts.filter(owner__username=owner)
+    if scope == "mine":
+        scripts = scripts.filter(owner=request.user)
+    elif scope == "global":
+        scripts = scripts.filter(is_global=True)
+    scripts = (
+        scripts.select_related("owner", "current_version")
+        .defer("current_version__source")
+        .order_by("name", "owner__username")
+    )
+    page = paginate(request, scripts, SCRIPTS_PER_PAGE)
+    template = "scripts/list.html"
+    if request.htmx and not request.htmx.boosted:
+        template += "#results"
+    return render(
+        request,
+        template,
+        {
+            "page": page,
+            "query": query,
+            "owner": owner,
+            "scope": scope,
+            "may_create": roles.can_create_scripts(request.user),
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def script_create(request: HtmxHttpRequest) -> HttpResponse:
+    require_writer(request)
+    may_make_global = roles.can_make_global(request.user)
+    form = ScriptForm(request.POST or None, may_make_global=may_make_global)
+    if request.method == "POST" and form.is_valid():
+        try:
+            script = script_services.script_create(
+                owner=request.user,
+                name=form.cleaned_data["name"],
+                source=form.cleaned_data["source"],
+                description=form.cleaned_data["description"],
+                is_global=form.cleaned_data.get("is_global", False),
+            )
+        except OmlError as error:
+            form.add_service_error(error)
+        else:
+            messages.success(request, f"Script {script.name} created (version 1).")
+            return redirect("web:script_detail", script.pk)
+    status = 422 if form.errors else 200
+    return render(request, "scripts/form.html", {"form": form, "script": None}, status=status)
+
+
+@require_GET
+@login_required
+def script_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    script = visible_script_or_404(request, pk)
+    user = request.user
+    recent_runs = roles.runs_visible_to(user, Run.objects.filter(script_version__script=script))
+    recent_runs = recent_runs.select_related("user", "script_version").only(
+        "id", "status", "created_at", "user__username", "script_version__number", "mode"
+    )[:10]
+    may_share = roles.can_share_script(user, script)
+    return render(
+        request,
+        "scripts/detail.html",
+        {
+            "script": script,
+            "grants": script.grants.select_related("grantee").order_by("grantee__username") if may_share else [],
+            "grant_form": GrantForm(),
+            "recent_runs": recent_runs,
+            "version_count": script.versions.count(),
+            "may_edit": roles.can_edit_script(user, script),
+            "may_run": roles.can_run_script(user, script),
+            "may_share": may_share,
+            "may_make_global": roles.can_make_global(user),
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def script_edit(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    script = editable_script_or_404(request, pk)
+    may_make_global = roles.can_make_global(request.user)
+    initial = {
+        "name": script.name,
+        "description": script.description,
+        "source": script.source,
+        "is_global": script.is_global,
+    }
+    form = ScriptForm(request.POST or None, initial=initial, may_make_global=may_make_global, renaming=False)
+    if request.method == "POST" and form.is_valid():
+        before = script.current_version_id
+        try:
+            script_services.script_update(
+                script=script,
+                by=request.user,
+                source=form.cleaned_data["source"],
+                description=form.cleaned_data["description"],
+                is_global=form.cleaned_data["is_global"] if may_make_global else None,
+            )
+        except OmlError as error:
+            form.add_service_error(error)
+        else:
+            if script.current_version_id != before:
+                messages.success(request, f"Saved as version {script.current_version.number}.")
+            else:
+                messages.info(request, "Saved. The source did not change, so there is no new version.")
+            return redirect("web:script_detail", script.pk)
+    status = 422 if form.errors else 200
+    return render(request, "scripts/form.html", {"form": form, "script": script}, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def script_delete(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    script = editable_script_or_404(request, pk)
+    if request.method == "POST":
+        name = script.name
+        script_services.script_delete(script=script)
+        messages.success(request, f"Script {name} deleted. Its runs keep the versions they ran.")
+        return redirect("web:script_list")
+    run_count = Run.objects.filter(script_version__script=script).count()
+    return render(request, "scripts/confirm_delete.html", {"script": script, "run_count": run_count})
+
+
+@require_POST
+@login_required
+def script_check(request: HtmxHttpRequest) -> HttpResponse:
+    """Check a source while it is being written: its error and line, or the function a run calls."""
+    require_writer(request)
+    source = request.POST.get("source", "")
+    name = request.POST.get("name", "")
+    error, signature = None, None
+    try:
+        function = entry_function(source, name)
+        signature = entry_signature(source, function)
+    except ScriptSourceError as exc:
+        error = exc
+    return render(request, "_partials/source_check.html", {"error": error, "signature": signature})
+
+
+# Versions
+
+
+@require_GET
+@login_required
+def script_versions(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    script = visible_script_or_404(request, pk)
+    versions = list(script.versions.select_related("created_by").defer("source"))
+    numbers = [version.number for version in versions]
+    diff = None
+    old_number = _int_or_none(request.GET.get("a"))
+    new_number = _int_or_none(request.GET.get("b"))
+    if old_number in numbers and new_number in numbers:
+        old, new = (script.versions.get(number=n) for n in (old_number, new_number))
+        diff = _diff_lines(old, new)
+    elif len(numbers) >= 2:
+        old_number, new_number = numbers[1], numbers[0]
+    return render(
+        request,
+        "scripts/versions.html",
+        {
+            "script": script,
+            "versions": versions,
+            "diff": diff,
+            "a": old_number,
+            "b": new_number,
+            "may_edit": roles.can_edit_script(request.user, script),
+            "may_run": roles.can_run_script(request.user, script),
+        },
+    )
+
+
+@require_GET
+@login_required
+def version_detail(request: HtmxHttpRequest, pk: UUID, number: int) -> HttpResponse:
+    script = visible_script_or_404(request, pk)
+    version = get_object_or_404(ScriptVersion.objects.select_related("created_by"), script=script, number=number)
+    return render(
+        request,
+        "scripts/version.html",
+        {
+            "script": script,
+            "version": version,
+            "may_edit": roles.can_edit_script(request.user, script),
+            "may_run": roles.can_run_script(request.user, script),
+        },
+    )
+
+
+@require_POST
+@login_required
+def version_restore(request: HtmxHttpRequest, pk: UUID, number: int) -> HttpResponse:
+    script = editable_script_or_404(request, pk)
+    version = get_object_or_404(ScriptVersion, script=script, number=number)
+    if version.pk == script.current_version_id:
+        messages.info(request, f"Version {number} is already the current one.")
+    else:
+        script_services.script_restore_version(script=script, version=version, by=request.user)
+        messages.success(request, f"Restored version {number} as version {script.current_version.number}.")
+    return redirect("web:script_detail", script.pk)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def _diff_lines(old: ScriptVersion, new: ScriptVersion) -> list[tuple[str, str]]:
+    """A unified diff as (kind, text) rows; the template escapes the text."""
+    lines = difflib.unified_diff(
+        old.source.splitlines(),
+        new.source.splitlines(),
+        fromfile=f"version {old.number}",
+        tofile=f"version {new.number}",
+        lineterm="",
+    )
+    rows = []
+    for line in lines:
+        if line.startswith(("---", "+++")):
+            kind = "file"
+        elif line.startswith("@@"):
+            kind = "hunk"
+        elif line.startswith("+"):
+            kind = "add"
+        elif line.startswith("-"):
+            kind = "del"
+        else:
+            kind = "same"
+        rows.append((kind, line))
+    return rows
+
+
+# Sharing
+
+
+@require_POST
+@login_required
+def script_grant(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    script = _shareable_script(request, pk)
+    form = GrantForm(request.POST)
+    if form.is_valid():
+        grantee = form.cleaned_data["username"]
+        if grantee.pk == script.owner_id:
+            messages.error(request, "The owner may already run the script.")
+        else:
+            script_services.script_grant(script=script, grantee=grantee)
+            messages.success(request, f"{grantee.username} may now run {script.name}.")
+    else:
+        messages.error(request, " ".join(form.errors["username"]))
+    return redirect("web:script_detail", script.pk)
+
+
+@require_POST
+@login_required
+def script_revoke(request: HtmxHttpRequest, pk: UUID, user_id: int) -> HttpResponse:
+    script = _shareable_script(request, pk)
+    grantee = get_object_or_404(get_user_model(), pk=user_id)
+    script_services.script_revoke(script=script, grantee=grantee)
+    messages.success(request, f"{grantee.username} may no longer run {script.name}.")
+    return redirect("web:script_detail", script.pk)
+
+
+@require_POST
+@login_required
+def script_set_global(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    script = visible_script_or_404(request, pk)
+    if not roles.can_make_global(request.user):
+        raise PermissionDenied("Only admins may make a script global.")
+    make_global = request.POST.get("is_global") == "true"
+    script_services.script_update(script=script, by=request.user, is_global=make_global)
+    messages.success(request, f"{script.name} is now {'global' if make_global else 'private'}.")
+    return redirect("web:script_detail", script.pk)
+
+
+def _shareable_script(request: HtmxHttpRequest, pk: UUID) -> Script:
+    script = visible_script_or_404(request, pk)
+    if not roles.can_share_script(request.user, script):
+        raise PermissionDenied("Only the owner may share this script.")
+    return script

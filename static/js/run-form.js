@@ -1,0 +1,25 @@
+// Shows either the parameter fields or the raw-JSON box, as the "Parameters as" choice says.
+// Without JavaScript both stay visible and the choice still decides which one the server reads.
+(function () {
+  "use strict";
+  var form = document.getElementById("run-form");
+  if (!form) { return; }
+  function sync() {
+    var checked = form.querySelector("input[name='params_mode']:checked");
+    var mode = checked ? checked.value : "fields";
+    form.querySelectorAll(".params").forEach(function (box) {
+      box.hidden = box.getAttribute("data-mode") !== mode;
+    });
+  }
+  form.querySelectorAll("input[name='params_mode']").forEach(function (radio) {
+    radio.addEventListener("change", sync);
+  });
+  sync();
+  form.addEventListener("submit", function () {
+    var button = form.querySelector("button[data-busy-label]");
+    if (button) {
+      // Disabled after this tick, so that the click still submits.
+      setTimeout(function () { button.disabled = true; button.textContent = button.getAttribute("data-busy-label"); }, 0);
+    }
+  });
+})();

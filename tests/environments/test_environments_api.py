@@ -1,0 +1,219 @@
+"""Environments through the REST API: admins build them, runs name them, and runs record them."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts_app.models import Environment, Run
+from scripts_app.services import environments
+from tests.factories import make_script
+
+ENVS = "/oml/api/py-scripts/v1/envs"
+PROBE = "import omlweb_probe\ndef probe():\n    return omlweb_probe.ANSWER\n"
+
+
+def do_eval(api, name, body):
+    return api.post(f"/oml/api/py-scripts/v1/do-eval/{name}", body, format="json")
+
+
+@pytest.fixture
+def create(admin_api, django_capture_on_commit_callbacks):
+    def _create(**body):
+        with django_capture_on_commit_callbacks(execute=True):
+            return admin_api.post(ENVS, body, format="json")
+
+    return _create
+
+
+def test_an_admin_builds_an_environment_and_a_script_runs_in_it(
+    create, build_queued, queued_builds, admin_api, alice, alice_api, settings
+):
+    """The build installs the package; a run with envName imports it, the default environment cannot."""
+    response = create(name="probe", description="The test's package", packages="omlweb-probe==1.0")
+    assert response.status_code == 201
+    assert response.json()["result"]["status"] == "BUILDING"
+    assert response["Location"].endswith("/oml/api/py-scripts/v1/envs/probe")
+    environment = Environment.objects.get(name="probe")
+    assert queued_builds == [(str(environment.pk), 1)]
+
+    build_queued()
+
+    environment.refresh_from_db()
+    assert environment.status == Environment.Status.READY, environment.build_log
+    assert "omlweb-probe==1.0" in environment.lock.text
+    assert environment.package_count == 1
+    assert environment.size_bytes > 0
+    assert "Built probe" in environment.build_log
+    make_script(alice, "probe", PROBE)
+    response = do_eval(alice_api, "probe", {"envName": "probe"})
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"result": 42}
+    run = Run.objects.get()
+    assert (run.env_name, run.environment, run.env_lock) == ("probe", environment, environment.lock)
+
+    default = do_eval(alice_api, "probe", {})
+    assert default.status_code == 400
+    assert default.json()["errorCode"] == 1030
+    assert "No module named 'omlweb_probe'" in default.json()["errorMessage"]
+    default_run = Run.objects.filter(env_name="default").get()
+    assert "Django==" in default_run.env_lock.text
+
+
+def test_the_list_has_oracles_shape_with_the_default_first(create, build_queued, alice_api):
+    """GET envs answers {"result": {"envs": [{name, description, size, number_of_installed_packages, tags}]}}."""
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    for version in ("v1", "v2"):
+        envs = alice_api.get(f"/oml/api/py-scripts/{version}/envs").json()["result"]["envs"]
+        assert [env["name"] for env in envs] == ["default", "probe"]
+        for env in envs:
+            assert set(env) == {"name", "description", "size", "number_of_installed_packages", "tags"}
+            assert env["tags"]["application"] == "OML4PY"
+            assert env["tags"]["status"] == "READY"
+        assert envs[1]["number_of_installed_packages"] == 1
+        assert envs[1]["size"].endswith("KiB") or envs[1]["size"].endswith("MiB")
+
+
+def test_a_failing_build_ends_failed_with_its_log(create, build_queued, alice, alice_api, admin_api, settings):
+    """A package that cannot be installed ends the build FAILED; the log says why; runs there are refused."""
+    create(name="broken", packages="omlweb-nowhere==9.9")
+    build_queued()
+
+    environment = Environment.objects.get(name="broken")
+    assert environment.status == Environment.Status.FAILED
+    assert "omlweb-nowhere" in environment.build_log
+    assert "Build failed" in environment.build_log
+    assert admin_api.get(f"{ENVS}/broken").json()["result"]["buildLog"] == environment.build_log
+    assert not list(settings.OMLWEB_ENVS_DIR.glob("broken-*"))
+    make_script(alice, "f", "def f():\n    return 1\n")
+    response = do_eval(alice_api, "f", {"envName": "broken"})
+    assert response.status_code == 400
+    assert response.json()["errorCode"] == 1006
+    assert "failed to build" in response.json()["errorMessage"]
+    assert not Run.objects.exists()
+
+
+def test_a_building_environment_refuses_runs(create, alice, alice_api):
+    """Until its build ends, a run naming the environment is a 400 (1006) that says so."""
+    create(name="later", packages="omlweb-probe")
+    make_script(alice, "f", "def f():\n    return 1\n")
+    response = do_eval(alice_api, "f", {"envName": "later"})
+    assert response.status_code == 400
+    assert response.json()["errorCode"] == 1006
+    assert "still being built" in response.json()["errorMessage"]
+
+
+def test_deleting_an_environment_in_use_is_refused(create, build_queued, alice, admin_api, settings):
+    """A queued or running run keeps its environment; once it has finished, delete removes row and folder."""
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    environment = Environment.objects.get(name="probe")
+    script = make_script(alice, "f", "def f():\n    return 1\n")
+    run = Run.objects.create(
+        script_version=script.current_version,
+        script_name="f",
+        script_owner="alice",
+        user=alice,
+        env_name="probe",
+        environment=environment,
+        status=Run.Status.RUNNING,
+    )
+
+    response = admin_api.delete(f"{ENVS}/probe")
+
+    assert response.status_code == 409
+    assert response.json()["errorCode"] == 1007
+    assert "in use" in response.json()["errorMessage"]
+    assert Environment.objects.filter(name="probe").exists()
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.SUCCEEDED)
+    assert admin_api.delete(f"{ENVS}/probe").status_code == 200
+    assert not Environment.objects.filter(name="probe").exists()
+    assert not list(settings.OMLWEB_ENVS_DIR.glob("probe-*"))
+    run.refresh_from_db()
+    assert (run.env_name, run.environment) == ("probe", None)
+
+
+def test_only_admins_manage_environments(alice_api, create, build_queued):
+    """Users list environments; creating, rebuilding and deleting them is for admins (403, 1013)."""
+    create(name="probe", packages="omlweb-probe")
+    assert alice_api.post(ENVS, {"name": "mine"}, format="json").json()["errorCode"] == 1013
+    assert alice_api.post(f"{ENVS}/probe/rebuild").status_code == 403
+    assert alice_api.delete(f"{ENVS}/probe").status_code == 403
+    assert alice_api.get(ENVS).status_code == 200
+    assert "buildLog" not in alice_api.get(f"{ENVS}/probe").json()["result"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        ({"name": "default"}, 1007, "service's own"),
+        ({"name": "../etc"}, 1000, "letters, digits"),
+        ({"name": "ok", "packages": "--index-url http://x"}, 1000, "options are not allowed"),
+        ({"name": "ok", "packages": "seaborn\nnot a requirement!"}, 1000, "line 2"),
+        ({"name": "ok", "python": "/bin/sh"}, 1000, "not one of this host's interpreters"),
+        ({"name": "ok", "packages": 7}, 1000, "packages"),
+    ],
+)
+def test_bad_definitions_are_refused(create, body, code, words):
+    """A bad name, package line or interpreter is refused before anything is built."""
+    response = create(**body)
+    assert response.json()["errorCode"] == code
+    assert words in response.json()["errorMessage"]
+    assert not Environment.objects.exists()
+
+
+def test_a_name_is_taken_once(create):
+    """A second environment of the same name is a 409."""
+    create(name="probe", packages="omlweb-probe")
+    response = create(name="Probe")
+    assert response.status_code == 409
+    assert response.json()["errorCode"] == 1007
+
+
+def test_a_rebuild_is_a_new_generation_in_a_new_folder(
+    create, build_queued, admin_api, django_capture_on_commit_callbacks, settings
+):
+    """Rebuild resolves afresh into its own folder; a stale build request for the old generation does nothing."""
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    first = Environment.objects.get(name="probe")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_api.post(f"{ENVS}/probe/rebuild")
+    assert response.status_code == 202
+    assert response.json()["result"]["status"] == "BUILDING"
+    build_queued()
+    second = Environment.objects.get(name="probe")
+    assert (second.generation, second.status) == (2, Environment.Status.READY)
+    assert second.spec_hash != first.spec_hash
+    assert len(list(settings.OMLWEB_ENVS_DIR.glob("probe-*"))) == 2
+    assert environments.environment_build(environment_id=str(second.pk), generation=1) is None
+
+
+def test_another_host_builds_the_environment_from_its_lock_on_first_use(
+    create, build_queued, alice, alice_api, settings, tmp_path
+):
+    """A worker host without the environment's folder builds it from the spec and lock when a run needs it."""
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    environment = Environment.objects.get(name="probe")
+    settings.OMLWEB_ENVS_DIR = tmp_path / "another-host"
+    make_script(alice, "probe", PROBE)
+
+    response = do_eval(alice_api, "probe", {"envName": "probe"})
+
+    assert response.json() == {"result": 42}
+    folder = settings.OMLWEB_ENVS_DIR / f"probe-{environment.spec_hash[:16]}"
+    assert (folder / "omlweb-lock.txt").read_text() == environment.lock.text
+
+
+def test_without_uv_venv_and_pip_build_the_same_environment(create, build_queued, alice, alice_api, settings):
+    """The fallback builder (venv, then the service's pip) gives a working environment and its lock too."""
+    settings.OMLWEB_ENV_BUILDER = "pip"
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    environment = Environment.objects.get(name="probe")
+    assert environment.status == Environment.Status.READY, environment.build_log
+    assert "with pip" in environment.build_log
+    assert "omlweb-probe==1.0" in environment.lock.text
+    make_script(alice, "probe", PROBE)
+    assert do_eval(alice_api, "probe", {"envName": "probe"}).json() == {"result": 42}

@@ -1,0 +1,167 @@
+"""The runs history (filters, who sees whose runs, constant queries) and the API tokens page."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from scripts_app.models import AccessToken, Run
+from tests.factories import UserFactory, make_script
+from tests.web.conftest import logged_in
+
+
+def make_runs(script, user, count, **fields):
+    """Run rows straight in the database: the history does not care how they ran."""
+    now = timezone.now()
+    runs = [
+        Run(
+            script_version=script.current_version,
+            script_name=script.name,
+            script_owner=script.owner.username,
+            user=user,
+            status=fields.get("status", Run.Status.SUCCEEDED),
+            created_at=fields.get("created_at", now - dt.timedelta(seconds=i)),
+            client_address="10.0.0.1",
+        )
+        for i in range(count)
+    ]
+    return Run.objects.bulk_create(runs)
+
+
+@pytest.fixture
+def scripts(alice, bob):
+    return (
+        make_script(alice, "a", "def a():\n    return 1\n", is_global=False),
+        make_script(bob, "b", "def b():\n    return 2\n"),
+    )
+
+
+def names(response):
+    return [(run.script_name, run.user.username) for run in response.context["page"].object_list]
+
+
+def test_an_analyst_sees_only_their_runs(client, alice, bob, scripts):
+    """Alice's history has only her runs, newest first."""
+    make_runs(scripts[0], alice, 2)
+    make_runs(scripts[1], bob, 3)
+    response = logged_in(client, alice).get(reverse("web:run_list"))
+    assert names(response) == [("a", "alice"), ("a", "alice")]
+    assert not response.context["sees_all"]
+
+
+def test_auditors_and_admins_see_every_run_and_filter_by_user(client, alice, bob, auditor, admin_user, scripts):
+    """Auditors and admins see all users' runs and may filter by user."""
+    make_runs(scripts[0], alice, 2)
+    make_runs(scripts[1], bob, 3)
+    for user in (auditor, admin_user):
+        client = logged_in(client, user)
+        assert len(names(client.get(reverse("web:run_list")))) == 5
+        assert names(client.get(reverse("web:run_list"), {"user": "bob"})) == [("b", "bob")] * 3
+
+
+def test_the_user_filter_is_ignored_for_analysts(client, alice, bob, scripts):
+    """An analyst cannot widen the list to another user's runs."""
+    make_runs(scripts[1], bob, 3)
+    assert names(logged_in(client, alice).get(reverse("web:run_list"), {"user": "bob"})) == []
+
+
+def test_filters_by_script_status_and_date(client, admin_user, alice, scripts):
+    """Script, status and date range filters narrow the list."""
+    make_runs(scripts[0], alice, 2)
+    make_runs(scripts[0], alice, 1, status=Run.Status.FAILED)
+    old = timezone.now() - dt.timedelta(days=10)
+    make_runs(scripts[1], alice, 1, created_at=old)
+    client = logged_in(client, admin_user)
+    url = reverse("web:run_list")
+    assert len(names(client.get(url, {"script": "a"}))) == 3
+    assert len(names(client.get(url, {"status": "FAILED"}))) == 1
+    since = (timezone.now() - dt.timedelta(days=1)).date().isoformat()
+    assert len(names(client.get(url, {"since": since}))) == 3
+    until = (old + dt.timedelta(days=1)).date().isoformat()
+    assert names(client.get(url, {"until": until})) == [("b", "alice")]
+
+
+def test_the_list_is_paginated(client, alice, scripts):
+    """50 runs a page."""
+    make_runs(scripts[0], alice, 120)
+    response = logged_in(client, alice).get(reverse("web:run_list"), {"page": 3})
+    assert len(response.context["page"].object_list) == 20
+    assert response.context["page"].paginator.num_pages == 3
+
+
+def test_queries_do_not_grow_with_runs_or_users(client, admin_user, scripts, django_assert_num_queries):
+    """The list takes the same few queries for 5 runs or 100 runs of many users (no N+1)."""
+    users = [UserFactory() for _ in range(10)]
+    for user in users:
+        make_runs(scripts[0], user, 10)
+    client = logged_in(client, admin_user)
+    # session, user, groups, count, page, usernames for the filter
+    with django_assert_num_queries(6):
+        response = client.get(reverse("web:run_list"))
+    assert len(response.context["page"].object_list) == 50
+    with django_assert_num_queries(5):
+        client.get(reverse("web:run_list"), {"user": users[0].username}, headers={"HX-Request": "true"})
+
+
+# API tokens
+
+
+def test_it_creates_a_token_shown_once(alice_client, alice):
+    """A new token is shown once; only its hash is stored, and it works on the API."""
+    response = alice_client.post(reverse("web:token_list"), {"name": "nightly"})
+    raw = response.context["new_token"]
+    assert raw.encode() in response.content
+    token = AccessToken.objects.get(user=alice, name="nightly")
+    assert token.kind == AccessToken.Kind.PERSONAL
+    assert raw not in token.token_hash
+    assert raw.encode() not in alice_client.get(reverse("web:token_list")).content
+    api = alice_client.__class__()
+    answer = api.get("/oml/api/py-scripts/v1/scripts", headers={"Authorization": f"Bearer {raw}"})
+    assert answer.status_code == 200
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+    assert b"never" not in alice_client.get(reverse("web:token_list")).content
+
+
+def test_it_revokes_a_token(alice_client, alice):
+    """A revoked token no longer authenticates."""
+    alice_client.post(reverse("web:token_list"), {"name": "t"})
+    token = AccessToken.objects.get(user=alice)
+    alice_client.post(reverse("web:token_revoke", args=[token.pk]))
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+
+
+def test_a_user_cannot_revoke_another_users_token(client, alice, bob):
+    """Bob's revoke of Alice's token is a 404, and the token still works."""
+    from scripts_app.services.tokens import personal_token_create
+
+    _, token = personal_token_create(user=alice, name="mine")
+    response = logged_in(client, bob).post(reverse("web:token_revoke", args=[token.pk]))
+    assert response.status_code == 404
+    token.refresh_from_db()
+    assert token.revoked_at is None
+
+
+def test_tokens_page_lists_only_own_personal_tokens(client, alice, bob):
+    """OML tokens and other users' tokens are not listed."""
+    from scripts_app.services.tokens import personal_token_create, token_issue
+
+    personal_token_create(user=alice, name="alices")
+    personal_token_create(user=bob, name="bobs")
+    token_issue(user=alice)
+    response = logged_in(client, alice).get(reverse("web:token_list"))
+    assert [t.name for t in response.context["tokens"]] == ["alices"]
+
+
+def test_forms_need_csrf(alice, scripts):
+    """A POST without the CSRF token is refused."""
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    assert client.post(reverse("web:token_list"), {"name": "x"}).status_code == 403
+    assert client.post(reverse("web:script_create"), {"name": "x", "source": "def x(): pass"}).status_code == 403

@@ -1,0 +1,308 @@
+"""Running a script from its form, the run page, its downloads, and who may see which run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.urls import reverse
+
+from scripts_app.models import Run
+from scripts_app.services.runs import run_sync
+from scripts_app.services.scripts import script_update
+from tests.factories import make_script
+from tests.web.conftest import logged_in
+
+TYPED = """
+def report(n: int, scale: float = 1.5, label: str = "x", flag: bool = False, ids: list[int] = [1, 2], extra=None):
+    return {"n": n, "scale": scale, "label": label, "flag": flag, "ids": ids, "extra": extra}
+"""
+
+FIGURE = """
+import matplotlib.pyplot as plt
+import pandas as pd
+
+def dots(count=3):
+    fig = plt.figure()
+    fig.add_subplot(111).scatter(range(count), range(count), c="r")
+    fig.suptitle("Red dots")
+    return pd.DataFrame({"id": list(range(1, count + 1)), "val": [i / 10 for i in range(count)]})
+"""
+
+
+@pytest.fixture
+def typed_script(alice):
+    return make_script(alice, "report", TYPED)
+
+
+def run_url(script):
+    return reverse("web:run_script", args=[script.pk])
+
+
+def form_data(**fields):
+    data = {"params_mode": "fields", "env_name": "default", "service": "LOW", "execution": "sync"}
+    data.update(fields)
+    return data
+
+
+# The form
+
+
+def test_form_fields_come_from_the_signature(alice_client, typed_script):
+    """Each parameter is a field of its type, with its default and whether it is required."""
+    form = alice_client.get(run_url(typed_script)).context["form"]
+    fields = form.fields
+    assert fields["p_n"].required
+    assert fields["p_n"].widget.input_type == "number"
+    assert fields["p_scale"].initial == 1.5
+    assert not fields["p_scale"].required
+    assert fields["p_label"].initial == "x"
+    assert fields["p_flag"].widget.input_type == "checkbox"
+    assert fields["p_ids"].initial == "[1, 2]"
+    assert fields["p_extra"].widget.attrs["data-kind"] == "json"
+
+
+def test_run_from_fields_converts_types_and_records_who(alice_client, alice, typed_script):
+    """The fields become typed keyword arguments; the run records the user, address and version."""
+    response = alice_client.post(
+        run_url(typed_script),
+        form_data(p_n="3", p_scale="", p_label="hi", p_flag="on", p_ids="4, 5", p_extra='{"k": 1}', graphics="on"),
+        REMOTE_ADDR="10.1.2.3",
+    )
+    run = Run.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse("web:run_detail", args=[run.pk])
+    assert run.parameters == {"n": 3, "label": "hi", "flag": True, "ids": [4, 5], "extra": {"k": 1}}
+    assert run.status == Run.Status.SUCCEEDED
+    assert run.result["scale"] == 1.5
+    assert run.user == alice
+    assert run.client_address == "10.1.2.3"
+    assert run.script_version == typed_script.current_version
+    assert run.graphics
+
+
+def test_a_required_field_left_empty_is_an_error(alice_client, typed_script):
+    """A parameter without a default must be given."""
+    response = alice_client.post(run_url(typed_script), form_data(p_n=""))
+    assert response.status_code == 422
+    assert "p_n" in response.context["form"].errors
+    assert not Run.objects.exists()
+
+
+def test_raw_json_mode(alice_client, typed_script):
+    """In raw-JSON mode the object is the keyword arguments, whatever the fields say."""
+    alice_client.post(run_url(typed_script), form_data(params_mode="json", raw_json='{"n": 7, "label": [1]}', p_n=""))
+    assert Run.objects.get().parameters == {"n": 7, "label": [1]}
+
+
+@pytest.mark.parametrize(("raw", "message"), [("{oops", "Not valid JSON"), ("[1]", "Give a JSON object")])
+def test_raw_json_must_be_an_object(alice_client, typed_script, raw, message):
+    """Bad JSON or a non-object is shown on the form."""
+    response = alice_client.post(run_url(typed_script), form_data(params_mode="json", raw_json=raw))
+    assert response.status_code == 422
+    assert message in " ".join(response.context["form"].errors["raw_json"])
+
+
+def test_a_chosen_version_runs(alice_client, alice, typed_script):
+    """?version=1 runs version 1 even when version 2 is current."""
+    script_update(script=typed_script, by=alice, source=TYPED.replace('"n": n', '"n": -n'))
+    alice_client.post(run_url(typed_script) + "?version=1", form_data(p_n="2", version="1"))
+    run = Run.objects.get()
+    assert run.script_version.number == 1
+    assert run.result["n"] == 2
+
+
+def test_run_again_fills_the_form(alice_client, alice, typed_script):
+    """Run again opens the form with the earlier run's parameters."""
+    earlier = run_sync(script=typed_script, user=alice, parameters={"n": 9, "ids": [3]}, service="HIGH")
+    response = alice_client.get(run_url(typed_script), {"again": str(earlier.pk)})
+    form = response.context["form"]
+    assert form.initial["p_n"] == "9"
+    assert form.initial["p_ids"] == "[3]"
+    assert form.initial["service"] == "HIGH"
+    assert json.loads(form.initial["raw_json"]) == {"n": 9, "ids": [3]}
+
+
+def test_run_again_ignores_someone_elses_run(client, alice, bob):
+    """Another user's run id does not leak its parameters."""
+    script = make_script(alice, "g", "def g(secret='x'):\n    return secret\n", is_global=False)
+    script.grants.create(grantee=bob)
+    alices = run_sync(script=script, user=alice, parameters={"secret": "hunter2"})
+    response = logged_in(client, bob).get(run_url(script), {"again": str(alices.pk)})
+    assert b"hunter2" not in response.content
+
+
+def test_a_failing_script_shows_its_traceback(alice_client, alice):
+    """A script that raises gives a FAILED run whose page shows the error and traceback."""
+    script = make_script(alice, "boom", "def boom():\n    raise ValueError('no <good>')\n")
+    alice_client.post(run_url(script), form_data())
+    run = Run.objects.get()
+    assert run.status == Run.Status.FAILED
+    content = alice_client.get(reverse("web:run_detail", args=[run.pk])).content
+    assert b"Traceback" in content
+    assert b"ValueError: no &lt;good&gt;" in content
+
+
+def test_jobs_are_offered_only_when_available(alice_client, typed_script, monkeypatch):
+    """Without the job services the form offers only sync runs; async is refused."""
+    from scripts_app import jobs_seam
+
+    monkeypatch.setattr(jobs_seam, "available", lambda: False)
+    form = alice_client.get(run_url(typed_script)).context["form"]
+    assert [value for value, _ in form.fields["execution"].choices] == ["sync"]
+    response = alice_client.post(run_url(typed_script), form_data(p_n="1", execution="async"))
+    assert response.status_code == 422
+    assert not Run.objects.exists()
+
+
+# The run page
+
+
+@pytest.fixture
+def figure_run(alice):
+    script = make_script(alice, "dots", FIGURE)
+    return run_sync(script=script, user=alice, parameters={"count": 3}, graphics=True)
+
+
+def test_run_page_shows_image_table_and_facts(alice_client, figure_run):
+    """The run page shows status, version, parameters, each image and the data as a table."""
+    response = alice_client.get(reverse("web:run_detail", args=[figure_run.pk]))
+    content = response.content.decode()
+    assert "status-succeeded" in content
+    assert reverse("web:run_image", args=[figure_run.pk, 1]) in content
+    assert "Red dots" in content
+    assert response.context["table"].columns == ["id", "val"]
+    assert '<th scope="col">val</th>' in content
+    assert "Download CSV" in content
+    assert "v1" in content
+
+
+def test_image_is_served_to_the_owner_only(client, alice_client, bob, auditor, figure_run):
+    """The image is a PNG for the run's user and auditors, a 404 for anyone else."""
+    url = reverse("web:run_image", args=[figure_run.pk, 1])
+    response = alice_client.get(url)
+    assert response["Content-Type"] == "image/png"
+    assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+    assert "attachment" in alice_client.get(url + "?download=1")["Content-Disposition"]
+    assert logged_in(client, bob).get(url).status_code == 404
+    assert logged_in(client, auditor).get(url).status_code == 200
+
+
+def test_data_downloads(alice_client, figure_run):
+    """The data downloads as CSV and as JSON."""
+    csv = alice_client.get(reverse("web:run_data", args=[figure_run.pk, "csv"]))
+    assert csv.content.decode().splitlines() == ["id,val", "1,0.0", "2,0.1", "3,0.2"]
+    assert "attachment" in csv["Content-Disposition"]
+    data = alice_client.get(reverse("web:run_data", args=[figure_run.pk, "json"]))
+    assert json.loads(data.content) == [{"id": 1, "val": 0.0}, {"id": 2, "val": 0.1}, {"id": 3, "val": 0.2}]
+
+
+def test_non_tabular_data_is_json_and_has_no_csv(alice_client, alice):
+    """A value that is not a table is shown as formatted JSON; CSV is a 404."""
+    script = make_script(alice, "d", "def d():\n    return {'a': 1, 'b': [1, 2]}\n")
+    run = run_sync(script=script, user=alice, parameters={})
+    response = alice_client.get(reverse("web:run_detail", args=[run.pk]))
+    assert response.context["table"] is None
+    assert '"a": 1' in response.context["result_json"]
+    assert alice_client.get(reverse("web:run_data", args=[run.pk, "csv"])).status_code == 404
+
+
+def test_big_tables_are_paginated(alice_client, alice):
+    """A table of 120 rows shows 50 per page; the htmx page request gets only the table."""
+    script = make_script(alice, "big", "def big():\n    return [{'i': i} for i in range(120)]\n")
+    run = run_sync(script=script, user=alice, parameters={})
+    url = reverse("web:run_detail", args=[run.pk])
+    page3 = alice_client.get(url, {"page": 3})
+    assert [row[0] for row in page3.context["table_page"].object_list] == list(range(100, 120))
+    partial = alice_client.get(url, {"page": 2}, headers={"HX-Request": "true", "HX-Target": "result-table"})
+    assert b'id="result-table"' in partial.content
+    assert b"<html" not in partial.content
+
+
+def test_stdout_and_stderr_are_shown(alice_client, alice):
+    """What the script printed is on the run page, apart from the result."""
+    source = "import sys\ndef p():\n    print('to out')\n    print('to err', file=sys.stderr)\n    return 1\n"
+    run = run_sync(script=make_script(alice, "p", source), user=alice, parameters={})
+    content = alice_client.get(reverse("web:run_detail", args=[run.pk])).content
+    assert b"to out" in content
+    assert b"to err" in content
+
+
+def test_another_users_run_is_not_found(client, bob, figure_run):
+    """Bob cannot open Alice's run, its image or its data."""
+    client = logged_in(client, bob)
+    for url in (
+        reverse("web:run_detail", args=[figure_run.pk]),
+        reverse("web:run_data", args=[figure_run.pk, "json"]),
+        reverse("web:run_image", args=[figure_run.pk, 1]),
+    ):
+        assert client.get(url).status_code == 404
+
+
+def test_polling_a_finished_run_stops_the_poll(alice_client, figure_run):
+    """The htmx poll of a finished run answers 286 with the final content, without a poll trigger."""
+    response = alice_client.get(
+        reverse("web:run_detail", args=[figure_run.pk]), headers={"HX-Request": "true", "HX-Target": "run-live"}
+    )
+    assert response.status_code == 286
+    assert b'id="run-live"' in response.content
+    assert b"hx-trigger" not in response.content
+
+
+def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
+    """A queued run's live section polls every 2 seconds."""
+    from scripts_app.services.runs import run_create
+
+    run = run_create(script=typed_script, user=alice, parameters={"n": 1}, mode=Run.Mode.ASYNC)
+    response = alice_client.get(
+        reverse("web:run_detail", args=[run.pk]), headers={"HX-Request": "true", "HX-Target": "run-live"}
+    )
+    assert response.status_code == 200
+    assert b'hx-trigger="every 2s"' in response.content
+
+
+# Jobs (the async services)
+
+
+def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_script, django_capture_on_commit_callbacks):
+    """'Run as a job' records a QUEUED async run of the chosen version and publishes it on commit."""
+    pytest.importorskip("scripts_app.services.jobs")
+    from scripts_app.services import jobs
+
+    script_update(script=typed_script, by=alice, source=TYPED.replace('"n": n', '"n": -n'))
+    published = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jobs, "job_enqueue", lambda *, run: published.append(run.pk))
+        with django_capture_on_commit_callbacks(execute=True):
+            response = alice_client.post(
+                run_url(typed_script) + "?version=1",
+                form_data(p_n="2", version="1", execution="async"),
+                REMOTE_ADDR="10.9.8.7",
+            )
+    run = Run.objects.get()
+    assert response["Location"] == reverse("web:run_detail", args=[run.pk])
+    assert run.mode == Run.Mode.ASYNC
+    assert run.status == Run.Status.QUEUED
+    assert run.script_version.number == 1
+    assert run.client_address == "10.9.8.7"
+    assert published == [run.pk]
+    page = alice_client.get(reverse("web:run_detail", args=[run.pk]))
+    assert page.context["may_cancel"]
+    assert b'hx-trigger="every 2s"' in page.content
+
+
+def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
+    """The job's owner cancels it; another user gets 404, an auditor 403."""
+    pytest.importorskip("scripts_app.services.jobs")
+    from scripts_app.services.runs import run_create
+
+    run = run_create(script=typed_script, user=alice, parameters={"n": 1}, mode=Run.Mode.ASYNC)
+    url = reverse("web:run_cancel", args=[run.pk])
+    assert logged_in(client, bob).post(url).status_code == 404
+    assert logged_in(client, auditor).post(url).status_code == 403
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED
+    response = logged_in(client, alice).post(url, follow=True)
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert b"Cancel requested" in response.content
