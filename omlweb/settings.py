@@ -168,7 +168,8 @@ OMLWEB_ENV_BUILDER = env_str("OMLWEB_ENV_BUILDER", "auto")
 # Interpreters offered besides those found on the host (/usr/bin, /usr/local/bin, pyenv, the service's own).
 OMLWEB_ENV_PYTHONS = env_list("OMLWEB_ENV_PYTHONS", [])
 # What the runner needs in every environment, pinned to the versions the service itself runs.
-OMLWEB_ENV_RUNNER_PACKAGES = env_list("OMLWEB_ENV_RUNNER_PACKAGES", ["numpy", "pandas", "matplotlib"])
+# pyarrow: the rows of table/row/group-apply reach the function as Parquet.
+OMLWEB_ENV_RUNNER_PACKAGES = env_list("OMLWEB_ENV_RUNNER_PACKAGES", ["numpy", "pandas", "matplotlib", "pyarrow"])
 # Package sources of builds: extra folders or URLs of wheels, and whether to use only those.
 OMLWEB_ENV_FIND_LINKS = env_list("OMLWEB_ENV_FIND_LINKS", [])
 OMLWEB_ENV_NO_INDEX = env_bool("OMLWEB_ENV_NO_INDEX", False)

@@ -29,7 +29,7 @@ from django.utils import timezone
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
-from scripts_app.services import queries
+from scripts_app.services import environments, queries
 from scripts_app.services.runs import function_kwargs, limits_from_settings, run_create
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,16 @@ def _group_pieces(query: queries.Query, options: dict) -> list[Piece]:
     return pieces
 
 
+def _environment_python(run: Run) -> str | None:
+    """The interpreter of the run's environment, as run_execute finds it (an OmlError when it is gone)."""
+    environment = run.environment
+    if environment is None and run.env_name != environments.DEFAULT_ENVIRONMENT:
+        raise OmlError(
+            f"Environment {run.env_name!r} was deleted before the run started.", code=ErrorCode.UNKNOWN_ENVIRONMENT
+        )
+    return environments.environment_python(environment)
+
+
 def build_pieces(run: Run) -> list[Piece]:
     """Split the run's input into pieces: runs the input query (BadRequest when it fails)."""
     options = run.apply_options
@@ -233,6 +243,7 @@ def _run_pieces(
     deadline: float,
     is_cancelled: Callable[[], bool] | None,
     limits: runner.Limits,
+    python: str | None,
 ) -> Piece | None:
     """Run every piece, `degree` at once; returns the first piece that failed, if any."""
     version = run.script_version
@@ -283,6 +294,7 @@ def _run_pieces(
             limits=dataclasses.replace(limits, wall_seconds=remaining),
             data=data,
             frame_orient=frame_orient,
+            python=python,
         )
         piece.status = "RUNNING"
         piece.started_at = time.time()
@@ -355,6 +367,7 @@ def apply_execute(
         run.save(update_fields=["status", "started_at"])
     deadline = time.monotonic() + _wall_seconds(run)
     try:
+        python = _environment_python(run)
         pieces = build_pieces(run)
     except OmlError as error:
         with transaction.atomic():
@@ -378,7 +391,9 @@ def apply_execute(
     )
     run.apply_options = {**options, "degree": degree}
     base = limits or limits_from_settings()
-    failed = _run_pieces(run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base)
+    failed = _run_pieces(
+        run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base, python=python
+    )
     busy = failed is not None and failed.status == "BUSY"
     if busy and claimed:
         raise runner.RunnerBusy(failed.result.error_message)
