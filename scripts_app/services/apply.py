@@ -122,13 +122,16 @@ def apply_create(
             from scripts_app.services.jobs import job_submit
 
             # job_submit publishes the id on commit: of this outer transaction, so after the fields below.
+            version = run_fields.pop("version", None)
             run = job_submit(script=script, user=user, **run_fields)
+            if version is not None:
+                run.script_version = version  # an older version chosen on the run page
         else:
             run = run_create(script=script, user=user, **run_fields)
         run.kind = kind
         run.input_query = input_query if kind in DATA_KINDS else ""
         run.apply_options = {key: value for key, value in options.items() if value not in (None, [])}
-        run.save(update_fields=["kind", "input_query", "apply_options"])
+        run.save(update_fields=["kind", "input_query", "apply_options", "script_version"])
     return run
 
 

@@ -20,7 +20,10 @@ from scripts_app.errors import OmlError
 from scripts_app.forms import RunForm
 from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
+from scripts_app.services import apply as apply_services
+from scripts_app.services import datasets as dataset_services
 from scripts_app.services import runs as run_services
+from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
 from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
 
@@ -48,6 +51,7 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         signature=signature,
         environments=run_services_environments(),
         jobs_available=jobs_available,
+        datasets=dataset_choices(request.user),
     )
     again = request.GET.get("again")
     if request.method == "GET" and again:
@@ -68,8 +72,13 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "client_address": client_address(request),
             "version": version,
         }
+        asynchronous = form.cleaned_data["execution"] == "async"
         try:
-            if form.cleaned_data["execution"] == "async":
+            if form.cleaned_data["kind"] != Run.Kind.DO_EVAL:
+                run = apply_services.apply_create(**options, **form.apply_options(), asynchronous=asynchronous)
+                if not asynchronous:
+                    run = run_services.run_execute(run=run)
+            elif asynchronous:
                 run = jobs_seam.submit(**options)
             else:
                 run = run_services.run_sync(**options)
@@ -90,6 +99,15 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         },
         status=422 if form.errors else 200,
     )
+
+
+def dataset_choices(user) -> list[tuple[str, str]]:
+    """The datasets the user may read, as (name in SQL, label) for the run form's picker."""
+    datasets = dataset_services.datasets_readable_by(user).order_by("name", "owner__username")
+    return [
+        (sql_name(dataset, caller=user), f"{sql_name(dataset, caller=user)} ({dataset.row_count} rows)")
+        for dataset in datasets
+    ]
 
 
 def run_services_environments() -> list[str]:
@@ -150,7 +168,29 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         else None,
         "may_cancel": not run.is_finished and roles.can_cancel_run(request.user, run) and jobs_seam.available(),
         "may_run_again": script is not None and roles.can_run_script(request.user, script),
+        "pieces": piece_timeline(run),
     }
+
+
+def piece_timeline(run: Run) -> list[dict]:
+    """An apply run's pieces with their start and length as percentages of the run's span, for the timeline."""
+    pieces = [dict(piece) for piece in run.pieces or []]
+    times = [
+        (dt.datetime.fromisoformat(p["started_at"]), dt.datetime.fromisoformat(p["finished_at"]))
+        for p in pieces
+        if p.get("started_at") and p.get("finished_at")
+    ]
+    if not times:
+        return pieces
+    first = min(start for start, _ in times)
+    span = max((end - first).total_seconds() for _, end in times) or 1.0
+    for piece in pieces:
+        if piece.get("started_at") and piece.get("finished_at"):
+            start = (dt.datetime.fromisoformat(piece["started_at"]) - first).total_seconds()
+            piece["offset_seconds"] = start
+            piece["left_percent"] = round(100 * start / span, 2)
+            piece["width_percent"] = max(0.5, round(100 * (piece["seconds"] or 0) / span, 2))
+    return pieces
 
 
 @require_GET
