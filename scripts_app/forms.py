@@ -238,6 +238,11 @@ class RunForm(forms.Form):
         for field in self.REQUIRED_BY_KIND.get(kind, ()):
             if data.get(field) in (None, ""):
                 self.add_error(field, "Required in this mode.")
+        if kind != Run.Kind.DO_EVAL and self.parameter_fields:
+            # The data (or the index) is the first argument: its field is not a keyword argument.
+            first = self.parameter_fields[0]
+            self._errors.pop(first, None)
+            data.pop(first, None)
         if data.get("params_mode") == "json":
             # The fields are not what runs: their errors must not block the raw JSON.
             for name in self.parameter_fields:

@@ -104,3 +104,14 @@ def test_a_file_that_cannot_be_read_is_an_error_on_the_upload_form(alice):
     assert response.status_code == 422
     assert "cannot be read as PARQUET" in response.content.decode()
     assert not Dataset.objects.exists()
+
+
+def test_in_a_data_mode_the_first_parameter_is_the_data(alice):
+    """With parameter fields, the first one (the data) may stay empty in a data mode; the others are passed."""
+    script = make_script(alice, "scaled", "def scaled(i, factor):\n    return i * factor\n")
+    data = {**form_data(kind="index-apply", times="3"), "params_mode": "fields", "p_factor": "10"}
+    response = logged_in(Client(), alice).post(reverse("web:run_script", args=[script.pk]), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    run = Run.objects.get()
+    assert run.result == [10, 20, 30]
+    assert run.parameters == {"factor": 10}
