@@ -109,6 +109,8 @@ def apply_create(
     if kind in DATA_KINDS:
         queries.Query(caller=user, text=input_query)  # parse and name checks, before anything is recorded
     control_arguments(run_fields.get("parameters", {}))
+    if kind == Run.Kind.INDEX_APPLY:
+        _check_piece_count(times or 0, "indexes")
     options = {
         "rows": rows,
         "groupBy": parse_columns(group_by, field="groupBy"),
