@@ -456,11 +456,15 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
         else:
             code, status = FAILURE_CODES.get(result.failure, ErrorCode.INTERNAL), Run.Status(result.outcome.value)
         where = failed.label[0].upper() + failed.label[1:]
+        message = result.error_message
+        if result.failure is runner.Failure.TIMEOUT:
+            # The piece's own limit was what was left of the run's: name the run's.
+            message = f"The run exceeded its time limit of {_wall_seconds(run):g} seconds"
         _finish(
             run,
             status,
             error_code=code,
-            error_message=f"{where} failed: {result.error_message}",
+            error_message=f"{where} failed: {message}",
             traceback=f"{where} failed:\n{result.traceback}" if result.traceback else "",
         )
 

@@ -158,6 +158,7 @@ def test_the_time_limit_bounds_the_whole_run(alice, alice_api, settings):
     response = apply(alice_api, "index-apply", "sleepy", {"times": 5})
     assert response.status_code == 400
     assert response.json()["errorCode"] == 1031
+    assert "The run exceeded its time limit of 2 seconds" in response.json()["errorMessage"]
     run = Run.objects.get()
     assert run.status == Run.Status.TIMED_OUT
     assert run.duration_seconds < 10
