@@ -168,12 +168,20 @@ class Floor:
             exec(compile(source, name, "exec"), namespace)
             self.functions[name] = namespace[name]
 
+    lock = threading.Lock()
+
     def call(self, name: str) -> Callable[[], None]:
         function = self.functions[name]
         graphics = SCRIPTS[name][1]
         plt = self.plt
+        lock = self.lock
 
         def once() -> None:
+            # One interpreter runs one call at a time (the GIL, and pyplot is not thread-safe).
+            with lock:
+                encode()
+
+        def encode() -> None:
             value = function()
             if hasattr(value, "to_json"):
                 text = value.to_json(orient="records", date_format="iso", double_precision=15)
@@ -210,7 +218,9 @@ class RunnerDirect:
             if not result.succeeded:
                 raise RuntimeError(result.error_message or result.stderr)
             images = [base64.b64encode(figure.png).decode() for figure in result.figures]
-            json.dumps({"result": result.value, "images": images})
+            body = '{"result":' + result.value_json + ',"images":' + json.dumps(images) + "}"
+            if not body:
+                raise RuntimeError("empty response")
 
         return once
 
@@ -486,11 +496,9 @@ def started_service(command: str | None, base_url: str | None):
 
 
 def format_table(results: dict, order: list[str]) -> str:
-    lines = []
-    header = f"{'function':<14}{'target':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'runs/s c=8':>12}"
-    header += "  ratios p50 (x floor; x each peer)   ratios runs/s"
-    lines.append(header)
-    lines.append("-" * len(header))
+    nan = float("nan")
+    lines = [f"{'function':<14}{'target':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'runs/s c=8':>12}  errors"]
+    lines.append("-" * len(lines[0]))
     for function in SCRIPTS:
         rows = results[function]
         for target in order:
@@ -501,24 +509,28 @@ def format_table(results: dict, order: list[str]) -> str:
                 lines.append(f"{function:<14}{target:<10}  unavailable: {row['unavailable'][:80]}")
                 continue
             c1, c8 = row["c1"], row["c8"]
-            ratios = []
-            throughput_ratios = []
-            for peer in order:
-                peer_row = rows.get(peer)
-                if peer == target or not peer_row or "unavailable" in peer_row:
-                    continue
-                if c1.get("p50_ms") and peer_row["c1"].get("p50_ms"):
-                    ratios.append(f"{peer} {c1['p50_ms'] / peer_row['c1']['p50_ms']:.2f}")
-                if c8.get("runs_per_second") and peer_row["c8"].get("runs_per_second"):
-                    throughput_ratios.append(f"{peer} {c8['runs_per_second'] / peer_row['c8']['runs_per_second']:.2f}")
-            errors = c1.get("errors", 0) + c8.get("errors", 0)
-            nan = float("nan")
             line = f"{function:<14}{target:<10}"
-            line += f"{c1.get('p50_ms', nan):>9.1f}{c1.get('p95_ms', nan):>9.1f}{c1.get('p99_ms', nan):>9.1f}"
-            line += f"{c8.get('runs_per_second', 0):>12.1f}  {'; '.join(ratios):<36}{'; '.join(throughput_ratios)}"
+            line += f"{c1.get('p50_ms', nan):>9.2f}{c1.get('p95_ms', nan):>9.2f}{c1.get('p99_ms', nan):>9.2f}"
+            line += f"{c8.get('runs_per_second', 0):>12.1f}"
+            errors = c1.get("errors", 0) + c8.get("errors", 0)
             if errors:
-                line += f"  ({errors} errors: {c1.get('first_error') or c8.get('first_error')})"
+                line += f"  {errors}: {c1.get('first_error') or c8.get('first_error')}"
             lines.append(line)
+        lines.append("")
+    lines.append("Ratios: p50 latency (lower is better) / runs per second at c=8 (higher is better),")
+    lines.append("row target divided by column target.")
+    for function in SCRIPTS:
+        rows = {t: r for t, r in results[function].items() if "unavailable" not in r}
+        present = [t for t in order if t in rows]
+        lines.append(f"{function:<14}" + "".join(f"{'/' + t:>17}" for t in present))
+        for target in present:
+            cells = []
+            for peer in present:
+                a, b = rows[target], rows[peer]
+                p50 = a["c1"].get("p50_ms", nan) / b["c1"].get("p50_ms", nan) if b["c1"].get("p50_ms") else nan
+                rps = a["c8"]["runs_per_second"] / b["c8"]["runs_per_second"] if b["c8"]["runs_per_second"] else nan
+                cells.append(f"{p50:>8.2f}/{rps:<8.2f}")
+            lines.append(f"  {target:<12}" + "".join(f"{cell:>17}" for cell in cells))
         lines.append("")
     return "\n".join(lines)
 

@@ -160,6 +160,8 @@ OMLWEB_RUNNER_ISOLATION = env_str("OMLWEB_RUNNER_ISOLATION", "auto")
 OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot", "pyarrow.parquet"])
 OMLWEB_RUNNER_MAX_CONCURRENT = env_int("OMLWEB_RUNNER_MAX_CONCURRENT", 4, minimum=1)
 OMLWEB_RUNNER_QUEUE_TIMEOUT = env_float("OMLWEB_RUNNER_QUEUE_TIMEOUT", 5.0)
+# An environment's warm template stops after this long without runs (0: never); the default one stays.
+OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS = env_float("OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS", 600.0)
 
 # Environments (docs/environments.md): admins define them; each worker host builds them here.
 OMLWEB_ENVS_DIR = Path(env_str("OMLWEB_ENVS_DIR", str(DATA_DIR / "envs"))).resolve()
@@ -168,12 +170,14 @@ OMLWEB_ENV_BUILDER = env_str("OMLWEB_ENV_BUILDER", "auto")
 # Interpreters offered besides those found on the host (/usr/bin, /usr/local/bin, pyenv, the service's own).
 OMLWEB_ENV_PYTHONS = env_list("OMLWEB_ENV_PYTHONS", [])
 # What the runner needs in every environment, pinned to the versions the service itself runs.
-# pyarrow: the rows of table/row/group-apply reach the function as Parquet.
+# pyarrow reads the rows of apply runs (table, row and group apply).
 OMLWEB_ENV_RUNNER_PACKAGES = env_list("OMLWEB_ENV_RUNNER_PACKAGES", ["numpy", "pandas", "matplotlib", "pyarrow"])
 # Package sources of builds: extra folders or URLs of wheels, and whether to use only those.
 OMLWEB_ENV_FIND_LINKS = env_list("OMLWEB_ENV_FIND_LINKS", [])
 OMLWEB_ENV_NO_INDEX = env_bool("OMLWEB_ENV_NO_INDEX", False)
 OMLWEB_ENV_BUILD_TIMEOUT = env_float("OMLWEB_ENV_BUILD_TIMEOUT", 1800.0)
+# Installing from source distributions runs their setup code in the worker, with its rights.
+OMLWEB_ENV_SOURCE_BUILDS = env_bool("OMLWEB_ENV_SOURCE_BUILDS", False)
 
 # Datasets and the input queries of apply runs (docs/datasets.md).
 OMLWEB_DATASET_MAX_UPLOAD_MB = env_int("OMLWEB_DATASET_MAX_UPLOAD_MB", 500, minimum=1)

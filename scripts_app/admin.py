@@ -1,6 +1,16 @@
 from django.contrib import admin
 
-from scripts_app.models import AccessToken, Dataset, DatasetGrant, Run, RunImage, Script, ScriptGrant, ScriptVersion
+from scripts_app.models import (
+    AccessToken,
+    Dataset,
+    DatasetGrant,
+    Environment,
+    Run,
+    RunImage,
+    Script,
+    ScriptGrant,
+    ScriptVersion,
+)
 
 
 class ScriptVersionInline(admin.TabularInline):
@@ -85,3 +95,19 @@ class DatasetAdmin(admin.ModelAdmin):
         "updated_at",
     )
     inlines = (DatasetGrantInline,)
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(admin.ModelAdmin):
+    """Read-only here: environments are built through their own pages and API, which queue the build."""
+
+    list_display = ("name", "status", "python_version", "package_count", "generation", "build_finished_at")
+    list_filter = ("status",)
+    search_fields = ("name", "description", "packages")
+    readonly_fields = [field.name for field in Environment._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -21,6 +21,7 @@ class ScriptsAppConfig(AppConfig):
             isolation=settings.OMLWEB_RUNNER_ISOLATION,
             mode=settings.OMLWEB_RUNNER_MODE,
             data_dirs_to_hide=service_data_dirs(),
+            template_idle_seconds=settings.OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS,
         )
 
 

@@ -108,7 +108,7 @@ class RunForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 5, "class": "code", "spellcheck": "false"}),
         label="Parameters (a JSON object of keyword arguments)",
     )
-    env_name = forms.ChoiceField(label="Environment")
+    env_name = forms.ChoiceField(label="Environment", help_text="Only environments that are built (READY) are offered.")
     service = forms.ChoiceField(choices=ServiceLevel.choices, initial=ServiceLevel.LOW, label="Service level")
     graphics = forms.BooleanField(required=False, initial=True, label="Capture graphics (matplotlib figures)")
     execution = forms.ChoiceField(
@@ -116,6 +116,17 @@ class RunForm(forms.Form):
         initial="sync",
         widget=forms.RadioSelect,
         label="Execution",
+    )
+    # Oracle's bounds for an async job's timeout; the API uses the same.
+    job_timeout = forms.IntegerField(
+        required=False,
+        min_value=1800,
+        max_value=43200,
+        label="Job time limit (seconds)",
+        help_text="Jobs only: 1800 to 43200. Empty: the service's default.",
+    )
+    comments = forms.CharField(
+        required=False, max_length=4000, label="Job comments", help_text="Jobs only: a note kept with the run."
     )
     # OML's four data endpoints (docs/datasets.md).
     kind = forms.ChoiceField(
@@ -177,7 +188,6 @@ class RunForm(forms.Form):
         *args,
         signature: Signature | None,
         environments: list[str] | None = None,
-        jobs_available: bool = True,
         datasets: list[tuple[str, str]] | None = None,
         **kwargs,
     ) -> None:
@@ -187,8 +197,6 @@ class RunForm(forms.Form):
         environments = environments or [DEFAULT_ENVIRONMENT]
         self.fields["env_name"].choices = [(name, name) for name in environments]
         self.fields["env_name"].initial = environments[0]
-        if not jobs_available:
-            self.fields["execution"].choices = [("sync", "Run now and wait")]
         self.parameter_fields: list[str] = []
         for parameter in signature.parameters if signature else []:
             name = self.PARAMETER_PREFIX + parameter.name

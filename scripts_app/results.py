@@ -41,13 +41,25 @@ def cell_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def as_csv(table: Table) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(table.columns)
+    writer.writerow([_csv_text(column) for column in table.columns])
     for row in table.rows:
-        writer.writerow([cell_text(cell) for cell in row])
+        writer.writerow([_csv_text(cell) for cell in row])
     return out.getvalue()
+
+
+def _csv_text(value: Any) -> str:
+    text = cell_text(value)
+    # Numbers stay numbers (-1 is not a formula); text that a spreadsheet would evaluate is quoted.
+    if isinstance(value, str) and text.startswith(_FORMULA_STARTS):
+        return "'" + text
+    return text
 
 
 def as_pretty_json(value: Any) -> str:

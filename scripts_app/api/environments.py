@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,6 +20,7 @@ from scripts_app.services import environments
 ERRORS = dict.fromkeys((400, 401, 403, 404, 409), OpenApiTypes.OBJECT)
 
 
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
 class PackagesField(serializers.Field):
     """Requirement lines: one string (as a requirements file) or a list of strings."""
 

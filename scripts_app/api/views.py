@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from django.contrib.auth import authenticate, get_user_model
 from django.db import transaction
 from django.urls import reverse
@@ -120,8 +122,11 @@ class DoEvalView(APIView):
         return execute(request, version, script, data)
 
 
-def execute(request: Request, version: str, script, data: dict) -> Response:
-    """What every execution endpoint does with a checked body: run now, or submit an async job."""
+def execute(request: Request, version: str, script, data: dict, create=runs.run_create) -> Response:
+    """What every execution endpoint does with a checked body: run now, or submit an async job.
+
+    `create` records the run: `runs.run_create` for do-eval, `apply.apply_create` with its kind and input.
+    """
     common = {
         "script": script,
         "user": request.user,
@@ -132,8 +137,10 @@ def execute(request: Request, version: str, script, data: dict) -> Response:
         "client_address": client_address(request),
     }
     if not data["asyncFlag"]:
-        return Response(runs.oml_result(runs.run_sync(**common)))
-    run = jobs.job_submit(**common, timeout_seconds=data.get("timeout"), comments=data.get("comments", ""))
+        return Response(runs.oml_result(runs.run_execute(run=create(**common))))
+    run = jobs.job_submit(
+        create=create, **common, timeout_seconds=data.get("timeout"), comments=data.get("comments", "")
+    )
     # Oracle: 201, no body, and the job's absolute URL in Location, which clients poll as it is.
     return Response(status=201, headers={"Location": job_url(request, version, run)})
 
@@ -276,30 +283,18 @@ class ApplyView(APIView):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
-        fields = {
-            "kind": self.kind,
-            "script": script,
-            "user": request.user,
-            "input_query": data.get("input", ""),
-            "rows": data.get("rows"),
-            "group_by": data.get("groupBy"),
-            "order_by": data.get("orderBy"),
-            "times": data.get("times"),
-            "parallel_flag": data.get("parallelFlag", False),
-            "parallel": data.get("parallel"),
-            "parameters": data["parameters"],
-            "graphics": data["graphicsFlag"],
-            "env_name": data.get("envName"),
-            "service": data["service"],
-            "client_address": client_address(request),
-        }
-        if not data["asyncFlag"]:
-            run = apply.apply_create(**fields)
-            return Response(runs.oml_result(runs.run_execute(run=run)))
-        run = apply.apply_create(
-            **fields, asynchronous=True, timeout_seconds=data.get("timeout"), comments=data.get("comments", "")
+        create = functools.partial(
+            apply.apply_create,
+            kind=self.kind,
+            input_query=data.get("input", ""),
+            rows=data.get("rows"),
+            group_by=data.get("groupBy"),
+            order_by=data.get("orderBy"),
+            times=data.get("times"),
+            parallel_flag=data.get("parallelFlag", False),
+            parallel=data.get("parallel"),
         )
-        return Response(status=201, headers={"Location": job_url(request, version, run)})
+        return execute(request, version, script, data, create=create)
 
 
 def _apply_view(kind: str, serializer: type[ExecutionRequestSerializer], summary: str) -> type[ApplyView]:

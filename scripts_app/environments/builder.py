@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = ".omlweb-env.json"
+SUPERSEDED = ".omlweb-superseded"
 # Bump when the way environments are built changes, so every host builds them anew.
 FORMAT = 1
 
@@ -87,6 +88,8 @@ class Options:
     find_links: tuple[str, ...] = ()
     no_index: bool = False
     timeout: float = 1800.0
+    # Building a package from source runs its setup code with the worker's rights: off by default.
+    source_builds: bool = False
 
 
 @dataclass
@@ -215,6 +218,8 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
             sources = [f"--find-links={link}" for link in options.find_links]
         if options.no_index:
             sources.append("--no-index")
+        if not options.source_builds:
+            sources.append("--only-binary=:all:")
         if spec.lock:
             lock_file = path / "omlweb-install-lock.txt"
             lock_file.write_text(_requirement_lines(spec.lock))
@@ -235,7 +240,7 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
     lock = f"# python {version.strip()}\n" + "".join(f"{line}\n" for line in packages)
     (path / "omlweb-lock.txt").write_text(lock)
     _open_to_everyone(path)
-    size = _size(path)
+    size = folder_size(path)
     marker = {
         "spec_hash": spec.hash,
         "lock_sha256": lock_sha256(lock),
@@ -259,8 +264,12 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
     )
 
 
-def remove_other_generations(root: Path, name: str, keep: str | None, *, older_than: float) -> list[Path]:
-    """Delete this host's folders of environment `name` other than `keep`, unused for `older_than` seconds."""
+def remove_other_generations(root: Path, name: str, keep: str | None, *, grace: float | None) -> list[Path]:
+    """Delete this host's folders of environment `name` other than `keep`.
+
+    A folder is first marked superseded, and deleted by a later call once `grace` seconds have passed
+    since: runs that started before the rebuild still import from it. `grace=None` deletes at once.
+    """
     removed = []
     if not root.is_dir():
         return removed
@@ -268,8 +277,16 @@ def remove_other_generations(root: Path, name: str, keep: str | None, *, older_t
     for path in root.iterdir():
         if path.name == keep or not path.is_dir() or path.name.rpartition("-")[0] != name:
             continue
-        if now - path.stat().st_mtime < older_than:
-            continue
+        superseded = path / SUPERSEDED
+        if grace is not None:
+            try:
+                since = superseded.stat().st_mtime
+            except FileNotFoundError:
+                with contextlib.suppress(OSError):
+                    superseded.touch()
+                continue
+            if now - since < grace:
+                continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
@@ -354,7 +371,7 @@ def _open_to_everyone(path: Path) -> None:
     os.chmod(path, 0o755)
 
 
-def _size(path: Path) -> int:
+def folder_size(path: Path) -> int:
     total = 0
     for folder_path, _, files in os.walk(path):
         for name in files:

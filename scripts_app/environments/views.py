@@ -37,7 +37,7 @@ class EnvironmentForm(forms.Form):
         required=False,
         widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "placeholder": "seaborn\nscikit-learn==1.7.2"}),
         help_text="One requirement per line, pins allowed (requirements.txt syntax, no options). "
-        "numpy, pandas and matplotlib are always installed, at the service's versions.",
+        "numpy, pandas, matplotlib and pyarrow are always installed, at the service's versions.",
     )
     python = forms.ChoiceField(label="Python")
 
@@ -107,8 +107,9 @@ def environment_detail(request: HttpRequest, name: str) -> HttpResponse:
     environment = _environment_or_404(name)
     if getattr(request, "htmx", False) and request.GET.get("part") == "build":
         # The live log: polled while the build runs, then one last answer that stops the polling.
-        response = render(request, "environments/detail.html#build", {"environment": environment})
-        if environment.status != Environment.Status.BUILDING:
+        context = {"environment": environment, "build_lost": environments.build_seems_lost(environment)}
+        response = render(request, "environments/detail.html#build", context)
+        if environment.status != Environment.Status.BUILDING or context["build_lost"]:
             return HttpResponseStopPolling(response.content)
         return response
     initial = {
@@ -135,6 +136,7 @@ def environment_detail(request: HttpRequest, name: str) -> HttpResponse:
     context = {
         "base_template": base_template(),
         "environment": environment,
+        "build_lost": environments.build_seems_lost(environment),
         "form": form,
         "in_use": in_use,
         "size": human_size(environment.size_bytes) if environment.size_bytes is not None else None,

@@ -7,7 +7,17 @@ from scripts_app.runner.config import Settings, configure
 from scripts_app.runner.execution import run
 from scripts_app.runner.report import isolation_report, shutdown, warm_up
 from scripts_app.runner.source import ScriptSourceError, entry_function
-from scripts_app.runner.types import DataInput, Failure, Figure, Job, Limits, Outcome, Result, RunnerBusy
+from scripts_app.runner.types import (
+    DataInput,
+    Failure,
+    Figure,
+    Job,
+    Limits,
+    Outcome,
+    Result,
+    RunnerBusy,
+    RunnerUnavailable,
+)
 
 __all__ = [
     "DataInput",
@@ -18,6 +28,7 @@ __all__ = [
     "Outcome",
     "Result",
     "RunnerBusy",
+    "RunnerUnavailable",
     "ScriptSourceError",
     "Settings",
     "configure",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import selectors
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from scripts_app.runner import config
+from scripts_app.runner.source import imports_only_stdlib
 from scripts_app.runner.templates import (
     HARNESS,
     Template,
@@ -36,6 +38,16 @@ DRAIN_GRACE_SECONDS = 1.0
 # Extra seconds the parent waits beyond the wall-clock limit for the template to report the kill.
 BACKSTOP_SECONDS = 5.0
 READ_CHUNK = 1 << 20
+# Larger pipes mean fewer wake-ups of both sides for a large result or a lot of output.
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = 1031
+
+
+def _pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_BYTES)
+    return read_end, write_end
 
 
 class _Capture:
@@ -180,14 +192,15 @@ class _Watch:
 
     def complete_payload(self) -> bool:
         """Whether every pipe is closed and the result document is whole."""
-        if self.open_fds or not self.result or self.result_overflow:
+        if self.open_fds:
             return False
-        if self.payload is None:
-            try:
-                self.payload = json.loads(self.result)
-            except ValueError:
-                return False
-        return True
+        return self.parse_payload() is not None
+
+    def parse_payload(self) -> dict | None:
+        """The result document, or None when it is missing, cut short or over its cap."""
+        if self.payload is None and self.result and not self.result_overflow:
+            self.payload = _parse_document(bytes(self.result))
+        return self.payload
 
     def drain(self, deadline: float) -> None:
         while self.open_fds and time.monotonic() < deadline:
@@ -201,6 +214,21 @@ class _Watch:
         self.selector.close()
 
 
+def _parse_document(raw: bytes) -> dict | None:
+    first, last = raw.find(b"\n"), raw.rfind(b"\n")
+    if first < 0 or last == first:
+        return None
+    try:
+        payload = json.loads(raw[:first])
+        value_json = raw[first + 1 : last].decode("utf-8", "surrogatepass")
+        payload["value"] = json.loads(value_json)
+        payload["value_json"] = value_json
+        payload["figures"] = json.loads(raw[last + 1 :])
+    except ValueError:
+        return None
+    return payload
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -211,12 +239,7 @@ def _signal_name(number: int) -> str:
 def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Result:
     limits = job.limits
     result = Result(outcome=Outcome.FAILED, stdout=watch.stdout.text(), stderr=watch.stderr.text())
-    payload = watch.payload
-    if payload is None and watch.result and not watch.result_overflow:
-        try:
-            payload = json.loads(watch.result)
-        except ValueError:
-            payload = None
+    payload = watch.parse_payload()
     status = ending.status
     signalled = status is not None and os.WIFSIGNALED(status)
     killed_by_us = ending.reason is not None and (payload is None or signalled)
@@ -234,7 +257,8 @@ def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Resul
             result.failure = Failure(payload["failure"])
         result.error_message = payload.get("error_message", "")
         result.traceback = payload.get("traceback", "")
-        result.value = payload.get("value")
+        result.value = payload["value"]
+        result.value_json = payload["value_json"]
         result.figures = [
             Figure(png=base64.b64decode(figure["png"]), title=figure.get("title")) for figure in payload["figures"]
         ]
@@ -295,9 +319,9 @@ def _watch_until_end(
 def _run_cold(job: Job, is_cancelled, started: float) -> Result:
     """A new interpreter for this run: slow to start (imports), but needs nothing else."""
     workdir = tempfile.mkdtemp(prefix="omlweb-run-")
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = _pipe()
+    err_r, err_w = _pipe()
+    res_r, res_w = _pipe()
     env = {
         **base_env(),
         "HOME": workdir,
@@ -369,9 +393,9 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
     exit is then awaited by the reaper, which frees the run's slot (`release`) and uid.
     """
     job_r, job_w = os.pipe2(os.O_CLOEXEC)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = _pipe()
+    err_r, err_w = _pipe()
+    res_r, res_w = _pipe()
     ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     uid = uid_fd = None
     if template.uses_run_uid and registry.uid_pool is not None:
@@ -388,6 +412,9 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
     try:
         try:
             template.submit(header, [job_r, out_w, err_w, res_w, ctl_child.fileno()])
+        except OSError:
+            # It exited just now (idle, or died): run() starts it again.
+            raise _TemplateLost from None
         finally:
             for fd in (job_r, out_w, err_w, res_w):
                 os.close(fd)
@@ -527,6 +554,17 @@ _slots: threading.BoundedSemaphore | None = None
 _slots_size = 0
 
 
+def _fresh_state_in_forked_child() -> None:
+    global reaper, _slots_lock, _slots, _slots_size
+    reaper = _Reaper()
+    _slots_lock = threading.Lock()
+    _slots = None
+    _slots_size = 0
+
+
+os.register_at_fork(after_in_child=_fresh_state_in_forked_child)
+
+
 def _slot_semaphore() -> threading.BoundedSemaphore:
     global _slots, _slots_size
     settings = config.current()
@@ -535,6 +573,10 @@ def _slot_semaphore() -> threading.BoundedSemaphore:
             _slots = threading.BoundedSemaphore(settings.max_concurrent)
             _slots_size = settings.max_concurrent
         return _slots
+
+
+def _light(job: Job, settings: config.Settings) -> bool:
+    return settings.light_template and not job.graphics and imports_only_stdlib(job.source)
 
 
 def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
@@ -565,7 +607,7 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
         network = settings.network or job.limits.network
         for attempt in (1, 2):
             try:
-                template = registry.get(python, network)
+                template = registry.get(python, network, light=_light(job, settings))
                 started = time.monotonic()  # a template's start-up is not part of the run
             except TemplateError:
                 if settings.isolation != "auto":

@@ -7,9 +7,9 @@ when the user's code has already loaded them). Two entry points:
     python -I harness.py cold RESULT_FD        one run; the job arrives as JSON on stdin
     python -I harness.py zygote CONTROL_FD     a warm template that forks one child per run
 
-The result travels on its own pipe (never stdout): one JSON document
-`{"outcome", "failure", "error_message", "traceback", "value", "figures": [{"title", "png"}]}`
-with the PNG bytes in base64.
+The result travels on its own pipe (never stdout), as three lines: a JSON object
+`{"outcome", "failure", "error_message", "traceback"}`, the return value's JSON text, and a JSON
+list of figures `[{"title", "png"}]` with the PNG bytes in base64.
 """
 
 from __future__ import annotations
@@ -359,8 +359,9 @@ def execute(job: dict, result_fd: int) -> None:
         value_text = "null"
         figures = []
     _flush_std_streams()
-    head = json.dumps(meta, ensure_ascii=False)
-    document = head[:-1] + ',"value":' + value_text + ',"figures":' + json.dumps(figures) + "}"
+    # Three lines: the outcome, the value's JSON text as is (so the service can pass it on without
+    # decoding and encoding it again), the figures. JSON text holds no raw newline.
+    document = json.dumps(meta, ensure_ascii=False) + "\n" + value_text + "\n" + json.dumps(figures)
     _write_all(result_fd, document.encode("utf-8", "surrogatepass"))
     os.close(result_fd)
 
@@ -420,15 +421,33 @@ def _preload(modules: list[str]) -> list[str]:
             # An environment without one of them still runs; its runs import what they need.
             continue
         loaded.append(name)
+    _warm_up()
+    return loaded
+
+
+def _warm_up() -> None:
+    """Exercise the preloaded libraries once, so what they load or cache lazily on first use
+    (fonts, pandas' pyarrow string conversions, the JSON writer) is in the template, not paid again
+    by every run."""
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        frame = pd.DataFrame(
+            {"n": [1, 2], "x": [0.5, None], "s": ["a", "b"], "d": pd.date_range("2024-01-01", periods=2)}
+        )
+        frame.to_json(orient="records", date_format="iso", double_precision=15)
+        frame["s"].to_json(orient="values")
+        frame.describe()
+        frame.groupby("s")["n"].sum()
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
-        # Draw and save one throwaway figure so fonts and lazy imports are loaded before forking.
         figure, axes = plt.subplots()
         axes.plot([0, 1], [0, 1])
+        axes.bar([0, 1], [1, 2])
+        axes.scatter([0, 1], [1, 0])
         axes.set_title("warm-up")
+        figure.suptitle("warm-up")
         figure.savefig(io.BytesIO(), format="png")
         plt.close("all")
-    return loaded
 
 
 def _probe(action) -> bool:
@@ -553,12 +572,17 @@ def confine_filesystem(fs: dict, workdir: str) -> None:
 
 
 def drop_all_capabilities() -> None:
-    """Stay uid 0 but without any capability, now or after an exec."""
+    """Stay uid 0 but without any capability, now or after an exec.
+
+    Emptying the bounding set and locking SECBIT_NOROOT need CAP_SETPCAP, which a template in an
+    unprivileged user namespace may lack; there uid 0 maps to an unprivileged host uid anyway.
+    Emptying the current sets never needs a capability and must succeed.
+    """
     for cap in range(64):
         if libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             break
     libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    _check(libc().prctl(PR_SET_SECUREBITS, SECURE_NOROOT_ALL_LOCKED, 0, 0, 0), "securebits")
+    libc().prctl(PR_SET_SECUREBITS, SECURE_NOROOT_ALL_LOCKED, 0, 0, 0)
     header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()
     _check(libc().capset(ctypes.byref(header), ctypes.byref(data)), "capset")
@@ -705,11 +729,20 @@ def zygote_main(control_fd: int, config: dict) -> None:
 
     use_pidns = bool(config.get("pid_namespace")) and info["pid_namespace"]
     spares: list[_Spare] = []
+    # An environment's template that has served no run for this long exits; the parent starts it
+    # again on the next run there. None: stay (the service's own environment).
+    idle_seconds = config.get("idle_seconds")
+    last_active = time.monotonic()
 
     while True:
         now = time.monotonic()
         timeout = min((r.deadline for r in runs.values()), default=now + 3600) - now
-        for key, _ in selector.select(max(0.0, timeout)):
+        if idle_seconds and not runs:
+            timeout = min(timeout, last_active + idle_seconds - now)
+        events = selector.select(max(0.0, timeout))
+        if not events and idle_seconds and not runs and time.monotonic() - last_active >= idle_seconds:
+            os._exit(0)
+        for key, _ in events:
             if key.data == "control":
                 message, fds, _, _ = socket.recv_fds(control, 1 << 16, 8)
                 if not message:
@@ -749,6 +782,8 @@ def zygote_main(control_fd: int, config: dict) -> None:
             elif key.data[0] == "exit":
                 finish(key.data[1])
         now = time.monotonic()
+        if runs:
+            last_active = now
         for run in list(runs.values()):
             if now >= run.deadline:
                 run.kill("timeout")

@@ -53,6 +53,7 @@ def _template_summary(template) -> dict:
         "runs": template.runs,
         "started_at": template.started_at,
         "interpreter_version": template.info.get("version"),
+        "light": not template.preload,
         "preloaded": template.info.get("preloaded", []),
         "run_uid": template.uses_run_uid,
         "run_pid_namespace": template.uses_pid_namespace,
@@ -64,6 +65,8 @@ def warm_up(python: str | None = None) -> None:
     settings = config.current()
     if settings.mode == "zygote":
         registry.get(python or default_python(), settings.network)
+        if settings.light_template:
+            registry.get(python or default_python(), settings.network, light=True)
 
 
 def isolation_report() -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import functools
+import sys
 
 
 class ScriptSourceError(ValueError):
@@ -35,3 +37,31 @@ def entry_function(source: str, script_name: str) -> str:
         if function.name == script_name:
             return function.name
     return functions[0].name
+
+
+@functools.lru_cache(maxsize=512)
+def imports_only_stdlib(source: str) -> bool:
+    """Whether every import in the source, anywhere in it, is of a standard-library module.
+
+    A script that imports dynamically (`__import__`, `importlib.import_module`) counts as not.
+    """
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return True  # it fails at once wherever it runs
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                return False
+            names = [node.module or ""]
+        elif (isinstance(node, ast.Name) and node.id == "__import__") or (
+            isinstance(node, ast.Attribute) and node.attr == "import_module"
+        ):
+            return False
+        else:
+            continue
+        if any(name.partition(".")[0] not in sys.stdlib_module_names for name in names):
+            return False
+    return True

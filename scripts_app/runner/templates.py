@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts_app.runner import config
+from scripts_app.runner.types import RunnerUnavailable
 
 logger = logging.getLogger("scripts_app.runner")
 
@@ -58,6 +59,12 @@ def base_env() -> dict[str, str]:
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "MPLBACKEND": "Agg",
+        # glibc reserves 64 MiB of address space per thread arena; with RLIMIT_AS bounding address
+        # space, a few threads would otherwise exhaust it without using any memory.
+        "MALLOC_ARENA_MAX": "2",
+        # pyarrow (pandas' string dtype) would reserve 1 GiB of address space for mimalloc on the
+        # first string column, which alone hits a 1 GiB RLIMIT_AS.
+        "ARROW_DEFAULT_MEMORY_POOL": "system",
         **THREAD_ENV,
     }
 
@@ -127,7 +134,10 @@ def bwrap_command(settings: config.Settings, interp: Interpreter, network: bool)
         for cap in ("SETUID", "SETGID", "SYS_ADMIN", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWNER"):
             args += ["--cap-add", f"CAP_{cap}"]
     else:
-        args += ["--unshare-user", "--uid", "0", "--gid", "0", "--cap-add", "CAP_SYS_ADMIN"]
+        # Unprivileged: uid 0 inside a user namespace, mapped to the service's own uid outside.
+        # SYS_ADMIN for a PID namespace per run, SETPCAP so a run can drop every capability.
+        args += ["--unshare-user", "--uid", "0", "--gid", "0"]
+        args += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]
     args += ["--clearenv"]
     for name, value in base_env().items():
         args += ["--setenv", name, value]
@@ -160,8 +170,8 @@ def bwrap_command(settings: config.Settings, interp: Interpreter, network: bool)
     return args
 
 
-class TemplateError(RuntimeError):
-    pass
+class TemplateError(RunnerUnavailable):
+    """A template could not start, or died twice before starting a run."""
 
 
 class UidPool:
@@ -197,6 +207,8 @@ class Template:
     network: bool
     level: str
     settings: config.Settings
+    # Modules imported before forking; empty for the light template of stdlib-only scripts.
+    preload: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
     sock: socket.socket | None = None
     info: dict = field(default_factory=dict)
@@ -225,7 +237,8 @@ class Template:
             cwd = self.workroot
             env = {**base_env(), "HOME": self.workroot, "MPLCONFIGDIR": os.path.join(self.workroot, ".matplotlib")}
         template_config = {
-            "preload": list(settings.preload),
+            "idle_seconds": (settings.template_idle_seconds or None) if self.python != default_python() else None,
+            "preload": list(self.preload),
             "workroot": self.workroot,
             "probe_uid": settings.run_uid_base if is_root() and self.level != "process" else None,
             "pid_namespace": self.level != "process",
@@ -322,7 +335,7 @@ class Template:
 
 
 class Registry:
-    """The templates of this process, one per (interpreter, network), started lazily."""
+    """The templates of this process, one per (interpreter, network, light), started lazily."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -347,8 +360,9 @@ class Registry:
         levels.append("process")
         return levels
 
-    def get(self, python: str, network: bool) -> Template:
-        key = (python, network)
+    def get(self, python: str, network: bool, *, light: bool = False) -> Template:
+        """The template for runs in `python`; `light` is the one that preloads nothing."""
+        key = (python, network, light)
         with self.lock:
             template = self.templates.get(key)
             if template is not None and self._healthy(template, key):
@@ -360,7 +374,8 @@ class Registry:
             levels = [self.level] if self.level else self.candidate_levels(settings)
             errors = []
             for level in levels:
-                template = Template(python=python, network=network, level=level, settings=settings)
+                preload = () if light else settings.preload
+                template = Template(python, network, level, settings, preload=preload)
                 try:
                     template.start()
                 except (TemplateError, OSError, subprocess.SubprocessError, ValueError) as exc:
@@ -415,9 +430,22 @@ class Registry:
 registry = Registry()
 
 
+def _forget_templates_in_forked_child() -> None:
+    # A process forked from one that already runs templates (a Celery prefork pool, a gunicorn
+    # worker forked after import) must start its own: the templates, their sockets and locks
+    # belong to the parent. Dropping our copies of the sockets does not disturb the parent.
+    registry.lock = threading.Lock()
+    registry.templates = {}
+    registry.checked_at = {}
+
+
+os.register_at_fork(after_in_child=_forget_templates_in_forked_child)
+
+
 # Settings a running template depends on; changing any of them restarts the templates.
 TEMPLATE_SETTINGS = (
     "preload",
+    "light_template",
     "network",
     "data_dirs_to_hide",
     "isolation",

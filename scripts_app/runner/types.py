@@ -112,6 +112,8 @@ class Result:
     error_message: str = ""
     traceback: str = ""
     duration_seconds: float = 0.0
+    # The same value as JSON text, as the child wrote it: pass it on without encoding it again.
+    value_json: str = "null"
 
     @property
     def succeeded(self) -> bool:
@@ -120,3 +122,7 @@ class Result:
 
 class RunnerBusy(Exception):
     """Every run slot of this process is taken and none freed up in time."""
+
+
+class RunnerUnavailable(RuntimeError):
+    """No run can start: the isolation level asked for (not "auto") is not available here."""

@@ -30,7 +30,7 @@ from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
 from scripts_app.services import environments, queries
-from scripts_app.services.runs import function_kwargs, limits_from_settings, run_create
+from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +98,11 @@ def apply_create(
     times: int | None = None,
     parallel_flag: bool = False,
     parallel: int | None = None,
-    asynchronous: bool = False,
     **run_fields,
 ) -> Run:
-    """Check an apply request and record it as a QUEUED run, or submit it as an async job.
+    """Check an apply request and record it as a QUEUED run. A bad query is a BadRequest here already.
 
-    A bad query is a BadRequest here already, before anything is recorded. `run_fields` are
-    `run_create`'s (with `asynchronous`, `job_submit`'s: `timeout_seconds`, `comments` too).
+    `run_fields` are `run_create`'s; `jobs.job_submit(create=...)` calls this for an async job.
     """
     if kind in DATA_KINDS:
         queries.Query(caller=user, text=input_query)  # parse and name checks, before anything is recorded
@@ -120,20 +118,11 @@ def apply_create(
         "parallel": parallel,
     }
     with transaction.atomic():
-        if asynchronous:
-            from scripts_app.services.jobs import job_submit
-
-            # job_submit publishes the id on commit: of this outer transaction, so after the fields below.
-            version = run_fields.pop("version", None)
-            run = job_submit(script=script, user=user, **run_fields)
-            if version is not None:
-                run.script_version = version  # an older version chosen on the run page
-        else:
-            run = run_create(script=script, user=user, **run_fields)
+        run = run_create(script=script, user=user, **run_fields)
         run.kind = kind
         run.input_query = input_query if kind in DATA_KINDS else ""
         run.apply_options = {key: value for key, value in options.items() if value not in (None, [])}
-        run.save(update_fields=["kind", "input_query", "apply_options", "script_version"])
+        run.save(update_fields=["kind", "input_query", "apply_options"])
     return run
 
 
@@ -201,16 +190,6 @@ def _group_pieces(query: queries.Query, options: dict) -> list[Piece]:
     return pieces
 
 
-def _environment_python(run: Run) -> str | None:
-    """The interpreter of the run's environment, as run_execute finds it (an OmlError when it is gone)."""
-    environment = run.environment
-    if environment is None and run.env_name != environments.DEFAULT_ENVIRONMENT:
-        raise OmlError(
-            f"Environment {run.env_name!r} was deleted before the run started.", code=ErrorCode.UNKNOWN_ENVIRONMENT
-        )
-    return environments.environment_python(environment)
-
-
 def build_pieces(run: Run) -> list[Piece]:
     """Split the run's input into pieces: runs the input query (BadRequest when it fails)."""
     options = run.apply_options
@@ -248,7 +227,7 @@ def _run_pieces(
     deadline: float,
     is_cancelled: Callable[[], bool] | None,
     limits: runner.Limits,
-    python: str | None,
+    python: str | None = None,
 ) -> Piece | None:
     """Run every piece, `degree` at once; returns the first piece that failed, if any."""
     version = run.script_version
@@ -357,14 +336,12 @@ def apply_execute(
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
     claimed: bool = False,
-    holder: Callable[[], Run | None] | None = None,
-) -> Run | None:
+) -> Run:
     """Run an apply run to its end and record the outcome, with each piece's timings.
 
-    `limits` are each piece's (the wall clock is what is left of the run's). The async worker passes
-    `claimed` (it marked the run RUNNING) and `holder`, which gives the row locked while this attempt
-    still holds it, else None: then the outcome is dropped and None returned. A claimed run whose
-    pieces found no free runner slot raises RunnerBusy unrecorded, for the worker to requeue.
+    `limits` are each piece's (the wall clock is what is left of the run's); `claimed` says the
+    caller (the async worker) already marked the run RUNNING. Recording an outcome of an async run
+    that was taken from this attempt raises runs.RunTakenAway (runs._finish).
     """
     if not claimed:
         run.status = Run.Status.RUNNING
@@ -372,20 +349,16 @@ def apply_execute(
         run.save(update_fields=["status", "started_at"])
     deadline = time.monotonic() + _wall_seconds(run)
     try:
-        python = _environment_python(run)
+        # The run's environment (issue 6); this host builds its copy first if it has none.
+        python = environments.python_for_run(run)
         pieces = build_pieces(run)
     except OmlError as error:
-        with transaction.atomic():
-            if holder is not None and holder() is None:
-                return None
-            _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
         return run
     except Exception as error:
         logger.exception("Run %s: preparing the input failed", run.pk)
-        with transaction.atomic():
-            if holder is None or holder() is not None:
-                message = f"The service failed to prepare the input: {error}"
-                _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
+        message = f"The service failed to prepare the input: {error}"
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
         raise
     options = run.apply_options
     degree = degree_for(
@@ -399,15 +372,8 @@ def apply_execute(
     failed = _run_pieces(
         run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base, python=python
     )
-    busy = failed is not None and failed.status == "BUSY"
-    if busy and claimed:
-        raise runner.RunnerBusy(failed.result.error_message)
-    with transaction.atomic():
-        if holder is not None and holder() is None:
-            logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
-            return None
-        _record(run, pieces, failed)
-    if busy:
+    _record(run, pieces, failed)
+    if failed is not None and failed.status == "BUSY":
         raise Busy(Busy.busy_message)
     return run
 
@@ -467,30 +433,6 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
             error_message=f"{where} failed: {message}",
             traceback=f"{where} failed:\n{result.traceback}" if result.traceback else "",
         )
-
-
-FINISH_FIELDS = [
-    "status",
-    "finished_at",
-    "error_code",
-    "error_message",
-    "traceback",
-    "result",
-    "stdout",
-    "stderr",
-    "pieces",
-    "apply_options",
-]
-
-
-def _finish(run: Run, status: str, *, error_code: int | None = None, error_message: str = "", traceback: str = ""):
-    # Only the outcome's fields: the async worker's lease fields (heartbeat, cancel request) are not ours.
-    run.status = status
-    run.finished_at = timezone.now()
-    run.error_code = error_code
-    run.error_message = error_message
-    run.traceback = traceback
-    run.save(update_fields=FINISH_FIELDS)
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -33,8 +34,11 @@ DEFAULT_DESCRIPTION = "The service's own Python, with the packages omlweb itself
 # How much of a build's log the row keeps: the end, where the error is.
 MAX_LOG_CHARS = 200_000
 LOG_FLUSH_SECONDS = 0.5
-# A folder of an older generation is removed once nothing has touched it for this long.
-OLD_GENERATION_GRACE_SECONDS = 600
+# How long a build may wait for a worker before a BUILDING environment counts as lost.
+BUILD_QUEUE_MARGIN_SECONDS = 600
+# A folder of an older generation is removed this long after a newer one was built: longer than
+# the longest async run (43200 s), which may have started in it before the rebuild.
+OLD_GENERATION_GRACE_SECONDS = 13 * 3600
 
 
 # Reading
@@ -59,6 +63,12 @@ def environment_for_run(env_name: str | None) -> Environment | None:
             f"Unknown environment {name!r}. Environments: {', '.join(known)}.", code=ErrorCode.UNKNOWN_ENVIRONMENT
         )
     if environment.status == Environment.Status.BUILDING:
+        if build_seems_lost(environment):
+            raise BadRequest(
+                f"Environment {name!r} has been building since {environment.build_started_at:%Y-%m-%d %H:%M} UTC, "
+                "longer than a build may take: its worker probably stopped. An admin can rebuild it.",
+                code=ErrorCode.ENVIRONMENT_NOT_READY,
+            )
         raise BadRequest(
             f"Environment {name!r} is still being built; try again when it is READY.",
             code=ErrorCode.ENVIRONMENT_NOT_READY,
@@ -69,6 +79,14 @@ def environment_for_run(env_name: str | None) -> Environment | None:
             code=ErrorCode.ENVIRONMENT_NOT_READY,
         )
     return environment
+
+
+def build_seems_lost(environment: Environment) -> bool:
+    """BUILDING for longer than a build may take (plus a margin for the queue): its worker is gone."""
+    if environment.status != Environment.Status.BUILDING or environment.build_started_at is None:
+        return False
+    limit = timedelta(seconds=settings.OMLWEB_ENV_BUILD_TIMEOUT + BUILD_QUEUE_MARGIN_SECONDS)
+    return timezone.now() - environment.build_started_at > limit
 
 
 def environment_names_ready() -> list[str]:
@@ -114,7 +132,7 @@ def default_info() -> dict:
             version = ".".join(str(part) for part in sys.version_info[:3])
             lock = f"# python {version}\n" + "".join(f"{line}\n" for line in sorted(names.values(), key=str.lower))
             _default_info = {
-                "size_bytes": builder._size(Path(sys.prefix)),
+                "size_bytes": builder.folder_size(Path(sys.prefix)),
                 "package_count": len(names),
                 "python_version": version,
                 "python": sys.executable,
@@ -238,7 +256,7 @@ def environment_update(
 
 
 def environment_rebuild(*, environment: Environment) -> Environment:
-    """Build the environment afresh (a new resolve, a new folder): runs of the old one are not disturbed."""
+    """Build the environment afresh (a new resolve, a new folder); runs already in the old one go on there."""
     with transaction.atomic():
         Environment.objects.filter(pk=environment.pk).update(
             generation=F("generation") + 1,
@@ -263,13 +281,14 @@ def environment_delete(*, environment: Environment) -> None:
             )
         name = environment.name
         environment.delete()
-    builder.remove_other_generations(settings.OMLWEB_ENVS_DIR, name, None, older_than=0)
+    builder.remove_other_generations(settings.OMLWEB_ENVS_DIR, name, None, grace=None)
 
 
 def _queue_build(environment: Environment) -> None:
     from scripts_app.environments.tasks import build_environment
 
     environment_id, generation = str(environment.pk), environment.generation
+    # CELERY_TASK_ROUTES sends it to the builds queue, which every worker serves.
     transaction.on_commit(lambda: build_environment.delay(environment_id, generation))
 
 
@@ -304,6 +323,7 @@ def build_options() -> builder.Options:
         find_links=tuple(settings.OMLWEB_ENV_FIND_LINKS),
         no_index=settings.OMLWEB_ENV_NO_INDEX,
         timeout=settings.OMLWEB_ENV_BUILD_TIMEOUT,
+        source_builds=settings.OMLWEB_ENV_SOURCE_BUILDS,
     )
 
 
@@ -320,7 +340,8 @@ class _LogWriter:
         self.text += f"[{stamp}] {line[:2000]}\n"
         if len(self.text) > MAX_LOG_CHARS:
             self.text = "[... the start of the log is cut ...]\n" + self.text[-MAX_LOG_CHARS:]
-        if time.monotonic() - self.flushed_at >= LOG_FLUSH_SECONDS:
+        # A command line is written at once: the step it starts may print nothing for a while.
+        if line.startswith("$ ") or time.monotonic() - self.flushed_at >= LOG_FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -363,10 +384,28 @@ def environment_build(*, environment_id: str, generation: int) -> Environment | 
         build_finished_at=timezone.now(),
     )
     builder.remove_other_generations(
-        settings.OMLWEB_ENVS_DIR, environment.name, spec.folder_name, older_than=OLD_GENERATION_GRACE_SECONDS
+        settings.OMLWEB_ENVS_DIR, environment.name, spec.folder_name, grace=OLD_GENERATION_GRACE_SECONDS
     )
     environment.refresh_from_db()
     return environment
+
+
+def python_for_run(run: Run) -> str | None:
+    """The interpreter `run` uses on this host (None: the service's own); records the lock it runs with.
+
+    Raises an OmlError when the run's environment was deleted or cannot be built on this host.
+    """
+    environment = run.environment
+    if environment is None and run.env_name != DEFAULT_ENVIRONMENT:
+        raise BadRequest(
+            f"Environment {run.env_name!r} was deleted before the run started.", code=ErrorCode.UNKNOWN_ENVIRONMENT
+        )
+    python = environment_python(environment)
+    if environment is not None and environment.lock_id != run.env_lock_id:
+        # Rebuilt since the run was queued: record the lock it really runs with.
+        run.env_lock_id = environment.lock_id
+        run.save(update_fields=["env_lock"])
+    return python
 
 
 def environment_python(environment: Environment | None) -> str | None:

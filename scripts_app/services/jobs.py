@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -21,8 +22,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from scripts_app import roles, runner
-from scripts_app.errors import BadRequest, ErrorCode, NotFound
-from scripts_app.models import Run, RunImage, Script, ServiceLevel
+from scripts_app.errors import BadRequest, Busy, ErrorCode, NotFound
+from scripts_app.models import Run, RunImage, ServiceLevel
 from scripts_app.services import runs
 
 logger = logging.getLogger(__name__)
@@ -45,29 +46,22 @@ def service_levels() -> list[str]:
 
 def job_submit(
     *,
-    script: Script,
-    user,
-    parameters: dict,
-    graphics: bool = False,
-    env_name: str | None = None,
-    service: str = ServiceLevel.LOW,
+    create: Callable[..., Run] = runs.run_create,
     timeout_seconds: int | None = None,
     comments: str = "",
-    client_address: str | None = None,
+    **run_fields,
 ) -> Run:
-    """Record an async run, QUEUED, and publish its id once the row is committed."""
+    """Record an async run, QUEUED, and publish its id once the row is committed.
+
+    `create` records the run from `run_fields`: `runs.run_create` for do-eval, `apply.apply_create`
+    (with its kind and input) for the apply endpoints.
+    """
     with transaction.atomic():
-        run = runs.run_create(
-            script=script,
-            user=user,
-            parameters=parameters,
-            graphics=graphics,
-            env_name=env_name,
-            service=service,
+        run = create(
             mode=Run.Mode.ASYNC,
-            client_address=client_address,
             timeout_seconds=timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS,
             comments=comments,
+            **run_fields,
         )
         run.enqueued_at = run.created_at
         run.save(update_fields=["enqueued_at"])
@@ -163,64 +157,32 @@ def _delete_files(images: list[RunImage]) -> None:
 
 
 def job_execute(*, run_id: str, worker: str) -> Run | None:
-    """Claim a queued run, run it in the runner while heartbeating, record the outcome.
+    """Claim a queued run, run it (do-eval or apply) while heartbeating, record the outcome.
 
-    Returns None when there was nothing to do: the run is gone, finished, or held by another worker.
+    Returns None when there was nothing to do (the run is gone, finished, or held by another worker)
+    or when the run was taken from this attempt while it ran (deleted, or reaped and requeued).
     """
     run = job_claim(run_id=run_id, worker=worker)
     if run is None:
         return None
-    if run.kind != Run.Kind.DO_EVAL:
-        return _execute_apply(run)
-    job = runner.Job(
-        source=run.script_version.source,
-        function=run.script_version.entry_function,
-        kwargs=runs.function_kwargs(run.parameters),
-        graphics=run.graphics,
-        limits=job_limits(run),
-    )
     watch = RunWatch(run=run)
     watch.start()
     try:
-        result = runner.run(job, is_cancelled=watch.is_cancelled)
-    except runner.RunnerBusy:
-        watch.stop()
-        logger.warning("Run %s: no runner slot free; requeued", run.pk)
-        job_requeue(run=run, count_attempt=False)
+        runs.run_execute(run=run, is_cancelled=watch.is_cancelled, limits=job_limits(run), claimed=True)
+    except runs.RunTakenAway:
+        logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
+        return None
+    except Busy:
+        # Recorded FAILED with the busy code by run_execute: a worker process runs one job at a time,
+        # so its runner slots are only ever taken by this job's own pieces.
         return run
     except Exception as error:
-        watch.stop()
-        logger.exception("Run %s: the runner failed", run.pk)
-        job_fail(run=run, message=f"The service failed to run the job: {error}")
-        return run
-    watch.stop()
-    return job_record(run=run, result=result)
-
-
-def _execute_apply(run: Run) -> Run | None:
-    """An apply run: its pieces run in parallel inside this worker (services.apply), under the same watch."""
-    from scripts_app.services.apply import apply_execute
-
-    watch = RunWatch(run=run)
-    watch.start()
-    try:
-        return apply_execute(
-            run=run,
-            is_cancelled=watch.is_cancelled,
-            limits=job_limits(run),
-            claimed=True,
-            holder=lambda: _held(run).select_for_update().first(),
-        )
-    except runner.RunnerBusy:
-        logger.warning("Run %s: no runner slot free; requeued", run.pk)
-        job_requeue(run=run, count_attempt=False)
-        return run
-    except Exception as error:
-        logger.exception("Run %s: the apply run failed", run.pk)
+        logger.exception("Run %s: the service failed to run it", run.pk)
         job_fail(run=run, message=f"The service failed to run the job: {error}")
         return run
     finally:
         watch.stop()
+    return run
 
 
 def job_limits(run: Run) -> runner.Limits:
@@ -254,33 +216,10 @@ def _held(run: Run):
     return Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, worker=run.worker, attempts=run.attempts)
 
 
-def job_record(*, run: Run, result: runner.Result) -> Run | None:
-    """Record the outcome, unless the run was taken from this attempt (deleted, reaped) meanwhile."""
-    with transaction.atomic():
-        current = _held(run).select_for_update().first()
-        if current is None:
-            logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
-            return None
-        runs.run_record_result(run=current, result=result)
-    return current
-
-
 def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
     _held(run).update(
         status=Run.Status.FAILED, finished_at=timezone.now(), error_code=code, error_message=message, traceback=""
     )
-
-
-def job_requeue(*, run: Run, count_attempt: bool = True) -> None:
-    updated = _held(run).update(
-        status=Run.Status.QUEUED,
-        worker="",
-        heartbeat_at=None,
-        enqueued_at=timezone.now(),
-        attempts=F("attempts") if count_attempt else F("attempts") - 1,
-    )
-    if updated:
-        job_enqueue(run=run)
 
 
 class RunWatch:

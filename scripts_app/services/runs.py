@@ -81,36 +81,38 @@ def function_kwargs(parameters: dict) -> dict:
     return {key: value for key, value in parameters.items() if not key.startswith("oml_")}
 
 
-def run_execute(*, run: Run, is_cancelled: Callable[[], bool] | None = None) -> Run:
-    """Run a QUEUED run to its end in the runner and record the outcome."""
+def run_execute(
+    *,
+    run: Run,
+    is_cancelled: Callable[[], bool] | None = None,
+    limits: runner.Limits | None = None,
+    claimed: bool = False,
+) -> Run:
+    """Run a QUEUED run to its end in the runner and record the outcome.
+
+    `limits` replace the settings' (an async job's service level and timeout); `claimed` says the caller
+    (the async worker) already marked the run RUNNING.
+    """
     if run.kind != Run.Kind.DO_EVAL:
         from scripts_app.services.apply import apply_execute
 
-        return apply_execute(run=run, is_cancelled=is_cancelled)
+        return apply_execute(run=run, is_cancelled=is_cancelled, limits=limits, claimed=claimed)
     version = run.script_version
-    run.status = Run.Status.RUNNING
-    run.started_at = timezone.now()
-    run.save(update_fields=["status", "started_at"])
-    environment = run.environment
-    if environment is None and run.env_name != DEFAULT_ENVIRONMENT:
-        message = f"Environment {run.env_name!r} was deleted before the run started."
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.UNKNOWN_ENVIRONMENT, error_message=message)
-        return run
+    if not claimed:
+        run.status = Run.Status.RUNNING
+        run.started_at = timezone.now()
+        run.save(update_fields=["status", "started_at"])
     try:
-        python = environments.environment_python(environment)
+        python = environments.python_for_run(run)
     except OmlError as error:
         _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
         return run
-    if environment is not None and environment.lock_id != run.env_lock_id:
-        # Rebuilt since the run was queued: record the lock it really runs with.
-        run.env_lock_id = environment.lock_id
-        run.save(update_fields=["env_lock"])
     job = runner.Job(
         source=version.source,
         function=version.entry_function,
         kwargs=function_kwargs(run.parameters),
         graphics=run.graphics,
-        limits=limits_from_settings(wall_seconds=run.timeout_seconds),
+        limits=limits or limits_from_settings(wall_seconds=run.timeout_seconds),
         python=python,
     )
     try:
@@ -144,13 +146,30 @@ def run_record_result(*, run: Run, result: runner.Result) -> None:
             )
 
 
+class RunTakenAway(Exception):
+    """An async run's outcome arrived after the run was deleted or handed to another attempt."""
+
+
 def _finish(run: Run, status: str, *, error_code: int | None = None, error_message: str = "", traceback: str = ""):
     run.status = status
     run.finished_at = timezone.now()
     run.error_code = error_code
     run.error_message = error_message
     run.traceback = traceback
-    run.save()
+    with transaction.atomic():
+        if run.attempts and not _still_held(run):
+            # Raised inside the caller's transaction, so the figures it saved are rolled back too.
+            raise RunTakenAway(f"Run {run.pk} was deleted or taken from attempt {run.attempts} while it ran")
+        # force_update: never re-insert a run deleted meanwhile.
+        run.save(force_update=True)
+
+
+def _still_held(run: Run) -> bool:
+    """Whether the worker attempt that claimed this async run still holds it (locks the row until commit)."""
+    held = Run.objects.select_for_update().filter(
+        pk=run.pk, status=Run.Status.RUNNING, worker=run.worker, attempts=run.attempts
+    )
+    return held.exists()
 
 
 def run_sync(**kwargs) -> Run:

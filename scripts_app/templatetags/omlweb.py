@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import template
@@ -18,3 +19,8 @@ def cell(value: Any) -> str:
 @register.filter
 def pretty_json(value: Any) -> str:
     return as_pretty_json(value)
+
+
+@register.filter
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))

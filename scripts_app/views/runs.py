@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from uuid import UUID
 
 from django.contrib import messages
@@ -15,13 +16,15 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from scripts_app import jobs_seam, results, roles
+from scripts_app import results, roles
 from scripts_app.errors import OmlError
 from scripts_app.forms import RunForm
 from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
 from scripts_app.services import apply as apply_services
 from scripts_app.services import datasets as dataset_services
+from scripts_app.services import environments as environment_services
+from scripts_app.services import jobs as job_services
 from scripts_app.services import runs as run_services
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
@@ -45,12 +48,10 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         signature = entry_signature(version.source, version.entry_function)
     except ScriptSourceError:
         signature = None
-    jobs_available = jobs_seam.available()
     form = RunForm(
         request.POST or None,
         signature=signature,
-        environments=run_services_environments(),
-        jobs_available=jobs_available,
+        environments=environment_services.environment_names_ready(),
         datasets=dataset_choices(request.user),
     )
     again = request.GET.get("again")
@@ -75,11 +76,22 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         asynchronous = form.cleaned_data["execution"] == "async"
         try:
             if form.cleaned_data["kind"] != Run.Kind.DO_EVAL:
-                run = apply_services.apply_create(**options, **form.apply_options(), asynchronous=asynchronous)
-                if not asynchronous:
-                    run = run_services.run_execute(run=run)
+                create = functools.partial(apply_services.apply_create, **form.apply_options())
+                if asynchronous:
+                    run = job_services.job_submit(
+                        **options,
+                        create=create,
+                        timeout_seconds=form.cleaned_data["job_timeout"],
+                        comments=form.cleaned_data["comments"],
+                    )
+                else:
+                    run = run_services.run_execute(run=create(**options))
             elif asynchronous:
-                run = jobs_seam.submit(**options)
+                run = job_services.job_submit(
+                    **options,
+                    timeout_seconds=form.cleaned_data["job_timeout"],
+                    comments=form.cleaned_data["comments"],
+                )
             else:
                 run = run_services.run_sync(**options)
         except OmlError as error:
@@ -95,7 +107,6 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "versions": script.versions.only("number").order_by("-number"),
             "signature": signature,
             "form": form,
-            "jobs_available": jobs_available,
         },
         status=422 if form.errors else 200,
     )
@@ -108,11 +119,6 @@ def dataset_choices(user) -> list[tuple[str, str]]:
         (sql_name(dataset, caller=user), f"{sql_name(dataset, caller=user)} ({dataset.row_count} rows)")
         for dataset in datasets
     ]
-
-
-def run_services_environments() -> list[str]:
-    # Environments are not modelled yet: the runner knows only the service's own.
-    return [run_services.DEFAULT_ENVIRONMENT]
 
 
 def _chosen_version(request: HtmxHttpRequest, script: Script) -> ScriptVersion:
@@ -166,7 +172,7 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "result_json": results.as_pretty_json(run.result)
         if run.status == Run.Status.SUCCEEDED and table is None
         else None,
-        "may_cancel": not run.is_finished and roles.can_cancel_run(request.user, run) and jobs_seam.available(),
+        "may_cancel": run.mode == Run.Mode.ASYNC and not run.is_finished and roles.can_cancel_run(request.user, run),
         "may_run_again": script is not None and roles.can_run_script(request.user, script),
         "pieces": piece_timeline(run),
     }
@@ -229,11 +235,13 @@ def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     run = visible_run_or_404(request, pk)
     if not roles.can_cancel_run(request.user, run):
         raise PermissionDenied("You may not cancel this run.")
-    if run.is_finished:
+    if run.mode != Run.Mode.ASYNC:
+        messages.error(request, "Only jobs can be cancelled: a run made with 'Run now' ends with its request.")
+    elif run.is_finished:
         messages.info(request, f"The run had already ended: {run.get_status_display()}.")
     else:
         try:
-            run = jobs_seam.cancel(run=run)
+            run = job_services.job_cancel(run=run)
         except OmlError as error:
             messages.error(request, error.message)
         else:
@@ -270,10 +278,12 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             "script_owner",
             "status",
             "mode",
+            "kind",
             "created_at",
             "started_at",
             "finished_at",
             "client_address",
+            "parameters",
             "user__username",
             "script_version__number",
         )
@@ -288,6 +298,8 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
         template,
         {
             "page": page,
+            # Queued or running runs on the page: the list refreshes itself until they end.
+            "has_active": any(not run.is_finished for run in page.object_list),
             "filters": filters,
             "sees_all": sees_all,
             "statuses": Run.Status.choices,

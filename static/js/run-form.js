@@ -1,4 +1,5 @@
-// Shows either the parameter fields or the raw-JSON box, as the "Parameters as" choice says.
+// Shows either the parameter fields or the raw-JSON box, as the "Parameters as" choice says,
+// and the job options only for a job.
 // Without JavaScript both stay visible and the choice still decides which one the server reads.
 (function () {
   "use strict";
@@ -15,6 +16,16 @@
     radio.addEventListener("change", sync);
   });
   sync();
+  // The job options matter only for a job.
+  function syncExecution() {
+    var checked = form.querySelector("input[name='execution']:checked");
+    var box = form.querySelector(".job-options");
+    if (box) { box.hidden = !checked || checked.value !== "async"; }
+  }
+  form.querySelectorAll("input[name='execution']").forEach(function (radio) {
+    radio.addEventListener("change", syncExecution);
+  });
+  syncExecution();
   // The data fields of the chosen mode only (do-eval, table-, row-, group-, index-apply).
   function syncKind() {
     var checked = form.querySelector("input[name='kind']:checked");

@@ -96,6 +96,21 @@ def test_the_message_is_published_after_commit_on_the_service_levels_queue(
     assert published == [(job_id, "omlweb.medium")]
 
 
+def test_a_broker_that_is_down_does_not_lose_the_job(
+    alice_api, add_script, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Publishing fails: the client still gets 201 and the job stays QUEUED for the reaper to publish."""
+
+    def broker_down(*, run):
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(jobs, "job_enqueue", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = submit(alice_api, "add")
+    assert response.status_code == 201
+    assert Run.objects.get(pk=job_id_of(response)).status == Run.Status.QUEUED
+
+
 def test_status_is_202_while_queued_then_302_with_content_location(alice_api, add_script, published, run_job):
     """Queued: 202 with createdDate, 'job is still running' and elapsedTime; finished: 302, Content-Location."""
     job_id = job_id_of(submit(alice_api, "add"))
@@ -339,3 +354,29 @@ def test_admin_status_is_for_admins(alice_api, admin_api, monkeypatch):
     assert body["serviceLevels"]["LOW"]["workers"] == ["low@h"]
     assert body["oldestQueuedJob"] is None
     assert "isolation" in body
+
+
+def test_apply_endpoints_take_async_jobs_too(alice, alice_api, published, run_job):
+    """index-apply with asyncFlag: 201 + Location; the job runs every piece and its result is the sync body."""
+    make_script(alice, "square", "def square(i, plus=0):\n    return i * i + plus\n")
+    body = {"asyncFlag": True, "times": 3, "parameters": '{"plus": 1}', "service": "MEDIUM"}
+    response = alice_api.post("/oml/api/py-scripts/v2/index-apply/square", body, format="json")
+    assert (response.status_code, response.content) == (201, b"")
+    job_id = job_id_of(response)
+    run = Run.objects.get(pk=job_id)
+    assert (run.kind, run.mode, run.service, run.status) == (Run.Kind.INDEX_APPLY, "ASYNC", "MEDIUM", "QUEUED")
+    assert run_job(job_id).status == Run.Status.SUCCEEDED
+    assert alice_api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}").status_code == 302
+    assert alice_api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}/result").json() == {"result": [2, 5, 10]}
+    sync = alice_api.post("/oml/api/py-scripts/v2/index-apply/square", {**body, "asyncFlag": False}, format="json")
+    assert sync.json() == {"result": [2, 5, 10]}
+
+
+def test_a_bad_apply_request_is_400_before_anything_is_queued(alice, alice_api, published):
+    """An async apply request is checked like a sync one: a bad input query is a 400 and no job."""
+    make_script(alice, "f", "def f(df):\n    return 1\n")
+    body = {"asyncFlag": True, "input": "drop table IRIS"}
+    response = alice_api.post("/oml/api/py-scripts/v1/table-apply/f", body, format="json")
+    assert response.status_code == 400
+    assert not Run.objects.exists()
+    assert published == []

@@ -7,13 +7,11 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-pytest.importorskip("scripts_app.services.jobs", reason="the async job services are not merged yet")
-
-from scripts_app.models import Run  # noqa: E402
-from tests.e2e.conftest import sign_in  # noqa: E402
-from tests.factories import PASSWORD, UserFactory, make_script  # noqa: E402
-from tests.worker import conftest as worker_conftest  # noqa: E402
-from tests.worker.conftest import Broker, _cluster, publish_on  # noqa: E402
+from scripts_app.models import Run
+from tests.e2e.conftest import sign_in
+from tests.factories import PASSWORD, UserFactory, make_script
+from tests.worker import conftest as worker_conftest
+from tests.worker.conftest import Broker, _cluster, publish_on
 
 # The worker tests' fixture: points this process's Celery app at the test broker.
 celery_on_broker = worker_conftest.celery_on_broker
@@ -40,7 +38,7 @@ def worker(celery_on_broker, live_server, tmp_path, settings):
 def submit_job(page: Page, live_server, script, **fields) -> None:
     page.goto(f"{live_server.url}/scripts/{script.pk}/run/")
     for label, value in fields.items():
-        page.get_by_label(label).fill(value)
+        page.get_by_label(label, exact=True).fill(value)
     page.get_by_label("Run as a job").check()
     page.get_by_role("button", name="Run", exact=True).click()
 

@@ -98,3 +98,39 @@ def test_the_pages_are_for_admins_only(alice, settings):
     client.force_login(alice)
     assert client.get("/environments/").status_code == 403
     assert client.post("/environments/", {"name": "x"}).status_code == 403
+
+
+def test_a_script_runs_in_an_environment_picked_on_its_run_page(create_env, alice):
+    """The run form offers default and every READY environment; the run happens in the one picked."""
+    from django.urls import reverse
+
+    script = make_script(alice, "probe", "import omlweb_probe\ndef probe():\n    return omlweb_probe.ANSWER\n")
+    client = Client()
+    client.force_login(alice)
+    url = reverse("web:run_script", args=[script.pk])
+    assert [name for name, _ in client.get(url).context["form"].fields["env_name"].choices] == [
+        "default",
+        "probe",
+    ]
+
+    data = {"params_mode": "fields", "env_name": "probe", "service": "LOW", "execution": "sync"}
+    response = client.post(url, data)
+
+    assert response.status_code == 302, response.context["form"].errors
+    run = Run.objects.get()
+    assert (run.status, run.result, run.env_name) == (Run.Status.SUCCEEDED, 42, "probe")
+    page = client.get(response["Location"])
+    assert b"probe" in page.content
+
+
+@pytest.fixture
+def create_env(admin_client, build_queued, django_capture_on_commit_callbacks):
+    """A READY environment "probe" with the test's package, and one still BUILDING ("later")."""
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            "/environments/", {"name": "probe", "packages": "omlweb-probe", "python": first_python(admin_client)}
+        )
+    build_queued()
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post("/environments/", {"name": "later", "packages": "", "python": first_python(admin_client)})
+    return Environment.objects.get(name="probe")

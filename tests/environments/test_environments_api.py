@@ -217,3 +217,100 @@ def test_without_uv_venv_and_pip_build_the_same_environment(create, build_queued
     assert "omlweb-probe==1.0" in environment.lock.text
     make_script(alice, "probe", PROBE)
     assert do_eval(alice_api, "probe", {"envName": "probe"}).json() == {"result": 42}
+
+
+def test_an_async_job_runs_in_its_environment(create, build_queued, alice, alice_api, monkeypatch):
+    """asyncFlag with envName: the worker runs the job with the environment's interpreter and records its lock."""
+    from scripts_app.services import jobs
+    from tests.api.test_jobs import InlineWatch
+
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    make_script(alice, "probe", PROBE)
+    monkeypatch.setattr(jobs, "RunWatch", InlineWatch)
+    monkeypatch.setattr(jobs, "job_enqueue", lambda *, run: None)
+
+    response = alice_api.post(
+        "/oml/api/py-scripts/v1/do-eval/probe", {"envName": "probe", "asyncFlag": True}, format="json"
+    )
+    assert response.status_code == 201
+    run = Run.objects.get()
+    jobs.job_execute(run_id=str(run.pk), worker="inline@test")
+
+    run.refresh_from_db()
+    assert (run.status, run.result) == (Run.Status.SUCCEEDED, 42)
+    assert run.env_lock == Environment.objects.get().lock
+
+
+def test_old_generations_are_removed_only_long_after_they_were_superseded(tmp_path):
+    """A superseded folder survives the next build (runs may still use it) and goes after the grace period."""
+    import os
+
+    from scripts_app.environments import builder
+
+    old, current, other = (tmp_path / name for name in ("probe-aaaa", "probe-bbbb", "probe2-cccc"))
+    for folder in (old, current, other):
+        folder.mkdir()
+    assert builder.remove_other_generations(tmp_path, "probe", "probe-bbbb", grace=3600) == []
+    assert (old / builder.SUPERSEDED).exists()
+    past = (old / builder.SUPERSEDED).stat().st_mtime - 7200
+    os.utime(old / builder.SUPERSEDED, (past, past))
+    assert builder.remove_other_generations(tmp_path, "probe", "probe-bbbb", grace=3600) == [old]
+    assert current.exists()
+    assert other.exists()
+
+
+def test_an_apply_run_runs_in_its_environment(create, build_queued, alice, alice_api):
+    """index-apply with envName calls the function in the environment, for every index."""
+    create(name="probe", packages="omlweb-probe")
+    build_queued()
+    make_script(alice, "probe_times", "import omlweb_probe\ndef probe_times(i):\n    return omlweb_probe.ANSWER * i\n")
+
+    response = alice_api.post(
+        "/oml/api/py-scripts/v1/index-apply/probe_times", {"times": 3, "envName": "probe"}, format="json"
+    )
+
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"result": [42, 84, 126]}
+    assert Run.objects.get().env_lock == Environment.objects.get().lock
+
+
+def test_packages_without_a_wheel_are_not_built_from_source(create, build_queued, wheelhouse):
+    """An sdist's setup code would run in the worker with its rights: by default the build refuses it."""
+    import io
+    import tarfile
+
+    files = {
+        "omlweb_sdist-1.0/pyproject.toml": '[project]\nname = "omlweb-sdist"\nversion = "1.0"\n',
+        "omlweb_sdist-1.0/PKG-INFO": "Metadata-Version: 2.1\nName: omlweb-sdist\nVersion: 1.0\n",
+        "omlweb_sdist-1.0/omlweb_sdist.py": "X = 1\n",
+    }
+    with tarfile.open(wheelhouse / "omlweb_sdist-1.0.tar.gz", "w:gz") as archive:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            archive.addfile(info, io.BytesIO(text.encode()))
+
+    create(name="sdist", packages="omlweb-sdist")
+    build_queued()
+
+    environment = Environment.objects.get()
+    assert environment.status == Environment.Status.FAILED
+    assert "--only-binary=:all:" in environment.build_log
+    assert "omlweb-sdist" in environment.build_log.split("--only-binary=:all:")[-1]
+
+
+def test_a_build_whose_worker_vanished_says_so(create, alice, alice_api):
+    """BUILDING far longer than a build may take: runs are told the worker probably stopped and to rebuild."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    create(name="stuck", packages="omlweb-probe")
+    Environment.objects.update(build_started_at=timezone.now() - timedelta(hours=2))
+    make_script(alice, "f", "def f():\n    return 1\n")
+
+    response = do_eval(alice_api, "f", {"envName": "stuck"})
+
+    assert response.json()["errorCode"] == 1006
+    assert "worker probably stopped" in response.json()["errorMessage"]

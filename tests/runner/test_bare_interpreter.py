@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -63,3 +64,30 @@ def test_an_environment_inside_a_hidden_data_folder_stays_visible_to_its_runs(le
     assert result.succeeded, result.error_message + result.stderr
     assert result.value == [42, False]
     assert runner.isolation_report()["level"] == level
+
+
+def test_an_idle_environment_template_stops_and_starts_again_on_demand(tmp_path):
+    """An environment's template exits after the idle time; the next run there starts a new one."""
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    before = current().template_idle_seconds
+    runner.configure(template_idle_seconds=1.0)
+    try:
+        assert runner.run(make_job("def f():\n    return 1\n", python=python)).value == 1
+        assert runner.run(make_job("def f():\n    return 0\n")).value == 0
+        templates = {t["python"]: t for t in runner.isolation_report()["templates"]}
+        first_pid = templates[python]["pid"]
+        deadline = time.monotonic() + 10
+        while templates[python]["alive"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            templates = {t["python"]: t for t in runner.isolation_report()["templates"]}
+        assert not templates[python]["alive"]
+        assert templates[sys.executable]["alive"]  # the service's own stays warm
+
+        assert runner.run(make_job("def f():\n    return 2\n", python=python)).value == 2
+        templates = {t["python"]: t for t in runner.isolation_report()["templates"]}
+        assert templates[python]["alive"]
+        assert templates[python]["pid"] != first_pid
+    finally:
+        runner.configure(template_idle_seconds=before)

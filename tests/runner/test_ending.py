@@ -1,5 +1,6 @@
 """How a run ends when it does not return: time limit, cancellation, crash."""
 
+import os
 import threading
 import time
 
@@ -85,3 +86,21 @@ def test_concurrent_runs_from_threads_all_succeed():
     for thread in threads:
         thread.join()
     assert [r.value for r in results] == list(range(8))
+
+
+def test_a_forked_worker_starts_its_own_template():
+    """A process forked after runs (a prefork pool) runs jobs on its own template, not the parent's."""
+    assert runner.run(make_job("def f():\n    return 1\n")).succeeded
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            result = runner.run(make_job("def f():\n    return 2\n"))
+            os.write(write_end, b"ok" if result.value == 2 else result.error_message.encode()[:100] or b"bad")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 200)
+    os.waitpid(pid, 0)
+    assert answer == b"ok"
+    assert runner.run(make_job("def f():\n    return 3\n")).value == 3

@@ -37,6 +37,8 @@ def test_the_run_environment_is_rebuilt_from_an_allow_list(mode, run):
         "TMPDIR",
         "MPLBACKEND",
         "MPLCONFIGDIR",
+        "MALLOC_ARENA_MAX",
+        "ARROW_DEFAULT_MEMORY_POOL",
         "OPENBLAS_NUM_THREADS",
         "OMP_NUM_THREADS",
         "MKL_NUM_THREADS",
@@ -236,9 +238,31 @@ def _descendants(pid: int) -> list[int]:
 def test_a_dead_template_is_restarted(run, isolated):
     """If the template and its sandbox are killed, the next run starts a new one and succeeds."""
     assert_runner_still_works()
-    [before] = [t["pid"] for t in runner.isolation_report()["templates"] if not t["network"]]
+    [before] = [t["pid"] for t in runner.isolation_report()["templates"] if not t["network"] and t["light"]]
     for pid in [before, *_descendants(before)]:
         os.kill(pid, 9)
     assert_runner_still_works()
-    [after] = [t["pid"] for t in runner.isolation_report()["templates"] if not t["network"]]
+    [after] = [t["pid"] for t in runner.isolation_report()["templates"] if not t["network"] and t["light"]]
     assert after != before
+
+
+def test_an_isolation_level_asked_for_fails_closed_when_unavailable(run):
+    """isolation="bwrap" without a working bwrap raises RunnerUnavailable instead of running weaker."""
+    runner.configure(isolation="bwrap", bwrap_path="/nonexistent/bwrap")
+    try:
+        with pytest.raises(runner.RunnerUnavailable):
+            run("def f():\n    return 1\n")
+    finally:
+        runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"), bwrap_path="/usr/bin/bwrap")
+
+
+def test_auto_isolation_falls_back_and_says_why(run):
+    """With bwrap missing, "auto" still runs, at a lower level, and the report names the reason."""
+    runner.configure(isolation="auto", bwrap_path="/nonexistent/bwrap")
+    try:
+        assert run("def f():\n    return 1\n").value == 1
+        report = runner.isolation_report()
+        assert report["level"] != "bwrap"
+        assert "/nonexistent/bwrap not found" in report["levels_tried"]["bwrap"]
+    finally:
+        runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"), bwrap_path="/usr/bin/bwrap")

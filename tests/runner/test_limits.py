@@ -139,6 +139,14 @@ def f():
     assert_runner_still_works()
 
 
+def test_a_string_dataframe_fits_in_a_small_address_space(mode, run):
+    """pandas' pyarrow strings do not eat the address-space limit (mimalloc reserves 1 GiB)."""
+    source = "import pandas as pd\ndef f():\n    return pd.DataFrame({'s': ['a', 'b']})\n"
+    result = run(source, limits=Limits(wall_seconds=10, memory_bytes=768 * 1024**2))
+    assert result.succeeded, result.error_message + result.stderr
+    assert result.value == [{"s": "a"}, {"s": "b"}]
+
+
 def test_threads_count_against_the_process_limit(run, isolated):
     """Starting threads without end stops at the process and thread limit."""
     if not isolated["run_uid"]:

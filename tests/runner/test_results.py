@@ -1,6 +1,7 @@
 """What a run gives back: values as JSON, output apart from the result, errors, figures."""
 
 import base64
+import json
 
 from scripts_app.runner import Failure, Limits, Outcome
 
@@ -92,6 +93,7 @@ def f():
         {"n": 1, "x": 0.5, "s": "a", "d": "2024-01-02T00:00:00.000"},
         {"n": 2, "x": None, "s": None, "d": "2024-03-04T00:00:00.000"},
     ]
+    assert json.loads(result.value_json) == result.value
 
 
 def test_numpy_values_become_plain_json(run):

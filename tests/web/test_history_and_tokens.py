@@ -165,3 +165,12 @@ def test_forms_need_csrf(alice, scripts):
     client.force_login(alice)
     assert client.post(reverse("web:token_list"), {"name": "x"}).status_code == 403
     assert client.post(reverse("web:script_create"), {"name": "x", "source": "def x(): pass"}).status_code == 403
+
+
+def test_the_list_refreshes_itself_while_runs_are_active(client, alice, scripts):
+    """A page with a queued run polls; a page of finished runs does not."""
+    make_runs(scripts[0], alice, 2)
+    client = logged_in(client, alice)
+    assert b'hx-trigger="every 3s"' not in client.get(reverse("web:run_list")).content
+    make_runs(scripts[0], alice, 1, status=Run.Status.QUEUED)
+    assert b'hx-trigger="every 3s"' in client.get(reverse("web:run_list")).content

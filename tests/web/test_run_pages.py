@@ -143,18 +143,6 @@ def test_a_failing_script_shows_its_traceback(alice_client, alice):
     assert b"ValueError: no &lt;good&gt;" in content
 
 
-def test_jobs_are_offered_only_when_available(alice_client, typed_script, monkeypatch):
-    """Without the job services the form offers only sync runs; async is refused."""
-    from scripts_app import jobs_seam
-
-    monkeypatch.setattr(jobs_seam, "available", lambda: False)
-    form = alice_client.get(run_url(typed_script)).context["form"]
-    assert [value for value, _ in form.fields["execution"].choices] == ["sync"]
-    response = alice_client.post(run_url(typed_script), form_data(p_n="1", execution="async"))
-    assert response.status_code == 422
-    assert not Run.objects.exists()
-
-
 # The run page
 
 
@@ -266,7 +254,6 @@ def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
 
 def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_script, django_capture_on_commit_callbacks):
     """'Run as a job' records a QUEUED async run of the chosen version and publishes it on commit."""
-    pytest.importorskip("scripts_app.services.jobs")
     from scripts_app.services import jobs
 
     script_update(script=typed_script, by=alice, source=TYPED.replace('"n": n', '"n": -n'))
@@ -276,7 +263,7 @@ def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_scrip
         with django_capture_on_commit_callbacks(execute=True):
             response = alice_client.post(
                 run_url(typed_script) + "?version=1",
-                form_data(p_n="2", version="1", execution="async"),
+                form_data(p_n="2", version="1", execution="async", job_timeout="3600", comments="nightly"),
                 REMOTE_ADDR="10.9.8.7",
             )
     run = Run.objects.get()
@@ -285,6 +272,8 @@ def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_scrip
     assert run.status == Run.Status.QUEUED
     assert run.script_version.number == 1
     assert run.client_address == "10.9.8.7"
+    assert run.timeout_seconds == 3600
+    assert run.comments == "nightly"
     assert published == [run.pk]
     page = alice_client.get(reverse("web:run_detail", args=[run.pk]))
     assert page.context["may_cancel"]
@@ -293,7 +282,6 @@ def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_scrip
 
 def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
     """The job's owner cancels it; another user gets 404, an auditor 403."""
-    pytest.importorskip("scripts_app.services.jobs")
     from scripts_app.services.runs import run_create
 
     run = run_create(script=typed_script, user=alice, parameters={"n": 1}, mode=Run.Mode.ASYNC)
@@ -306,3 +294,59 @@ def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
     assert b"Cancel requested" in response.content
+
+
+def test_csv_quotes_cells_a_spreadsheet_would_run(alice_client, alice):
+    """Text starting with =, +, - or @ is prefixed with a quote in the CSV; numbers are left alone."""
+    source = "def f():\n    return [{'a': '=HYPERLINK(\"x\")', 'b': -1}]\n"
+    run = run_sync(script=make_script(alice, "f", source), user=alice, parameters={})
+    csv = alice_client.get(reverse("web:run_data", args=[run.pk, "csv"])).content.decode()
+    assert csv.splitlines()[1] == '"\'=HYPERLINK(""x"")",-1'
+
+
+def test_the_environment_picker_offers_ready_environments(alice_client, typed_script):
+    """The picker lists the default environment and the READY ones, not those building or failed."""
+    from scripts_app.models import Environment
+
+    Environment.objects.create(name="ready", python="/usr/bin/python3", status=Environment.Status.READY)
+    Environment.objects.create(name="building", python="/usr/bin/python3", status=Environment.Status.BUILDING)
+    form = alice_client.get(run_url(typed_script)).context["form"]
+    assert [name for name, _ in form.fields["env_name"].choices] == ["default", "ready"]
+
+
+def test_a_sync_run_has_no_cancel(alice_client, alice, typed_script):
+    """Only jobs can be cancelled: a sync run's cancel is refused and changes nothing."""
+    from scripts_app.services.runs import run_create
+
+    run = run_create(script=typed_script, user=alice, parameters={"n": 1})
+    assert not alice_client.get(reverse("web:run_detail", args=[run.pk])).context["may_cancel"]
+    response = alice_client.post(reverse("web:run_cancel", args=[run.pk]), follow=True)
+    assert b"Only jobs can be cancelled" in response.content
+    run.refresh_from_db()
+    assert run.status == Run.Status.QUEUED
+    assert run.cancel_requested_at is None
+
+
+def test_an_apply_run_shows_its_input_and_pieces(alice_client, alice, typed_script):
+    """A row-apply run's page shows its kind, input query, options and each piece."""
+    from scripts_app.services.runs import run_create
+
+    run = run_create(script=typed_script, user=alice, parameters={})
+    Run.objects.filter(pk=run.pk).update(
+        kind=Run.Kind.ROW_APPLY,
+        input_query="SELECT * FROM iris",
+        apply_options={"rows": 50},
+        status=Run.Status.SUCCEEDED,
+        result=[{"n": 1}],
+        pieces=[
+            {"label": "rows 1-50", "rows": 50, "status": "SUCCEEDED", "seconds": 0.12, "figures": []},
+            {"label": "rows 51-<100>", "rows": 50, "status": "SUCCEEDED", "seconds": 0.1, "figures": [1]},
+        ],
+    )
+    content = alice_client.get(reverse("web:run_detail", args=[run.pk])).content.decode()
+    assert "SELECT * FROM iris" in content
+    assert "{&quot;rows&quot;: 50}" in content
+    assert "Pieces (2)" in content
+    assert "rows 51-&lt;100&gt;" in content
+    listing = alice_client.get(reverse("web:run_list")).content.decode()
+    assert "row-apply" in listing

@@ -140,6 +140,18 @@ def test_admin_status_shows_the_workers_and_queues(shared, admin_user, sleeper):
     assert body["oldestQueuedJob"] is None
 
 
+def test_an_async_apply_job_runs_its_pieces_on_a_worker(shared, api, alice):
+    """index-apply as a job, pieces in parallel on the worker: the same result as the sync call."""
+    make_script(alice, "square", "def square(i):\n    return i * i\n")
+    body = {"asyncFlag": True, "times": 4, "parallelFlag": True, "service": "HIGH"}
+    response = api.post("/oml/api/py-scripts/v2/index-apply/square", body, format="json")
+    assert response.status_code == 201
+    job_id = response["Location"].rsplit("/", 1)[1]
+    run = wait_status(job_id, FINISHED, timeout=60, on=shared)
+    assert run.status == Run.Status.SUCCEEDED, run.error_message
+    assert api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}/result").json() == {"result": [1, 4, 9, 16]}
+
+
 # Service levels: their own queues and workers, on one broker and database
 
 
