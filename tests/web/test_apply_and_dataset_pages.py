@@ -115,3 +115,17 @@ def test_in_a_data_mode_the_first_parameter_is_the_data(alice):
     run = Run.objects.get()
     assert run.result == [10, 20, 30]
     assert run.parameters == {"factor": 10}
+
+
+def test_a_data_mode_runs_as_a_job_from_the_form(alice):
+    """Mode row-apply with 'Run as a job': an ASYNC run, QUEUED, with its kind, query and options."""
+    script = make_script(alice, "count", COUNT)
+    make_dataset(alice, "T", pd.DataFrame({"v": [1, 2, 3]}))
+    data = form_data(kind="row-apply", dataset="T", rows="2", execution="async", comments="nightly")
+    response = logged_in(Client(), alice).post(reverse("web:run_script", args=[script.pk]), data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    run = Run.objects.get()
+    assert (run.mode, run.status, run.kind) == (Run.Mode.ASYNC, Run.Status.QUEUED, Run.Kind.ROW_APPLY)
+    assert run.input_query == "select * from T"
+    assert run.apply_options["rows"] == 2
+    assert run.comments == "nightly"
