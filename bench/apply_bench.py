@@ -25,20 +25,30 @@ GROUP_FUNCTION = """
 import numpy as np
 import pandas as pd
 
-def fit(df):
-    # A least-squares fit of Y on X1..X3 per group, and a few statistics: real work per group.
+def fit(df, reps=0):
+    # A least-squares fit of Y on X1..X3 per group and a few statistics; `reps` bootstrap refits
+    # make the work per group heavier.
     x = np.column_stack([np.ones(len(df)), df["X1"], df["X2"], df["X3"]])
-    coef, *_ = np.linalg.lstsq(x, df["Y"].to_numpy(), rcond=None)
-    q = np.quantile(df["Y"], [0.1, 0.5, 0.9])
-    return pd.DataFrame({"G": [df["G"].iloc[0]], "N": [len(df)], "B1": [coef[1]], "Q50": [q[1]]})
+    y = df["Y"].to_numpy()
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    rng = np.random.default_rng(0)
+    spread = []
+    for _ in range(reps):
+        pick = rng.integers(0, len(y), len(y))
+        spread.append(np.linalg.lstsq(x[pick], y[pick], rcond=None)[0][1])
+    q = np.quantile(y, [0.1, 0.5, 0.9])
+    sd = float(np.std(spread)) if spread else 0.0
+    return pd.DataFrame({"G": [df["G"].iloc[0]], "N": [len(df)], "B1": [coef[1]], "Q50": [q[1]], "SD": [sd]})
 """
 
 ROW_FUNCTION = """
 import numpy as np
 import pandas as pd
 
-def score(df):
+def score(df, reps=0):
     x = np.column_stack([df["X1"], df["X2"], df["X3"]])
+    for _ in range(reps):
+        np.linalg.svd(x[:20000], full_matrices=False)
     # Pairwise-ish work per chunk: a 3x3 covariance, a sort and a rolling mean.
     cov = np.cov(x, rowvar=False)
     ordered = np.sort(df["Y"].to_numpy())
@@ -89,6 +99,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--groups", type=int, default=100)
     parser.add_argument("--chunks", type=int, default=10)
+    parser.add_argument(
+        "--reps", type=int, nargs="+", default=[0, 200], help="work per piece: bootstrap refits / SVDs (0 = light)"
+    )
     args = parser.parse_args()
     setup(tempfile.mkdtemp(prefix="omlweb-bench-"))
 
@@ -114,7 +127,7 @@ def main() -> None:
     script_create(owner=user, name="fit", source=GROUP_FUNCTION)
     script_create(owner=user, name="score", source=ROW_FUNCTION)
 
-    def omlweb(kind: str, script: str, service: str, parallel: bool, **options):
+    def omlweb(kind: str, script: str, service: str, parallel: bool, reps: int, **options):
         from scripts_app.models import Script
 
         run = apply.apply_create(
@@ -123,7 +136,7 @@ def main() -> None:
             user=user,
             input_query="select * from DATA",
             parallel_flag=parallel,
-            parameters={"oml_input_type": "pandas.DataFrame"},
+            parameters={"oml_input_type": "pandas.DataFrame", "reps": reps},
             service=service,
             **options,
         )
@@ -138,28 +151,30 @@ def main() -> None:
     score = namespace["score"]
     size = -(-args.rows // args.chunks)
 
-    def pandas_group():
-        return pd.concat([fit(group) for _, group in frame.groupby("G", sort=True)])
+    def pandas_group(reps: int):
+        return pd.concat([fit(group, reps=reps) for _, group in frame.groupby("G", sort=True)])
 
-    def pandas_rows():
-        return pd.concat([score(frame.iloc[i : i + size]) for i in range(0, len(frame), size)])
+    def pandas_rows(reps: int):
+        return pd.concat([score(frame.iloc[i : i + size], reps=reps) for i in range(0, len(frame), size)])
 
     print(f"rows={args.rows} groups={args.groups} chunks={args.chunks} cores={os.cpu_count()}")
     print(f"runner: {runner.isolation_report().get('level')} / {runner.isolation_report().get('mode')}")
-    for label, kind, script, reference, options in (
-        (f"group-apply, {args.groups} groups", Run.Kind.GROUP_APPLY, "fit", pandas_group, {"group_by": "G"}),
-        (f"row-apply, {args.chunks} chunks", Run.Kind.ROW_APPLY, "score", pandas_rows, {"rows": size}),
-    ):
-        omlweb(kind, script, "LOW", True, **options)  # warm the templates and the file cache
-        base, _ = timed(reference)
-        print(f"\n{label}: pandas in one process {base:.2f} s")
-        for service, parallel in (("LOW", False), ("LOW", True), ("MEDIUM", True)):
-            seconds, run = timed(functools.partial(omlweb, kind, script, service, parallel, **options))
-            pieces = sum(p["seconds"] for p in run.pieces)
-            print(
-                f"  omlweb {service:<6} degree {run.apply_options['degree']}: {seconds:6.2f} s"
-                f"  ratio {seconds / base:5.2f}  (pieces' own time {pieces:.2f} s)"
-            )
+    print("ratio = omlweb seconds / pandas seconds (below 1: faster than pandas in one process)")
+    for reps in args.reps:
+        for label, kind, script, reference, options in (
+            (f"group-apply, {args.groups} groups", Run.Kind.GROUP_APPLY, "fit", pandas_group, {"group_by": "G"}),
+            (f"row-apply, {args.chunks} chunks", Run.Kind.ROW_APPLY, "score", pandas_rows, {"rows": size}),
+        ):
+            omlweb(kind, script, "LOW", True, reps, **options)  # warm the templates and the file cache
+            base, _ = timed(functools.partial(reference, reps))
+            print(f"\n{label}, work {reps}: pandas in one process {base:.2f} s")
+            for service, parallel in (("LOW", False), ("LOW", True), ("MEDIUM", True)):
+                seconds, run = timed(functools.partial(omlweb, kind, script, service, parallel, reps, **options))
+                pieces = sum(p["seconds"] for p in run.pieces)
+                print(
+                    f"  omlweb {service:<6} degree {run.apply_options['degree']}: {seconds:6.2f} s"
+                    f"  ratio {seconds / base:5.2f}  (pieces' own time {pieces:.2f} s)"
+                )
     runner.shutdown()
 
 

@@ -9,7 +9,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 
 from scripts_app.errors import ErrorCode, OmlError
-from scripts_app.models import SCRIPT_NAME_PATTERN, ServiceLevel
+from scripts_app.models import SCRIPT_NAME_PATTERN, Run, ServiceLevel
 from scripts_app.services.runs import DEFAULT_ENVIRONMENT
 from scripts_app.signature import Parameter, Signature
 
@@ -62,6 +62,28 @@ class GrantForm(forms.Form):
         return user
 
 
+class DatasetUploadForm(forms.Form):
+    name = forms.RegexField(
+        regex=SCRIPT_NAME_PATTERN,
+        max_length=128,
+        help_text="Letters, digits, '_', '.', '-'. Queries name it like this (ignoring case).",
+        error_messages={"invalid": "Use 1 to 128 letters, digits, '_', '.' or '-'."},
+    )
+    file = forms.FileField(help_text="CSV with a header row, or Parquet.")
+    description = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
+    is_global = forms.BooleanField(required=False, label="Global: every user may query it")
+    overwrite = forms.BooleanField(required=False, label="Replace my dataset of that name if there is one")
+
+    def __init__(self, *args, may_make_global: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not may_make_global:
+            del self.fields["is_global"]
+
+
+class DatasetReplaceForm(forms.Form):
+    file = forms.FileField(help_text="CSV with a header row, or Parquet. Name, sharing and grants stay.")
+
+
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the token is for, e.g. 'nightly report'.")
 
@@ -106,15 +128,71 @@ class RunForm(forms.Form):
     comments = forms.CharField(
         required=False, max_length=4000, label="Job comments", help_text="Jobs only: a note kept with the run."
     )
+    # OML's four data endpoints (docs/datasets.md).
+    kind = forms.ChoiceField(
+        choices=[
+            (Run.Kind.DO_EVAL, "Once, without data (do-eval)"),
+            (Run.Kind.TABLE_APPLY, "On the whole input (table-apply)"),
+            (Run.Kind.ROW_APPLY, "On chunks of rows (row-apply)"),
+            (Run.Kind.GROUP_APPLY, "Once per group (group-apply)"),
+            (Run.Kind.INDEX_APPLY, "With the indexes 1..times (index-apply)"),
+        ],
+        initial=Run.Kind.DO_EVAL,
+        required=False,
+        widget=forms.RadioSelect,
+        label="Mode",
+    )
+    dataset = forms.ChoiceField(
+        required=False,
+        label="Dataset",
+        help_text="Reads all of it (select * from NAME) when the query below is empty.",
+    )
+    input_query = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 3, "class": "code", "spellcheck": "false"}),
+        label="Input query",
+        help_text="One SELECT over your datasets (NAME) and those shared with you (owner.NAME).",
+    )
+    rows = forms.IntegerField(required=False, min_value=1, label="Rows per chunk")
+    group_by = forms.CharField(
+        required=False, max_length=4000, label="Group by", help_text="Column(s), comma-separated."
+    )
+    order_by = forms.CharField(
+        required=False, max_length=4000, label="Order by", help_text="Within each group: COLUMN [ASC|DESC], ..."
+    )
+    times = forms.IntegerField(required=False, min_value=1, label="Times")
+    parallel = forms.BooleanField(
+        required=False, initial=True, label="Run pieces in parallel (up to the service level's degree)"
+    )
+    input_type = forms.ChoiceField(
+        choices=[
+            ("default", "default (numeric: ndarray, else DataFrame)"),
+            ("pandas.DataFrame", "pandas.DataFrame"),
+            ("numpy.recarray", "numpy.recarray"),
+        ],
+        initial="default",
+        required=False,
+        label="Input type (oml_input_type)",
+    )
+    na_omit = forms.BooleanField(required=False, label="Drop rows with missing values (oml_na_omit)")
+
+    REQUIRED_BY_KIND = {
+        Run.Kind.ROW_APPLY: ("rows",),
+        Run.Kind.GROUP_APPLY: ("group_by",),
+        Run.Kind.INDEX_APPLY: ("times",),
+    }
 
     def __init__(
         self,
         *args,
         signature: Signature | None,
         environments: list[str] | None = None,
+        datasets: list[tuple[str, str]] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["dataset"].choices = [("", "—")] + list(datasets or [])
         self.signature = signature
         environments = environments or [DEFAULT_ENVIRONMENT]
         self.fields["env_name"].choices = [(name, name) for name in environments]
@@ -159,6 +237,20 @@ class RunForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
+        kind = data["kind"] = data.get("kind") or Run.Kind.DO_EVAL
+        if kind in (Run.Kind.TABLE_APPLY, Run.Kind.ROW_APPLY, Run.Kind.GROUP_APPLY):
+            if not data.get("input_query") and data.get("dataset"):
+                data["input_query"] = f"select * from {data['dataset']}"
+            if not data.get("input_query"):
+                self.add_error("input_query", "Choose a dataset or write a query.")
+        for field in self.REQUIRED_BY_KIND.get(kind, ()):
+            if data.get(field) in (None, ""):
+                self.add_error(field, "Required in this mode.")
+        if kind != Run.Kind.DO_EVAL and self.parameter_fields:
+            # The data (or the index) is the first argument: its field is not a keyword argument.
+            first = self.parameter_fields[0]
+            self._errors.pop(first, None)
+            data.pop(first, None)
         if data.get("params_mode") == "json":
             # The fields are not what runs: their errors must not block the raw JSON.
             for name in self.parameter_fields:
@@ -174,9 +266,32 @@ class RunForm(forms.Form):
         return data
 
     def parameters(self) -> dict:
-        """The keyword arguments, after is_valid()."""
+        """The keyword arguments, after is_valid(); OML's control arguments for the data modes."""
+        parameters = self._function_parameters()
+        if self.cleaned_data.get("kind") in (Run.Kind.TABLE_APPLY, Run.Kind.ROW_APPLY, Run.Kind.GROUP_APPLY):
+            parameters.setdefault("oml_input_type", self.cleaned_data.get("input_type") or "default")
+            if self.cleaned_data.get("na_omit"):
+                parameters.setdefault("oml_na_omit", True)
+        return parameters
+
+    def apply_options(self) -> dict:
+        """apply_create's own arguments for the chosen mode, after is_valid()."""
+        data = self.cleaned_data
+        kind = data["kind"]
+        options = {"kind": kind, "parallel_flag": data.get("parallel", False)}
+        if kind != Run.Kind.INDEX_APPLY:
+            options["input_query"] = data["input_query"]
+        if kind == Run.Kind.ROW_APPLY:
+            options["rows"] = data["rows"]
+        if kind == Run.Kind.GROUP_APPLY:
+            options.update(group_by=data["group_by"], order_by=data.get("order_by") or None)
+        if kind == Run.Kind.INDEX_APPLY:
+            options["times"] = data["times"]
+        return options
+
+    def _function_parameters(self) -> dict:
         if self.cleaned_data["params_mode"] == "json":
-            return self.cleaned_data["raw_json"] or {}
+            return dict(self.cleaned_data["raw_json"] or {})
         return {
             name.removeprefix(self.PARAMETER_PREFIX): self.cleaned_data[name]
             for name in self.parameter_fields

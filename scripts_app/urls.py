@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import runs, scripts, tokens, users
+from scripts_app.views import datasets, runs, scripts, tokens, users
 
 app_name = "web"
 
@@ -27,6 +27,12 @@ urlpatterns = [
     path("runs/<uuid:pk>/images/<int:position>.png", runs.run_image, name="run_image"),
     path("runs/<uuid:pk>/data.<str:fmt>", runs.run_data, name="run_data"),
     path("runs/<uuid:pk>/cancel/", runs.run_cancel, name="run_cancel"),
+    path("datasets/", datasets.dataset_list, name="dataset_list"),
+    path("datasets/<uuid:pk>/", datasets.dataset_detail, name="dataset_detail"),
+    path("datasets/<uuid:pk>/replace/", datasets.dataset_replace, name="dataset_replace"),
+    path("datasets/<uuid:pk>/grants/", datasets.dataset_grant, name="dataset_grant"),
+    path("datasets/<uuid:pk>/grants/<int:user_id>/revoke/", datasets.dataset_revoke, name="dataset_revoke"),
+    path("datasets/<uuid:pk>/delete/", datasets.dataset_delete, name="dataset_delete"),
     path("tokens/", tokens.token_list, name="token_list"),
     path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token_revoke"),
     path("users/", users.user_list, name="user_list"),

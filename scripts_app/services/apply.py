@@ -100,10 +100,15 @@ def apply_create(
     parallel: int | None = None,
     **run_fields,
 ) -> Run:
-    """Check an apply request and record it as a QUEUED run. A bad query is a BadRequest here already."""
+    """Check an apply request and record it as a QUEUED run. A bad query is a BadRequest here already.
+
+    `run_fields` are `run_create`'s; `jobs.job_submit(create=...)` calls this for an async job.
+    """
     if kind in DATA_KINDS:
         queries.Query(caller=user, text=input_query)  # parse and name checks, before anything is recorded
     control_arguments(run_fields.get("parameters", {}))
+    if kind == Run.Kind.INDEX_APPLY:
+        _check_piece_count(times or 0, "indexes")
     options = {
         "rows": rows,
         "groupBy": parse_columns(group_by, field="groupBy"),
@@ -335,7 +340,8 @@ def apply_execute(
     """Run an apply run to its end and record the outcome, with each piece's timings.
 
     `limits` are each piece's (the wall clock is what is left of the run's); `claimed` says the
-    caller (the async worker) already marked the run RUNNING.
+    caller (the async worker) already marked the run RUNNING. Recording an outcome of an async run
+    that was taken from this attempt raises runs.RunTakenAway (runs._finish).
     """
     if not claimed:
         run.status = Run.Status.RUNNING
@@ -351,7 +357,8 @@ def apply_execute(
         return run
     except Exception as error:
         logger.exception("Run %s: preparing the input failed", run.pk)
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=f"The input failed: {error}")
+        message = f"The service failed to prepare the input: {error}"
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
         raise
     options = run.apply_options
     degree = degree_for(
@@ -415,11 +422,15 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
         else:
             code, status = FAILURE_CODES.get(result.failure, ErrorCode.INTERNAL), Run.Status(result.outcome.value)
         where = failed.label[0].upper() + failed.label[1:]
+        message = result.error_message
+        if result.failure is runner.Failure.TIMEOUT:
+            # The piece's own limit was what was left of the run's: name the run's.
+            message = f"The run exceeded its time limit of {_wall_seconds(run):g} seconds"
         _finish(
             run,
             status,
             error_code=code,
-            error_message=f"{where} failed: {result.error_message}",
+            error_message=f"{where} failed: {message}",
             traceback=f"{where} failed:\n{result.traceback}" if result.traceback else "",
         )
 

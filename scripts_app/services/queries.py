@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -151,6 +152,17 @@ def resolve_names(*, caller, names: list[TableName]) -> dict[TableName, Dataset]
             raise BadRequest(f"input: {str(table)!r} is ambiguous; name one of {owners}.")
         resolved[table] = found[0]
     return resolved
+
+
+def sql_name(dataset: Dataset, *, caller) -> str:
+    """How the caller names the dataset in a query: NAME when it is theirs, else owner.NAME (quoted if need be)."""
+
+    def part(text: str) -> str:
+        return text if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text) else _quote(text)
+
+    if dataset.owner_id == caller.pk:
+        return part(dataset.name)
+    return f"{part(dataset.owner.get_username())}.{part(dataset.name)}"
 
 
 def _quote(identifier: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from uuid import UUID
 
 from django.contrib import messages
@@ -20,9 +21,12 @@ from scripts_app.errors import OmlError
 from scripts_app.forms import RunForm
 from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
+from scripts_app.services import apply as apply_services
+from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
 from scripts_app.services import jobs as job_services
 from scripts_app.services import runs as run_services
+from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
 from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
 
@@ -48,6 +52,7 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         request.POST or None,
         signature=signature,
         environments=environment_services.environment_names_ready(),
+        datasets=dataset_choices(request.user),
     )
     again = request.GET.get("again")
     if request.method == "GET" and again:
@@ -68,8 +73,20 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "client_address": client_address(request),
             "version": version,
         }
+        asynchronous = form.cleaned_data["execution"] == "async"
         try:
-            if form.cleaned_data["execution"] == "async":
+            if form.cleaned_data["kind"] != Run.Kind.DO_EVAL:
+                create = functools.partial(apply_services.apply_create, **form.apply_options())
+                if asynchronous:
+                    run = job_services.job_submit(
+                        **options,
+                        create=create,
+                        timeout_seconds=form.cleaned_data["job_timeout"],
+                        comments=form.cleaned_data["comments"],
+                    )
+                else:
+                    run = run_services.run_execute(run=create(**options))
+            elif asynchronous:
                 run = job_services.job_submit(
                     **options,
                     timeout_seconds=form.cleaned_data["job_timeout"],
@@ -93,6 +110,15 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         },
         status=422 if form.errors else 200,
     )
+
+
+def dataset_choices(user) -> list[tuple[str, str]]:
+    """The datasets the user may read, as (name in SQL, label) for the run form's picker."""
+    datasets = dataset_services.datasets_readable_by(user).order_by("name", "owner__username")
+    return [
+        (sql_name(dataset, caller=user), f"{sql_name(dataset, caller=user)} ({dataset.row_count} rows)")
+        for dataset in datasets
+    ]
 
 
 def _chosen_version(request: HtmxHttpRequest, script: Script) -> ScriptVersion:
@@ -147,11 +173,30 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         if run.status == Run.Status.SUCCEEDED and table is None
         else None,
         "may_cancel": run.mode == Run.Mode.ASYNC and not run.is_finished and roles.can_cancel_run(request.user, run),
-        # The form runs a function with parameters (do-eval); an apply run is repeated through the API.
-        "may_run_again": script is not None
-        and run.kind == Run.Kind.DO_EVAL
-        and roles.can_run_script(request.user, script),
+        "may_run_again": script is not None and roles.can_run_script(request.user, script),
+        "pieces": piece_timeline(run),
     }
+
+
+def piece_timeline(run: Run) -> list[dict]:
+    """An apply run's pieces with their start and length as percentages of the run's span, for the timeline."""
+    pieces = [dict(piece) for piece in run.pieces or []]
+    times = [
+        (dt.datetime.fromisoformat(p["started_at"]), dt.datetime.fromisoformat(p["finished_at"]))
+        for p in pieces
+        if p.get("started_at") and p.get("finished_at")
+    ]
+    if not times:
+        return pieces
+    first = min(start for start, _ in times)
+    span = max((end - first).total_seconds() for _, end in times) or 1.0
+    for piece in pieces:
+        if piece.get("started_at") and piece.get("finished_at"):
+            start = (dt.datetime.fromisoformat(piece["started_at"]) - first).total_seconds()
+            piece["offset_seconds"] = start
+            piece["left_percent"] = round(100 * start / span, 2)
+            piece["width_percent"] = max(0.5, round(100 * (piece["seconds"] or 0) / span, 2))
+    return pieces
 
 
 @require_GET

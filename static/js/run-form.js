@@ -26,6 +26,18 @@
     radio.addEventListener("change", syncExecution);
   });
   syncExecution();
+  // The data fields of the chosen mode only (do-eval, table-, row-, group-, index-apply).
+  function syncKind() {
+    var checked = form.querySelector("input[name='kind']:checked");
+    var kind = checked ? checked.value : "do-eval";
+    form.querySelectorAll(".kind-fields").forEach(function (box) {
+      box.hidden = box.getAttribute("data-kinds").split(" ").indexOf(kind) < 0;
+    });
+  }
+  form.querySelectorAll("input[name='kind']").forEach(function (radio) {
+    radio.addEventListener("change", syncKind);
+  });
+  syncKind();
   form.addEventListener("submit", function () {
     var button = form.querySelector("button[data-busy-label]");
     if (button) {

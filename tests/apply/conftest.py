@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.api.test_jobs import published, run_job  # noqa: F401 - the async tests' fixtures
 from tests.factories import make_dataset
 
 

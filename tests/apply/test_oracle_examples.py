@@ -80,6 +80,19 @@ def test_row_apply_example(alice, alice_api, demo_iris):
     assert result[0] == {"Pred_Petal_Width": pytest.approx(5.1 * 1.3 - 1), "Species": "setosa", "Petal_Width": 0.2}
 
 
+def test_demo_group_count_answers_the_group_apply_example(alice_api, demo_iris):
+    """The demo script group_count (global, from bootstrap) answers Oracle's group-apply example as it is."""
+    body = {
+        "input": "select * from IRIS",
+        "parameters": '{"oml_input_type":"pandas.DataFrame"}',
+        "groupBy": "Species",
+        "orderBy": "Sepal_Length",
+        "parallelFlag": True,
+    }
+    result = apply(alice_api, "group-apply", "group_count", body).json()["result"]
+    assert result["versicolor"] == {"Species": {"0": "versicolor"}, "COUNT": {"0": 50}}
+
+
 def test_group_apply_example(alice, alice_api, demo_iris):
     """Oracle's group-apply example (groupBy Species, orderBy Sepal_Length): an object keyed per group."""
     make_script(alice, "group_count", GROUP_COUNT)

@@ -158,6 +158,7 @@ def test_the_time_limit_bounds_the_whole_run(alice, alice_api, settings):
     response = apply(alice_api, "index-apply", "sleepy", {"times": 5})
     assert response.status_code == 400
     assert response.json()["errorCode"] == 1031
+    assert "The run exceeded its time limit of 2 seconds" in response.json()["errorMessage"]
     run = Run.objects.get()
     assert run.status == Run.Status.TIMED_OUT
     assert run.duration_seconds < 10
@@ -188,3 +189,14 @@ def test_cancelling_stops_every_piece(alice):
     assert run.error_code == 1037
     assert time.monotonic() - started < 15
     assert {p["status"] for p in run.pieces} <= {"CANCELLED", "SKIPPED"}
+
+
+def test_too_many_pieces_is_400_before_anything_runs(alice, alice_api, settings):
+    """More indexes than OMLWEB_APPLY_MAX_PIECES is refused up front, async or not."""
+    settings.OMLWEB_APPLY_MAX_PIECES = 3
+    make_script(alice, "ident", "def ident(i):\n    return i\n")
+    for extra in ({}, {"asyncFlag": True}):
+        response = apply(alice_api, "index-apply", "ident", {"times": 4, **extra})
+        assert response.status_code == 400
+        assert "limit of 3 pieces" in response.json()["errorMessage"]
+    assert not Run.objects.exists()
