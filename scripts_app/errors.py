@@ -39,6 +39,7 @@ class ErrorCode(enum.IntEnum):
     CANCELLED = 1037
     CRASHED = 1038
     BUSY = 1040
+    RUNNER_UNAVAILABLE = 1041
     INTERNAL = 1099
 
 

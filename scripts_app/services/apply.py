@@ -284,7 +284,7 @@ def _run_pieces(
         piece.started_at = time.time()
         try:
             piece.result = runner.run(job, is_cancelled=stopped)
-        except runner.RunnerBusy as error:
+        except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
             piece.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
             piece.status = "BUSY"
         finally:

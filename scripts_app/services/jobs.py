@@ -479,8 +479,8 @@ def service_status() -> dict:
             "waiting": hms(now - oldest.created_at),
             "attempts": oldest.attempts,
         },
-        # Filled from the runner's isolation_report() by whoever wires it in.
-        "isolation": None,
+        # This process's runner: the isolation level in force and what it protects against.
+        "isolation": runner.isolation_report(),
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable
 
 from django.conf import settings
@@ -15,6 +16,8 @@ from scripts_app import roles, runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError, PermissionDenied
 from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
 from scripts_app.services import environments
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ENVIRONMENT = environments.DEFAULT_ENVIRONMENT
 
@@ -122,6 +125,12 @@ def run_execute(
     except runner.RunnerBusy:
         _finish(run, Run.Status.FAILED, error_code=ErrorCode.BUSY, error_message=Busy.busy_message)
         raise Busy(Busy.busy_message) from None
+    except runner.RunnerUnavailable as error:
+        # A fault of this host's set-up (say, OMLWEB_RUNNER_ISOLATION names a level it lacks), not of the run.
+        logger.error("The runner cannot start runs: %s", error)
+        message = f"The service cannot run scripts on this host: {error}"
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.RUNNER_UNAVAILABLE, error_message=message)
+        raise OmlError(message, code=ErrorCode.RUNNER_UNAVAILABLE, status=500) from None
     run_record_result(run=run, result=result)
     return run
 

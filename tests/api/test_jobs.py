@@ -353,7 +353,9 @@ def test_admin_status_is_for_admins(alice_api, admin_api, monkeypatch):
     assert set(body["serviceLevels"]) == {"LOW", "MEDIUM", "HIGH"}
     assert body["serviceLevels"]["LOW"]["workers"] == ["low@h"]
     assert body["oldestQueuedJob"] is None
-    assert "isolation" in body
+    # The isolation level in force on this host, and what it protects against.
+    assert body["isolation"]["level"] in ("bwrap", "unshare", "process")
+    assert body["isolation"]["protects_against"]
 
 
 def test_apply_endpoints_take_async_jobs_too(alice, alice_api, published, run_job):

@@ -72,6 +72,8 @@ class Command(BaseCommand):
                 "-m",
                 "gunicorn",
                 "omlweb.wsgi:application",
+                "--config",
+                "python:omlweb.gunicorn_conf",
                 "--bind",
                 bind,
                 "--workers",
