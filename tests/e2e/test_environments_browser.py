@@ -77,7 +77,8 @@ def test_an_admin_builds_an_environment_watches_its_log_and_runs_a_script_in_it(
     page.get_by_label("Environment").select_option("probe")
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page.locator(".status")).to_have_text("Succeeded", timeout=30_000)
-    expect(page.get_by_text("42")).to_be_visible()
+    # exact: "42" also appears inside the run's timestamps.
+    expect(page.get_by_text("42", exact=True)).to_be_visible()
 
     raw, _ = token_issue(user=admin)
     api = APIClient()
