@@ -208,6 +208,28 @@ class RunForm(forms.Form):
     def parameter_bound_fields(self) -> list:
         return [self[name] for name in self.parameter_fields]
 
+    def set_from_run(self, run: Run) -> None:
+        """Fill the (unbound) form with what an earlier run was given: run again."""
+        parameters = dict(run.parameters)
+        self.initial.update({"env_name": run.env_name, "service": run.service, "graphics": run.graphics})
+        if run.kind != Run.Kind.DO_EVAL:
+            # The form adds these OML control arguments itself from its input-type fields.
+            self.initial["input_type"] = parameters.pop("oml_input_type", "default")
+            self.initial["na_omit"] = bool(parameters.pop("oml_na_omit", False))
+            options = run.apply_options or {}
+            self.initial.update(
+                {
+                    "kind": run.kind,
+                    "input_query": run.input_query,
+                    "rows": options.get("rows"),
+                    "group_by": ", ".join(options.get("groupBy") or []),
+                    "order_by": ", ".join(options.get("orderBy") or []),
+                    "times": options.get("times"),
+                    "parallel": bool(options.get("parallelFlag")),
+                }
+            )
+        self.set_parameters(parameters)
+
     def set_parameters(self, parameters: dict) -> None:
         """Fill the form (unbound) with an earlier run's parameters: run again."""
         known = {field.removeprefix(self.PARAMETER_PREFIX) for field in self.parameter_fields}

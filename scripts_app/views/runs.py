@@ -58,10 +58,7 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     if request.method == "GET" and again:
         earlier = Run.objects.filter(pk=_uuid_or_none(again)).first()
         if earlier is not None and roles.can_view_run(request.user, earlier):
-            form.set_parameters(earlier.parameters)
-            form.initial.update(
-                {"env_name": earlier.env_name, "service": earlier.service, "graphics": earlier.graphics}
-            )
+            form.set_from_run(earlier)
     if request.method == "POST" and form.is_valid():
         options = {
             "script": script,

@@ -345,10 +345,9 @@ def test_an_apply_run_shows_its_input_and_pieces(alice_client, alice, typed_scri
     )
     response = alice_client.get(reverse("web:run_detail", args=[run.pk]))
     content = response.content.decode()
-    assert not response.context["may_run_again"]
     assert "SELECT * FROM iris" in content
-    assert "{&quot;rows&quot;: 50}" in content
-    assert "Pieces (2)" in content
+    assert "50 rows per chunk" in content
+    assert content.count('id="pieces-heading"') == 1
     assert "rows 51-&lt;100&gt;" in content
     listing = alice_client.get(reverse("web:run_list")).content.decode()
     assert "row-apply" in listing
@@ -359,3 +358,26 @@ def test_a_pruned_image_file_is_a_404(alice_client, figure_run):
     image = figure_run.images.get()
     image.image.storage.delete(image.image.name)
     assert alice_client.get(reverse("web:run_image", args=[figure_run.pk, 1])).status_code == 404
+
+
+def test_run_again_of_an_apply_run_fills_its_mode_query_and_options(alice_client, alice, typed_script):
+    """Run again of a group-apply run opens the form in that mode with its query, columns and input type."""
+    from scripts_app.services.runs import run_create
+
+    run = run_create(script=typed_script, user=alice, parameters={"n": 4, "oml_input_type": "pandas.DataFrame"})
+    Run.objects.filter(pk=run.pk).update(
+        kind=Run.Kind.GROUP_APPLY,
+        input_query="SELECT * FROM iris",
+        apply_options={"groupBy": ["Species"], "orderBy": ["Petal_Width DESC"], "parallelFlag": True},
+        status=Run.Status.SUCCEEDED,
+    )
+    assert alice_client.get(reverse("web:run_detail", args=[run.pk])).context["may_run_again"]
+    form = alice_client.get(run_url(typed_script), {"again": str(run.pk)}).context["form"]
+    assert form.initial["kind"] == Run.Kind.GROUP_APPLY
+    assert form.initial["input_query"] == "SELECT * FROM iris"
+    assert form.initial["group_by"] == "Species"
+    assert form.initial["order_by"] == "Petal_Width DESC"
+    assert form.initial["parallel"] is True
+    assert form.initial["input_type"] == "pandas.DataFrame"
+    assert form.initial["p_n"] == "4"
+    assert form.initial.get("params_mode") != "json"
