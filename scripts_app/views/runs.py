@@ -170,10 +170,8 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         if run.status == Run.Status.SUCCEEDED and table is None
         else None,
         "may_cancel": run.mode == Run.Mode.ASYNC and not run.is_finished and roles.can_cancel_run(request.user, run),
-        # "Run again" refills the form's parameters; an apply run's mode and input are repeated through the API.
-        "may_run_again": script is not None
-        and run.kind == Run.Kind.DO_EVAL
-        and roles.can_run_script(request.user, script),
+        # "Run again" refills the whole form, an apply run's mode, query and options too (RunForm.set_from_run).
+        "may_run_again": script is not None and roles.can_run_script(request.user, script),
         "pieces": piece_timeline(run),
     }
 
