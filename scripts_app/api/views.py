@@ -137,7 +137,7 @@ def execute(request: Request, version: str, script, data: dict, create=runs.run_
         "client_address": client_address(request),
     }
     if not data["asyncFlag"]:
-        return Response(runs.oml_result(runs.run_execute(run=create(**common))))
+        return Response(runs.oml_result(runs.run_execute(run=create(**common, started=True), claimed=True)))
     run = jobs.job_submit(
         create=create, **common, timeout_seconds=data.get("timeout"), comments=data.get("comments", "")
     )

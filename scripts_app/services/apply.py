@@ -340,8 +340,9 @@ def apply_execute(
     """Run an apply run to its end and record the outcome, with each piece's timings.
 
     `limits` are each piece's (the wall clock is what is left of the run's); `claimed` says the
-    caller (the async worker) already marked the run RUNNING. Recording an outcome of an async run
-    that was taken from this attempt raises runs.RunTakenAway (runs._finish).
+    caller already marked the run RUNNING (the async worker's claim, or a sync run created started).
+    Recording an outcome of an async run that was taken from this attempt raises runs.RunTakenAway
+    (runs._finish).
     """
     if not claimed:
         run.status = Run.Status.RUNNING
