@@ -141,11 +141,14 @@ def dataset_revoke(request: HtmxHttpRequest, pk: UUID, user_id: int) -> HttpResp
     return redirect("web:dataset_detail", dataset.pk)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @login_required
 def dataset_delete(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
+    """Ask first (GET), delete on the confirmation's POST: one stray click must not lose a dataset."""
     dataset = own_dataset_or_403(request, pk)
-    name = dataset.name
-    dataset_services.dataset_delete(dataset=dataset)
-    messages.success(request, f"Deleted the dataset {name}.")
-    return redirect("web:dataset_list")
+    if request.method == "POST":
+        name = dataset.name
+        dataset_services.dataset_delete(dataset=dataset)
+        messages.success(request, f"Deleted the dataset {name}.")
+        return redirect("web:dataset_list")
+    return render(request, "datasets/confirm_delete.html", {"dataset": dataset})
