@@ -83,7 +83,7 @@ def environment_list(request: HttpRequest) -> HttpResponse:
         except OmlError as error:
             form.add_error(None, error.message)
         else:
-            messages.success(request, f"Environment {environment.name} is being built.")
+            messages.success(request, f"Build of environment {environment.name} queued.")
             return redirect("environments:detail", name=environment.name)
     return render(
         request,
@@ -150,7 +150,7 @@ def environment_detail(request: HttpRequest, name: str) -> HttpResponse:
 def environment_rebuild(request: HttpRequest, name: str) -> HttpResponse:
     _require_admin(request)
     environment = environments.environment_rebuild(environment=_environment_or_404(name))
-    messages.success(request, f"Environment {environment.name} is being built afresh.")
+    messages.success(request, f"Rebuild of environment {environment.name} queued.")
     return redirect("environments:detail", name=environment.name)
 
 

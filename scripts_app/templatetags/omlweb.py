@@ -17,6 +17,12 @@ def cell(value: Any) -> str:
 
 
 @register.filter
+def status_label(status: str) -> str:
+    """A status constant as words: TIMED_OUT reads "Timed out"."""
+    return str(status).replace("_", " ").lower().capitalize()
+
+
+@register.filter
 def pretty_json(value: Any) -> str:
     return as_pretty_json(value)
 

@@ -248,7 +248,7 @@ def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         except OmlError as error:
             messages.error(request, error.message)
         else:
-            messages.success(request, f"Cancel requested: the run is {run.get_status_display().lower()}.")
+            messages.success(request, "Cancel requested.")
     return redirect("web:run_detail", run.pk)
 
 

@@ -59,6 +59,11 @@
       document.body.addEventListener("htmx:afterSwap", function (event) {
         var result = event.detail.target.querySelector("[data-check-line]");
         if (result) { mark(parseInt(result.getAttribute("data-check-line"), 10), false); }
+        // The last save's errors describe a source that no longer exists: the live check replaces them.
+        if (result && event.detail.target.id === "source-check") {
+          box.parentNode.querySelectorAll("#source-error").forEach(function (old) { old.remove(); });
+          box.parentNode.classList.remove("has-error");
+        }
       });
     }
     cm.getInputField().setAttribute("aria-describedby", "source-help" + (document.getElementById("source-error") ? " source-error" : ""));

@@ -44,6 +44,8 @@ def test_main_pages_open(live_server, page: Page, screenshot, viewport):
     for name, (path, heading) in pages.items():
         page.goto(live_server.url + path)
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        # Wide content scrolls inside its own box; the page itself never scrolls sideways.
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= viewport["width"], name
         screenshot(page, f"11-{name}-{suffix}")
     assert errors == []
 
