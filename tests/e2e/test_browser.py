@@ -8,7 +8,7 @@ from playwright.sync_api import Page, expect
 
 from scripts_app.models import Run
 from scripts_app.services.runs import run_create
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import assert_accessible, sign_in
 from tests.factories import PASSWORD, UserFactory, make_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -40,6 +40,7 @@ def test_write_run_and_see_figure_and_table(live_server, page: Page, screenshot)
     expect(page.locator(".CodeMirror-code .CodeMirror-linenumber").first).to_be_visible()
     expect(page.locator(".cm-keyword").first).to_have_text("import")
     screenshot(page, "02-editor")
+    assert_accessible(page, "editor")
     page.get_by_role("button", name="Create script").click()
 
     expect(page.get_by_role("heading", name="dots")).to_be_visible()
@@ -48,6 +49,7 @@ def test_write_run_and_see_figure_and_table(live_server, page: Page, screenshot)
     expect(page.get_by_label("count")).to_have_value("5")
     page.get_by_label("count").fill("4")
     screenshot(page, "04-run-form")
+    assert_accessible(page, "run form")
     page.get_by_role("button", name="Run", exact=True).click()
 
     expect(page.locator(".status")).to_have_text("Succeeded")
@@ -58,6 +60,7 @@ def test_write_run_and_see_figure_and_table(live_server, page: Page, screenshot)
     expect(table.locator("thead th")).to_have_text(["id", "val"])
     expect(table.locator("tbody tr")).to_have_count(4)
     screenshot(page, "05-run-result")
+    assert_accessible(page, "run result")
     run = Run.objects.get()
     assert run.parameters == {"count": 4, "colour": "r"}
 

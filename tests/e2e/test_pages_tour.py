@@ -8,7 +8,7 @@ from playwright.sync_api import Page, expect
 from scripts_app.services.runs import run_sync
 from scripts_app.services.scripts import script_update
 from scripts_app.services.tokens import personal_token_create
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import assert_accessible, sign_in
 from tests.factories import PASSWORD, UserFactory, make_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -31,6 +31,7 @@ def test_main_pages_open(live_server, page: Page, screenshot, viewport):
 
     page.goto(live_server.url + "/accounts/login/")
     screenshot(page, f"10-login-{suffix}")
+    assert_accessible(page, "login")
     sign_in(page, live_server, "root", PASSWORD)
     pages = {
         "scripts": ("/scripts/", "Scripts"),
@@ -46,6 +47,7 @@ def test_main_pages_open(live_server, page: Page, screenshot, viewport):
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         # Wide content scrolls inside its own box; the page itself never scrolls sideways.
         assert page.evaluate("() => document.documentElement.scrollWidth") <= viewport["width"], name
+        assert_accessible(page, name)
         screenshot(page, f"11-{name}-{suffix}")
     assert errors == []
 
