@@ -10,6 +10,8 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -255,15 +257,23 @@ def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 # History
 
 
+RUN_FILTERS = ("script", "params", "user", "status", "since", "until")
+
+
 @require_GET
 @login_required
 def run_list(request: HtmxHttpRequest) -> HttpResponse:
     user = request.user
     sees_all = roles.sees_everything(user)
-    filters = {key: request.GET.get(key, "").strip() for key in ("script", "user", "status", "since", "until")}
+    filters = {key: request.GET.get(key, "").strip() for key in RUN_FILTERS}
     runs = roles.runs_visible_to(user, Run.objects.all())
     if filters["script"]:
-        runs = runs.filter(script_name=filters["script"])
+        runs = runs.filter(script_name__icontains=filters["script"])
+    if filters["params"]:
+        # The parameters as their JSON text: a value, a key or "key": value, wherever it is nested.
+        runs = runs.annotate(parameters_text=Cast("parameters", TextField())).filter(
+            parameters_text__icontains=filters["params"]
+        )
     if filters["user"] and sees_all:
         runs = runs.filter(user__username=filters["user"])
     if filters["status"] in Run.Status.values:
@@ -289,6 +299,7 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             "parameters",
             "user__username",
             "script_version__number",
+            "script_version__script_id",
         )
         .order_by("-created_at")
     )

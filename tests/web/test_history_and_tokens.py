@@ -25,6 +25,7 @@ def make_runs(script, user, count, **fields):
             status=fields.get("status", Run.Status.SUCCEEDED),
             created_at=fields.get("created_at", now - dt.timedelta(seconds=i)),
             client_address="10.0.0.1",
+            parameters=fields.get("parameters", {}),
         )
         for i in range(count)
     ]
@@ -82,6 +83,30 @@ def test_filters_by_script_status_and_date(client, admin_user, alice, scripts):
     assert len(names(client.get(url, {"since": since}))) == 3
     until = (old + dt.timedelta(days=1)).date().isoformat()
     assert names(client.get(url, {"until": until})) == [("b", "alice")]
+
+
+def test_it_finds_runs_by_part_of_a_name_or_a_parameter_value(client, alice):
+    """The script filter matches part of a name; the parameter search matches a value or a key: value."""
+    sales = make_script(alice, "monthly_sales", "def monthly_sales(region='EU', year=2024):\n    return 1\n")
+    other = make_script(alice, "costs", "def costs():\n    return 1\n")
+    make_runs(sales, alice, 2, parameters={"region": "EU", "year": 2024})
+    make_runs(sales, alice, 1, parameters={"region": "US", "filters": {"year": 2023}})
+    make_runs(other, alice, 1)
+    client = logged_in(client, alice)
+    url = reverse("web:run_list")
+    assert len(names(client.get(url, {"script": "SALES"}))) == 3
+    assert len(names(client.get(url, {"params": "2023"}))) == 1
+    assert len(names(client.get(url, {"params": '"region": "EU"'}))) == 2
+    assert len(names(client.get(url, {"params": "eu", "script": "monthly"}))) == 2
+    assert names(client.get(url, {"params": "nowhere"})) == []
+
+
+def test_it_shows_the_total_and_links_each_run_to_its_script(client, alice, scripts):
+    """The list says how many runs match and links each row's script name to the script's page."""
+    make_runs(scripts[0], alice, 3)
+    response = logged_in(client, alice).get(reverse("web:run_list"))
+    assert b"3 runs." in response.content
+    assert reverse("web:script_detail", args=[scripts[0].pk]).encode() in response.content
 
 
 def test_the_list_is_paginated(client, alice, scripts):
