@@ -16,6 +16,23 @@ from scripts_app.signature import Parameter, Signature
 # Scripts
 
 
+# What a new script starts from: the conventions a first script needs, in a script that runs as it is.
+NEW_SCRIPT_TEMPLATE = '''import matplotlib.pyplot as plt
+import pandas as pd
+
+
+def main(rows: int = 5):
+    """A run calls the function named like the script, else the first one, with the run's parameters.
+
+    Figures still open at the end come back as PNG images (graphics on); a DataFrame comes back as a
+    table; print() goes to the run's output, never into the result.
+    """
+    frame = pd.DataFrame({"x": range(rows), "square": [i * i for i in range(rows)]})
+    frame.plot(x="x", y="square", title="Squares")
+    return frame
+'''
+
+
 class ScriptForm(forms.Form):
     name = forms.RegexField(
         regex=SCRIPT_NAME_PATTERN,

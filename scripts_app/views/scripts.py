@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from scripts_app import roles
 from scripts_app.errors import OmlError
-from scripts_app.forms import GrantForm, ScriptForm
+from scripts_app.forms import NEW_SCRIPT_TEMPLATE, GrantForm, ScriptForm
 from scripts_app.models import Run, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError, entry_function
 from scripts_app.services import scripts as script_services
@@ -74,7 +74,7 @@ def script_list(request: HtmxHttpRequest) -> HttpResponse:
 def script_create(request: HtmxHttpRequest) -> HttpResponse:
     require_writer(request)
     may_make_global = roles.can_make_global(request.user)
-    form = ScriptForm(request.POST or None, may_make_global=may_make_global)
+    form = ScriptForm(request.POST or None, initial={"source": NEW_SCRIPT_TEMPLATE}, may_make_global=may_make_global)
     if request.method == "POST" and form.is_valid():
         try:
             script = script_services.script_create(

@@ -30,6 +30,9 @@
           else { cm.replaceSelection(Array(cm.getOption("indentUnit") + 1).join(" "), "end", "+input"); }
         },
         "Shift-Tab": function (cm) { cm.indentSelection("subtract"); },
+        // Save (a new version) without leaving the keyboard, as in any editor.
+        "Ctrl-S": function (cm) { cm.save(); textarea.form && textarea.form.requestSubmit(); },
+        "Cmd-S": function (cm) { cm.save(); textarea.form && textarea.form.requestSubmit(); },
         // Keyboard users need a way out of an editor that takes Tab.
         Esc: function (cm) {
           var next = nextFocusable(cm.getWrapperElement().querySelector("textarea"));

@@ -99,6 +99,7 @@ def test_messages_never_contradict_the_page(live_server, page: Page):
 
     page.goto(f"{live_server.url}/scripts/new/")
     page.get_by_label("Name").fill("fresh")
+    page.evaluate("() => window.omlwebEditor.setValue('')")
     page.get_by_role("button", name="Create script").click()
     expect(page.get_by_text("This field is required.")).to_be_visible()
     page.evaluate("source => window.omlwebEditor.setValue(source)", "def fresh():\n    return 1\n")
@@ -146,3 +147,30 @@ def test_with_javascript_a_job_page_says_it_updates_itself(live_server, page: Pa
     page.goto(f"{live_server.url}/runs/{run.pk}/")
     expect(page.get_by_text("(updates by itself)")).to_be_visible()
     expect(page.get_by_role("link", name="reload")).to_have_count(0)
+
+
+def test_a_new_script_starts_from_a_template_that_runs(live_server, page: Page):
+    """The editor opens on a working example; clicking anywhere in its box types there; Ctrl+S saves."""
+    alice = UserFactory(username="alice")
+    sign_in(page, live_server, "alice", PASSWORD)
+    page.goto(f"{live_server.url}/scripts/new/")
+    expect(page.locator(".CodeMirror")).to_contain_text("def main(rows: int = 5):")
+    template = page.evaluate("() => window.omlwebEditor.getValue()")
+    page.get_by_label("Name").fill("squares")
+    # An empty editor is one line tall inside a taller box: a click low in the box still reaches it.
+    page.evaluate("() => window.omlwebEditor.setValue('')")
+    page.get_by_label("Name").focus()
+    box = page.locator(".editor-box .CodeMirror").bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] - 5)
+    page.keyboard.type("# saved from the keyboard\n")
+    page.evaluate("source => window.omlwebEditor.replaceRange(source, {line: 1, ch: 0})", template)
+    page.keyboard.press("Control+s")
+    expect(page.get_by_role("heading", name="squares")).to_be_visible()
+    script = Script.objects.get(owner=alice, name="squares")
+    assert "# saved from the keyboard" in script.source
+
+    page.get_by_role("link", name="Run", exact=True).click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    expect(page.locator(".status")).to_have_text("Succeeded")
+    expect(page.get_by_role("img", name="Squares 1")).to_be_visible()
+    expect(page.locator("table.data tbody tr")).to_have_count(5)
