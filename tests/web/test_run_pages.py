@@ -143,6 +143,18 @@ def test_a_failing_script_shows_its_traceback(alice_client, alice):
     assert b"ValueError: no &lt;good&gt;" in content
 
 
+def test_a_sync_run_cut_by_its_time_limit_suggests_a_job(alice_client, alice, settings):
+    """A sync run that timed out says a job may run longer, with a link to run it again."""
+    settings.OMLWEB_RUN_WALL_SECONDS = 1.0
+    script = make_script(alice, "slow", "import time\n\ndef slow():\n    time.sleep(30)\n")
+    alice_client.post(run_url(script), form_data())
+    run = Run.objects.get()
+    assert run.status == Run.Status.TIMED_OUT
+    content = alice_client.get(reverse("web:run_detail", args=[run.pk])).content.decode()
+    assert "A job may run much longer" in content
+    assert f"again={run.pk}" in content
+
+
 # The run page
 
 
