@@ -174,3 +174,24 @@ def test_a_new_script_starts_from_a_template_that_runs(live_server, page: Page):
     expect(page.locator(".status")).to_have_text("Succeeded")
     expect(page.get_by_role("img", name="Squares 1")).to_be_visible()
     expect(page.locator("table.data tbody tr")).to_have_count(5)
+
+
+def test_on_a_phone_the_navigation_folds_behind_a_menu_button(live_server, page: Page, screenshot):
+    """A phone shows a one-row header with a Menu button that opens the links; a desktop shows the links."""
+    UserFactory(username="alice")
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, live_server, "alice", PASSWORD)
+    menu = page.get_by_role("button", name="Menu")
+    expect(menu).to_be_visible()
+    expect(page.get_by_role("link", name="Runs")).to_be_hidden()
+    assert page.locator(".site-header").bounding_box()["height"] < 70
+    screenshot(page, "13-phone-menu-closed")
+    menu.click()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    screenshot(page, "13-phone-menu-open")
+    page.get_by_role("link", name="Runs").click()
+    expect(page.get_by_role("heading", name="My runs")).to_be_visible()
+
+    page.set_viewport_size({"width": 1280, "height": 900})
+    expect(page.get_by_role("button", name="Menu")).to_be_hidden()
+    expect(page.get_by_role("link", name="Runs")).to_be_visible()
