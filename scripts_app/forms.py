@@ -47,9 +47,22 @@ class ScriptForm(forms.Form):
         label="Source",
     )
     is_global = forms.BooleanField(required=False, label="Global: every user may read and run it")
+    env_name = forms.ChoiceField(
+        required=False,
+        label="Environment",
+        help_text="Where its runs go when they name none (the run form and the API's envName may still choose).",
+    )
 
-    def __init__(self, *args, may_make_global: bool = False, renaming: bool = True, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        may_make_global: bool = False,
+        renaming: bool = True,
+        environments: list[str] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["env_name"].choices = [("", "default")] + [(name, name) for name in environments or []]
         if not may_make_global:
             del self.fields["is_global"]
         if not renaming:

@@ -23,6 +23,9 @@ class Script(models.Model):
     name = models.CharField(max_length=128, validators=[script_name_validator])
     description = models.TextField(blank=True)
     is_global = models.BooleanField(default=False, help_text="Every user may read and run a global script.")
+    env_name = models.CharField(
+        max_length=64, blank=True, help_text="The environment its runs use when they name none; empty: the default one."
+    )
     current_version = models.ForeignKey(
         "ScriptVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -70,4 +70,4 @@ def test_defines_the_seaborn_environment_once_and_queues_its_build(monkeypatch, 
     environment = Environment.objects.get()
     assert (environment.name, environment.packages, environment.status) == ("seaborn", "seaborn", "BUILDING")
     assert queued == [(str(environment.pk), 1)]
-    assert Script.objects.filter(name="test_seaborn_noinp", is_global=True).exists()
+    assert Script.objects.filter(name="test_seaborn_noinp", is_global=True, env_name="seaborn").exists()

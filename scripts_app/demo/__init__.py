@@ -14,6 +14,10 @@ DEMO_ENVIRONMENT = {
 }
 
 
+# Demo scripts that run in an environment of their own when a run names none.
+DEMO_SCRIPT_ENVIRONMENTS = {"test_seaborn_noinp": DEMO_ENVIRONMENT["name"]}
+
+
 def demo_scripts() -> dict[str, str]:
     return {path.stem: path.read_text() for path in sorted(DEMO_DIR.glob("*.py")) if path.stem != "__init__"}
 

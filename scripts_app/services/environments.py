@@ -95,6 +95,11 @@ def environment_names_ready() -> list[str]:
     return [DEFAULT_ENVIRONMENT, *ready]
 
 
+def environment_names() -> list[str]:
+    """Every defined environment's name, built or not: what a script may choose as its own."""
+    return list(Environment.objects.order_by("name").values_list("name", flat=True))
+
+
 def environment_summaries() -> list[dict]:
     """Every environment in Oracle's `envs` shape, the default first."""
     rows = [default_summary()]

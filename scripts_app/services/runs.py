@@ -64,7 +64,8 @@ def run_create(
         raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
     if roles.is_read_only(user):
         raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
-    environment = check_environment(env_name)
+    # A run that names no environment runs in its script's own (the default one when it has none).
+    environment = check_environment(env_name or script.env_name or None)
     return Run.objects.create(
         script_version=version or script.current_version,
         script_name=script.name,

@@ -36,7 +36,14 @@ def checked_entry_function(*, source: str, name: str) -> str:
 
 @transaction.atomic
 def script_create(
-    *, owner, name: str, source: str, description: str = "", is_global: bool = False, overwrite: bool = False
+    *,
+    owner,
+    name: str,
+    source: str,
+    description: str = "",
+    is_global: bool = False,
+    overwrite: bool = False,
+    env_name: str | None = None,
 ) -> Script:
     """A new script with its first version; with overwrite, an existing one of that name changes instead."""
     if is_read_only(owner):
@@ -53,10 +60,14 @@ def script_create(
                 code=ErrorCode.SCRIPT_EXISTS,
                 status=409,
             )
-        return script_update(script=existing, by=owner, source=source, description=description, is_global=is_global)
+        return script_update(
+            script=existing, by=owner, source=source, description=description, is_global=is_global, env_name=env_name
+        )
     try:
         with transaction.atomic():
-            script = Script.objects.create(owner=owner, name=name, description=description, is_global=is_global)
+            script = Script.objects.create(
+                owner=owner, name=name, description=description, is_global=is_global, env_name=env_name or ""
+            )
     except IntegrityError:
         raise OmlError(f"Script {name!r} already exists.", code=ErrorCode.SCRIPT_EXISTS, status=409) from None
     _add_version(script=script, source=source, function=function, by=owner)
@@ -71,6 +82,7 @@ def script_update(
     source: str | None = None,
     description: str | None = None,
     is_global: bool | None = None,
+    env_name: str | None = None,
 ) -> Script:
     """Change a script. Changed source becomes a new version; the old ones stay as they were."""
     if is_read_only(by):
@@ -84,6 +96,8 @@ def script_update(
         script.description = description
     if is_global is not None:
         script.is_global = is_global
+    if env_name is not None:
+        script.env_name = env_name
     script.save()
     return script
 

@@ -50,12 +50,18 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         signature = entry_signature(version.source, version.entry_function)
     except ScriptSourceError:
         signature = None
+    environments = environment_services.environment_names_ready()
+    if script.env_name and script.env_name not in environments:
+        # Offered even before it is built: the run then says why it cannot start yet.
+        environments.append(script.env_name)
     form = RunForm(
         request.POST or None,
         signature=signature,
-        environments=environment_services.environment_names_ready(),
+        environments=environments,
         datasets=dataset_choices(request.user),
     )
+    if script.env_name:
+        form.fields["env_name"].initial = script.env_name
     again = request.GET.get("again")
     if request.method == "GET" and again:
         earlier = Run.objects.filter(pk=_uuid_or_none(again)).first()

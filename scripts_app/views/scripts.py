@@ -19,6 +19,7 @@ from scripts_app.errors import OmlError
 from scripts_app.forms import NEW_SCRIPT_TEMPLATE, GrantForm, ScriptForm
 from scripts_app.models import Run, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError, entry_function
+from scripts_app.services import environments as environment_services
 from scripts_app.services import scripts as script_services
 from scripts_app.signature import entry_signature
 from scripts_app.views.base import (
@@ -74,7 +75,12 @@ def script_list(request: HtmxHttpRequest) -> HttpResponse:
 def script_create(request: HtmxHttpRequest) -> HttpResponse:
     require_writer(request)
     may_make_global = roles.can_make_global(request.user)
-    form = ScriptForm(request.POST or None, initial={"source": NEW_SCRIPT_TEMPLATE}, may_make_global=may_make_global)
+    form = ScriptForm(
+        request.POST or None,
+        initial={"source": NEW_SCRIPT_TEMPLATE},
+        may_make_global=may_make_global,
+        environments=environment_services.environment_names(),
+    )
     if request.method == "POST" and form.is_valid():
         try:
             script = script_services.script_create(
@@ -83,6 +89,7 @@ def script_create(request: HtmxHttpRequest) -> HttpResponse:
                 source=form.cleaned_data["source"],
                 description=form.cleaned_data["description"],
                 is_global=form.cleaned_data.get("is_global", False),
+                env_name=form.cleaned_data["env_name"],
             )
         except OmlError as error:
             form.add_service_error(error)
@@ -130,8 +137,15 @@ def script_edit(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         "description": script.description,
         "source": script.source,
         "is_global": script.is_global,
+        "env_name": script.env_name,
     }
-    form = ScriptForm(request.POST or None, initial=initial, may_make_global=may_make_global, renaming=False)
+    form = ScriptForm(
+        request.POST or None,
+        initial=initial,
+        may_make_global=may_make_global,
+        renaming=False,
+        environments=environment_services.environment_names(),
+    )
     if request.method == "POST" and form.is_valid():
         before = script.current_version_id
         try:
@@ -141,6 +155,7 @@ def script_edit(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
                 source=form.cleaned_data["source"],
                 description=form.cleaned_data["description"],
                 is_global=form.cleaned_data["is_global"] if may_make_global else None,
+                env_name=form.cleaned_data["env_name"],
             )
         except OmlError as error:
             form.add_service_error(error)

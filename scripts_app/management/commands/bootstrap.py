@@ -10,7 +10,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from scripts_app.demo import DEMO_ENVIRONMENT, demo_datasets, demo_scripts
+from scripts_app.demo import DEMO_ENVIRONMENT, DEMO_SCRIPT_ENVIRONMENTS, demo_datasets, demo_scripts
 from scripts_app.models import Dataset, Environment, Script
 from scripts_app.roles import ADMINS, ROLES
 from scripts_app.services.datasets import dataset_create
@@ -31,10 +31,17 @@ class Command(BaseCommand):
         for name, source in demo_scripts().items():
             script = Script.objects.filter(owner=admin, name=name).first()
             if script is None:
-                script_create(owner=admin, name=name, source=source, description="Demo", is_global=True)
+                script_create(
+                    owner=admin,
+                    name=name,
+                    source=source,
+                    description="Demo",
+                    is_global=True,
+                    env_name=DEMO_SCRIPT_ENVIRONMENTS.get(name, ""),
+                )
                 self.stdout.write(f"Loaded demo script {name}.")
-            elif script.source != source:
-                script_update(script=script, by=admin, source=source)
+            elif script.source != source or script.env_name != DEMO_SCRIPT_ENVIRONMENTS.get(name, ""):
+                script_update(script=script, by=admin, source=source, env_name=DEMO_SCRIPT_ENVIRONMENTS.get(name, ""))
                 self.stdout.write(f"Updated demo script {name}.")
         if not Environment.objects.filter(name=DEMO_ENVIRONMENT["name"]).exists():
             # Built by a worker in the background; Example 2 works once it is READY.
