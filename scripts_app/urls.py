@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import datasets, runs, scripts, tokens, users
+from scripts_app.views import compare, datasets, runs, scripts, tokens, users
 
 app_name = "web"
 
@@ -23,6 +23,7 @@ urlpatterns = [
     path("scripts/<uuid:pk>/global/", scripts.script_set_global, name="script_set_global"),
     path("scripts/<uuid:pk>/run/", runs.run_script, name="run_script"),
     path("runs/", runs.run_list, name="run_list"),
+    path("runs/compare/", compare.run_compare, name="run_compare"),
     path("runs/<uuid:pk>/", runs.run_detail, name="run_detail"),
     path("runs/<uuid:pk>/images/<int:position>.png", runs.run_image, name="run_image"),
     path("runs/<uuid:pk>/data.<str:fmt>", runs.run_data, name="run_data"),

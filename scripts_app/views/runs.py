@@ -31,6 +31,7 @@ from scripts_app.services import runs as run_services
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
 from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
+from scripts_app.views.compare import compare_choices
 
 RUNS_PER_PAGE = 50
 TABLE_ROWS_PER_PAGE = 50
@@ -181,6 +182,7 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         # "Run again" refills the whole form, an apply run's mode, query and options too (RunForm.set_from_run).
         "may_run_again": script is not None and roles.can_run_script(request.user, script),
         "pieces": piece_timeline(run),
+        "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
     }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from uuid import UUID
 
 from django.contrib import messages
@@ -14,7 +13,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from scripts_app import roles
+from scripts_app import compare, roles
 from scripts_app.errors import OmlError
 from scripts_app.forms import NEW_SCRIPT_TEMPLATE, GrantForm, ScriptForm
 from scripts_app.models import Run, Script, ScriptVersion
@@ -212,7 +211,9 @@ def script_versions(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     new_number = _int_or_none(request.GET.get("b"))
     if old_number in numbers and new_number in numbers:
         old, new = (script.versions.get(number=n) for n in (old_number, new_number))
-        diff = _diff_lines(old, new)
+        diff = compare.source_diff(
+            old.source, new.source, old_label=f"version {old.number}", new_label=f"version {new.number}"
+        )
     elif len(numbers) >= 2:
         old_number, new_number = numbers[1], numbers[0]
     return render(
@@ -265,31 +266,6 @@ def _int_or_none(value: str | None) -> int | None:
         return int(value) if value else None
     except ValueError:
         return None
-
-
-def _diff_lines(old: ScriptVersion, new: ScriptVersion) -> list[tuple[str, str]]:
-    """A unified diff as (kind, text) rows; the template escapes the text."""
-    lines = difflib.unified_diff(
-        old.source.splitlines(),
-        new.source.splitlines(),
-        fromfile=f"version {old.number}",
-        tofile=f"version {new.number}",
-        lineterm="",
-    )
-    rows = []
-    for line in lines:
-        if line.startswith(("---", "+++")):
-            kind = "file"
-        elif line.startswith("@@"):
-            kind = "hunk"
-        elif line.startswith("+"):
-            kind = "add"
-        elif line.startswith("-"):
-            kind = "del"
-        else:
-            kind = "same"
-        rows.append((kind, line))
-    return rows
 
 
 # Sharing

@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 from scripts_app.models import Dataset, Run, Script
 from scripts_app.services.runs import run_create
 from scripts_app.services.scripts import script_update
-from tests.e2e.conftest import sign_in
+from tests.e2e.conftest import assert_accessible, sign_in
 from tests.factories import PASSWORD, UserFactory, make_dataset, make_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -195,3 +195,32 @@ def test_on_a_phone_the_navigation_folds_behind_a_menu_button(live_server, page:
     page.set_viewport_size({"width": 1280, "height": 900})
     expect(page.get_by_role("button", name="Menu")).to_be_hidden()
     expect(page.get_by_role("link", name="Runs")).to_be_visible()
+
+
+@pytest.mark.parametrize("width", [1280, 390], ids=["wide", "phone"])
+def test_compare_two_runs_from_the_run_page(live_server, page: Page, screenshot, width):
+    """From a run's page, pick an earlier run and see changed cells, added rows and both figures."""
+    from scripts_app.services.runs import run_sync
+
+    alice = UserFactory(username="alice")
+    source = (
+        "import matplotlib.pyplot as plt\n\n\ndef grow(k: float = 1.0, more: bool = False):\n"
+        "    plt.figure().suptitle(f'k={k}')\n"
+        "    rows = [{'id': i, 'value': i * k} for i in range(1, 4)]\n"
+        "    return rows + ([{'id': 4, 'value': 4 * k}] if more else [])\n"
+    )
+    script = make_script(alice, "grow", source)
+    run_sync(script=script, user=alice, parameters={"k": 1.0}, graphics=True)
+    newer = run_sync(script=script, user=alice, parameters={"k": 2.0, "more": True}, graphics=True)
+    page.set_viewport_size({"width": width, "height": 900})
+    sign_in(page, live_server, "alice", PASSWORD)
+    page.goto(f"{live_server.url}/runs/{newer.pk}/")
+    page.get_by_role("button", name="Compare").click()
+    expect(page.get_by_role("heading", name="Compare runs")).to_be_visible()
+    expect(page.locator(".compare-summary")).to_have_text("3 rows changed, 1 added, 0 removed, 0 the same.")
+    expect(page.locator("td.cell-changed").first).to_have_text("1.0 2.0")
+    expect(page.get_by_role("img", name="Before: k=1.0 1")).to_be_visible()
+    expect(page.get_by_role("img", name="After: k=2.0 1")).to_be_visible()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+    assert_accessible(page, "compare")
+    screenshot(page, f"14-compare-{'wide' if width > 800 else 'phone'}")
