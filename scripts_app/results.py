@@ -15,8 +15,14 @@ class Table:
     rows: list[list[Any]]
 
 
-def as_table(value: Any) -> Table | None:
-    """Records (a list of dicts, as a DataFrame comes back) or a dict of equal-length columns; else None."""
+def as_table(value: Any, *, kind: str = "do-eval") -> Table | None:
+    """Records (a list of dicts, as a DataFrame comes back) or a dict of equal-length columns; else None.
+
+    A group-apply result ({group: what the function gave}) is one table keyed by group: the records of
+    every group with a `group` column first, or one row per group when each gave a single value.
+    """
+    if kind == "group-apply" and isinstance(value, dict) and value:
+        return _groups_table(value)
     if isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
         columns = list(dict.fromkeys(str(key) for row in value for key in row))
         return Table(columns, [[row.get(column) for column in columns] for row in value])
@@ -29,6 +35,61 @@ def as_table(value: Any) -> Table | None:
         columns = [str(key) for key in value]
         return Table(columns, [list(row) for row in zip(*value.values(), strict=True)])
     return None
+
+
+def _groups_table(groups: dict) -> Table | None:
+    if all(isinstance(part, list) and all(isinstance(row, dict) for row in part) for part in groups.values()):
+        records = [{"group": group, **row} for group, part in groups.items() for row in part]
+        return as_table(records) if records else None
+    if all(not isinstance(part, dict | list) for part in groups.values()):
+        return Table(["group", "value"], [[group, part] for group, part in groups.items()])
+    return None
+
+
+def numeric_columns(table: Table) -> list[bool]:
+    """Columns whose values are all numbers (or null): right-aligned and shown at a sensible precision."""
+    return [
+        any(row[i] is not None for row in table.rows) and all(_number_or_null(row[i]) for row in table.rows)
+        for i in range(len(table.columns))
+    ]
+
+
+def _number_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def filtered(table: Table, text: str) -> Table:
+    """The rows with `text` (case-insensitive) in any cell."""
+    needle = text.lower()
+    return Table(table.columns, [row for row in table.rows if any(needle in cell_text(c).lower() for c in row)])
+
+
+def sorted_by(table: Table, column: str, *, descending: bool = False) -> Table:
+    """The rows ordered by one column: numbers by value, then text, then anything else; nulls last."""
+    index = table.columns.index(column)
+
+    def key(row: list) -> tuple:
+        value = row[index]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (0, value, "")
+        if isinstance(value, str):
+            return (1, 0, value.lower())
+        return (2, 0, cell_text(value))
+
+    present = [row for row in table.rows if row[index] is not None]
+    missing = [row for row in table.rows if row[index] is None]
+    return Table(table.columns, sorted(present, key=key, reverse=descending) + missing)
+
+
+def number_text(value: Any) -> str:
+    """A number for reading: integers whole, floats to 4 decimals (or 3 significant digits when tiny)."""
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        if value != 0 and abs(value) < 0.001:
+            return f"{value:.3g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    return cell_text(value)
 
 
 def cell_text(value: Any) -> str:
@@ -52,6 +113,23 @@ def as_csv(table: Table) -> str:
     for row in table.rows:
         writer.writerow([_csv_text(cell) for cell in row])
     return out.getvalue()
+
+
+def as_parquet(table: Table) -> bytes:
+    """The table as a Parquet file; a column of mixed kinds (numbers and text, nested values) becomes text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = {}
+    for index, column in enumerate(table.columns):
+        values = [row[index] for row in table.rows]
+        try:
+            arrays[column] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[column] = pa.array([None if value is None else cell_text(value) for value in values])
+    out = pa.BufferOutputStream()
+    pq.write_table(pa.table(arrays), out)
+    return out.getvalue().to_pybytes()
 
 
 def _csv_text(value: Any) -> str:

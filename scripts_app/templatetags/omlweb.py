@@ -5,7 +5,7 @@ from typing import Any
 
 from django import template
 
-from scripts_app.results import as_pretty_json, cell_text
+from scripts_app.results import as_pretty_json, cell_text, number_text
 
 register = template.Library()
 
@@ -30,3 +30,15 @@ def pretty_json(value: Any) -> str:
 @register.filter
 def compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+@register.filter
+def number_cell(value: Any) -> str:
+    """A number at a readable precision (the exact value is in the downloads and the cell's title)."""
+    return number_text(value)
+
+
+@register.filter
+def page_numbers(page) -> list:
+    """The page numbers to link around the current one, with "…" for the gaps: 1 … 4 5 6 7 8 … 20."""
+    return list(page.paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1))

@@ -166,15 +166,16 @@ def run_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 
 
 def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
-    table = results.as_table(run.result) if run.status == Run.Status.SUCCEEDED else None
-    table_page = paginate(request, table.rows, TABLE_ROWS_PER_PAGE) if table else None
+    table = results.as_table(run.result, kind=run.kind) if run.status == Run.Status.SUCCEEDED else None
+    grid = _data_grid(request, table) if table else None
     script = run.script_version.script
     return {
         "run": run,
         "script": script,
         "images": list(run.images.all()) if run.is_finished else [],
         "table": table,
-        "table_page": table_page,
+        "grid": grid,
+        "table_page": grid["page"] if grid else None,
         "result_json": results.as_pretty_json(run.result)
         if run.status == Run.Status.SUCCEEDED and table is None
         else None,
@@ -183,6 +184,31 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "may_run_again": script is not None and roles.can_run_script(request.user, script),
         "pieces": piece_timeline(run),
         "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
+    }
+
+
+def _data_grid(request: HtmxHttpRequest, table: results.Table) -> dict:
+    """The DATA table as the page shows it: filtered by ?find=, sorted by ?sort= (?desc=1), paginated."""
+    find = request.GET.get("find", "").strip()
+    sort = request.GET.get("sort", "")
+    descending = request.GET.get("desc") == "1"
+    shown = results.filtered(table, find) if find else table
+    if sort in table.columns:
+        shown = results.sorted_by(shown, sort, descending=descending)
+    else:
+        sort = ""
+    numeric = results.numeric_columns(table)
+    page = paginate(request, shown.rows, TABLE_ROWS_PER_PAGE)
+    return {
+        "page": page,
+        # Each cell with whether its column is numeric (templates cannot zip).
+        "rows": [list(zip(row, numeric, strict=True)) for row in page.object_list],
+        "matching": len(shown.rows),
+        "find": find,
+        "columns": [
+            {"name": name, "numeric": is_number, "sorted": name == sort, "descending": descending}
+            for name, is_number in zip(table.columns, numeric, strict=True)
+        ],
     }
 
 
@@ -225,17 +251,20 @@ def run_image(request: HtmxHttpRequest, pk: UUID, position: int) -> FileResponse
 @require_GET
 @login_required
 def run_data(request: HtmxHttpRequest, pk: UUID, fmt: str) -> HttpResponse:
-    if fmt not in ("csv", "json"):
-        raise Http404("Data comes as csv or json.")
+    if fmt not in ("csv", "json", "parquet"):
+        raise Http404("Data comes as csv, json or parquet.")
     run = visible_run_or_404(request, pk)
     if run.status != Run.Status.SUCCEEDED:
         raise Http404("The run returned no data.")
     filename = f"{run.script_name}-{str(run.pk)[:8]}.{fmt}"
-    if fmt == "csv":
-        table = results.as_table(run.result)
+    if fmt in ("csv", "parquet"):
+        table = results.as_table(run.result, kind=run.kind)
         if table is None:
             raise Http404("The data is not a table.")
-        response = HttpResponse(results.as_csv(table), content_type="text/csv; charset=utf-8")
+        if fmt == "csv":
+            response = HttpResponse(results.as_csv(table), content_type="text/csv; charset=utf-8")
+        else:
+            response = HttpResponse(results.as_parquet(table), content_type="application/vnd.apache.parquet")
     else:
         response = HttpResponse(results.as_pretty_json(run.result), content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'

@@ -59,6 +59,8 @@ def test_keyboard_only_reaches_the_editor_and_leaves_it(live_server, page: Page)
     page.goto(live_server.url + "/scripts/new/")
     page.get_by_label("Name").focus()
     page.keyboard.press("Tab")
+    # A new script opens on an example: select it all and write over it.
+    page.keyboard.press("Control+a")
     page.keyboard.type("def f():")
     page.keyboard.press("Enter")
     page.keyboard.type("return 1")
