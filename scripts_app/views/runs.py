@@ -184,7 +184,21 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "may_run_again": script is not None and roles.can_run_script(request.user, script),
         "pieces": piece_timeline(run),
         "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
+        "progress": _progress(run),
     }
+
+
+def _progress(run: Run) -> dict | None:
+    """For a run not yet finished: how long it has waited or run, and its place in its queue."""
+    if run.is_finished:
+        return None
+    now = timezone.now()
+    if run.status == Run.Status.QUEUED:
+        ahead = Run.objects.filter(
+            status=Run.Status.QUEUED, mode=Run.Mode.ASYNC, service=run.service, created_at__lt=run.created_at
+        ).count()
+        return {"waiting_seconds": (now - run.created_at).total_seconds(), "position": ahead + 1}
+    return {"running_seconds": (now - (run.started_at or run.created_at)).total_seconds()}
 
 
 def _data_grid(request: HtmxHttpRequest, table: results.Table) -> dict:

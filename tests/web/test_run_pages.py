@@ -443,3 +443,18 @@ def test_a_group_apply_result_is_one_table_keyed_by_group(alice_client, alice):
     parquet = alice_client.get(reverse("web:run_data", args=[run.pk, "parquet"]))
     table = pq.read_table(io.BytesIO(b"".join(parquet.streaming_content) if parquet.streaming else parquet.content))
     assert table.to_pydict() == {"group": ["setosa", "virginica", "virginica"], "n": [50, 49, 1]}
+
+
+def test_a_queued_job_shows_its_place_in_the_queue_and_a_running_one_its_time(alice_client, alice, typed_script):
+    """Queued: waiting time and position among its service level's queued jobs. Running: time so far."""
+    from django.utils import timezone
+
+    from scripts_app.services.runs import run_create
+
+    first = run_create(script=typed_script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
+    second = run_create(script=typed_script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
+    content = alice_client.get(reverse("web:run_detail", args=[second.pk])).content.decode()
+    assert "number 2 in the LOW queue" in content
+    Run.objects.filter(pk=first.pk).update(status=Run.Status.RUNNING, started_at=timezone.now())
+    assert "number 1 in the LOW queue" in alice_client.get(reverse("web:run_detail", args=[second.pk])).content.decode()
+    assert "running for 0 s" in alice_client.get(reverse("web:run_detail", args=[first.pk])).content.decode()
