@@ -8,7 +8,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -104,8 +104,8 @@ def script_create(request: HtmxHttpRequest) -> HttpResponse:
 def script_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     script = visible_script_or_404(request, pk)
     user = request.user
-    recent_runs = roles.runs_visible_to(user, Run.objects.filter(script_version__script=script))
-    recent_runs = recent_runs.select_related("user", "script_version").only(
+    runs = roles.runs_visible_to(user, Run.objects.filter(script_version__script=script))
+    recent_runs = runs.select_related("user", "script_version").only(
         "id", "status", "created_at", "user__username", "script_version__number", "mode"
     )[:10]
     may_share = roles.can_share_script(user, script)
@@ -117,6 +117,7 @@ def script_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "grants": script.grants.select_related("grantee").order_by("grantee__username") if may_share else [],
             "grant_form": GrantForm(),
             "recent_runs": recent_runs,
+            "activity": script_activity(runs),
             "version_count": script.versions.count(),
             "may_edit": roles.can_edit_script(user, script),
             "may_run": roles.can_run_script(user, script),
@@ -124,6 +125,50 @@ def script_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "may_make_global": roles.can_make_global(user),
         },
     )
+
+
+# How many finished runs the script page's activity summary and duration chart look back over.
+ACTIVITY_RUNS = 100
+CHART_WIDTH, CHART_HEIGHT = 300, 48
+
+
+def script_activity(runs) -> dict | None:
+    """The script's last finished runs (those the user may see): success rate, median time, a duration
+    chart as SVG points (oldest on the left), and who ran it most."""
+    finished = list(
+        runs.filter(status__in=Run.FINISHED, started_at__isnull=False, finished_at__isnull=False)
+        .order_by("-created_at")
+        .values_list("status", "started_at", "finished_at")[:ACTIVITY_RUNS]
+    )
+    if not finished:
+        return None
+    finished.reverse()
+    seconds = [(end - start).total_seconds() for _, start, end in finished]
+    longest = max(seconds) or 1.0
+    step = CHART_WIDTH / max(len(seconds) - 1, 1)
+    points = [
+        {
+            "x": round(index * step, 1),
+            "y": round(CHART_HEIGHT - 4 - (value / longest) * (CHART_HEIGHT - 8), 1),
+            "ok": status == Run.Status.SUCCEEDED,
+            "seconds": value,
+        }
+        for index, ((status, _, _), value) in enumerate(zip(finished, seconds, strict=True))
+    ]
+    succeeded = sum(1 for status, _, _ in finished if status == Run.Status.SUCCEEDED)
+    return {
+        "count": len(finished),
+        "success_percent": round(100 * succeeded / len(finished)),
+        "median_seconds": sorted(seconds)[len(seconds) // 2],
+        "longest_seconds": longest,
+        "points": points,
+        "polyline": " ".join(f"{p['x']},{p['y']}" for p in points),
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "runners": list(
+            runs.values("user__username").annotate(count=Count("id")).order_by("-count", "user__username")[:5]
+        ),
+    }
 
 
 @require_http_methods(["GET", "POST"])

@@ -350,3 +350,39 @@ def test_the_live_check_names_the_entry_function(alice_client):
 def test_auditors_cannot_use_the_live_check(client, auditor):
     """The check is part of writing scripts, which auditors do not do."""
     assert logged_in(client, auditor).post(reverse("web:script_check"), {"source": SOURCE}).status_code == 403
+
+
+def test_the_script_page_sums_up_its_runs(client, alice, bob, admin_user):
+    """Success rate, median duration, a point per finished run (failed in red) and who ran it most."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    script = make_script(alice, "busy", "def busy():\n    return 1\n")
+    ScriptGrant.objects.create(script=script, grantee=bob)
+    now = timezone.now()
+    for user, status, seconds in [
+        (alice, "SUCCEEDED", 1),
+        (bob, "SUCCEEDED", 3),
+        (alice, "FAILED", 2),
+        (alice, "QUEUED", 0),
+    ]:
+        Run.objects.create(
+            script_version=script.current_version,
+            script_name="busy",
+            script_owner="alice",
+            user=user,
+            status=status,
+            started_at=now if status != "QUEUED" else None,
+            finished_at=now + dt.timedelta(seconds=seconds) if status != "QUEUED" else None,
+        )
+    url = reverse("web:script_detail", args=[script.pk])
+    activity = logged_in(client, admin_user).get(url).context["activity"]
+    assert (activity["count"], activity["success_percent"], activity["median_seconds"]) == (3, 67, 2.0)
+    assert [point["ok"] for point in activity["points"]] == [True, True, False]
+    assert activity["runners"] == [{"user__username": "alice", "count": 3}, {"user__username": "bob", "count": 1}]
+    # Analysts see only their own runs of the script.
+    alice_view = logged_in(client, alice).get(url).context["activity"]
+    assert (alice_view["count"], alice_view["success_percent"]) == (2, 50)
+    bob_view = logged_in(client, bob).get(url).context["activity"]
+    assert (bob_view["count"], bob_view["runners"]) == (1, [{"user__username": "bob", "count": 1}])
