@@ -352,6 +352,9 @@ class ListField(forms.CharField):
         if value in self.empty_values:
             return value
         text = value.strip()
+        if "\x00" in text:
+            # CharField's own check sees the list's repr, where a NUL is written as an escape.
+            raise forms.ValidationError("Null characters are not allowed.")
         if text.startswith("["):
             try:
                 items = loads_strict(text)

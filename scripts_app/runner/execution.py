@@ -209,6 +209,9 @@ class _Watch:
                 self.document = read_document(self.result, self.limits, frame_orient=self.frame_orient)
             except InvalidResult as error:
                 self.invalid = error.message
+            if self.document is not None or self.invalid is not None:
+                # Up to hundreds of MB with figures: not kept beside what was read from it.
+                self.result = bytearray()
         return self.document
 
     def drain(self, deadline: float) -> None:

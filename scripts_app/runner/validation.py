@@ -243,7 +243,7 @@ def _over_limit(failure: Failure, message: str) -> Document:
 
 def _meta(line: memoryview, limits: Limits) -> Document:
     try:
-        meta = json.loads(bytes(line), parse_constant=_refuse_constant)
+        meta = json.loads(str(line, "utf-8"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise InvalidResult("its first line is not a JSON object") from None
     if not isinstance(meta, dict) or set(meta) != META_KEYS:
@@ -341,7 +341,8 @@ def _items(value: Any, frame_orient: str) -> int:
 
 def _figures(document: Document, line: memoryview, limits: Limits) -> Document:
     try:
-        figures = json.loads(bytes(line), parse_constant=_refuse_constant)
+        # One copy of a line that may be hundreds of MB (json.loads of bytes would make two).
+        figures = json.loads(str(line, "utf-8"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise InvalidResult("its figures line is not JSON") from None
     if not isinstance(figures, list):

@@ -136,6 +136,11 @@ def run_execute(
         message = f"The service cannot run scripts on this host: {error}"
         _finish(run, Run.Status.FAILED, error_code=ErrorCode.RUNNER_UNAVAILABLE, error_message=message)
         raise OmlError(message, code=ErrorCode.RUNNER_UNAVAILABLE, status=500) from None
+    except Exception:
+        # A fault of the service: the run must not stay RUNNING until the reaper finds it.
+        logger.exception("Run %s: the runner failed", run.pk)
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message="The service failed to run it.")
+        raise
     run_record_result(run=run, result=result)
     return run
 

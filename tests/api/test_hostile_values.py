@@ -254,3 +254,37 @@ def test_running_a_stored_source_too_deep_to_compile_is_a_script_error(alice, al
     assert "too deeply nested" in response.json()["errorMessage"]
     assert Run.objects.get(user=alice).status == Run.Status.FAILED
     bob_still_runs(bob, bob_api)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_another_users_concurrent_runs_succeed_while_forged_documents_are_judged(alice, alice_api, bob):
+    """bob's runs, in threads of their own, all succeed while alice's forged documents fail one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from tests.conftest import client_for
+
+    make_script(bob, "healthy", HEALTHY)
+    bob_still_runs(bob, client_for(bob))
+    before = template_pids()
+    make_script(alice, "attack", forging(FORGED["nan-value"]))
+
+    def bob_runs(count: int) -> list:
+        api = client_for(bob)
+        try:
+            return [
+                api.post(f"{DO_EVAL}/healthy", {"parameters": {"n": 1}}, format="json").json() for _ in range(count)
+            ]
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(bob_runs, 4) for _ in range(2)]
+        attacks = [alice_api.post(f"{DO_EVAL}/attack", {}, format="json").json()["errorCode"] for _ in range(4)]
+        answers = [answer for future in futures for answer in future.result(timeout=300)]
+    assert attacks == [1039] * 4
+    assert answers == [{"result": ["still here"]}] * 8
+    assert set(Run.objects.filter(user=bob).values_list("status", flat=True)) == {Run.Status.SUCCEEDED}
+    assert Run.objects.filter(user=alice, status=Run.Status.FAILED, error_code=1039).count() == 4
+    assert template_pids() == before

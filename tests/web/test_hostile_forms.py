@@ -101,3 +101,14 @@ def test_a_float_list_field_refuses_values_that_are_not_finite(client, analyst, 
     assert response.status_code == 422
     assert "p_scales" in response.context["form"].errors
     assert not Run.objects.exists()
+
+
+def test_a_nul_in_a_list_field_is_a_field_error(client, analyst):
+    """A NUL typed into a list field is refused there, not stored (PostgreSQL's jsonb cannot hold it)."""
+    script = make_script(analyst, "tags", "def tags(names: list[str] = []):\n    return names\n")
+    response = logged_in(client, analyst).post(
+        reverse("web:run_script", args=[script.pk]), run_form(p_names="a\x00b, c")
+    )
+    assert response.status_code == 422
+    assert "Null characters" in " ".join(response.context["form"].errors["p_names"])
+    assert not Run.objects.exists()
