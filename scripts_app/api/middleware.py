@@ -6,6 +6,7 @@ import re
 import tempfile
 
 from django.conf import settings
+from django.http import HttpResponseBadRequest
 
 from scripts_app.api.errors import error_body, json_error
 from scripts_app.errors import ErrorCode
@@ -18,12 +19,21 @@ DATASET_UPLOAD = re.compile(r"^/oml/api/py-scripts/v[12]/datasets(/[^/]+)?$")
 
 
 class OmlApiMiddleware:
-    """What Oracle's API does outside any one view: the body limit, its cache headers, JSON errors only."""
+    """What Oracle's API does outside any one view: the body limit, its cache headers, JSON errors only.
+
+    For every path, pages too: a NUL in the URL (`%00`) is a 400 before any view looks it up, since
+    PostgreSQL refuses NUL in any text, even in a query's WHERE.
+    """
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
+        if "\x00" in request.path or "%00" in request.META.get("QUERY_STRING", ""):
+            message = "The URL holds a NUL character (%00), which no name or value can hold."
+            if request.path.startswith(API_PREFIXES):
+                return json_error(message, ErrorCode.UNSUPPORTED_VALUE, 400)
+            return HttpResponseBadRequest(message, content_type="text/plain")
         if not request.path.startswith(API_PREFIXES):
             return self.get_response(request)
         limit = body_limit(request.path)

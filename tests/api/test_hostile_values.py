@@ -7,11 +7,12 @@ in text and in jsonb, and every driver refuses a lone surrogate.
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
-from scripts_app.models import Run, Script, ScriptVersion
+from scripts_app.models import Dataset, Run, Script, ScriptVersion
 from scripts_app.runner.templates import registry
 from tests.factories import make_script
 
@@ -288,3 +289,56 @@ def test_another_users_concurrent_runs_succeed_while_forged_documents_are_judged
     assert set(Run.objects.filter(user=bob).values_list("status", flat=True)) == {Run.Status.SUCCEEDED}
     assert Run.objects.filter(user=alice, status=Run.Status.FAILED, error_code=1039).count() == 4
     assert template_pids() == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"{DO_EVAL}/a%00b",
+        f"{DO_EVAL}/healthy/al%00ice",
+        f"{SCRIPTS}/a%00b",
+        "/oml/api/py-scripts/v1/datasets/a%00b",
+        "/oml/api/py-scripts/v1/jobs/%00",
+        "/oml/api/py-scripts/v2/jobs?limit=%00",
+    ],
+)
+def test_a_nul_in_the_url_is_a_400(alice, alice_api, url):
+    """A %00 in a name or a query parameter is refused before any lookup (PostgreSQL refuses it even in a WHERE)."""
+    make_script(alice, "healthy", HEALTHY)
+    response = alice_api.post(url, {}, format="json") if "do-eval" in url else alice_api.get(url)
+    assert response.status_code == 400
+    assert response.json()["errorCode"] == 1008
+    assert not Run.objects.exists()
+
+
+def test_a_nul_in_a_pages_query_is_a_400(client, alice):
+    """The pages' searches too: 400, not a database error."""
+    client.force_login(alice)
+    for url in ("/scripts/?q=%00", "/runs/?q=%00", "/datasets/?q=%00", "/scripts/?owner=%00"):
+        assert client.get(url).status_code == 400, url
+
+
+def test_a_dataset_column_named_with_nul_is_refused(alice_api):
+    """A CSV whose header holds a NUL: 400 with 1008, no dataset (its schema is stored as JSON)."""
+    upload = io.BytesIO(b"na\x00me,val\nx,1\n")
+    response = alice_api.post("/oml/api/py-scripts/v1/datasets", {"name": "d", "file": upload}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["errorCode"] == 1008
+    assert not Dataset.objects.exists()
+
+
+def test_nul_in_a_datasets_values_reaches_a_run_as_a_replacement_character(alice, alice_api, bob, bob_api):
+    """Data holding NUL, run per group and whole: group keys and values come back and are stored as U+FFFD."""
+    upload = io.BytesIO(b"name,val\nx\x00y,1\nz,2\n")
+    response = alice_api.post("/oml/api/py-scripts/v1/datasets", {"name": "d", "file": upload}, format="multipart")
+    assert response.status_code == 201
+    make_script(alice, "ident", "def ident(df):\n    return df\n")
+    body = {"input": "select * from d", "groupBy": "name"}
+    response = alice_api.post("/oml/api/py-scripts/v1/group-apply/ident", body, format="json")
+    assert response.status_code == 200
+    result = response.json()["result"]
+    assert result["x\ufffdy"] == {"name": {"0": "x\ufffdy"}, "val": {"0": 1}}
+    response = alice_api.post("/oml/api/py-scripts/v1/table-apply/ident", {"input": "select * from d"}, format="json")
+    assert response.json() == {"result": [{"name": "x\ufffdy", "val": 1}, {"name": "z", "val": 2}]}
+    assert set(Run.objects.values_list("status", flat=True)) == {Run.Status.SUCCEEDED}
+    bob_still_runs(bob, bob_api)
