@@ -331,7 +331,12 @@ def collect_figures(limits: dict) -> list[dict]:
     for position, number in enumerate(numbers, start=1):
         figure = plt.figure(number)
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
+        try:
+            figure.savefig(buffer, format="png")
+        except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is the script's error
+            raise RunFailure(
+                "script_error", f"Figure {position} could not be saved as PNG: {_error_message(exc)}"
+            ) from None
         png = buffer.getvalue()
         if len(png) > limits["max_image_bytes"]:
             raise RunFailure(

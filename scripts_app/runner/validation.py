@@ -243,7 +243,8 @@ def _over_limit(failure: Failure, message: str) -> Document:
 
 def _meta(line: memoryview, limits: Limits) -> Document:
     try:
-        meta = json.loads(str(line, "utf-8"), parse_constant=_refuse_constant)
+        # The harness writes a message holding lone surrogates with "surrogatepass"; they are cleaned below.
+        meta = json.loads(str(line, "utf-8", "surrogatepass"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise InvalidResult("its first line is not a JSON object") from None
     if not isinstance(meta, dict) or set(meta) != META_KEYS:
@@ -342,7 +343,7 @@ def _items(value: Any, frame_orient: str) -> int:
 def _figures(document: Document, line: memoryview, limits: Limits) -> Document:
     try:
         # One copy of a line that may be hundreds of MB (json.loads of bytes would make two).
-        figures = json.loads(str(line, "utf-8"), parse_constant=_refuse_constant)
+        figures = json.loads(str(line, "utf-8", "surrogatepass"), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):
         raise InvalidResult("its figures line is not JSON") from None
     if not isinstance(figures, list):

@@ -262,3 +262,28 @@ def test_forged_documents_leave_the_template_and_other_runs_alone():
     assert sorted(value for _, value in outcomes) == sorted(list(range(8)) * 2)
     assert {outcome for outcome, _ in outcomes} == {Outcome.SUCCEEDED}
     assert template_pids() == before
+
+
+def test_a_figure_title_with_nul_is_kept_made_safe_and_cut(mode):
+    """matplotlib titles are the user's text too: NUL becomes U+FFFD and a long one is cut to what is stored."""
+    source = (
+        "import matplotlib.pyplot as plt\n"
+        "def f():\n"
+        "    plt.figure()\n"
+        "    plt.plot([0, 1])\n"
+        "    plt.title('t\\x00' + 'x' * 1000)\n"
+    )
+    result = runner.run(make_job(source, graphics=True))
+    assert result.outcome is Outcome.SUCCEEDED, result.error_message + result.stderr
+    [figure] = result.figures
+    assert figure.title.startswith("t\ufffdxxx")
+    assert len(figure.title) <= 500
+    assert figure.png.startswith(b"\x89PNG")
+
+
+def test_a_figure_matplotlib_cannot_draw_is_a_script_error(mode):
+    """A title with a lone surrogate makes savefig raise: the run's own error, not a crashed harness."""
+    source = "import matplotlib.pyplot as plt\ndef f():\n    plt.figure()\n    plt.title('\\ud800')\n"
+    result = runner.run(make_job(source, graphics=True))
+    assert result.failure is Failure.SCRIPT_ERROR
+    assert result.error_message.startswith("Figure 1 could not be saved as PNG: ")
