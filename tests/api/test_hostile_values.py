@@ -342,3 +342,17 @@ def test_nul_in_a_datasets_values_reaches_a_run_as_a_replacement_character(alice
     assert response.json() == {"result": [{"name": "x\ufffdy", "val": 1}, {"name": "z", "val": 2}]}
     assert set(Run.objects.values_list("status", flat=True)) == {Run.Status.SUCCEEDED}
     bob_still_runs(bob, bob_api)
+
+
+def test_a_forged_value_nested_to_the_limit_is_stored_answered_and_shown(alice, alice_api, client):
+    """A value 128 levels deep (the most the parent takes) is stored, answered and shown on its run page."""
+    make_script(alice, "attack", forging(f"{META}\n{'[' * 128}{']' * 128}\n[]"))
+    response = alice_api.post(f"{DO_EVAL}/attack", {}, format="json")
+    assert response.status_code == 200
+    run = Run.objects.get()
+    assert run.status == Run.Status.SUCCEEDED
+    client.force_login(alice)
+    assert client.get(f"/runs/{run.pk}/").status_code == 200
+    make_script(alice, "attack", forging(f"{META}\n{'[' * 129}{']' * 129}\n[]"), overwrite=True)
+    response = alice_api.post(f"{DO_EVAL}/attack", {}, format="json")
+    assert response.json()["errorCode"] == 1027
