@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import selectors
 import shutil
@@ -31,6 +32,8 @@ from scripts_app.runner.templates import (
 )
 from scripts_app.runner.types import Failure, Job, Outcome, Result, RunnerBusy, RunnerUnavailable
 from scripts_app.runner.validation import Document, InvalidResult, read_document, storable_text
+
+logger = logging.getLogger("scripts_app.runner")
 
 POLL_SECONDS = 0.1
 # After the child is gone, how long stdout/stderr may stay open (a grandchild outside a PID
@@ -209,6 +212,10 @@ class _Watch:
                 self.document = read_document(self.result, self.limits, frame_orient=self.frame_orient)
             except InvalidResult as error:
                 self.invalid = error.message
+            except Exception:
+                # Nothing a run writes may raise in the parent: a gap in the checks is still the run's failure.
+                logger.exception("runner: a result document could not be checked")
+                self.invalid = "it could not be read"
             if self.document is not None or self.invalid is not None:
                 # Up to hundreds of MB with figures: not kept beside what was read from it.
                 self.result = bytearray()

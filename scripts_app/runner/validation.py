@@ -17,6 +17,7 @@ import binascii
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,8 +276,8 @@ def _meta(line: memoryview, limits: Limits) -> Document:
 
 
 def _shown(value: Any) -> str:
-    """A forged value, short and storable, for an error message."""
-    return storable_text(repr(value)[:80])
+    """A forged value, short and storable, for an error message (reprlib: a nested one stays shallow)."""
+    return storable_text(reprlib.repr(value)[:80])
 
 
 def _bounded(text: str, limit: int) -> str:

@@ -287,3 +287,12 @@ def test_a_figure_matplotlib_cannot_draw_is_a_script_error(mode):
     result = runner.run(make_job(source, graphics=True))
     assert result.failure is Failure.SCRIPT_ERROR
     assert result.error_message.startswith("Figure 1 could not be saved as PNG: ")
+
+
+def test_a_forged_outcome_nested_deeply_is_an_invalid_result(mode):
+    """An outcome that is a list nested 900 deep: named in the message without recursing, an invalid result."""
+    rest = b', "failure": null, "error_message": "", "traceback": ""}\nnull\n[]'
+    raw = b'{"outcome": ' + b"[" * 900 + b"]" * 900 + rest
+    result = runner.run(make_job(forging(raw)))
+    assert result.failure is Failure.INVALID_RESULT, result.error_message
+    assert "unknown outcome" in result.error_message
