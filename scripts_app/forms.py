@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from django import forms
@@ -10,6 +11,7 @@ from django.contrib.auth import get_user_model
 
 from scripts_app.errors import ErrorCode, OmlError
 from scripts_app.models import SCRIPT_NAME_PATTERN, Run, ServiceLevel
+from scripts_app.runner.validation import loads_strict
 from scripts_app.services.runs import DEFAULT_ENVIRONMENT
 from scripts_app.signature import Parameter, Signature
 
@@ -280,9 +282,12 @@ class RunForm(forms.Form):
         if not raw.strip():
             return {}
         try:
-            value = json.loads(raw)
+            value = loads_strict(raw)
         except json.JSONDecodeError as error:
             raise forms.ValidationError(f"Not valid JSON: {error.msg} (line {error.lineno}).") from None
+        except ValueError as error:
+            # NaN, Infinity, 1e999, \u0000, a lone surrogate, or nested too deeply.
+            raise forms.ValidationError(f"Not a value a run can take: {error}.") from None
         if not isinstance(value, dict):
             raise forms.ValidationError("Give a JSON object: its keys are the function's keyword arguments.")
         return value
@@ -359,8 +364,9 @@ class JSONValueField(forms.CharField):
         if value in self.empty_values:
             return value
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
+            return loads_strict(value)
+        except ValueError:
+            # Not JSON, or JSON no run can take (NaN, \u0000): the text itself.
             return value
 
 
@@ -376,11 +382,18 @@ class ListField(forms.CharField):
         if value in self.empty_values:
             return value
         text = value.strip()
+        if "\x00" in text:
+            # CharField's own check sees the list's repr, where a NUL is written as an escape.
+            raise forms.ValidationError("Null characters are not allowed.")
         if text.startswith("["):
             try:
-                items = json.loads(text)
+                items = loads_strict(text)
             except json.JSONDecodeError as error:
                 raise forms.ValidationError(f"Not a valid JSON list: {error.msg}.") from None
+            except ValueError as error:
+                raise forms.ValidationError(f"Not a list a run can take: {error}.") from None
+            if not isinstance(items, list):
+                raise forms.ValidationError("Not a valid JSON list.")
         else:
             items = [item.strip() for item in text.split(",")]
         return [self._item(item) for item in items]
@@ -392,14 +405,17 @@ class ListField(forms.CharField):
             if self.item_kind == "int":
                 return int(item)
             if self.item_kind == "float":
-                return float(item)
+                number = float(item)
+                if not math.isfinite(number):
+                    raise ValueError(item)
+                return number
             if self.item_kind == "bool":
                 return item.lower() in ("true", "1", "yes")
         except ValueError:
             raise forms.ValidationError(f"{item!r} is not a valid {self.item_kind}.") from None
         try:
-            return json.loads(item)
-        except json.JSONDecodeError:
+            return loads_strict(item)
+        except ValueError:
             return item
 
 

@@ -48,7 +48,13 @@ def entry_signature(source: str, function_name: str) -> Signature:
     """The parameters of the named top-level function; ScriptSourceError when it cannot be read."""
     for node in top_level_functions(source):
         if node.name == function_name:
-            return _signature(node)
+            try:
+                return _signature(node)
+            except (RecursionError, MemoryError):
+                # ast.literal_eval and ast.unparse recurse: a default or annotation nested thousands deep.
+                raise ScriptSourceError(
+                    f"the parameters of {function_name!r} are nested too deeply to be read", node.lineno
+                ) from None
     raise ScriptSourceError(f"the script has no top-level function {function_name!r}")
 
 

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from scripts_app.errors import ErrorCode, OmlError
+from scripts_app.runner.validation import NestedTooDeeply, UnsupportedValue, loads_strict
 
 
 class StrictJSONParser(JSONParser):
@@ -22,11 +21,17 @@ class StrictJSONParser(JSONParser):
         except UnicodeDecodeError as error:
             raise ParseError(f"The request body is not UTF-8 (byte {error.start}).") from None
         try:
-            return json.loads(text)
-        except RecursionError:
+            return loads_strict(text)
+        except NestedTooDeeply:
             raise ParseError("The JSON body is nested too deeply.") from None
+        except UnsupportedValue as error:
+            raise unsupported_value("The request body", error) from None
         except ValueError as error:
             raise ParseError(f"Malformed JSON: {error}") from None
+
+
+def unsupported_value(where: str, error: UnsupportedValue) -> OmlError:
+    return OmlError(f"{where} holds {error}.", code=ErrorCode.UNSUPPORTED_VALUE)
 
 
 def body_too_large(limit: int) -> OmlError:

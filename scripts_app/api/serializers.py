@@ -6,7 +6,9 @@ import json
 
 from rest_framework import serializers
 
+from scripts_app.api.parsers import unsupported_value
 from scripts_app.models import ServiceLevel
+from scripts_app.runner.validation import NestedTooDeeply, UnsupportedValue, loads_strict
 
 ASYNC_TIMEOUT_MIN, ASYNC_TIMEOUT_MAX = 1800, 43200
 
@@ -49,9 +51,11 @@ class ParametersField(serializers.Field):
             if not data.strip():
                 return {}
             try:
-                data = json.loads(data)
-            except RecursionError:
+                data = loads_strict(data)
+            except NestedTooDeeply:
                 self.fail("not_json", error="nested too deeply")
+            except UnsupportedValue as error:
+                raise unsupported_value("parameters", error) from None
             except ValueError as error:
                 self.fail("not_json", error=error)
         if not isinstance(data, dict):

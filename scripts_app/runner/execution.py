@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import selectors
 import shutil
@@ -29,7 +30,10 @@ from scripts_app.runner.templates import (
     default_python,
     registry,
 )
-from scripts_app.runner.types import Failure, Figure, Job, Outcome, Result, RunnerBusy, RunnerUnavailable
+from scripts_app.runner.types import Failure, Job, Outcome, Result, RunnerBusy, RunnerUnavailable
+from scripts_app.runner.validation import Document, InvalidResult, read_document, storable_text
+
+logger = logging.getLogger("scripts_app.runner")
 
 POLL_SECONDS = 0.1
 # After the child is gone, how long stdout/stderr may stay open (a grandchild outside a PID
@@ -71,7 +75,8 @@ class _Capture:
         return self.total > self.limit
 
     def text(self) -> str:
-        text = b"".join(self.parts).decode("utf-8", errors="replace")
+        # errors="replace" leaves no lone surrogate; NUL goes too, as PostgreSQL text cannot hold it.
+        text = storable_text(b"".join(self.parts).decode("utf-8", errors="replace"))
         if self.overflowed:
             text += f"\n[... output cut at {self.limit} bytes ...]"
         return text
@@ -146,7 +151,11 @@ class _Watch:
         self.result = bytearray()
         self.result_cap = _result_cap(job)
         self.result_overflow = False
-        self.payload: dict | None = None
+        self.frame_orient = job.frame_orient
+        self.limits = job.limits
+        self.document: Document | None = None
+        # Why the document is not one the harness could have written, once it is whole.
+        self.invalid: str | None = None
         self.open_fds = {out_r, err_r, res_r}
         for fd in (out_r, err_r, res_r):
             os.set_blocking(fd, False)
@@ -190,17 +199,27 @@ class _Watch:
         else:
             sink.feed(data)
 
-    def complete_payload(self) -> bool:
-        """Whether every pipe is closed and the result document is whole."""
+    def complete_document(self) -> bool:
+        """Whether every pipe is closed and the result document is whole and valid."""
         if self.open_fds:
             return False
-        return self.parse_payload() is not None
+        return self.read_document() is not None
 
-    def parse_payload(self) -> dict | None:
-        """The result document, or None when it is missing, cut short or over its cap."""
-        if self.payload is None and self.result and not self.result_overflow:
-            self.payload = _parse_document(bytes(self.result))
-        return self.payload
+    def read_document(self) -> Document | None:
+        """The checked result document, or None when it is missing, cut short, over its cap or invalid."""
+        if self.document is None and self.invalid is None and self.result and not self.result_overflow:
+            try:
+                self.document = read_document(self.result, self.limits, frame_orient=self.frame_orient)
+            except InvalidResult as error:
+                self.invalid = error.message
+            except Exception:
+                # Nothing a run writes may raise in the parent: a gap in the checks is still the run's failure.
+                logger.exception("runner: a result document could not be checked")
+                self.invalid = "it could not be read"
+            if self.document is not None or self.invalid is not None:
+                # Up to hundreds of MB with figures: not kept beside what was read from it.
+                self.result = bytearray()
+        return self.document
 
     def drain(self, deadline: float) -> None:
         while self.open_fds and time.monotonic() < deadline:
@@ -214,21 +233,6 @@ class _Watch:
         self.selector.close()
 
 
-def _parse_document(raw: bytes) -> dict | None:
-    first, last = raw.find(b"\n"), raw.rfind(b"\n")
-    if first < 0 or last == first:
-        return None
-    try:
-        payload = json.loads(raw[:first])
-        value_json = raw[first + 1 : last].decode("utf-8", "surrogatepass")
-        payload["value"] = json.loads(value_json)
-        payload["value_json"] = value_json
-        payload["figures"] = json.loads(raw[last + 1 :])
-    except ValueError:
-        return None
-    return payload
-
-
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -239,10 +243,10 @@ def _signal_name(number: int) -> str:
 def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Result:
     limits = job.limits
     result = Result(outcome=Outcome.FAILED, stdout=watch.stdout.text(), stderr=watch.stderr.text())
-    payload = watch.parse_payload()
+    document = watch.read_document()
     status = ending.status
     signalled = status is not None and os.WIFSIGNALED(status)
-    killed_by_us = ending.reason is not None and (payload is None or signalled)
+    killed_by_us = ending.reason is not None and (document is None or signalled)
     if killed_by_us and ending.reason == "cancelled":
         result.outcome = Outcome.CANCELLED
         result.failure = Failure.CANCELLED
@@ -251,17 +255,14 @@ def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Resul
         result.outcome = Outcome.TIMED_OUT
         result.failure = Failure.TIMEOUT
         result.error_message = f"The run exceeded its time limit of {limits.wall_seconds:g} seconds"
-    elif payload is not None:
-        result.outcome = Outcome(payload["outcome"])
-        if payload.get("failure"):
-            result.failure = Failure(payload["failure"])
-        result.error_message = payload.get("error_message", "")
-        result.traceback = payload.get("traceback", "")
-        result.value = payload["value"]
-        result.value_json = payload["value_json"]
-        result.figures = [
-            Figure(png=base64.b64decode(figure["png"]), title=figure.get("title")) for figure in payload["figures"]
-        ]
+    elif document is not None:
+        result.outcome = document.outcome
+        result.failure = document.failure
+        result.error_message = document.error_message
+        result.traceback = document.traceback
+        result.value = document.value
+        result.value_json = document.value_json
+        result.figures = document.figures
     elif watch.result_overflow:
         result.failure = Failure.RESULT_TOO_LARGE
         result.error_message = f"The result is over the limit of {limits.max_result_bytes} bytes"
@@ -280,6 +281,10 @@ def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Resul
     elif status is None:
         result.failure = Failure.CRASHED
         result.error_message = "The runner's template process died during the run"
+    elif watch.invalid is not None:
+        # The script wrote on the result pipe itself, or patched the harness: a run's own failure.
+        result.failure = Failure.INVALID_RESULT
+        result.error_message = f"The run gave a result the service cannot accept: {watch.invalid}"
     else:
         result.failure = Failure.CRASHED
         result.error_message = f"The script's process exited with code {os.WEXITSTATUS(status)} before giving a result"
@@ -432,7 +437,7 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
         def finished(tags: list) -> bool:
             nonlocal child_pid
             if "ctl" not in tags:
-                return ending.reason is None and watch.complete_payload()
+                return ending.reason is None and watch.complete_document()
             try:
                 message = ctl.recv(4096)
             except OSError:

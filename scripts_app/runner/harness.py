@@ -181,6 +181,15 @@ def call_user_function(job: dict):
             raise RunFailure("script_error", f"The input data could not be loaded: {_error_message(exc)}") from None
     try:
         code = compile(source, SCRIPT_FILENAME, "exec")
+    except (RecursionError, MemoryError) as exc:
+        # The compiler's own bound on nesting (`x = -(-(-...))`, `1+1+...`), not the run's memory.
+        raise RunFailure(
+            "script_error",
+            f"SyntaxError: the source is too deeply nested or too large to compile ({type(exc).__name__})",
+        ) from None
+    except BaseException as exc:  # noqa: BLE001 - a syntax error is the user's
+        raise _classify(exc, job["limits"]) from None
+    try:
         exec(code, module.__dict__)
         function = module.__dict__.get(job["function"])
         if not callable(function):
@@ -272,7 +281,11 @@ def encode_value(value, limits: dict, frame_orient: str = "records") -> str:
         elif pd is not None and isinstance(value, pd.Series):
             text = _frame_json(value, "values")
         else:
-            text = json.dumps(to_plain(value), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+            plain = to_plain(value)
+            # Counted again on the plain copy: a list subclass's own len() may lie.
+            if isinstance(plain, (list, dict)) and len(plain) > limits["max_output_items"]:
+                raise RunFailure("output_too_long", f"Output exceeds maximum length {limits['max_output_items']}")
+            text = json.dumps(plain, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except NotSerializable as exc:
         raise RunFailure(
             "not_serializable",
@@ -281,6 +294,11 @@ def encode_value(value, limits: dict, frame_orient: str = "records") -> str:
         ) from None
     except RecursionError:
         raise RunFailure("not_serializable", "The returned value is nested too deeply to convert to JSON") from None
+    except (ValueError, UnicodeError, OverflowError) as exc:
+        # An int of more than 4300 digits, a lone surrogate in a DataFrame's strings, ...
+        raise RunFailure(
+            "not_serializable", f"The returned value cannot be converted to JSON: {_error_message(exc)}"
+        ) from None
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits["max_result_bytes"]:
         raise RunFailure(
@@ -313,7 +331,12 @@ def collect_figures(limits: dict) -> list[dict]:
     for position, number in enumerate(numbers, start=1):
         figure = plt.figure(number)
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
+        try:
+            figure.savefig(buffer, format="png")
+        except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is the script's error
+            raise RunFailure(
+                "script_error", f"Figure {position} could not be saved as PNG: {_error_message(exc)}"
+            ) from None
         png = buffer.getvalue()
         if len(png) > limits["max_image_bytes"]:
             raise RunFailure(
@@ -338,6 +361,10 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n[... cut at {limit} characters ...]"
+
+
 def execute(job: dict, result_fd: int) -> None:
     """Run the job and write its result document to `result_fd`."""
     limits = job["limits"]
@@ -356,7 +383,14 @@ def execute(job: dict, result_fd: int) -> None:
     except RunFailure as failure:
         if os.getpid() != pid:
             os._exit(1)
-        meta.update(outcome="FAILED", failure=failure.failure, error_message=failure.message, traceback=failure.tb)
+        # A message of any size may be raised; cut, it keeps the document within the parent's cap.
+        limit = limits["max_stream_bytes"]
+        meta.update(
+            outcome="FAILED",
+            failure=failure.failure,
+            error_message=_cut(failure.message, limit),
+            traceback=_cut(failure.tb, limit),
+        )
         value_text = "null"
         figures = []
     _flush_std_streams()

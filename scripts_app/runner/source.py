@@ -19,12 +19,22 @@ class ScriptSourceError(ValueError):
         return f"line {self.line}: {self.message}" if self.line else self.message
 
 
-def top_level_functions(source: str) -> list[ast.FunctionDef]:
+def parse(source: str) -> ast.Module:
+    """The source's syntax tree; ScriptSourceError when it has none.
+
+    A deeply nested expression (`x = -(-(-...))`, `1+1+...` a million times) makes the parser raise
+    RecursionError or MemoryError: those are bounds of the parser, not faults of this process.
+    """
     try:
-        tree = ast.parse(source)
+        return ast.parse(source)
     except SyntaxError as exc:
         raise ScriptSourceError(f"syntax error: {exc.msg}", exc.lineno) from None
-    return [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    except (RecursionError, MemoryError):
+        raise ScriptSourceError("syntax error: the source is nested too deeply to be read") from None
+
+
+def top_level_functions(source: str) -> list[ast.FunctionDef]:
+    return [node for node in parse(source).body if isinstance(node, ast.FunctionDef)]
 
 
 def entry_function(source: str, script_name: str) -> str:
@@ -46,8 +56,8 @@ def imports_only_stdlib(source: str) -> bool:
     A script that imports dynamically (`__import__`, `importlib.import_module`) counts as not.
     """
     try:
-        tree = ast.parse(source)
-    except SyntaxError:
+        tree = parse(source)
+    except ScriptSourceError:
         return True  # it fails at once wherever it runs
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

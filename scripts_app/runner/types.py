@@ -92,6 +92,7 @@ class Failure(enum.StrEnum):
     FILE_TOO_LARGE = "file_too_large"
     CANCELLED = "cancelled"
     CRASHED = "crashed"  # the child died without a result (signal, os._exit)
+    INVALID_RESULT = "invalid_result"  # the result document is not one the harness could write
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from django.utils import timezone
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
+from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments, queries
 from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
 
@@ -146,7 +147,8 @@ def _group_key(values: list) -> str:
             return value.isoformat()
         return str(value)
 
-    return "_".join(text(value) for value in values)
+    # A key is stored in the run's JSON: no NUL or lone surrogate from the data may reach it.
+    return storable_text("_".join(text(value) for value in values))
 
 
 def _column(name: str, columns: list[str], field: str) -> str:

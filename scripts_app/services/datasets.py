@@ -21,6 +21,7 @@ from django.db.models import Q, QuerySet
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
 from scripts_app.models import SCRIPT_NAME_PATTERN, Dataset, DatasetGrant
 from scripts_app.roles import is_admin, sees_everything
+from scripts_app.runner.validation import storable_text
 
 FORMATS = ("csv", "parquet")
 PARQUET_MAGIC = b"PAR1"
@@ -81,6 +82,13 @@ def _describe(path: str) -> dict:
         ]
     finally:
         connection.close()
+    for position, column in enumerate(schema, start=1):
+        if storable_text(column["name"]) != column["name"]:
+            # The schema is stored as JSON: PostgreSQL's jsonb holds no NUL, no driver a lone surrogate.
+            raise OmlError(
+                f"Column {position}'s name holds a NUL character or a lone surrogate: rename it.",
+                code=ErrorCode.UNSUPPORTED_VALUE,
+            )
     return {
         "schema": schema,
         "column_count": len(schema),

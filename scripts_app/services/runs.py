@@ -15,6 +15,7 @@ from django.utils import timezone
 from scripts_app import roles, runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError, PermissionDenied
 from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
+from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,11 @@ def run_execute(
         message = f"The service cannot run scripts on this host: {error}"
         _finish(run, Run.Status.FAILED, error_code=ErrorCode.RUNNER_UNAVAILABLE, error_message=message)
         raise OmlError(message, code=ErrorCode.RUNNER_UNAVAILABLE, status=500) from None
+    except Exception:
+        # A fault of the service: the run must not stay RUNNING until the reaper finds it.
+        logger.exception("Run %s: the runner failed", run.pk)
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message="The service failed to run it.")
+        raise
     run_record_result(run=run, result=result)
     return run
 
@@ -170,8 +176,12 @@ def _finish(run: Run, status: str, *, error_code: int | None = None, error_messa
     run.status = status
     run.finished_at = timezone.now()
     run.error_code = error_code
-    run.error_message = error_message
-    run.traceback = traceback
+    # What a run printed or raised is the user's text: it may hold NUL or lone surrogates, which
+    # PostgreSQL (and any driver) refuses. The runner cleans its own; this covers every other path.
+    run.error_message = storable_text(error_message)
+    run.traceback = storable_text(traceback)
+    run.stdout = storable_text(run.stdout)
+    run.stderr = storable_text(run.stderr)
     with transaction.atomic():
         if run.attempts and not _still_held(run):
             # Raised inside the caller's transaction, so the figures it saved are rolled back too.
