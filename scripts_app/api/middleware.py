@@ -5,7 +5,7 @@ import re
 
 from django.conf import settings
 
-from scripts_app.api.errors import json_error
+from scripts_app.api.errors import DATABASE_DOWN, database_unavailable, json_error, unavailable_response
 from scripts_app.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class OmlApiMiddleware:
         return response
 
     def process_exception(self, request, exception):
+        if request.path.startswith(API_PREFIXES) and isinstance(exception, DATABASE_DOWN):
+            return unavailable_response(database_unavailable(exception))
         if request.path.startswith(API_PREFIXES):
             logger.exception("Unhandled error at %s", request.path)
             return json_error("Internal error of the service.", ErrorCode.INTERNAL, 500)

@@ -11,6 +11,7 @@ import re
 
 import pytest
 
+from scripts_app.errors import BROKER_UNAVAILABLE_MESSAGE
 from scripts_app.models import Run
 from scripts_app.services import jobs
 from tests.factories import make_script
@@ -96,19 +97,22 @@ def test_the_message_is_published_after_commit_on_the_service_levels_queue(
     assert published == [(job_id, "omlweb.medium")]
 
 
-def test_a_broker_that_is_down_does_not_lose_the_job(
-    alice_api, add_script, monkeypatch, django_capture_on_commit_callbacks
-):
-    """Publishing fails: the client still gets 201 and the job stays QUEUED for the reaper to publish."""
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_that_is_down_refuses_the_job_with_a_503(alice_api, add_script, monkeypatch):
+    """Publishing fails: the submission is refused with a JSON 503 (1043) and no run is left waiting; a
+    synchronous run still works."""
 
     def broker_down(*, run):
         raise ConnectionRefusedError("broker down")
 
     monkeypatch.setattr(jobs, "job_enqueue", broker_down)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = submit(alice_api, "add")
-    assert response.status_code == 201
-    assert Run.objects.get(pk=job_id_of(response)).status == Run.Status.QUEUED
+    response = submit(alice_api, "add")
+    assert response.status_code == 503
+    assert response.json() == {"errorMessage": BROKER_UNAVAILABLE_MESSAGE, "errorCode": 1043}
+    assert response["Retry-After"] == "10"
+    assert not Run.objects.exists()
+    response = alice_api.post("/oml/api/py-scripts/v1/do-eval/add", {"parameters": '{"a": 2}'}, format="json")
+    assert (response.status_code, response.json()) == (200, {"result": {"sum": 3}})
 
 
 def test_status_is_202_while_queued_then_302_with_content_location(alice_api, add_script, published, run_job):
