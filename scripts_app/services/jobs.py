@@ -124,6 +124,14 @@ def hms(duration: timedelta) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def job_attempt(run: Run) -> int:
+    """The attempt a job is on: the one running it, the next one while it waits, the last once finished.
+
+    Above 1, a worker died during an earlier attempt and the job started again from the beginning.
+    """
+    return run.attempts + 1 if run.status == Run.Status.QUEUED else max(run.attempts, 1)
+
+
 def oracle_date(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 

@@ -173,6 +173,7 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         # "Run again" refills the whole form, an apply run's mode, query and options too (RunForm.set_from_run).
         "may_run_again": script is not None and roles.can_run_script(request.user, script),
         "pieces": piece_timeline(run),
+        "attempt": job_services.job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
     }
 
 

@@ -121,7 +121,8 @@ def test_status_is_202_while_queued_then_302_with_content_location(alice_api, ad
     status = alice_api.get(f"/oml/api/py-scripts/v1/jobs/{job_id}")
     assert status.status_code == 202
     body = status.json()
-    assert set(body) == {"createdDate", "status", "elapsedTime"}
+    assert set(body) == {"createdDate", "status", "elapsedTime", "attempt"}
+    assert body["attempt"] == 1
     assert body["status"] == "job is still running"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", body["createdDate"])
     assert re.fullmatch(r"\d\d:\d\d:\d\d", body["elapsedTime"])
@@ -386,3 +387,22 @@ def test_a_bad_apply_request_is_400_before_anything_is_queued(alice, alice_api, 
     assert response.status_code == 400
     assert not Run.objects.exists()
     assert published == []
+
+
+def test_a_job_started_again_after_its_worker_died_shows_attempt_2(alice, alice_api, client, add_script, published):
+    """At least once, stated: a job whose worker died is handed back and waits for attempt 2; the job's
+    status, the v2 list and the run page all say so."""
+    job_id = job_id_of(submit(alice_api, "add", version="v2"))
+    Run.objects.filter(pk=job_id).update(status=Run.Status.RUNNING, worker="w@host", attempts=1)
+    assert alice_api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}").json()["attempt"] == 1
+    assert jobs.worker_lost(worker="w@host") == [job_id]
+    run = Run.objects.get(pk=job_id)
+    assert (run.status, run.attempts, run.worker) == (Run.Status.QUEUED, 1, "")
+    assert published[-1] == (job_id, "omlweb.low")
+    assert alice_api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}").json()["attempt"] == 2
+    [row] = alice_api.get("/oml/api/py-scripts/v2/jobs").json()["result"]
+    assert row["attempt"] == 2
+    client.force_login(alice)
+    page = client.get(f"/runs/{job_id}/").content.decode()
+    assert "<dt>Attempt</dt><dd>2" in page
+    assert "started again from the beginning" in page
