@@ -6,6 +6,8 @@ worker's own process, so these signal handlers run there too and tell its superv
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task, signals
 
 from scripts_app.environments.tasks import build_environment
@@ -23,6 +25,17 @@ def execute_job(self, run_id: str) -> None:
 def probe(self, token: str) -> None:
     """Sent by the supervisor to one worker's own queue: running it proves the worker takes messages."""
     supervision.mark_probed(self.request.hostname or "", token)
+
+
+class _QuietProbes(logging.Filter):
+    """Celery logs every task received and done: not the supervisor's probes, every few seconds each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "omlweb.probe[" not in record.getMessage()
+
+
+for _name in ("celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(_QuietProbes())
 
 
 @signals.worker_ready.connect

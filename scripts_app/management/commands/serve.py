@@ -261,7 +261,7 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         if child.kind == "worker":
             supervision.forget(child.node)
-            child.probe_token, child.idle_since = "", None
+            child.probe_token, child.idle_since, child.consumed_at = "", None, None
             child.next_probe = time.monotonic() + settings.OMLWEB_WORKER_PROBE_SECONDS
         # Its own session: Ctrl-C reaches only this command, which stops the others in order, and
         # killing the group takes whatever the child started.
