@@ -7,17 +7,34 @@ worker's own process, so these signal handlers run there too and tell its superv
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import shared_task, signals
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from scripts_app.environments.tasks import build_environment
 from scripts_app.services import jobs, supervision
 
 __all__ = ["build_environment", "execute_job", "probe"]
 
+logger = logging.getLogger(__name__)
+
+
+# While the database is down a job can be neither claimed nor recorded: the worker waits for it (it could
+# run nothing else anyway) rather than drop the message and leave the run to the reaper's slower path.
+DATABASE_RETRY_DELAYS = (1, 2, 4, 8, 15, 30)
+
 
 @shared_task(name="omlweb.execute_job", bind=True, acks_late=True, ignore_result=True)
 def execute_job(self, run_id: str) -> None:
+    for delay in DATABASE_RETRY_DELAYS:
+        try:
+            jobs.job_execute(run_id=run_id, worker=self.request.hostname or "")
+            return
+        except (OperationalError, InterfaceError) as error:
+            logger.warning("Run %s: the database is unavailable (%s); trying again in %s s", run_id, error, delay)
+            close_old_connections()
+            time.sleep(delay)
     jobs.job_execute(run_id=run_id, worker=self.request.hostname or "")
 
 
