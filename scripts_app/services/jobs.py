@@ -491,6 +491,8 @@ def workers_alive(*, timeout: float = 0.5) -> list[dict]:
 def service_status() -> dict:
     """The broker's health, the supervised processes of this host, workers alive, per level: queue length,
     queued and running jobs; and the oldest queued job. Answers within about a second, broker down or not."""
+    from omlweb.celery import app
+
     now = timezone.now()
     problem = broker_problem()
     workers = workers_alive() if problem is None else []
@@ -509,7 +511,7 @@ def service_status() -> dict:
     oldest = Run.objects.filter(mode=Run.Mode.ASYNC, status=Run.Status.QUEUED).order_by("created_at").first()
     return {
         "time": oracle_date(now),
-        "broker": _scheme(settings.CELERY_BROKER_URL),
+        "broker": _scheme(app.conf.broker_url),
         # False: async submissions are refused (503, code 1043) until it answers again.
         "brokerAvailable": problem is None,
         "brokerError": problem,
