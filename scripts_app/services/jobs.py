@@ -455,13 +455,26 @@ def queue_length(service: str) -> int | None:
 
 
 def _queue_length(service: str) -> int:
+    return _declared_length(queue_name(service))
+
+
+def broker_queue_length(queue: str) -> int | None:
+    """Messages waiting in any queue, or None when the broker can't be asked."""
+    try:
+        return _declared_length(queue)
+    except Exception as error:
+        logger.warning("Could not read the length of queue %s: %r", queue, error)
+        return None
+
+
+def _declared_length(queue: str) -> int:
     from omlweb.celery import app
 
     with app.connection_for_write(connect_timeout=BROKER_CHECK_TIMEOUT_SECONDS) as conn:
         # One try, no pause: kombu's default retries would hold the status endpoint for seconds.
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_CHECK_TIMEOUT_SECONDS)
         with conn.channel() as channel:
-            declared = channel.queue_declare(queue=queue_name(service), durable=True, auto_delete=False)
+            declared = channel.queue_declare(queue=queue, durable=True, auto_delete=False)
             return int(declared.message_count)
 
 

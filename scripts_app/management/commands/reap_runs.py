@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from scripts_app.services import jobs
+from scripts_app.services import environments, jobs
 
 PRUNE_EVERY_SECONDS = 3600
 
@@ -29,12 +29,14 @@ class Command(BaseCommand):
     def handle(self, *args, loop: bool, **options) -> None:
         if not loop:
             self._report(jobs.reap_runs(), quiet=False)
+            self._rebuilds()
             return
         next_prune = time.monotonic() + 60
         failing = ""
         while True:
             try:
                 self._report(jobs.reap_runs(), quiet=True)
+                self._rebuilds()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
                     jobs.prune_runs()
@@ -51,6 +53,10 @@ class Command(BaseCommand):
             finally:
                 close_old_connections()
             time.sleep(settings.OMLWEB_REAPER_INTERVAL_SECONDS)
+
+    def _rebuilds(self) -> None:
+        for name in environments.environment_republish_lost_builds():
+            self.stdout.write(f"republished the build of environment {name}")
 
     def _report(self, report: jobs.ReapReport, *, quiet: bool) -> None:
         for label in ("requeued", "failed", "cancelled", "republished"):
