@@ -260,3 +260,34 @@ def _page(service: Service, path: str, *, cookie: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def test_serve_starts_with_the_broker_down_and_says_so(tmp_path):
+    """First start with no broker: serve starts anyway, says what is missing, refuses async jobs with a
+    503 and runs sync ones; once a broker appears, jobs run without a restart."""
+    if not REDIS_SERVER:
+        pytest.skip("redis-server is not installed")
+    redis = Redis()  # its port is free: nothing answers there yet
+    service = Service.prepare(
+        tmp_path,
+        CELERY_BROKER_URL=redis.url,
+        OMLWEB_LOW_CONCURRENCY="1",
+        OMLWEB_MEDIUM_CONCURRENCY="0",
+        OMLWEB_HIGH_CONCURRENCY="0",
+    )
+    service.start()
+    try:
+        assert "The broker (redis) does not answer" in service.log_text()
+        service.sign_in()
+        service.add_echo()
+        status, _, body = service.request(
+            "POST", "/oml/api/py-scripts/v1/do-eval/echo", {"asyncFlag": True, "parameters": '{"value": 1}'}
+        )
+        assert (status, json.loads(body)["errorCode"]) == (503, 1043)
+        assert sync_run(service, 2) == (200, {"result": {"value": 2}})
+        redis.start()
+        first = first_job_after(service, 3, timeout=90)
+        print(f"\nbroker appeared: first job finished {first:.1f} s later")
+    finally:
+        service.stop()
+        redis.stop()
