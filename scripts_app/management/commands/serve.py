@@ -40,6 +40,7 @@ CRASH_WINDOW_SECONDS = 600.0
 # Past its task's hard time limit a worker gets this much more before it counts as hung.
 HUNG_MARGIN_SECONDS = 30.0
 STATE_EVERY_SECONDS = 2.0
+HAND_BACK_RETRY_SECONDS = 5.0
 TICK_SECONDS = 0.2
 
 
@@ -223,6 +224,8 @@ class Supervisor:
         self.stopping = False
         # Worker nodes whose runs must be handed back (retried until the database answers).
         self.hand_back: set[str] = set()
+        self.next_hand_back = 0.0
+        self.hand_back_failing = False
         self.next_state = 0.0
 
     def run(self, *, serving: str = "") -> None:
@@ -252,8 +255,8 @@ class Supervisor:
             if child.process is None and now >= child.next_start and not self.stopping:
                 self._start(child)
         self._watch_workers(now)
-        if self.hand_back:
-            self._hand_back()
+        if self.hand_back and now >= self.next_hand_back:
+            self._hand_back(now)
         if now >= self.next_state:
             self.next_state = now + STATE_EVERY_SECONDS
             self._write_state()
@@ -289,16 +292,20 @@ class Supervisor:
             self.hand_back.add(child.node)
         self.err(f"{child.name} exited with code {code} after {ran:.0f} s; restarting it in {delay:g} s.")
 
-    def _hand_back(self) -> None:
+    def _hand_back(self, now: float) -> None:
         for node in sorted(self.hand_back):
             try:
                 runs = jobs.worker_lost(worker=node)
             except Exception as error:
-                # The database is down: the next tick tries again (and the reaper would, later).
-                self.err(f"Could not hand back the runs of {node} yet: {_first_line(error)}")
+                # The database is down: try again in a few seconds (the reaper would, later), say so once.
+                if not self.hand_back_failing:
+                    self.err(f"Could not hand back the runs of {node} yet, retrying: {_first_line(error)}")
+                self.hand_back_failing = True
+                self.next_hand_back = now + HAND_BACK_RETRY_SECONDS
                 close_old_connections()
                 return
             self.hand_back.discard(node)
+            self.hand_back_failing = False
             if runs:
                 self.err(f"Handed back {len(runs)} run(s) of {node}: {', '.join(runs)}")
         close_old_connections()
