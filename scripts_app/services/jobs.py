@@ -364,16 +364,18 @@ def _take_back(run: Run, *, now: datetime, lost: str) -> str | None:
     return None
 
 
-def worker_lost(*, worker: str) -> list[str]:
+def worker_lost(*, worker: str, died_at: datetime | None = None) -> list[str]:
     """A worker process died (its supervisor saw it exit): hand back every run it held, at once.
 
     The supervisor knows the process is gone, so there is no need to wait for the heartbeat to go stale:
     each run is requeued and published again (or failed past OMLWEB_RUN_MAX_ATTEMPTS, or cancelled if
     that was asked). A message the broker still holds for it finds the run claimed or finished, and does
-    nothing. Returns the ids of the runs handed back.
+    nothing. Only runs started before `died_at` are its: a process restarted under the same name may
+    have claimed one since. Returns the ids of the runs handed back.
     """
     handed_back = []
-    for run in Run.objects.filter(mode=Run.Mode.ASYNC, status=Run.Status.RUNNING, worker=worker):
+    held = Run.objects.filter(mode=Run.Mode.ASYNC, status=Run.Status.RUNNING, worker=worker)
+    for run in held.filter(Q(started_at__lte=died_at or timezone.now()) | Q(started_at__isnull=True)):
         outcome = _take_back(run, now=timezone.now(), lost=f"its worker process {worker} died")
         if outcome:
             handed_back.append(str(run.pk))

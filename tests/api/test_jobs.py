@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from scripts_app.errors import BROKER_UNAVAILABLE_MESSAGE
 from scripts_app.models import Run
@@ -393,9 +395,12 @@ def test_a_job_started_again_after_its_worker_died_shows_attempt_2(alice, alice_
     """At least once, stated: a job whose worker died is handed back and waits for attempt 2; the job's
     status, the v2 list and the run page all say so."""
     job_id = job_id_of(submit(alice_api, "add", version="v2"))
-    Run.objects.filter(pk=job_id).update(status=Run.Status.RUNNING, worker="w@host", attempts=1)
+    claimed = timezone.now()
+    Run.objects.filter(pk=job_id).update(status=Run.Status.RUNNING, worker="w@host", attempts=1, started_at=claimed)
     assert alice_api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}").json()["attempt"] == 1
-    assert jobs.worker_lost(worker="w@host") == [job_id]
+    # A process restarted under the same name since it died: its runs are its own, not handed back.
+    assert jobs.worker_lost(worker="w@host", died_at=claimed - timedelta(seconds=1)) == []
+    assert jobs.worker_lost(worker="w@host", died_at=claimed) == [job_id]
     run = Run.objects.get(pk=job_id)
     assert (run.status, run.attempts, run.worker) == (Run.Status.QUEUED, 1, "")
     assert published[-1] == (job_id, "omlweb.low")

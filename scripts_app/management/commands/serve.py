@@ -222,8 +222,9 @@ class Supervisor:
         self.out = out
         self.err = err
         self.stopping = False
-        # Worker nodes whose runs must be handed back (retried until the database answers).
-        self.hand_back: set[str] = set()
+        # Worker nodes whose runs must be handed back, with when their process died (retried until the
+        # database answers; a run the restarted process claimed since is not its predecessor's).
+        self.hand_back: dict[str, datetime] = {}
         self.next_hand_back = 0.0
         self.hand_back_failing = False
         self.next_state = 0.0
@@ -289,13 +290,13 @@ class Supervisor:
         child.process = None
         child.next_start = now + delay
         if child.kind == "worker":
-            self.hand_back.add(child.node)
+            self.hand_back.setdefault(child.node, datetime.now(UTC))
         self.err(f"{child.name} exited with code {code} after {ran:.0f} s; restarting it in {delay:g} s.")
 
     def _hand_back(self, now: float) -> None:
-        for node in sorted(self.hand_back):
+        for node, died_at in sorted(self.hand_back.items()):
             try:
-                runs = jobs.worker_lost(worker=node)
+                runs = jobs.worker_lost(worker=node, died_at=died_at)
             except Exception as error:
                 # The database is down: try again in a few seconds (the reaper would, later), say so once.
                 if not self.hand_back_failing:
@@ -304,7 +305,7 @@ class Supervisor:
                 self.next_hand_back = now + HAND_BACK_RETRY_SECONDS
                 close_old_connections()
                 return
-            self.hand_back.discard(node)
+            del self.hand_back[node]
             self.hand_back_failing = False
             if runs:
                 self.err(f"Handed back {len(runs)} run(s) of {node}: {', '.join(runs)}")
