@@ -449,15 +449,7 @@ BROKER_CHECK_TIMEOUT_SECONDS = 0.5
 
 def queue_length(service: str) -> int | None:
     """Messages waiting in a service level's queue, or None when the broker can't be asked."""
-    try:
-        return _queue_length(service)
-    except Exception as error:
-        logger.warning("Could not read the length of queue %s: %r", queue_name(service), error)
-        return None
-
-
-def _queue_length(service: str) -> int:
-    return _declared_length(queue_name(service))
+    return broker_queue_length(queue_name(service))
 
 
 def broker_queue_length(queue: str) -> int | None:
@@ -483,7 +475,7 @@ def _declared_length(queue: str) -> int:
 def broker_problem() -> str | None:
     """None when the broker answers within BROKER_CHECK_TIMEOUT_SECONDS, else what went wrong."""
     try:
-        _queue_length(service_levels()[0])
+        _declared_length(queue_name(service_levels()[0]))
     except Exception as error:
         return f"{type(error).__name__}: {error}"
     return None
