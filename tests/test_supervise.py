@@ -85,10 +85,9 @@ def test_kill_9_of_every_child_with_jobs_in_flight_loses_nothing(service: Servic
         assert results[location] == {"status": 200, "result": {"value": value}}, location
     tries = attempts(service)
     assert set(tries.values()) <= {1, 2}
-    children = service.children()
-    assert children["worker-low-1"]["restarts"] == 2
-    assert children["web"]["restarts"] == 2
-    assert children["reaper"]["restarts"] == 1
+    # Restarts for the kills (a worker slow to take a probe on a loaded machine may add wedged ones).
+    kills = {name: child["restarts"] - child["wedgedKills"] for name, child in service.children().items()}
+    assert kills == {"web": 2, "worker-low-1": 2, "worker-low-2": 1, "reaper": 1}
     status, _, body = service.request("GET", "/oml/api/admin/status")
     assert status == 200
     [supervisor] = json.loads(body)["supervisors"]
@@ -118,7 +117,7 @@ def test_a_worker_that_takes_no_message_is_restarted(service: Service):
     results = wait_results(service, {location: 7}, timeout=60)
     assert results[location] == {"status": 200, "result": {"value": 7}}
     assert "worker-low-1 is wedged (it has taken no message for 4 s while idle)" in service.log_text()
-    assert service.children()["worker-low-1"]["wedgedKills"] == 1
+    assert service.children()["worker-low-1"]["wedgedKills"] >= 1
     print(f"\nwedged workers found and the job finished {time.monotonic() - stopped:.1f} s after they stopped")
 
 
