@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -165,6 +166,7 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
 
 
 def start_workers(count: int, data_dir: Path) -> list[subprocess.Popen]:
+    from scripts_app.management.commands.serve import worker_command
     from scripts_app.services import jobs
 
     processes = []
@@ -172,24 +174,9 @@ def start_workers(count: int, data_dir: Path) -> list[subprocess.Popen]:
         log = (data_dir / f"worker{number}.log").open("w")
         processes.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "omlweb",
-                    "worker",
-                    "--queues",
-                    jobs.queue_name("LOW"),
-                    "--concurrency",
-                    "1",
-                    "--hostname",
-                    f"bench{number}@%h",
-                    "--without-mingle",
-                    "--without-gossip",
-                    "--loglevel",
-                    "WARNING",
-                ],
+                worker_command(
+                    node=f"bench{number}@{socket.gethostname()}", queues=[jobs.queue_name("LOW")], loglevel="WARNING"
+                ),
                 cwd=ROOT,
                 env=os.environ.copy(),
                 stdout=log,

@@ -97,6 +97,9 @@ def database(url: str, data_dir: Path) -> dict:
             "PORT": str(parts.port or ""),
             "CONN_MAX_AGE": 60,
             "CONN_HEALTH_CHECKS": True,
+            # A server that does not answer (a dropped route, not a refused port) fails a request in
+            # seconds with a 503, instead of holding it, and the supervisor's loop, for minutes.
+            "OPTIONS": {"connect_timeout": 5},
         }
     raise ImproperlyConfigured(f"DATABASE_URL scheme {parts.scheme!r} is not supported: use sqlite or postgres")
 

@@ -195,14 +195,19 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_TASK_IGNORE_RESULT = True
-# At least once: a message is acked only after its task returns, and put back when the worker process
-# running it dies. The task's claim on the Run row makes a second delivery harmless.
+# At least once: a message is acked only after its task returns. Each worker process is one `--pool solo`
+# worker (serve.worker_command says why), supervised by `manage.py serve`, which hands back the run of a
+# process that died; the task's claim on the Run row makes a second delivery harmless.
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message reserved per process, so a dying worker takes no waiting job with it.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
-CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("OMLWEB_WORKER_MAX_TASKS_PER_CHILD", 100, minimum=1)
+# A solo worker runs its task in its own process and cannot answer AMQP heartbeats meanwhile: RabbitMQ would
+# drop the connection of every job longer than two heartbeats. TCP keepalive and the supervisor's probes
+# find a dead connection instead.
+CELERY_BROKER_HEARTBEAT = 0
+# Publishing an async job when the broker is down must fail within a second or two (a 503), not hang.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Async jobs. Each service level has its own Celery queue and its own workers, so a flood of LOW jobs
@@ -235,6 +240,10 @@ OMLWEB_CANCEL_POLL_SECONDS = env_float("OMLWEB_CANCEL_POLL_SECONDS", 0.5)
 # it until it has been tried OMLWEB_RUN_MAX_ATTEMPTS times; then the run fails with a clear message.
 OMLWEB_HEARTBEAT_STALE_SECONDS = env_float("OMLWEB_HEARTBEAT_STALE_SECONDS", 60.0)
 OMLWEB_RUN_MAX_ATTEMPTS = env_int("OMLWEB_RUN_MAX_ATTEMPTS", 3, minimum=1)
+# `manage.py serve` sends each worker process a probe message this often; a worker that is idle and has
+# not taken its probe after OMLWEB_WORKER_WEDGED_SECONDS is wedged: it is killed and restarted.
+OMLWEB_WORKER_PROBE_SECONDS = env_float("OMLWEB_WORKER_PROBE_SECONDS", 10.0)
+OMLWEB_WORKER_WEDGED_SECONDS = env_float("OMLWEB_WORKER_WEDGED_SECONDS", 30.0)
 OMLWEB_REAPER_INTERVAL_SECONDS = env_float("OMLWEB_REAPER_INTERVAL_SECONDS", 30.0)
 # A queued job whose message may have been lost (published before a crash, or reserved by a killed
 # worker) is published again after this long, when its queue holds fewer messages than queued jobs.

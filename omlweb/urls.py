@@ -8,3 +8,5 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("scripts_app.urls")),
 ]
+
+handler500 = "scripts_app.views.errors.server_error"

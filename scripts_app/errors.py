@@ -43,6 +43,8 @@ class ErrorCode(enum.IntEnum):
     INVALID_RESULT = 1039
     BUSY = 1040
     RUNNER_UNAVAILABLE = 1041
+    DATABASE_UNAVAILABLE = 1042
+    BROKER_UNAVAILABLE = 1043
     INTERNAL = 1099
 
 
@@ -87,6 +89,22 @@ class Busy(OmlError):
     status = 503
     code = ErrorCode.BUSY
     busy_message = "The service is busy: every run slot is taken. Try again shortly."
+
+
+class Unavailable(OmlError):
+    """A dependency of the service (the database, the broker) does not answer: try again later."""
+
+    status = 503
+    code = ErrorCode.BROKER_UNAVAILABLE
+    retry_after_seconds = 10
+
+
+DATABASE_UNAVAILABLE_MESSAGE = (
+    "The database is unavailable: the service can neither read nor record anything. Try again shortly."
+)
+BROKER_UNAVAILABLE_MESSAGE = (
+    "The job queue (broker) is unavailable: async jobs cannot be accepted now. Try again shortly, or run synchronously."
+)
 
 
 FAILURE_CODES: dict[Failure, ErrorCode] = {

@@ -1,50 +1,72 @@
-"""Celery tasks: thin. They take a run id and call the service; the Run row is the truth."""
+"""Celery tasks: thin. They take a run id and call the service; the Run row is the truth.
+
+Each worker process is one Celery `--pool solo` worker (see `serve.worker_command`): tasks run in the
+worker's own process, so these signal handlers run there too and tell its supervisor what it does.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 
-from billiard.einfo import ExceptionWithTraceback
-from billiard.exceptions import WorkerLostError
-from celery import shared_task
-from celery.worker.request import Request
-from django.db import close_old_connections
+from celery import shared_task, signals
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from scripts_app.environments.tasks import build_environment
-from scripts_app.services import jobs
+from scripts_app.services import jobs, supervision
 
-__all__ = ["build_environment", "execute_job"]
+__all__ = ["build_environment", "execute_job", "probe"]
 
 logger = logging.getLogger(__name__)
 
 
-class JobRequest(Request):
-    """In the worker's main process: when the pool process running a job dies, hand the run back
-    before Celery requeues the message, so the redelivery can claim it at once."""
-
-    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
-        error = exc_info.exception
-        # The pool hands the error over wrapped, as Celery's own on_failure unwraps it.
-        error = error.exc if isinstance(error, ExceptionWithTraceback) else error
-        if isinstance(error, WorkerLostError) and self.args:
-            close_old_connections()
-            try:
-                jobs.job_worker_lost(run_id=self.args[0], worker=self.hostname)
-            except Exception:
-                # Celery still requeues the message; the reaper takes the run back later.
-                logger.exception("Could not hand back run %s after its worker process died", self.args[0])
-            finally:
-                close_old_connections()
-        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+# While the database is down a job can be neither claimed nor recorded: the worker waits for it (it could
+# run nothing else anyway) rather than drop the message and leave the run to the reaper's slower path.
+DATABASE_RETRY_DELAYS = (1, 2, 4, 8, 15, 30)
 
 
-@shared_task(
-    name="omlweb.execute_job",
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    Request=JobRequest,
-)
+@shared_task(name="omlweb.execute_job", bind=True, acks_late=True, ignore_result=True)
 def execute_job(self, run_id: str) -> None:
+    for delay in DATABASE_RETRY_DELAYS:
+        try:
+            jobs.job_execute(run_id=run_id, worker=self.request.hostname or "")
+            return
+        except (OperationalError, InterfaceError) as error:
+            logger.warning("Run %s: the database is unavailable (%s); trying again in %s s", run_id, error, delay)
+            close_old_connections()
+            time.sleep(delay)
     jobs.job_execute(run_id=run_id, worker=self.request.hostname or "")
+
+
+@shared_task(name="omlweb.probe", bind=True, ignore_result=True)
+def probe(self, token: str) -> None:
+    """Sent by the supervisor to one worker's own queue: running it proves the worker takes messages."""
+    supervision.mark_probed(self.request.hostname or "", token)
+
+
+class _QuietProbes(logging.Filter):
+    """Celery logs every task received and done: not the supervisor's probes, every few seconds each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "omlweb.probe[" not in record.getMessage()
+
+
+for _name in ("celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).addFilter(_QuietProbes())
+
+
+@signals.worker_ready.connect
+def _ready(sender=None, **kwargs) -> None:
+    supervision.mark_ready(sender.hostname)
+
+
+@signals.task_prerun.connect
+def _busy(task=None, **kwargs) -> None:
+    request = task.request
+    hard_limit = (request.timelimit or (None, None))[0]
+    supervision.mark_busy(request.hostname or "", limit_seconds=hard_limit)
+
+
+@signals.task_postrun.connect
+def _idle(task=None, **kwargs) -> None:
+    supervision.mark_idle(task.request.hostname or "")

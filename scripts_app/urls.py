@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import compare, datasets, runs, scripts, tokens, users
+from scripts_app.views import compare, datasets, runs, scripts, status, tokens, users
 
 app_name = "web"
 
@@ -37,5 +37,6 @@ urlpatterns = [
     path("tokens/", tokens.token_list, name="token_list"),
     path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token_revoke"),
     path("users/", users.user_list, name="user_list"),
+    path("service/", status.service_status, name="service_status"),
     path("users/<int:pk>/", users.user_update, name="user_update"),
 ]

@@ -71,3 +71,39 @@ def test_defines_the_seaborn_environment_once_and_queues_its_build(monkeypatch, 
     assert (environment.name, environment.packages, environment.status) == ("seaborn", "seaborn", "BUILDING")
     assert queued == [(str(environment.pk), 1)]
     assert Script.objects.filter(name="test_seaborn_noinp", is_global=True, env_name="seaborn").exists()
+
+
+@pytest.mark.django_db
+def test_a_broker_that_is_down_does_not_stop_bootstrap_and_the_build_is_published_later(
+    monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    """First boot with the broker down: bootstrap finishes and says so; the build, never started, is
+    published again by the reaper once the broker answers."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from scripts_app.models import Environment
+    from scripts_app.services import environments, jobs
+
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "s3cret-enough")
+
+    def broker_down(*args):
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr("scripts_app.environments.tasks.build_environment.delay", broker_down)
+    monkeypatch.setattr(jobs, "broker_problem", lambda: "ConnectionRefusedError: broker down")
+    err = StringIO()
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("bootstrap", stdout=StringIO(), stderr=err)
+    assert "the broker does not answer, so a worker builds it once it does" in err.getvalue()
+    environment = Environment.objects.get()
+    assert (environment.status, environment.build_log) == ("BUILDING", "")
+
+    queued = []
+    monkeypatch.setattr("scripts_app.environments.tasks.build_environment.delay", lambda *a: queued.append(a))
+    monkeypatch.setattr(jobs, "broker_queue_length", lambda queue: 0)
+    assert environments.environment_republish_lost_builds() == []  # not waiting long enough yet
+    later = timezone.now() + timedelta(seconds=settings.OMLWEB_REQUEUE_AFTER_SECONDS + 1)
+    assert environments.environment_republish_lost_builds(now=later) == ["seaborn"]
+    assert queued == [(str(environment.pk), 1)]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
 
-from scripts_app.errors import ErrorCode, OmlError
+from scripts_app.errors import DATABASE_UNAVAILABLE_MESSAGE, ErrorCode, OmlError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,23 @@ def error_body(message: str, code: int) -> dict:
     return {"errorMessage": message, "errorCode": int(code)}
 
 
+# What the database driver raises when the server is stopped, unreachable, or (SQLite) locked too long.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
+def database_unavailable(error: Exception) -> Unavailable:
+    logger.warning("The database is unavailable: %s", str(error).strip().splitlines()[0] if str(error) else error)
+    return Unavailable(DATABASE_UNAVAILABLE_MESSAGE, code=ErrorCode.DATABASE_UNAVAILABLE)
+
+
 def oml_exception_handler(exc, context):
+    if isinstance(exc, DATABASE_DOWN):
+        exc = database_unavailable(exc)
     if isinstance(exc, OmlError):
-        return _response(exc.message, exc.code, exc.status, context)
+        response = _response(exc.message, exc.code, exc.status, context)
+        if isinstance(exc, Unavailable):
+            response["Retry-After"] = str(exc.retry_after_seconds)
+        return response
     if isinstance(exc, Http404):
         return _response("Not found.", ErrorCode.NOT_FOUND, 404, context)
     if isinstance(exc, DjangoPermissionDenied):
@@ -65,3 +80,9 @@ def validation_message(detail, prefix: str = "") -> str:
 
 def json_error(message: str, code: int, status: int) -> JsonResponse:
     return JsonResponse(error_body(message, code), status=status)
+
+
+def unavailable_response(error: Unavailable) -> JsonResponse:
+    response = json_error(error.message, error.code, error.status)
+    response["Retry-After"] = str(error.retry_after_seconds)
+    return response

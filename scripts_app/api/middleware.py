@@ -8,7 +8,7 @@ import tempfile
 from django.conf import settings
 from django.http import HttpResponseBadRequest
 
-from scripts_app.api.errors import error_body, json_error
+from scripts_app.api.errors import DATABASE_DOWN, database_unavailable, error_body, json_error, unavailable_response
 from scripts_app.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class OmlApiMiddleware:
         return response
 
     def process_exception(self, request, exception):
+        if request.path.startswith(API_PREFIXES) and isinstance(exception, DATABASE_DOWN):
+            return unavailable_response(database_unavailable(exception))
         if request.path.startswith(API_PREFIXES):
             logger.exception("Unhandled error at %s", request.path)
             return json_error("Internal error of the service.", ErrorCode.INTERNAL, 500)

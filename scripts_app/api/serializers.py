@@ -198,3 +198,6 @@ class JobStatusSerializer(serializers.Serializer):
     createdDate = serializers.CharField(help_text="e.g. 2026-01-26 20:35:22 UTC")
     status = serializers.CharField(help_text='"job is still running"')
     elapsedTime = serializers.CharField(help_text="HH:MM:SS")
+    attempt = serializers.IntegerField(
+        help_text="omlweb's: the attempt running the job; above 1, a worker died and it restarted from the beginning"
+    )

@@ -174,6 +174,9 @@ class JobView(APIView):
             "createdDate": jobs.oracle_date(run.created_at),
             "status": JOB_RUNNING,
             "elapsedTime": jobs.hms(jobs.elapsed(run)),
+            # Ours: the attempt running (or next to run) it. Above 1, its worker died and it started again
+            # from the beginning: delivery is at least once (docs/architecture.md).
+            "attempt": jobs.job_attempt(run),
         }
         return Response(body, status=202)
 
@@ -236,6 +239,7 @@ def job_row(run, now) -> dict:
         "owner": run.user.get_username(),
         "service": run.service,
         "comments": run.comments,
+        "attempt": jobs.job_attempt(run),
     }
 
 

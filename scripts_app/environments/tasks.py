@@ -8,6 +8,6 @@ from scripts_app.services import environments
 
 
 # A redelivered build finds its generation READY or FAILED, or built on this host, and does no harm.
-@shared_task(name="omlweb.build_environment", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name="omlweb.build_environment", acks_late=True, ignore_result=True)
 def build_environment(environment_id: str, generation: int) -> None:
     environments.environment_build(environment_id=environment_id, generation=generation)

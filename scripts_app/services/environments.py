@@ -290,11 +290,38 @@ def environment_delete(*, environment: Environment) -> None:
 
 
 def _queue_build(environment: Environment) -> None:
+    environment_id, generation = str(environment.pk), environment.generation
+    transaction.on_commit(lambda: _publish_build(environment_id, generation))
+
+
+def _publish_build(environment_id: str, generation: int) -> bool:
     from scripts_app.environments.tasks import build_environment
 
-    environment_id, generation = str(environment.pk), environment.generation
-    # CELERY_TASK_ROUTES sends it to the builds queue, which every worker serves.
-    transaction.on_commit(lambda: build_environment.delay(environment_id, generation))
+    try:
+        # CELERY_TASK_ROUTES sends it to the builds queue, which every worker serves.
+        build_environment.delay(environment_id, generation)
+    except Exception as error:
+        # The broker is down: the environment stays BUILDING with an empty log, and the reaper
+        # publishes the build again once the broker answers (environment_republish_lost_builds).
+        logger.warning("The broker did not take the build of environment %s: %r", environment_id, error)
+        return False
+    return True
+
+
+def environment_republish_lost_builds(*, now=None) -> list[str]:
+    """Publish again the builds no worker started (their log is empty) after OMLWEB_REQUEUE_AFTER_SECONDS,
+    when the builds queue is empty: their message was lost (the broker was down, or lost it)."""
+    from scripts_app.services.jobs import broker_queue_length
+
+    now = now or timezone.now()
+    waiting = Environment.objects.filter(
+        status=Environment.Status.BUILDING,
+        build_log="",
+        build_started_at__lt=now - timedelta(seconds=settings.OMLWEB_REQUEUE_AFTER_SECONDS),
+    )
+    if not waiting.exists() or broker_queue_length(settings.OMLWEB_BUILD_QUEUE) != 0:
+        return []
+    return [env.name for env in waiting if _publish_build(str(env.pk), env.generation)]
 
 
 # Building

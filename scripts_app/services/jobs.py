@@ -22,9 +22,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from scripts_app import roles, runner
-from scripts_app.errors import BadRequest, Busy, ErrorCode, NotFound
+from scripts_app.errors import BROKER_UNAVAILABLE_MESSAGE, BadRequest, Busy, ErrorCode, NotFound, Unavailable
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import runs
+from scripts_app.services import runs, supervision
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,19 @@ def job_submit(
         )
         run.enqueued_at = run.created_at
         run.save(update_fields=["enqueued_at"])
-        # robust: a broker that is down must not turn an accepted job into a 500; the row is committed
-        # and the reaper publishes it later.
-        transaction.on_commit(lambda: job_enqueue(run=run), robust=True)
+    if connection.in_atomic_block:
+        # Inside the caller's own transaction: publish once that commits; if the broker is down then, the
+        # row stays QUEUED and the reaper publishes it later.
+        transaction.on_commit(lambda: _publish_quietly(run), robust=True)
+        return run
+    # Published after the commit, so a worker always finds the row; and not in the background: a job the
+    # broker did not take is refused (503) and its row removed, never accepted and left waiting.
+    try:
+        job_enqueue(run=run)
+    except Exception as error:
+        logger.warning("Run %s: the broker refused it (%r); the submission is refused", run.pk, error)
+        job_delete(run=run)
+        raise Unavailable(BROKER_UNAVAILABLE_MESSAGE, code=ErrorCode.BROKER_UNAVAILABLE) from error
     return run
 
 
@@ -112,6 +122,14 @@ def elapsed(run: Run, now: datetime | None = None) -> timedelta:
 def hms(duration: timedelta) -> str:
     seconds = int(duration.total_seconds())
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def job_attempt(run: Run) -> int:
+    """The attempt a job is on: the one running it, the next one while it waits, the last once finished.
+
+    Above 1, a worker died during an earlier attempt and the job started again from the beginning.
+    """
+    return run.attempts + 1 if run.status == Run.Status.QUEUED else max(run.attempts, 1)
 
 
 def oracle_date(moment: datetime) -> str:
@@ -346,17 +364,24 @@ def _take_back(run: Run, *, now: datetime, lost: str) -> str | None:
     return None
 
 
-def job_worker_lost(*, run_id: str, worker: str) -> str | None:
-    """The pool process running a job died (killed, out of memory): hand the run back at once.
+def worker_lost(*, worker: str, died_at: datetime | None = None) -> list[str]:
+    """A worker process died (its supervisor saw it exit): hand back every run it held, at once.
 
-    Called in the worker's main process, just before Celery puts the message back on the queue
-    (reject_on_worker_lost), so the redelivery finds the run QUEUED and claims it as the next attempt
-    instead of waiting for the reaper. Past OMLWEB_RUN_MAX_ATTEMPTS the run fails instead.
+    The supervisor knows the process is gone, so there is no need to wait for the heartbeat to go stale:
+    each run is requeued and published again (or failed past OMLWEB_RUN_MAX_ATTEMPTS, or cancelled if
+    that was asked). A message the broker still holds for it finds the run claimed or finished, and does
+    nothing. Only runs started before `died_at` are its: a process restarted under the same name may
+    have claimed one since. Returns the ids of the runs handed back.
     """
-    run = Run.objects.filter(pk=run_id, status=Run.Status.RUNNING, worker=worker).first()
-    if run is None:
-        return None
-    return _take_back(run, now=timezone.now(), lost=f"the worker process on {worker} running it died")
+    handed_back = []
+    held = Run.objects.filter(mode=Run.Mode.ASYNC, status=Run.Status.RUNNING, worker=worker)
+    for run in held.filter(Q(started_at__lte=died_at or timezone.now()) | Q(started_at__isnull=True)):
+        outcome = _take_back(run, now=timezone.now(), lost=f"its worker process {worker} died")
+        if outcome:
+            handed_back.append(str(run.pk))
+            if outcome == "requeued":
+                _publish_quietly(run)
+    return handed_back
 
 
 def _republish_lost(*, now: datetime) -> list[str]:
@@ -418,23 +443,46 @@ def prune_runs(*, now: datetime | None = None, batch: int = 1000) -> int:
 # The operator's view
 
 
+# How long the operator's view and the reaper wait for a broker that does not answer.
+BROKER_CHECK_TIMEOUT_SECONDS = 0.5
+
+
 def queue_length(service: str) -> int | None:
     """Messages waiting in a service level's queue, or None when the broker can't be asked."""
-    from omlweb.celery import app
+    return broker_queue_length(queue_name(service))
 
+
+def broker_queue_length(queue: str) -> int | None:
+    """Messages waiting in any queue, or None when the broker can't be asked."""
     try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1)
-            with conn.channel() as channel:
-                declared = channel.queue_declare(queue=queue_name(service), durable=True, auto_delete=False)
-                return int(declared.message_count)
-    except Exception:
-        logger.exception("Could not read the length of queue %s", queue_name(service))
+        return _declared_length(queue)
+    except Exception as error:
+        logger.warning("Could not read the length of queue %s: %r", queue, error)
         return None
 
 
-def workers_alive(*, timeout: float = 1.0) -> list[dict]:
-    """The Celery workers that answer, with the queues they consume."""
+def _declared_length(queue: str) -> int:
+    from omlweb.celery import app
+
+    with app.connection_for_write(connect_timeout=BROKER_CHECK_TIMEOUT_SECONDS) as conn:
+        # One try, no pause: kombu's default retries would hold the status endpoint for seconds.
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_CHECK_TIMEOUT_SECONDS)
+        with conn.channel() as channel:
+            declared = channel.queue_declare(queue=queue, durable=True, auto_delete=False)
+            return int(declared.message_count)
+
+
+def broker_problem() -> str | None:
+    """None when the broker answers within BROKER_CHECK_TIMEOUT_SECONDS, else what went wrong."""
+    try:
+        _declared_length(queue_name(service_levels()[0]))
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def workers_alive(*, timeout: float = 0.5) -> list[dict]:
+    """The Celery workers that answer, with the queues they consume (a worker busy with a job is silent)."""
     from omlweb.celery import app
 
     try:
@@ -448,15 +496,19 @@ def workers_alive(*, timeout: float = 1.0) -> list[dict]:
 
 
 def service_status() -> dict:
-    """Workers alive, per level: queue length, queued and running jobs; and the oldest queued job."""
+    """The broker's health, the supervised processes of this host, workers alive, per level: queue length,
+    queued and running jobs; and the oldest queued job. Answers within about a second, broker down or not."""
+    from omlweb.celery import app
+
     now = timezone.now()
-    workers = workers_alive()
+    problem = broker_problem()
+    workers = workers_alive() if problem is None else []
     levels = {}
     for level in service_levels():
         jobs = Run.objects.filter(mode=Run.Mode.ASYNC, service=level)
         levels[level] = {
             "queue": queue_name(level),
-            "messages": queue_length(level),
+            "messages": queue_length(level) if problem is None else None,
             "queued": jobs.filter(status=Run.Status.QUEUED).count(),
             "running": jobs.filter(status=Run.Status.RUNNING).count(),
             "workers": [w["name"] for w in workers if queue_name(level) in w["queues"]],
@@ -466,9 +518,14 @@ def service_status() -> dict:
     oldest = Run.objects.filter(mode=Run.Mode.ASYNC, status=Run.Status.QUEUED).order_by("created_at").first()
     return {
         "time": oracle_date(now),
-        "broker": _scheme(settings.CELERY_BROKER_URL),
+        "broker": _scheme(app.conf.broker_url),
+        # False: async submissions are refused (503, code 1043) until it answers again.
+        "brokerAvailable": problem is None,
+        "brokerError": problem,
         "database": connection.vendor,
         "workers": workers,
+        # What `manage.py serve` on this host supervises: each child's state, restarts and last exit.
+        "supervisors": supervision.supervisors(),
         "serviceLevels": levels,
         "oldestQueuedJob": None
         if oldest is None

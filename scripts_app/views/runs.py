@@ -185,6 +185,7 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "pieces": piece_timeline(run),
         "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
         "progress": _progress(run),
+        "attempt": job_services.job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
     }
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
+from scripts_app.errors import BROKER_UNAVAILABLE_MESSAGE
 from scripts_app.models import Run
 from scripts_app.services import jobs
 from tests.factories import make_script
@@ -96,19 +99,22 @@ def test_the_message_is_published_after_commit_on_the_service_levels_queue(
     assert published == [(job_id, "omlweb.medium")]
 
 
-def test_a_broker_that_is_down_does_not_lose_the_job(
-    alice_api, add_script, monkeypatch, django_capture_on_commit_callbacks
-):
-    """Publishing fails: the client still gets 201 and the job stays QUEUED for the reaper to publish."""
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_that_is_down_refuses_the_job_with_a_503(alice_api, add_script, monkeypatch):
+    """Publishing fails: the submission is refused with a JSON 503 (1043) and no run is left waiting; a
+    synchronous run still works."""
 
     def broker_down(*, run):
         raise ConnectionRefusedError("broker down")
 
     monkeypatch.setattr(jobs, "job_enqueue", broker_down)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = submit(alice_api, "add")
-    assert response.status_code == 201
-    assert Run.objects.get(pk=job_id_of(response)).status == Run.Status.QUEUED
+    response = submit(alice_api, "add")
+    assert response.status_code == 503
+    assert response.json() == {"errorMessage": BROKER_UNAVAILABLE_MESSAGE, "errorCode": 1043}
+    assert response["Retry-After"] == "10"
+    assert not Run.objects.exists()
+    response = alice_api.post("/oml/api/py-scripts/v1/do-eval/add", {"parameters": '{"a": 2}'}, format="json")
+    assert (response.status_code, response.json()) == (200, {"result": {"sum": 3}})
 
 
 def test_status_is_202_while_queued_then_302_with_content_location(alice_api, add_script, published, run_job):
@@ -117,7 +123,8 @@ def test_status_is_202_while_queued_then_302_with_content_location(alice_api, ad
     status = alice_api.get(f"/oml/api/py-scripts/v1/jobs/{job_id}")
     assert status.status_code == 202
     body = status.json()
-    assert set(body) == {"createdDate", "status", "elapsedTime"}
+    assert set(body) == {"createdDate", "status", "elapsedTime", "attempt"}
+    assert body["attempt"] == 1
     assert body["status"] == "job is still running"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", body["createdDate"])
     assert re.fullmatch(r"\d\d:\d\d:\d\d", body["elapsedTime"])
@@ -382,3 +389,25 @@ def test_a_bad_apply_request_is_400_before_anything_is_queued(alice, alice_api, 
     assert response.status_code == 400
     assert not Run.objects.exists()
     assert published == []
+
+
+def test_a_job_started_again_after_its_worker_died_shows_attempt_2(alice, alice_api, client, add_script, published):
+    """At least once, stated: a job whose worker died is handed back and waits for attempt 2; the job's
+    status, the v2 list and the run page all say so."""
+    job_id = job_id_of(submit(alice_api, "add", version="v2"))
+    claimed = timezone.now()
+    Run.objects.filter(pk=job_id).update(status=Run.Status.RUNNING, worker="w@host", attempts=1, started_at=claimed)
+    assert alice_api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}").json()["attempt"] == 1
+    # A process restarted under the same name since it died: its runs are its own, not handed back.
+    assert jobs.worker_lost(worker="w@host", died_at=claimed - timedelta(seconds=1)) == []
+    assert jobs.worker_lost(worker="w@host", died_at=claimed) == [job_id]
+    run = Run.objects.get(pk=job_id)
+    assert (run.status, run.attempts, run.worker) == (Run.Status.QUEUED, 1, "")
+    assert published[-1] == (job_id, "omlweb.low")
+    assert alice_api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}").json()["attempt"] == 2
+    [row] = alice_api.get("/oml/api/py-scripts/v2/jobs").json()["result"]
+    assert row["attempt"] == 2
+    client.force_login(alice)
+    page = client.get(f"/runs/{job_id}/").content.decode()
+    assert "<dt>Attempt</dt><dd>2" in page
+    assert "started again from the beginning" in page

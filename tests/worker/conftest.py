@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from kombu import Queue
 
 from omlweb.celery import app as celery_app
 from omlweb.env import broker_transport_options
+from scripts_app.management.commands.serve import worker_command
 from scripts_app.models import Run
 from scripts_app.services import jobs
 
@@ -105,11 +105,6 @@ class Worker:
             lambda: " ready." in self.log_text(), timeout=START_TIMEOUT, what=f"worker {self.name} to start", on=self
         )
 
-    def pool_processes(self) -> list[int]:
-        """The prefork pool's processes: the worker's children."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
-        return [int(pid) for pid in children]
-
     def kill9(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
@@ -136,7 +131,7 @@ class Cluster:
     folder: Path
     workers: list[Worker] = field(default_factory=list)
 
-    def start(self, name: str, levels: list[str], *, concurrency: int = 1, wait: bool = True, **env) -> Worker:
+    def start(self, name: str, levels: list[str], *, wait: bool = True, **env) -> Worker:
         queues = [f"{self.prefix}.{level.lower()}" for level in levels]
         log = self.folder / f"{name}-{len(self.workers)}.log"
         environment = {
@@ -153,26 +148,8 @@ class Cluster:
             "OMLWEB_LOG_LEVEL": "INFO",
             **env,
         }
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "omlweb",
-            "worker",
-            "--queues",
-            ",".join(queues),
-            "--concurrency",
-            str(concurrency),
-            "--hostname",
-            f"{name}@test",
-            "--pool",
-            "prefork",
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel",
-            "INFO",
-        ]
+        # The very command line `manage.py serve` runs, so tests run production's worker flags.
+        command = worker_command(node=f"{name}@test", queues=queues)
         with log.open("w") as out:
             process = subprocess.Popen(
                 command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -211,7 +188,7 @@ def shared_cluster(celery_on_broker, django_db_setup, django_db_blocker, tmp_pat
     with django_db_blocker.unblock():
         cluster_gen = _cluster(celery_on_broker, tmp_path_factory.mktemp("shared-cluster"))
         cluster = next(cluster_gen)
-        cluster.start("all", ["LOW", "MEDIUM", "HIGH"], concurrency=2)
+        cluster.start("all", ["LOW", "MEDIUM", "HIGH"])
     yield cluster
     with django_db_blocker.unblock():
         next(cluster_gen, None)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 
 import pytest
 
 from scripts_app.models import Run
-from scripts_app.services import jobs
+from scripts_app.services import jobs, supervision
 from tests.conftest import client_for
 from tests.factories import UserFactory, make_script
 from tests.worker.conftest import wait_for, wait_status
@@ -134,7 +132,13 @@ def test_a_job_past_its_timeout_ends_timed_out(shared, sleeper, api):
 def test_admin_status_shows_the_workers_and_queues(shared, admin_user, sleeper):
     """GET /oml/api/admin/status names the live worker, its queues, and the queue lengths."""
     body = client_for(admin_user).get("/oml/api/admin/status").json()
-    assert {"name": "all@test", "queues": sorted(shared.workers[0].queues)} in body["workers"]
+    queues = sorted([*shared.workers[0].queues, supervision.probe_queue("all@test")])
+    assert {"name": "all@test", "queues": queues} in body["workers"]
+    assert (body["broker"], body["brokerAvailable"], body["brokerError"]) == (
+        shared.broker.url.split(":")[0],
+        True,
+        None,
+    )
     for level in ("LOW", "MEDIUM", "HIGH"):
         row = body["serviceLevels"][level]
         assert row["workers"] == ["all@test"]
@@ -195,18 +199,20 @@ def test_kill_9_of_the_worker_mid_run_is_recovered(cluster, sleeper):
     assert done.result == {"slept": 2}
 
 
-def test_a_killed_pool_process_hands_its_job_back_at_once(cluster, sleeper):
-    """kill -9 of the pool process running a job (as the OOM killer would): the message is rejected and
-    requeued, the run handed back on the spot, and the worker's next process runs it as attempt 2, with
-    no reaper involved."""
-    worker = cluster.start("pool", ["LOW"])
+def test_a_dead_workers_run_is_handed_back_at_once(cluster, sleeper):
+    """kill -9 of the worker process running a job (as the OOM killer would): its supervisor calls
+    `worker_lost`, which requeues and publishes the run on the spot, with no reaper and no wait for the
+    heartbeat to go stale; the next worker runs it as attempt 2."""
+    worker = cluster.start("dying", ["LOW"])
     run = job(sleeper, 2)
     wait_status(run.pk, Run.Status.RUNNING, timeout=60, on=cluster)
-    [child] = worker.pool_processes()
-    os.kill(child, signal.SIGKILL)
+    worker.kill9()
+    assert jobs.worker_lost(worker="dying@test") == [str(run.pk)]
+    assert Run.objects.get(pk=run.pk).status == Run.Status.QUEUED
+    cluster.start("next", ["LOW"])
     done = wait_status(run.pk, FINISHED, timeout=60, on=cluster)
-    assert (done.status, done.attempts, done.worker) == (Run.Status.SUCCEEDED, 2, "pool@test")
-    assert "the worker process on pool@test running it died" in worker.log_text()
+    assert (done.status, done.attempts, done.worker) == (Run.Status.SUCCEEDED, 2, "next@test")
+    assert done.result == {"slept": 2}
 
 
 def test_a_job_that_keeps_losing_its_worker_fails_clearly(cluster, sleeper, settings):

@@ -13,6 +13,7 @@ from django.db import transaction
 from scripts_app.demo import DEMO_ENVIRONMENT, DEMO_SCRIPT_ENVIRONMENTS, demo_datasets, demo_scripts
 from scripts_app.models import Dataset, Environment, Script
 from scripts_app.roles import ADMINS, ROLES
+from scripts_app.services import jobs
 from scripts_app.services.datasets import dataset_create
 from scripts_app.services.environments import environment_create
 from scripts_app.services.scripts import script_create, script_update
@@ -46,7 +47,13 @@ class Command(BaseCommand):
         if not Environment.objects.filter(name=DEMO_ENVIRONMENT["name"]).exists():
             # Built by a worker in the background; Example 2 works once it is READY.
             environment_create(by=admin, **DEMO_ENVIRONMENT)
-            self.stdout.write(f"Defined demo environment {DEMO_ENVIRONMENT['name']}; a worker builds it now.")
+            if jobs.broker_problem() is None:
+                self.stdout.write(f"Defined demo environment {DEMO_ENVIRONMENT['name']}; a worker builds it now.")
+            else:
+                self.stderr.write(
+                    f"Defined demo environment {DEMO_ENVIRONMENT['name']}; the broker does not answer, so a worker "
+                    "builds it once it does."
+                )
         for name, path in demo_datasets().items():
             if not Dataset.objects.filter(owner=admin, name__iexact=name).exists():
                 with path.open("rb") as upload:

@@ -20,7 +20,16 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(_dumps(status))
             return
-        self.stdout.write(f"Broker: {status['broker']}    database: {status['database']}")
+        broker = "answers" if status["brokerAvailable"] else f"DOES NOT ANSWER ({status['brokerError']})"
+        self.stdout.write(f"Broker: {status['broker']}, {broker}    database: {status['database']}")
+        for supervisor in status["supervisors"]:
+            self.stdout.write(f"serve on {supervisor['host']} (pid {supervisor['pid']}):")
+            for child in supervisor["children"]:
+                looping = "  CRASH-LOOPING" if child["crashLooping"] else ""
+                self.stdout.write(
+                    f"  {child['name']:<16} {child['status']:<10} restarts {child['restarts']}"
+                    f"{', last exit ' + child['lastExit'] if child['lastExit'] else ''}{looping}"
+                )
         self.stdout.write(f"Workers alive: {len(status['workers'])}")
         for worker in status["workers"]:
             self.stdout.write(f"  {worker['name']}: {', '.join(worker['queues'])}")

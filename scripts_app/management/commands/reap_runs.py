@@ -6,8 +6,11 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import close_old_connections
 
-from scripts_app.services import jobs
+from scripts_app.services import environments, jobs
+
+PRUNE_EVERY_SECONDS = 3600
 
 
 class Command(BaseCommand):
@@ -17,17 +20,47 @@ class Command(BaseCommand):
         parser.add_argument(
             "--loop",
             action="store_true",
-            help=f"Keep reaping every OMLWEB_REAPER_INTERVAL_SECONDS ({settings.OMLWEB_REAPER_INTERVAL_SECONDS:g} s).",
+            help=(
+                f"Keep reaping every OMLWEB_REAPER_INTERVAL_SECONDS ({settings.OMLWEB_REAPER_INTERVAL_SECONDS:g} s), "
+                "and prune old runs hourly (what `manage.py serve` runs)."
+            ),
         )
 
     def handle(self, *args, loop: bool, **options) -> None:
+        if not loop:
+            self._report(jobs.reap_runs(), quiet=False)
+            self._rebuilds()
+            return
+        next_prune = time.monotonic() + 60
+        failing = ""
         while True:
-            report = jobs.reap_runs()
-            for label in ("requeued", "failed", "cancelled", "republished"):
-                for run_id in getattr(report, label):
-                    self.stdout.write(f"{label} {run_id}")
-            if not loop:
-                if not report:
-                    self.stdout.write("Nothing to reap.")
-                return
+            try:
+                self._report(jobs.reap_runs(), quiet=True)
+                self._rebuilds()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                    jobs.prune_runs()
+            except Exception as error:
+                # The database (or broker) is down: say so once, not on every pass, and try again.
+                why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                if why != failing:
+                    self.stderr.write(f"Reaper pass failed, retrying every pass until it works: {why}")
+                failing = why
+            else:
+                if failing:
+                    self.stderr.write("Reaper passes work again.")
+                failing = ""
+            finally:
+                close_old_connections()
             time.sleep(settings.OMLWEB_REAPER_INTERVAL_SECONDS)
+
+    def _rebuilds(self) -> None:
+        for name in environments.environment_republish_lost_builds():
+            self.stdout.write(f"republished the build of environment {name}")
+
+    def _report(self, report: jobs.ReapReport, *, quiet: bool) -> None:
+        for label in ("requeued", "failed", "cancelled", "republished"):
+            for run_id in getattr(report, label):
+                self.stdout.write(f"{label} {run_id}")
+        if not report and not quiet:
+            self.stdout.write("Nothing to reap.")
