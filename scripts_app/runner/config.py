@@ -35,8 +35,11 @@ class Settings:
     # Runs drop to uids run_uid_base .. run_uid_base + run_uid_count - 1 (one per concurrent run).
     run_uid_base: int = 61000
     run_uid_count: int = 1000
-    # Size of the sandbox's /tmp (a tmpfs shared by the runs of one template).
+    # Size of each run's own /tmp (its working directory) and of its own /dev/shm: a tmpfs each,
+    # at the bwrap and unshare levels. With a memory cgroup their pages also count as the run's memory.
     sandbox_tmp_bytes: int = 512 * 1024**2
+    # A memory and pids cgroup per run where the host delegates them (runner/cgroups.py).
+    cgroups: bool = True
     # Extra host paths bound read-only into the sandbox, e.g. "/etc/ssl" for an environment with network.
     extra_ro_binds: tuple[str, ...] = ()
     bwrap_path: str = "/usr/bin/bwrap"
