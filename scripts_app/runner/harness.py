@@ -139,6 +139,10 @@ def _classify(exc: BaseException, limits: dict) -> RunFailure:
         return RunFailure(
             "file_too_large", f"File size limit of {limits['max_file_bytes']} bytes reached ({message})", tb
         )
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and limits.get("tmp_bytes"):
+        size_mb = limits["tmp_bytes"] // 1024**2
+        text = f"The run's /tmp and /dev/shm are limited to {size_mb} MB each and are full ({message})"
+        return RunFailure("file_too_large", text, tb)
     process_limit = (isinstance(exc, OSError) and exc.errno == errno.EAGAIN) or (
         isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
     )
@@ -685,10 +689,10 @@ def cgroup_oom_kills(cgroups: list) -> int:
     return 0
 
 
-def prepare_spare(prep: dict, cgroups: list) -> bool:
+def prepare_spare(prep: dict, cgroups: list) -> int:
     """What a run's child sets up before its job arrives, off the run's path: its cgroups, its own
     IPC and network (loopback only) namespaces, its mount namespace, and last the seccomp filter.
-    Returns whether the run is confined to its own tmpfs."""
+    Returns the size of the run's own /tmp and /dev/shm, 0 when it has none (no mount namespace)."""
     join_cgroups(cgroups)
     flags = CLONE_NEWIPC if prep.get("ipcns") else 0
     if prep.get("netns"):
@@ -701,7 +705,7 @@ def prepare_spare(prep: dict, cgroups: list) -> bool:
         confine_filesystem(prep["fs"], own_ipc=bool(flags & CLONE_NEWIPC))
     if prep.get("seccomp"):
         load_seccomp(base64.b64decode(prep["seccomp"]))
-    return bool(prep.get("fs"))
+    return int(prep["fs"]["tmp_bytes"]) if prep.get("fs") else 0
 
 
 def drop_all_capabilities() -> None:
@@ -721,7 +725,7 @@ def drop_all_capabilities() -> None:
     _check(libc().capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
-def _run_child(header: dict, fds: list[int], confined: bool, cgroups: list) -> None:
+def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> None:
     """The forked child of one run: set its bounds, drop privileges, run, exit. Never returns."""
     code = 70
     try:
@@ -743,8 +747,9 @@ def _run_child(header: dict, fds: list[int], confined: bool, cgroups: list) -> N
         job = json.loads(b"".join(chunks))
         limits = job["limits"]
         limit_cgroups(cgroups, limits)
+        limits["tmp_bytes"] = tmp_bytes
         uid = header.get("uid")
-        if confined:
+        if tmp_bytes:
             # The run's own tmpfs mounts, made by the spare: /tmp is its working directory.
             workdir = "/tmp"
             if uid is not None:
@@ -860,7 +865,7 @@ def _make_spare(use_pidns: bool, own_pidns: int, prep: dict, cgroups: _Cgroups) 
             _close_other_fds({child_end.fileno(), *(fd for _, fd in dirs)})
             os.setsid()
             reseed_random()
-            confined = prepare_spare(prep, dirs)
+            tmp_bytes = prepare_spare(prep, dirs)
             message, fds, _, _ = socket.recv_fds(child_end, 1 << 16, 8)
         except BaseException:  # noqa: BLE001
             with contextlib.suppress(BaseException):
@@ -871,7 +876,7 @@ def _make_spare(use_pidns: bool, own_pidns: int, prep: dict, cgroups: _Cgroups) 
             os._exit(0)
         header = json.loads(message)
         child_end.close()
-        _run_child(header, fds, confined, dirs)
+        _run_child(header, fds, tmp_bytes, dirs)
     if use_pidns:
         setns(own_pidns, CLONE_NEWPID)
     child_end.close()
