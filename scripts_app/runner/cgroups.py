@@ -14,11 +14,15 @@ import contextlib
 import itertools
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 
 logger = logging.getLogger("scripts_app.runner")
 
 _counter = itertools.count(1)
+# How long a stopped template's cgroups are tried again while its last processes exit.
+REMOVE_RETRY_SECONDS = 10.0
 
 
 @dataclass
@@ -37,20 +41,37 @@ class TemplateCgroups:
         self.fds = []
 
     def remove(self) -> None:
-        """Remove every run cgroup left under the folders, then the folders (a template stopped)."""
+        """Remove every run cgroup left under the folders, then the folders (a template stopped).
+
+        The template's spare child may still be exiting (EBUSY): a thread tries again for a while,
+        so that the caller never waits; what is left then goes with the next start's sweep."""
         self.close_fds()
-        for path in self.paths:
-            _remove_tree(path)
+        left = [path for path in self.paths if not _remove_tree(path)]
+        if left:
+            threading.Thread(target=_remove_later, args=(left,), name="runner-cgroup-remover", daemon=True).start()
 
 
-def _remove_tree(path: str) -> None:
+def _remove_later(paths: list[str]) -> None:
+    deadline = time.monotonic() + REMOVE_RETRY_SECONDS
+    while paths and time.monotonic() < deadline:
+        time.sleep(0.1)
+        paths = [path for path in paths if not _remove_tree(path)]
+
+
+def _remove_tree(path: str) -> bool:
+    """Whether `path` and the cgroups under it are gone."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(path):
             if entry.is_dir(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     os.rmdir(entry.path)
-    with contextlib.suppress(OSError):
+    try:
         os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def _mounts() -> list[tuple[str, str, str, set[str]]]:

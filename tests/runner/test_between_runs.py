@@ -4,6 +4,7 @@ process level, which promises none of this."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -11,6 +12,7 @@ import pytest
 
 from scripts_app import runner
 from scripts_app.runner import Failure, Limits, Outcome, syscalls
+from scripts_app.runner.templates import registry
 
 from .helpers import assert_runner_still_works, make_job
 
@@ -484,8 +486,6 @@ def test_the_report_says_what_bounds_memory_and_that_the_filter_is_on(isolated):
 def test_without_seccomp_auto_says_so_and_an_explicit_level_fails_closed(isolated, monkeypatch, settings_restored):
     """libseccomp missing: "auto" runs and reports the filter off with the reason; a level asked for
     by name refuses to run without it."""
-    import os
-
     level = runner.isolation_report()["level"]
     monkeypatch.setattr(syscalls, "compiled", lambda **_: (None, "libseccomp bindings unavailable: test"))
     settings_restored(sandbox_tmp_bytes=256 * 1024**2)  # restarts the templates
@@ -501,4 +501,30 @@ def test_without_seccomp_auto_says_so_and_an_explicit_level_fails_closed(isolate
     finally:
         monkeypatch.undo()
         runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"))
+    assert_runner_still_works()
+
+
+def _eventually_gone(paths: list[str], seconds: float = 15.0) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while (left := [p for p in paths if os.path.exists(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_run_cgroups_are_removed_and_a_stopped_template_leaves_none(cgroup):
+    """A run's cgroup is gone after it (only the waiting spare's is left), and stopping the templates
+    removes their folders."""
+    for _ in range(3):
+        assert_runner_still_works()
+    folders = [path for t in registry.templates.values() if t.cgroup_folders for path in t.cgroup_folders.paths]
+    assert folders
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        runs = [name for path in folders for name in os.listdir(path) if name.startswith("run-")]
+        if len(runs) <= len(folders):  # one spare per template, in each hierarchy
+            break
+        time.sleep(0.1)
+    assert len(runs) <= len(folders), runs
+    runner.shutdown()
+    assert _eventually_gone(folders) == []
     assert_runner_still_works()
