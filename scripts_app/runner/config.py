@@ -72,6 +72,8 @@ def configure(**changes) -> Settings:
         raise ValueError(f"isolation must be one of {ISOLATION_CHOICES}")
     if changes.get("mode", "zygote") not in MODE_CHOICES:
         raise ValueError(f"mode must be one of {MODE_CHOICES}")
+    if changes.get("sandbox_tmp_bytes", 1 << 20) < 1 << 20:
+        raise ValueError("sandbox_tmp_bytes must be at least 1 MiB")
     if changes.get("max_concurrent", 1) < 1:
         raise ValueError("max_concurrent must be at least 1")
     with _lock:

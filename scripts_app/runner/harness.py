@@ -475,6 +475,26 @@ def _probe(action) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
+def _probe_error(action) -> str | None:
+    """What goes wrong when `action` runs in a throwaway child, or None when it succeeds."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            action()
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001
+            with contextlib.suppress(BaseException):
+                os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:2000])
+            os._exit(1)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        detail = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    return None if os.waitstatus_to_exitcode(status) == 0 else (detail or f"exit status {status}")
+
+
 def _probe_pid_namespace(own_pidns: int) -> bool:
     try:
         unshare(CLONE_NEWPID)
@@ -935,6 +955,9 @@ def zygote_main(control_fd: int, config: dict) -> None:
         "fs": {**fs, "new_proc": use_pidns} if fs else None,
         "seccomp": seccomp if info["seccomp"] else None,
     }
+    # A spare that cannot prepare would make every run crash: find out now, so the service can say
+    # why and (under "auto") use another level.
+    info["spare_error"] = _probe_error(lambda: prepare_spare(prep, []))
     _flush_std_streams()
     gc.collect()
     gc.freeze()  # fewer copy-on-write page faults in the children

@@ -308,6 +308,9 @@ class Template:
         parent_end.settimeout(None)
         self.sock = parent_end
         self.info = json.loads(message)
+        if self.info.get("spare_error"):
+            self.stop()
+            raise TemplateError(f"{self.level} template cannot prepare a run: {self.info['spare_error']}")
         if self.level != "process" and settings.isolation != "auto" and not self.info.get("seccomp"):
             self.stop()
             raise TemplateError(f"{self.level} isolation needs its seccomp filter, which the template could not load")
