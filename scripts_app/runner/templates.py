@@ -225,6 +225,8 @@ class Template:
     cgroup_folders: cgroups.TemplateCgroups | None = None
     cgroup_note: str = "not used at the process level"
     seccomp_state: str = "not used at the process level"
+    # Whether the filter denies memfd_create (built for a template without a memory cgroup).
+    memfd_denied: bool = False
 
     def start(self) -> None:
         settings = self.settings
@@ -266,6 +268,7 @@ class Template:
                 self.cgroup_note = folders
             # Without a memory cgroup, memfd pages would count against no limit: deny memfd_create.
             program, self.seccomp_state = syscalls.compiled(deny_memfd=self.cgroup_folders is None)
+            self.memfd_denied = program is not None and self.cgroup_folders is None
             if program is None and settings.isolation != "auto":
                 self._release_cgroups()
                 raise TemplateError(f"{self.level} isolation needs its seccomp filter: {self.seccomp_state}")
@@ -383,8 +386,10 @@ class Template:
             return "rlimit-as"
         if self.cgroup_folders is not None and self.info.get("cgroup"):
             return self.cgroup_folders.version
-        # memfd_create is denied by the seccomp filter when there is no cgroup to count its pages.
-        return "rlimit-as+tmpfs-size+ipc-shm-limits" + ("+memfd-denied" if self.uses_seccomp else "")
+        # memfd_create is denied by the seccomp filter when there is no cgroup to count its pages
+        # (not when a cgroup was expected and the template then failed to join it: say so).
+        memfd = "+memfd-denied" if self.uses_seccomp and self.memfd_denied else ""
+        return "rlimit-as+tmpfs-size+ipc-shm-limits" + memfd
 
     @property
     def uses_seccomp(self) -> bool:
