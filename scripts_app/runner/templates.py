@@ -7,9 +7,10 @@ child that runs exactly one job and exits, enforces the wall clock, and reports 
 Isolation levels, strongest first (see docs/runner.md):
   bwrap    the template runs inside bubblewrap: its own mount, PID, network, IPC and UTS namespaces,
            read-only /usr and interpreter, nothing else of the host's filesystem; each run also gets
-           its own PID namespace and, when the service runs as root, its own unprivileged uid.
-  unshare  no bubblewrap, but root: each run gets new network, mount and PID namespaces (the data
-           folders are hidden under an empty tmpfs) and an unprivileged uid.
+           its own PID, IPC, network and mount namespaces, its own /tmp and /dev/shm, a memory and
+           pids cgroup where delegated, a seccomp filter and, as root, its own unprivileged uid.
+  unshare  no bubblewrap, but root: the same per run (the data folders are hidden under an empty
+           tmpfs, the rest of the host's tree read-only).
   process  neither: a separate process with rlimits, its own session and a cleaned environment.
 """
 
