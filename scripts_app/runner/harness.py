@@ -812,7 +812,10 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
         os._exit(code)
 
 
-SPARES = 1
+# Spares kept ready. A spare's preparation (namespaces, mounts, cgroup, filter: a few ms of CPU, and
+# a new network namespace waits while the kernel tears down the previous run's) can outlast one
+# short run; two give each spare the time of two runs, so back-to-back runs never wait for one.
+SPARES = 2
 
 
 class _Spare:
