@@ -120,15 +120,20 @@ def locate() -> tuple[str, dict[str, str]] | str:
     for mount_root, point, fstype, _ in mounts:
         if fstype != "cgroup2" or "" not in own:
             continue
-        base = _join(mount_root, point, own[""])
-        try:
-            with open(os.path.join(base, "cgroup.subtree_control")) as control:
-                delegated = set(control.read().split())
-        except OSError as exc:
-            return f"cgroup v2: {exc}"
-        if {"memory", "pids"} <= delegated and os.access(base, os.W_OK):
-            return "cgroup-v2", {"unified": base}
-        return f"cgroup v2 at {base} does not delegate memory and pids (cgroup.subtree_control: {sorted(delegated)})"
+        own_cgroup = _join(mount_root, point, own[""])
+        # A v2 cgroup that holds processes cannot enable controllers for its children, so the
+        # folders go either under the service's own cgroup, when it already delegates both (the
+        # hierarchy's root), or beside it, under its parent: the layout of a delegated subtree with
+        # the service in a leaf of it (systemd's Delegate=yes with DelegateSubgroup=).
+        for base in (own_cgroup, os.path.dirname(own_cgroup)):
+            try:
+                with open(os.path.join(base, "cgroup.subtree_control")) as control:
+                    delegated = set(control.read().split())
+            except OSError:
+                continue
+            if {"memory", "pids"} <= delegated and os.access(base, os.W_OK):
+                return "cgroup-v2", {"unified": base}
+        return f"cgroup v2: neither {own_cgroup} nor its parent delegates memory and pids, writable"
     return "no cgroup hierarchy with the memory and pids controllers"
 
 

@@ -116,17 +116,15 @@ def _ancestor_dirs(path: str) -> list[str]:
     return list(reversed(parents))
 
 
-def bwrap_command(settings: config.Settings, interp: Interpreter, network: bool) -> list[str]:
-    args = [
-        settings.bwrap_path,
-        "--new-session",
-        "--unshare-ipc",
-        "--unshare-pid",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--hostname",
-        "sandbox",
-    ]
+def bwrap_command(
+    settings: config.Settings, interp: Interpreter, network: bool, *, cgroup_namespace: bool = True
+) -> list[str]:
+    args = [settings.bwrap_path, "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts"]
+    if cgroup_namespace:
+        # Without it under cgroup v2 with the runs' cgroups beside the service's: v2 refuses to move
+        # a process to a cgroup outside the mover's cgroup namespace.
+        args.append("--unshare-cgroup-try")
+    args += ["--hostname", "sandbox"]
     if not network:
         args.append("--unshare-net")
     if is_root():
@@ -233,10 +231,17 @@ class Template:
         settings = self.settings
         interp = Interpreter.inspect(self.python)
         self.fingerprint = fingerprint(self.python)
+        if self.level != "process":
+            folders = cgroups.for_template() if settings.cgroups else "turned off (cgroups=False)"
+            if isinstance(folders, cgroups.TemplateCgroups):
+                self.cgroup_folders, self.cgroup_note = folders, folders.version
+            else:
+                self.cgroup_note = folders
         if self.level == "bwrap":
             self.workroot = SANDBOX_WORKROOT
             harness = SANDBOX_HARNESS
-            prefix = bwrap_command(settings, interp, self.network)
+            v2 = self.cgroup_folders is not None and self.cgroup_folders.version == "cgroup-v2"
+            prefix = bwrap_command(settings, interp, self.network, cgroup_namespace=not v2)
             cwd = None
             env = {"PATH": "/usr/bin:/bin"}
         else:
@@ -260,13 +265,9 @@ class Template:
             # all prepared in the spare child before the run arrives.
             template_config["run_namespaces"] = True
             template_config["fs"] = self._filesystem(interp)
-            folders = cgroups.for_template() if settings.cgroups else "turned off (cgroups=False)"
-            if isinstance(folders, cgroups.TemplateCgroups):
-                self.cgroup_folders, self.cgroup_note = folders, folders.version
-                template_config["cgroups"] = {"kinds": folders.kinds, "fds": folders.fds}
-                pass_fds += folders.fds
-            else:
-                self.cgroup_note = folders
+            if self.cgroup_folders is not None:
+                template_config["cgroups"] = {"kinds": self.cgroup_folders.kinds, "fds": self.cgroup_folders.fds}
+                pass_fds += self.cgroup_folders.fds
             # Without a memory cgroup, memfd pages would count against no limit: deny memfd_create.
             program, self.seccomp_state = syscalls.compiled(deny_memfd=self.cgroup_folders is None)
             self.memfd_denied = program is not None and self.cgroup_folders is None
@@ -292,6 +293,9 @@ class Template:
                 cwd=cwd,
                 start_new_session=True,
             )
+        except BaseException:
+            self._release_cgroups()
+            raise
         finally:
             child_end.close()
             if self.cgroup_folders is not None:
