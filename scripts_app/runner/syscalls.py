@@ -97,9 +97,8 @@ def compiled(*, deny_memfd: bool) -> tuple[bytes | None, str]:
     """The filter as a BPF program, or None and the reason it cannot be had."""
     try:
         seccomp = _bindings()
-    except (ImportError, OSError, AttributeError) as exc:
-        # pyseccomp raises at import when libseccomp.so.2 is missing.
-        return None, f"libseccomp bindings unavailable: {exc}"
+    except Exception as exc:  # noqa: BLE001 - pyseccomp raises RuntimeError at import without libseccomp.so.2
+        return None, f"libseccomp bindings unavailable: {type(exc).__name__}: {exc}"
     try:
         program = _build(seccomp, deny_memfd=deny_memfd)
     except Exception as exc:  # noqa: BLE001 - any failure means no filter, said in the report
