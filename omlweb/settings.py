@@ -162,6 +162,10 @@ OMLWEB_RUNNER_MAX_CONCURRENT = env_int("OMLWEB_RUNNER_MAX_CONCURRENT", 4, minimu
 OMLWEB_RUNNER_QUEUE_TIMEOUT = env_float("OMLWEB_RUNNER_QUEUE_TIMEOUT", 5.0)
 # An environment's warm template stops after this long without runs (0: never); the default one stays.
 OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS = env_float("OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS", 600.0)
+# Size of each run's own /tmp (its working directory) and /dev/shm, a tmpfs each.
+OMLWEB_RUNNER_TMP_MB = env_int("OMLWEB_RUNNER_TMP_MB", 512, minimum=1)
+# A memory and pids cgroup per run where the host delegates them; off: rlimits and sized tmpfs only.
+OMLWEB_RUNNER_CGROUPS = env_bool("OMLWEB_RUNNER_CGROUPS", True)
 
 # Environments (docs/environments.md): admins define them; each worker host builds them here.
 OMLWEB_ENVS_DIR = Path(env_str("OMLWEB_ENVS_DIR", str(DATA_DIR / "envs"))).resolve()

@@ -22,6 +22,8 @@ class ScriptsAppConfig(AppConfig):
             mode=settings.OMLWEB_RUNNER_MODE,
             data_dirs_to_hide=service_data_dirs(),
             template_idle_seconds=settings.OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS,
+            sandbox_tmp_bytes=settings.OMLWEB_RUNNER_TMP_MB * 1024**2,
+            cgroups=settings.OMLWEB_RUNNER_CGROUPS,
         )
 
 

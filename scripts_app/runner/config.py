@@ -35,8 +35,11 @@ class Settings:
     # Runs drop to uids run_uid_base .. run_uid_base + run_uid_count - 1 (one per concurrent run).
     run_uid_base: int = 61000
     run_uid_count: int = 1000
-    # Size of the sandbox's /tmp (a tmpfs shared by the runs of one template).
+    # Size of each run's own /tmp (its working directory) and of its own /dev/shm: a tmpfs each,
+    # at the bwrap and unshare levels. With a memory cgroup their pages also count as the run's memory.
     sandbox_tmp_bytes: int = 512 * 1024**2
+    # A memory and pids cgroup per run where the host delegates them (runner/cgroups.py).
+    cgroups: bool = True
     # Extra host paths bound read-only into the sandbox, e.g. "/etc/ssl" for an environment with network.
     extra_ro_binds: tuple[str, ...] = ()
     bwrap_path: str = "/usr/bin/bwrap"
@@ -69,6 +72,8 @@ def configure(**changes) -> Settings:
         raise ValueError(f"isolation must be one of {ISOLATION_CHOICES}")
     if changes.get("mode", "zygote") not in MODE_CHOICES:
         raise ValueError(f"mode must be one of {MODE_CHOICES}")
+    if changes.get("sandbox_tmp_bytes", 1 << 20) < 1 << 20:
+        raise ValueError("sandbox_tmp_bytes must be at least 1 MiB")
     if changes.get("max_concurrent", 1) < 1:
         raise ValueError("max_concurrent must be at least 1")
     with _lock:

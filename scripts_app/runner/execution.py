@@ -135,6 +135,8 @@ class _Ending:
     reason: str | None = None  # "timeout", "cancelled", "parent gone", None
     cpu_seconds: float | None = None
     template_lost: bool = False
+    # Processes of the run the kernel's OOM killer ended in the run's memory cgroup.
+    oom_kills: int = 0
 
 
 class _TemplateLost(Exception):
@@ -408,8 +410,6 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
     header = {
         "wall_seconds": job.limits.wall_seconds,
         "uid": uid,
-        "netns": template.uses_net_namespace,
-        "fs": template.filesystem_confinement,
         "env": {**base_env()},
     }
     watch = _Watch(job, out_r, err_r, res_r)
@@ -457,6 +457,7 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
                 return False
             ending.status = report["status"]
             ending.cpu_seconds = report.get("cpu")
+            ending.oom_kills = report.get("oom_kills", 0)
             if report.get("reason") and ending.reason is None:
                 ending.reason = report["reason"]
             return True
@@ -475,7 +476,7 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
         if ending.template_lost and child_pid is None:
             raise _TemplateLost
         watch.drain(time.monotonic() + DRAIN_GRACE_SECONDS)
-        result = _conclude(job, watch, ending, started)
+        result = _memory_limit_from_cgroup(_conclude(job, watch, ending, started), job, ending)
     except BaseException:
         watch.close()
         ctl.close()
@@ -492,6 +493,18 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
         ctl.close()
         for callback in callbacks:
             callback()
+    return result
+
+
+def _memory_limit_from_cgroup(result: Result, job: Job, ending: _Ending) -> Result:
+    """A run the OOM killer of its own memory cgroup ended is over its memory limit, not crashed:
+    memory that is no address space (tmpfs, shared memory, memfd) hits the cgroup, not RLIMIT_AS."""
+    if ending.oom_kills and result.failure is Failure.CRASHED:
+        result.failure = Failure.MEMORY_LIMIT
+        result.error_message = (
+            f"Memory limit of {job.limits.memory_bytes // 1024**2} MB reached: the run's memory, counting "
+            "files in /tmp and /dev/shm and shared memory, went over it and the kernel killed it"
+        )
     return result
 
 

@@ -32,6 +32,7 @@ import selectors
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ MAX_NESTING = 100
 NOFILE_LIMIT = 1024
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY = 1
@@ -67,6 +69,11 @@ AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
 _libc = None
 
@@ -132,6 +139,10 @@ def _classify(exc: BaseException, limits: dict) -> RunFailure:
         return RunFailure(
             "file_too_large", f"File size limit of {limits['max_file_bytes']} bytes reached ({message})", tb
         )
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and limits.get("tmp_bytes"):
+        size_mb = limits["tmp_bytes"] // 1024**2
+        text = f"The run's /tmp and /dev/shm are limited to {size_mb} MB each and are full ({message})"
+        return RunFailure("file_too_large", text, tb)
     process_limit = (isinstance(exc, OSError) and exc.errno == errno.EAGAIN) or (
         isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)
     )
@@ -498,6 +509,26 @@ def _probe(action) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
+def _probe_error(action) -> str | None:
+    """What goes wrong when `action` runs in a throwaway child, or None when it succeeds."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            action()
+            os._exit(0)
+        except BaseException as exc:  # noqa: BLE001
+            with contextlib.suppress(BaseException):
+                os.write(write_end, f"{type(exc).__name__}: {exc}".encode()[:2000])
+            os._exit(1)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        detail = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    return None if os.waitstatus_to_exitcode(status) == 0 else (detail or f"exit status {status}")
+
+
 def _probe_pid_namespace(own_pidns: int) -> bool:
     try:
         unshare(CLONE_NEWPID)
@@ -542,6 +573,7 @@ class _Run:
         self.own_ns = own_ns
         self.reason = None
         self.ctl_open = True
+        self.cgroup = None
 
     def kill(self, reason: str) -> None:
         if self.reason is None:
@@ -569,41 +601,165 @@ class _MountAttr(ctypes.Structure):
     ]
 
 
-def _mount_setattr(path: str, *, set_flags: int = 0, clear_flags: int = 0) -> None:
+def _mount_setattr(path: str, *, set_flags: int = 0, clear_flags: int = 0, recursive: bool = True) -> None:
     attr = _MountAttr(set_flags, clear_flags, 0, 0)
-    result = libc().syscall(
-        SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)
-    )
+    flags = AT_RECURSIVE if recursive else 0
+    result = libc().syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr))
     _check(result, f"mount_setattr {path}")
 
 
-def confine_filesystem(fs: dict, workdir: str) -> None:
-    """In a new mount namespace: hide the data folders, make everything but the workdir read-only,
-    and give the run a /proc of its own PID namespace. Used where bubblewrap is not available."""
+# The run's own writable places: a fresh tmpfs each, in the run's mount namespace only. The kernel
+# frees them, with whatever the run left there, when the namespace dies with the run's last process
+# (in that process's exit), so the template never deletes a run's files.
+RUN_TMPFS = ("/tmp", "/dev/shm")
+# SysV IPC limits of each run's own IPC namespace: its shared memory is bounded like its /dev/shm
+# even without a memory cgroup (a segment counts as address space only while attached).
+SHM_SEGMENTS = 64
+MSG_QUEUES = 16
+
+
+def _ipc_limits(tmp_bytes: int) -> dict[str, int]:
+    return {
+        "shmmax": tmp_bytes,
+        "shmall": tmp_bytes // os.sysconf("SC_PAGE_SIZE"),
+        "shmmni": SHM_SEGMENTS,
+        "msgmni": MSG_QUEUES,
+    }
+
+
+def confine_filesystem(fs: dict, *, own_ipc: bool) -> None:
+    """In a new mount namespace: a sized tmpfs of its own on /tmp (the run's working directory) and
+    /dev/shm, the data folders hidden, everything else read-only, and a /proc of the run's own PID
+    namespace. With an IPC namespace of its own, its limits are set while /proc is still writable."""
     unshare(CLONE_NEWNS)
     _check(libc().mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount private")
     if fs.get("new_proc"):
         _check(libc().mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "mount /proc")
-    # Folders to keep inside hidden ones: held by a bind in the workdir while the tmpfs goes over them.
+        if own_ipc:
+            for name, value in _ipc_limits(int(fs["tmp_bytes"])).items():
+                with open(f"/proc/sys/kernel/{name}", "w") as sysctl:
+                    sysctl.write(str(value))
+    # Folders that must stay visible inside covered ones (an environment inside a hidden data
+    # folder, or under /tmp): held by a descriptor opened in this namespace, bound back after.
     held = []
-    for index, path in enumerate(p for p in fs.get("keep", []) if os.path.isdir(p)):
-        hold = os.path.join(workdir, f".keep-{index}")
-        os.mkdir(hold)
-        _check(libc().mount(path.encode(), hold.encode(), None, MS_BIND | MS_REC, None), f"hold {path}")
-        held.append((path, hold))
+    for path in fs.get("keep", []):
+        with contextlib.suppress(OSError):
+            held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
     for path in fs.get("hide", []):
         if os.path.isdir(path):
             # Writable only until the whole tree is made read-only below, so kept folders can be placed.
-            flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | (0 if held else MS_RDONLY)
+            flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
             _check(libc().mount(b"tmpfs", path.encode(), b"tmpfs", flags, b"size=4k"), f"hide {path}")
-    for path, hold in held:
+    options = f"size={int(fs['tmp_bytes'])},mode=0700".encode()
+    for path in RUN_TMPFS:
         os.makedirs(path, exist_ok=True)
-        _check(libc().mount(hold.encode(), path.encode(), None, MS_BIND | MS_REC, None), f"keep {path}")
-        _check(libc().umount2(hold.encode(), MNT_DETACH), f"release {hold}")
-        os.rmdir(hold)
-    _check(libc().mount(workdir.encode(), workdir.encode(), None, MS_BIND | MS_REC, None), "bind workdir")
+        _check(libc().mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options), f"tmpfs {path}")
+    for path, fd in held:
+        os.makedirs(path, exist_ok=True)
+        source = f"/proc/self/fd/{fd}".encode()
+        _check(libc().mount(source, path.encode(), None, MS_BIND | MS_REC, None), f"keep {path}")
+        os.close(fd)
     _mount_setattr("/", set_flags=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
-    _mount_setattr(workdir, clear_flags=MOUNT_ATTR_RDONLY)
+    for path in RUN_TMPFS:
+        # Not recursive: a kept folder bound below /tmp stays read-only.
+        _mount_setattr(path, clear_flags=MOUNT_ATTR_RDONLY, recursive=False)
+    os.chdir("/tmp")
+
+
+def loopback_up() -> None:
+    """Bring up `lo` in a fresh network namespace: the run gets a loopback, and nothing else."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_seccomp(program: bytes) -> None:
+    """Install the BPF program libseccomp compiled in the service (scripts_app/runner/syscalls.py)."""
+    _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(libc().prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
+# Per cgroup kind: the file that joins it, the memory limit files (in order), the process limit
+# file, and where the kernel counts the run's OOM kills.
+CGROUP_FILES = {
+    "memory-v1": {"limits": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"), "oom": "memory.oom_control"},
+    "pids-v1": {"pids": "pids.max"},
+    "unified": {"limits": ("memory.max",), "swap": "memory.swap.max", "pids": "pids.max", "oom": "memory.events"},
+}
+
+
+def _write_at(dir_fd: int, name: str, value: str) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def join_cgroups(cgroups: list) -> None:
+    for _, dir_fd in cgroups:
+        _write_at(dir_fd, "cgroup.procs", "0")
+
+
+def limit_cgroups(cgroups: list, limits: dict) -> None:
+    """Bound the run's cgroups to its limits: every page it holds (anonymous, page cache, tmpfs,
+    SysV and POSIX shm, memfd) counts against memory_bytes; its tasks against max_processes."""
+    for kind, dir_fd in cgroups:
+        files = CGROUP_FILES[kind]
+        for name in files.get("limits", ()):
+            # memory.memsw.* exists only with swap accounting: without it there is no swap to bound.
+            with contextlib.suppress(FileNotFoundError):
+                _write_at(dir_fd, name, str(limits["memory_bytes"]))
+        if "swap" in files:
+            with contextlib.suppress(FileNotFoundError):
+                _write_at(dir_fd, files["swap"], "0")
+        if "pids" in files:
+            _write_at(dir_fd, files["pids"], str(limits["max_processes"]))
+        os.close(dir_fd)
+
+
+def cgroup_oom_kills(cgroups: list) -> int:
+    for kind, dir_fd in cgroups:
+        name = CGROUP_FILES[kind].get("oom")
+        if name is None:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                text = os.read(fd, 4096).decode()
+            finally:
+                os.close(fd)
+            for line in text.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    return 0
+
+
+def prepare_spare(prep: dict, cgroups: list) -> int:
+    """What a run's child sets up before its job arrives, off the run's path: its cgroups, its own
+    IPC and network (loopback only) namespaces, its mount namespace, and last the seccomp filter.
+    Returns the size of the run's own /tmp and /dev/shm, 0 when it has none (no mount namespace)."""
+    join_cgroups(cgroups)
+    flags = CLONE_NEWIPC if prep.get("ipcns") else 0
+    if prep.get("netns"):
+        flags |= CLONE_NEWNET
+    if flags:
+        unshare(flags)
+    if prep.get("netns"):
+        loopback_up()
+    if prep.get("fs"):
+        confine_filesystem(prep["fs"], own_ipc=bool(flags & CLONE_NEWIPC))
+    if prep.get("seccomp"):
+        load_seccomp(base64.b64decode(prep["seccomp"]))
+    return int(prep["fs"]["tmp_bytes"]) if prep.get("fs") else 0
 
 
 def drop_all_capabilities() -> None:
@@ -623,7 +779,7 @@ def drop_all_capabilities() -> None:
     _check(libc().capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
-def _run_child(header: dict, fds: list[int], workdir: str) -> None:
+def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> None:
     """The forked child of one run: set its bounds, drop privileges, run, exit. Never returns."""
     code = 70
     try:
@@ -636,24 +792,30 @@ def _run_child(header: dict, fds: list[int], workdir: str) -> None:
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         os.dup2(res_w, 3)
-        _close_other_fds({job_r, 3})
+        keep = {job_r, 3, *(fd for _, fd in cgroups)}
+        _close_other_fds(keep)
         chunks = []
         while chunk := os.read(job_r, 1 << 20):
             chunks.append(chunk)
         os.close(job_r)
         job = json.loads(b"".join(chunks))
         limits = job["limits"]
+        limit_cgroups(cgroups, limits)
+        limits["tmp_bytes"] = tmp_bytes
+        uid = header.get("uid")
+        if tmp_bytes:
+            # The run's own tmpfs mounts, made by the spare: /tmp is its working directory.
+            workdir = "/tmp"
+            if uid is not None:
+                for path in RUN_TMPFS:
+                    os.chown(path, uid, uid)
+        else:
+            workdir = header["workdir"]
         os.chdir(workdir)
         os.environ.clear()
         os.environ.update(header["env"])
         os.environ.update(HOME=workdir, TMPDIR=workdir, MPLCONFIGDIR=os.path.join(workdir, ".matplotlib"))
         tempfile.tempdir = None
-        if header.get("netns"):
-            unshare(CLONE_NEWNET)
-        if header.get("fs"):
-            confine_filesystem(header["fs"], workdir)
-            os.chdir(workdir)  # onto the writable bind mount, not the directory under it
-        uid = header.get("uid")
         apply_rlimits(limits, nproc=uid is not None)
         _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if uid is not None:
@@ -684,38 +846,108 @@ def _run_child(header: dict, fds: list[int], workdir: str) -> None:
         os._exit(code)
 
 
-SPARES = 1
+# Spares kept ready. A spare's preparation (namespaces, mounts, cgroup, filter: a few ms of CPU, and
+# a new network namespace waits while the kernel tears down the previous run's) can outlast one
+# short run; two give each spare the time of two runs, so back-to-back runs never wait for one.
+SPARES = 2
 
 
 class _Spare:
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, cgroup: _RunCgroup | None) -> None:
         self.pid = pid
         self.sock = sock
+        self.cgroup = cgroup
 
 
-def _make_spare(use_pidns: bool, own_pidns: int) -> _Spare:
-    """Fork a child that waits for its job: the next run starts without paying for a fork."""
+class _RunCgroup:
+    """One run's cgroup in each delegated hierarchy (memory and pids), made and removed by the template."""
+
+    def __init__(self, name: str, dirs: list[tuple[str, int]]) -> None:
+        self.name = name
+        self.dirs = dirs
+
+
+class _Cgroups:
+    def __init__(self, config: dict | None) -> None:
+        # (kind, descriptor of the service's per-template folder) per hierarchy; see runner/cgroups.py.
+        self.roots: list[tuple[str, int]] = list(zip(config["kinds"], config["fds"], strict=True)) if config else []
+        self.count = 0
+        self.to_remove: list[str] = []
+
+    def make(self) -> _RunCgroup | None:
+        if not self.roots:
+            return None
+        self.count += 1
+        name = f"run-{self.count}"
+        dirs = []
+        for kind, root in self.roots:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=root)
+            dirs.append((kind, os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root)))
+        return _RunCgroup(name, dirs)
+
+    def finish(self, cgroup: _RunCgroup) -> int:
+        """The run's OOM kills; its folders are removed later, when the template is idle."""
+        kills = cgroup_oom_kills(cgroup.dirs)
+        for _, fd in cgroup.dirs:
+            os.close(fd)
+        self.to_remove.append(cgroup.name)
+        return kills
+
+    def remove_finished(self) -> None:
+        left = []
+        for name in self.to_remove:
+            for _, root in self.roots:
+                try:
+                    os.rmdir(name, dir_fd=root)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    # EBUSY: a task is still leaving it; try again next time.
+                    left.append(name)
+        self.to_remove = list(dict.fromkeys(left))
+
+
+def _make_spare(use_pidns: bool, own_pidns: int, prep: dict, cgroups: _Cgroups) -> _Spare:
+    """Fork a child that waits for its job, already in its cgroup, namespaces and seccomp filter:
+    the next run starts without paying for any of it."""
     template_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cgroup = cgroups.make()
     if use_pidns:
         unshare(CLONE_NEWPID)
     pid = os.fork()
     if pid == 0:
         try:
-            _close_other_fds({child_end.fileno()})
+            dirs = cgroup.dirs if cgroup else []
+            _close_other_fds({child_end.fileno(), *(fd for _, fd in dirs)})
             os.setsid()
             reseed_random()
+            tmp_bytes = prepare_spare(prep, dirs)
             message, fds, _, _ = socket.recv_fds(child_end, 1 << 16, 8)
         except BaseException:  # noqa: BLE001
+            with contextlib.suppress(BaseException):
+                traceback.print_exc()
+                _flush_std_streams()
             os._exit(71)
         if not message:
             os._exit(0)
         header = json.loads(message)
         child_end.close()
-        _run_child(header, fds, header["workdir"])
+        _run_child(header, fds, tmp_bytes, dirs)
     if use_pidns:
         setns(own_pidns, CLONE_NEWPID)
     child_end.close()
-    return _Spare(pid, template_end)
+    return _Spare(pid, template_end, cgroup)
+
+
+def _probe_seccomp(program: str) -> None:
+    load_seccomp(base64.b64decode(program))
+    try:
+        unshare(CLONE_NEWNS)
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            return
+    raise RuntimeError("the seccomp filter did not deny unshare()")
 
 
 def zygote_main(control_fd: int, config: dict) -> None:
@@ -723,6 +955,7 @@ def zygote_main(control_fd: int, config: dict) -> None:
     loaded = _preload(config.get("preload", []))
     own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
     uid = config.get("probe_uid")
+    seccomp = config.get("seccomp")
     info = {
         "pid": os.getpid(),
         "version": sys.version.split()[0],
@@ -732,10 +965,36 @@ def zygote_main(control_fd: int, config: dict) -> None:
         "pid_namespace": _probe_pid_namespace(own_pidns),
         "setuid": uid is not None and _probe(lambda: _drop_and_read_interpreter(uid)),
         "net_namespace": _probe(lambda: unshare(CLONE_NEWNET)),
+        "ipc_namespace": _probe(lambda: unshare(CLONE_NEWIPC)),
         "mount_namespace": _probe(lambda: unshare(CLONE_NEWNS)),
+        "seccomp": bool(seccomp) and _probe(lambda: _probe_seccomp(seccomp)),
     }
+    cgroups = _Cgroups(config.get("cgroups"))
+    if cgroups.roots:
+        try:
+            cgroup = cgroups.make()
+            info["cgroup"] = _probe(lambda: join_cgroups(cgroup.dirs))
+            cgroups.finish(cgroup)
+            cgroups.remove_finished()
+        except OSError:
+            info["cgroup"] = False
+        if not info["cgroup"]:
+            cgroups.roots = []
     workroot = config["workroot"]
     os.makedirs(workroot, mode=0o711, exist_ok=True)
+    use_pidns = bool(config.get("pid_namespace")) and info["pid_namespace"]
+    run_ns = bool(config.get("run_namespaces"))
+    fs = config.get("fs") if run_ns and info["mount_namespace"] else None
+    # What each spare sets up before its run arrives (prepare_spare).
+    prep = {
+        "ipcns": run_ns and info["ipc_namespace"],
+        "netns": run_ns and not config.get("network") and info["net_namespace"],
+        "fs": {**fs, "new_proc": use_pidns} if fs else None,
+        "seccomp": seccomp if info["seccomp"] else None,
+    }
+    # A spare that cannot prepare would make every run crash: find out now, so the service can say
+    # why and (under "auto") use another level.
+    info["spare_error"] = _probe_error(lambda: prepare_spare(prep, []))
     _flush_std_streams()
     gc.collect()
     gc.freeze()  # fewer copy-on-write page faults in the children
@@ -755,16 +1014,19 @@ def zygote_main(control_fd: int, config: dict) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.pid, signal.SIGKILL)
         _, status, usage = os.wait4(run.pid, 0)
-        shutil.rmtree(run.workdir, ignore_errors=True)
+        if run.workdir:
+            # Only without a mount namespace (the process level): a confined run's files live in
+            # its own tmpfs, which the kernel freed as its last process exited.
+            shutil.rmtree(run.workdir, ignore_errors=True)
+        report = {"status": status, "reason": run.reason, "cpu": usage.ru_utime + usage.ru_stime}
+        if run.cgroup is not None:
+            report["oom_kills"] = cgroups.finish(run.cgroup)
         with contextlib.suppress(OSError):
-            run.ctl.send(
-                json.dumps({"status": status, "reason": run.reason, "cpu": usage.ru_utime + usage.ru_stime}).encode()
-            )
+            run.ctl.send(json.dumps(report).encode())
         run.ctl.close()
         os.close(run.pidfd)
         del runs[run.pidfd]
 
-    use_pidns = bool(config.get("pid_namespace")) and info["pid_namespace"]
     spares: list[_Spare] = []
     # An environment's template that has served no run for this long exits; the parent starts it
     # again on the next run there. None: stay (the service's own environment).
@@ -787,11 +1049,13 @@ def zygote_main(control_fd: int, config: dict) -> None:
                         run.kill("parent gone")
                     os._exit(0)
                 header = json.loads(message)
-                workdir = tempfile.mkdtemp(prefix="run-", dir=workroot)
-                if header.get("uid") is not None:
-                    os.chown(workdir, header["uid"], header["uid"])
-                header["workdir"] = workdir
-                spare = spares.pop(0) if spares else _make_spare(use_pidns, own_pidns)
+                workdir = None
+                if not prep["fs"]:
+                    workdir = tempfile.mkdtemp(prefix="run-", dir=workroot)
+                    if header.get("uid") is not None:
+                        os.chown(workdir, header["uid"], header["uid"])
+                    header["workdir"] = workdir
+                spare = spares.pop(0) if spares else _make_spare(use_pidns, own_pidns, prep, cgroups)
                 # A spare that died unexpectedly shows up as a run that crashed.
                 with contextlib.suppress(OSError):
                     socket.send_fds(spare.sock, [json.dumps(header).encode()], fds[:4])
@@ -803,6 +1067,7 @@ def zygote_main(control_fd: int, config: dict) -> None:
                     ctl.send(json.dumps({"pid": spare.pid}).encode())
                 pidfd = os.pidfd_open(spare.pid)
                 run = _Run(spare.pid, pidfd, ctl, workdir, time.monotonic() + header["wall_seconds"], use_pidns)
+                run.cgroup = spare.cgroup
                 runs[pidfd] = run
                 selector.register(pidfd, selectors.EVENT_READ, ("exit", run))
                 selector.register(ctl, selectors.EVENT_READ, ("ctl", run))
@@ -825,9 +1090,12 @@ def zygote_main(control_fd: int, config: dict) -> None:
             if now >= run.deadline:
                 run.kill("timeout")
                 run.deadline = now + 3600
-        # Fork the next run's child ahead of time, so a fork is never on a run's critical path.
+        # Fork the next run's child ahead of time, so a fork is never on a run's critical path;
+        # remove finished runs' cgroups, also only when no run is waiting.
         while len(spares) < SPARES and not selector.select(0):
-            spares.append(_make_spare(use_pidns, own_pidns))
+            spares.append(_make_spare(use_pidns, own_pidns, prep, cgroups))
+        if cgroups.to_remove and not selector.select(0):
+            cgroups.remove_finished()
 
 
 def main(argv: list[str]) -> None:

@@ -8,16 +8,26 @@ from scripts_app.runner.templates import default_python, is_root, registry
 PROTECTS = {
     "bwrap": [
         "service environment variables and secrets (rebuilt environment, no view of the service's processes)",
-        "the service's files: only /usr, the interpreter and the run's own directory are visible",
-        "network access (own network namespace with only a loopback)",
-        "other runs (own uid per run when the service runs as root; own PID namespace)",
-        "stray processes: the run's PID namespace dies with it",
+        "the service's files: only /usr, the interpreter and the run's own /tmp and /dev/shm are visible",
+        "network access (own network namespace per run with only a loopback, unless the run has network)",
+        "other runs: own uid per run (as root), own PID, IPC, network and mount namespaces, own /tmp and "
+        "/dev/shm; no SysV IPC, loopback or abstract socket, port or file is shared between runs",
+        "the kernel keyring, new namespaces (user namespaces included), mount, ptrace, bpf, perf, "
+        "io_uring, userfaultfd, kernel modules and exotic socket families: denied by a seccomp filter",
+        "memory of every kind (anonymous, tmpfs, SysV and POSIX shm, memfd) with a memory cgroup per run; "
+        "without one, address space, sized tmpfs and IPC limits",
+        "stray processes: the run's PID namespace dies with it; files it leaves die with its mount namespace",
     ],
     "unshare": [
         "service environment variables (rebuilt environment; the service's /proc is unreadable to the run's uid)",
         "the folders listed in data_dirs_to_hide (covered by an empty tmpfs) and files the run uid may not read",
-        "network access (own network namespace without interfaces)",
-        "other runs (own uid per run) and stray processes (own PID namespace)",
+        "network access (own network namespace per run with only a loopback, unless the run has network)",
+        "other runs: own uid per run (when it can read the interpreter), own PID, IPC, network and mount "
+        "namespaces, own /tmp and /dev/shm",
+        "the kernel keyring, new namespaces (user namespaces included), mount, ptrace, bpf, perf, "
+        "io_uring, userfaultfd, kernel modules and exotic socket families: denied by a seccomp filter",
+        "memory of every kind with a memory cgroup per run; without one, address space, sized tmpfs and IPC limits",
+        "stray processes (own PID namespace); files it leaves die with its mount namespace",
     ],
     "process": [
         "crashes and hangs of the run (separate process, rlimits, wall clock)",
@@ -27,20 +37,56 @@ PROTECTS = {
 
 EXPOSED = {
     "bwrap": [
-        "the kernel: a kernel bug reachable from a user namespace-free sandbox is still reachable",
-        "memory is bounded by address space (RLIMIT_AS), not by resident memory",
+        "kernel bugs reachable through the system calls the seccomp filter allows",
+        "runs with network on share the host's network namespace: they can reach each other over loopback",
     ],
     "unshare": [
         "every world-readable file of the host outside data_dirs_to_hide",
-        "memory is bounded by address space (RLIMIT_AS), not by resident memory",
+        "kernel bugs reachable through the system calls the seccomp filter allows",
+        "runs with network on share the host's network namespace: they can reach each other over loopback",
     ],
     "process": [
         "the service's secrets: a run under the same uid can read /proc/<service pid>/environ",
         "the service's files, database and network",
         "processes left by a run that called setsid() are not killed",
         "RLIMIT_NPROC is not applied (same uid as the service)",
+        "other runs: shared IPC, network, /tmp and kernel keyring; no seccomp filter; memory bounded only "
+        "as address space",
     ],
 }
+
+
+def _mechanisms(level: str, templates: list) -> dict:
+    """What bounds memory and processes, and whether the seccomp filter is on, as the templates found."""
+    if level == "process" or not templates:
+        return {
+            "seccomp": "off (process level)" if level == "process" else "unknown (no template running)",
+            "user_namespaces": "allowed (process level)" if level == "process" else "unknown",
+            "memory": "rlimit-as",
+            "processes": "rlimit-nproc",
+            "per_run_namespaces": [],
+        }
+    template = templates[0]
+    seccomp_on = template.uses_seccomp
+    memory = template.memory_mechanism
+    return {
+        "seccomp": "on" if seccomp_on else f"off: {template.seccomp_state}",
+        "user_namespaces": "denied (seccomp)" if seccomp_on else "allowed: no seccomp filter",
+        "memory": memory,
+        # Why there is no cgroup, when there is none.
+        "memory_note": template.cgroup_note,
+        "processes": f"{memory} pids.max" if memory.startswith("cgroup") else "rlimit-nproc+pid-namespace",
+        "per_run_namespaces": [
+            name
+            for name, on in (
+                ("pid", template.info.get("pid_namespace")),
+                ("ipc", template.info.get("ipc_namespace")),
+                ("net", template.info.get("net_namespace") and not template.network),
+                ("mount", template.info.get("mount_namespace")),
+            )
+            if on
+        ],
+    }
 
 
 def _template_summary(template) -> dict:
@@ -57,6 +103,8 @@ def _template_summary(template) -> dict:
         "preloaded": template.info.get("preloaded", []),
         "run_uid": template.uses_run_uid,
         "run_pid_namespace": template.uses_pid_namespace,
+        "seccomp": template.uses_seccomp,
+        "memory": template.memory_mechanism,
     }
 
 
@@ -83,7 +131,8 @@ def isolation_report() -> dict:
             error = str(exc)
     level = registry.level if settings.mode == "zygote" and registry.level else "process"
     with registry.lock:
-        templates = [_template_summary(t) for t in registry.templates.values()]
+        running = list(registry.templates.values())
+    templates = [_template_summary(t) for t in running]
     return {
         "level": level,
         "mode": settings.mode if registry.level or settings.mode == "cold" else "cold",
@@ -93,6 +142,7 @@ def isolation_report() -> dict:
         "levels_tried": dict(registry.levels_tried),
         "protects_against": PROTECTS[level],
         "does_not_protect_against": EXPOSED[level],
+        **_mechanisms(level, [t for t in running if t.level == level]),
         "templates": templates,
         "max_concurrent": settings.max_concurrent,
         "error": error,

@@ -7,14 +7,16 @@ child that runs exactly one job and exits, enforces the wall clock, and reports 
 Isolation levels, strongest first (see docs/runner.md):
   bwrap    the template runs inside bubblewrap: its own mount, PID, network, IPC and UTS namespaces,
            read-only /usr and interpreter, nothing else of the host's filesystem; each run also gets
-           its own PID namespace and, when the service runs as root, its own unprivileged uid.
-  unshare  no bubblewrap, but root: each run gets new network, mount and PID namespaces (the data
-           folders are hidden under an empty tmpfs) and an unprivileged uid.
+           its own PID, IPC, network and mount namespaces, its own /tmp and /dev/shm, a memory and
+           pids cgroup where delegated, a seccomp filter and, as root, its own unprivileged uid.
+  unshare  no bubblewrap, but root: the same per run (the data folders are hidden under an empty
+           tmpfs, the rest of the host's tree read-only).
   process  neither: a separate process with rlimits, its own session and a cleaned environment.
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import logging
@@ -31,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts_app.runner import config
+from scripts_app.runner import cgroups, config, syscalls
 from scripts_app.runner.types import RunnerUnavailable
 
 logger = logging.getLogger("scripts_app.runner")
@@ -114,30 +116,31 @@ def _ancestor_dirs(path: str) -> list[str]:
     return list(reversed(parents))
 
 
-def bwrap_command(settings: config.Settings, interp: Interpreter, network: bool) -> list[str]:
-    args = [
-        settings.bwrap_path,
-        "--new-session",
-        "--unshare-ipc",
-        "--unshare-pid",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--hostname",
-        "sandbox",
-    ]
+def bwrap_command(
+    settings: config.Settings, interp: Interpreter, network: bool, *, cgroup_namespace: bool = True
+) -> list[str]:
+    args = [settings.bwrap_path, "--new-session", "--unshare-ipc", "--unshare-pid", "--unshare-uts"]
+    if cgroup_namespace:
+        # Without it under cgroup v2 with the runs' cgroups beside the service's: v2 refuses to move
+        # a process to a cgroup outside the mover's cgroup namespace.
+        args.append("--unshare-cgroup-try")
+    args += ["--hostname", "sandbox"]
     if not network:
         args.append("--unshare-net")
     if is_root():
         # As root bwrap keeps every capability; keep only what the template needs to set up a
         # run (its uid, workdir, PID namespace, kill). The child drops them all with its uid.
+        # NET_ADMIN brings up the loopback of each run's own network namespace (network off only:
+        # with network on the template shares the host's namespace and has no use for it).
         args += ["--cap-drop", "ALL"]
-        for cap in ("SETUID", "SETGID", "SYS_ADMIN", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWNER"):
+        caps = ["SETUID", "SETGID", "SYS_ADMIN", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWNER"]
+        for cap in caps if network else [*caps, "NET_ADMIN"]:
             args += ["--cap-add", f"CAP_{cap}"]
     else:
         # Unprivileged: uid 0 inside a user namespace, mapped to the service's own uid outside.
-        # SYS_ADMIN for a PID namespace per run, SETPCAP so a run can drop every capability.
+        # SYS_ADMIN for the namespaces of each run, SETPCAP so a run can drop every capability.
         args += ["--unshare-user", "--uid", "0", "--gid", "0"]
-        args += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP"]
+        args += ["--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETPCAP", "--cap-add", "CAP_NET_ADMIN"]
     args += ["--clearenv"]
     for name, value in base_env().items():
         args += ["--setenv", name, value]
@@ -217,16 +220,28 @@ class Template:
     runs: int = 0
     workroot: str = ""
     send_lock: threading.Lock = field(default_factory=threading.Lock)
+    # The per-template cgroup folders (None: there are none, and cgroup_note says why).
+    cgroup_folders: cgroups.TemplateCgroups | None = None
+    cgroup_note: str = "not used at the process level"
+    seccomp_state: str = "not used at the process level"
+    # Whether the filter denies memfd_create (built for a template without a memory cgroup).
+    memfd_denied: bool = False
 
     def start(self) -> None:
         settings = self.settings
         interp = Interpreter.inspect(self.python)
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.fingerprint = fingerprint(self.python)
+        if self.level != "process":
+            folders = cgroups.for_template() if settings.cgroups else "turned off (cgroups=False)"
+            if isinstance(folders, cgroups.TemplateCgroups):
+                self.cgroup_folders, self.cgroup_note = folders, folders.version
+            else:
+                self.cgroup_note = folders
         if self.level == "bwrap":
             self.workroot = SANDBOX_WORKROOT
             harness = SANDBOX_HARNESS
-            prefix = bwrap_command(settings, interp, self.network)
+            v2 = self.cgroup_folders is not None and self.cgroup_folders.version == "cgroup-v2"
+            prefix = bwrap_command(settings, interp, self.network, cgroup_namespace=not v2)
             cwd = None
             env = {"PATH": "/usr/bin:/bin"}
         else:
@@ -242,7 +257,27 @@ class Template:
             "workroot": self.workroot,
             "probe_uid": settings.run_uid_base if is_root() and self.level != "process" else None,
             "pid_namespace": self.level != "process",
+            "network": self.network,
         }
+        pass_fds = []
+        if self.level != "process":
+            # Each run gets its own IPC, network, mount namespaces, tmpfs, cgroup and seccomp filter,
+            # all prepared in the spare child before the run arrives.
+            template_config["run_namespaces"] = True
+            template_config["fs"] = self._filesystem(interp)
+            if self.cgroup_folders is not None:
+                template_config["cgroups"] = {"kinds": self.cgroup_folders.kinds, "fds": self.cgroup_folders.fds}
+                pass_fds += self.cgroup_folders.fds
+            # Without a memory cgroup, memfd pages would count against no limit: deny memfd_create.
+            program, self.seccomp_state = syscalls.compiled(deny_memfd=self.cgroup_folders is None)
+            self.memfd_denied = program is not None and self.cgroup_folders is None
+            if program is None and settings.isolation != "auto":
+                self._release_cgroups()
+                raise TemplateError(f"{self.level} isolation needs its seccomp filter: {self.seccomp_state}")
+            if program is not None:
+                template_config["seccomp"] = base64.b64encode(program).decode("ascii")
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pass_fds.append(child_end.fileno())
         command = [*prefix, interp.executable, "-I", harness, "zygote", str(child_end.fileno())]
         command.append(json.dumps(template_config))
         # The template's own output, kept to explain a failed start; runs write to their own pipes.
@@ -250,7 +285,7 @@ class Template:
         try:
             self.process = subprocess.Popen(
                 command,
-                pass_fds=[child_end.fileno()],
+                pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -258,8 +293,13 @@ class Template:
                 cwd=cwd,
                 start_new_session=True,
             )
+        except BaseException:
+            self._release_cgroups()
+            raise
         finally:
             child_end.close()
+            if self.cgroup_folders is not None:
+                self.cgroup_folders.close_fds()  # the template has its own copies
         parent_end.settimeout(settings.template_start_timeout)
         try:
             message = parent_end.recv(1 << 16)
@@ -270,11 +310,20 @@ class Template:
             self.process.wait()
             log.seek(0)
             detail = log.read()[-2000:].decode(errors="replace").strip()
+            self._release_cgroups()
             raise TemplateError(f"{self.level} template for {self.python} did not start: {detail}")
         log.close()
         parent_end.settimeout(None)
         self.sock = parent_end
         self.info = json.loads(message)
+        if self.info.get("spare_error"):
+            self.stop()
+            raise TemplateError(f"{self.level} template cannot prepare a run: {self.info['spare_error']}")
+        if self.level != "process" and settings.isolation != "auto" and not self.info.get("seccomp"):
+            self.stop()
+            raise TemplateError(f"{self.level} isolation needs its seccomp filter, which the template could not load")
+        if self.cgroup_folders is not None and not self.info.get("cgroup"):
+            self.cgroup_note = "the template could not make a cgroup and join it"
         self.started_at = time.time()
         logger.info(
             "runner template started: python=%s level=%s pid=%s info=%s",
@@ -307,6 +356,25 @@ class Template:
                 self.process.wait()
         if self.level != "bwrap" and self.workroot:
             shutil.rmtree(self.workroot, ignore_errors=True)
+        self._release_cgroups()
+
+    def _release_cgroups(self) -> None:
+        if self.cgroup_folders is not None:
+            self.cgroup_folders.remove()
+
+    def _filesystem(self, interp: Interpreter) -> dict:
+        """What each run's mount namespace looks like: its own /tmp and /dev/shm (sized tmpfs), the
+        data folders hidden (unshare level; under bwrap they do not exist), the rest read-only.
+        The interpreter stays visible where a cover would hide it (inside a hidden folder, or
+        under /tmp, as an environment made in a test's temporary folder is)."""
+        hide = list(self.settings.data_dirs_to_hide) if self.level == "unshare" else []
+        covered = [*hide, "/tmp", "/dev/shm"]
+        keep = [
+            path
+            for path in dict.fromkeys([interp.prefix, interp.base_prefix])
+            if path and any(Path(path).is_relative_to(cover) for cover in covered)
+        ]
+        return {"hide": hide, "keep": keep, "tmp_bytes": self.settings.sandbox_tmp_bytes}
 
     # What a run of this template gets, given what the template found it can do.
     @property
@@ -318,22 +386,19 @@ class Template:
         return self.level != "process" and bool(self.info.get("setuid"))
 
     @property
-    def uses_net_namespace(self) -> bool:
-        # Under bwrap the template's own network namespace already has no way out.
-        return self.level == "unshare" and not self.network and bool(self.info.get("net_namespace"))
+    def memory_mechanism(self) -> str:
+        if self.level == "process":
+            return "rlimit-as"
+        if self.cgroup_folders is not None and self.info.get("cgroup"):
+            return self.cgroup_folders.version
+        # memfd_create is denied by the seccomp filter when there is no cgroup to count its pages
+        # (not when a cgroup was expected and the template then failed to join it: say so).
+        memfd = "+memfd-denied" if self.uses_seccomp and self.memfd_denied else ""
+        return "rlimit-as+tmpfs-size+ipc-shm-limits" + memfd
 
     @property
-    def filesystem_confinement(self) -> dict | None:
-        """What the child sets up in a mount namespace of its own: everything read-only but its
-        working directory, a /proc showing only its own processes, and (unshare level, where the
-        host's tree is visible) the data folders hidden."""
-        if self.level == "process" or not self.info.get("mount_namespace"):
-            return None
-        hide = list(self.settings.data_dirs_to_hide) if self.level == "unshare" else []
-        # An environment built inside a hidden data folder (OMLWEB_ENVS_DIR) stays visible to its runs.
-        prefix = self.info.get("prefix") or ""
-        keep = [prefix] if prefix and any(Path(prefix).is_relative_to(path) for path in hide) else []
-        return {"hide": hide, "keep": keep, "new_proc": self.uses_pid_namespace}
+    def uses_seccomp(self) -> bool:
+        return self.level != "process" and bool(self.info.get("seccomp"))
 
 
 class Registry:
@@ -454,6 +519,7 @@ TEMPLATE_SETTINGS = (
     "run_uid_base",
     "run_uid_count",
     "sandbox_tmp_bytes",
+    "cgroups",
     "extra_ro_binds",
     "bwrap_path",
 )

@@ -271,13 +271,14 @@ def test_auto_isolation_falls_back_and_says_why(run):
         runner.configure(isolation=os.environ.get("RUNNER_TEST_ISOLATION", "auto"), bwrap_path="/usr/bin/bwrap")
 
 
-def test_a_run_sees_only_its_own_processes_and_writes_only_its_directory(run, isolated):
-    """/proc lists only the run's own processes, and nothing outside its directory is writable."""
+def test_a_run_sees_only_its_own_processes_and_writes_only_its_own_tmpfs(run, isolated):
+    """/proc lists only the run's own processes; only its own /tmp and /dev/shm are writable, and
+    what it leaves there is gone for the next run."""
     source = """
 import os
 def f():
     written = []
-    for folder in ["/tmp", "/tmp/runs", "/dev/shm", "/"]:
+    for folder in ["/tmp", "/tmp/runs", "/dev/shm", "/", "/usr", "/proc/sys/kernel"]:
         try:
             with open(os.path.join(folder, "omlweb-escape"), "w") as out:
                 out.write("x")
@@ -290,4 +291,9 @@ def f():
     assert result.succeeded, result.error_message + result.stderr
     if isolated["run_pid_namespace"]:
         assert result.value["pids"] == ["1"]
-    assert result.value["written"] == []
+    assert result.value["written"] == ["/tmp", "/dev/shm"]
+    assert not os.path.exists("/tmp/omlweb-escape")
+    assert not os.path.exists("/dev/shm/omlweb-escape")
+    after = run("import os\ndef f():\n    return os.listdir('/tmp') + os.listdir('/dev/shm')\n")
+    assert after.succeeded, after.error_message + after.stderr
+    assert "omlweb-escape" not in after.value
