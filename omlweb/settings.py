@@ -178,6 +178,9 @@ OMLWEB_ENV_NO_INDEX = env_bool("OMLWEB_ENV_NO_INDEX", False)
 OMLWEB_ENV_BUILD_TIMEOUT = env_float("OMLWEB_ENV_BUILD_TIMEOUT", 1800.0)
 # Installing from source distributions runs their setup code in the worker, with its rights.
 OMLWEB_ENV_SOURCE_BUILDS = env_bool("OMLWEB_ENV_SOURCE_BUILDS", False)
+# Package lines that name their own source (`name @ https://...`, `name @ file:///...`) install from
+# wherever they point, a file of the worker host included; off, only index requirements are accepted.
+OMLWEB_ENV_ALLOW_DIRECT_REFERENCES = env_bool("OMLWEB_ENV_ALLOW_DIRECT_REFERENCES", False)
 
 # Datasets and the input queries of apply runs (docs/datasets.md).
 OMLWEB_DATASET_MAX_UPLOAD_MB = env_int("OMLWEB_DATASET_MAX_UPLOAD_MB", 500, minimum=1)
