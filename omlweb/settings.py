@@ -188,6 +188,8 @@ OMLWEB_QUERY_TIMEOUT_SECONDS = env_float("OMLWEB_QUERY_TIMEOUT_SECONDS", 30.0)
 OMLWEB_QUERY_MEMORY_MB = env_int("OMLWEB_QUERY_MEMORY_MB", 1024, minimum=64)
 OMLWEB_QUERY_THREADS = env_int("OMLWEB_QUERY_THREADS", 2, minimum=1)
 OMLWEB_QUERY_MAX_ROWS = env_int("OMLWEB_QUERY_MAX_ROWS", 10_000_000, minimum=1)
+# The rows of a query are built in the web or worker process, outside DuckDB's memory limit: bounded here.
+OMLWEB_QUERY_MAX_RESULT_MB = env_int("OMLWEB_QUERY_MAX_RESULT_MB", OMLWEB_QUERY_MEMORY_MB, minimum=1)
 OMLWEB_APPLY_MAX_PIECES = env_int("OMLWEB_APPLY_MAX_PIECES", 10_000, minimum=1)
 
 # Celery. The Run row is the truth; Celery carries only run ids.
