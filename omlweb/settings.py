@@ -244,6 +244,16 @@ OMLWEB_REAPER_INTERVAL_SECONDS = env_float("OMLWEB_REAPER_INTERVAL_SECONDS", 30.
 # A queued job whose message may have been lost (published before a crash, or reserved by a killed
 # worker) is published again after this long, when its queue holds fewer messages than queued jobs.
 OMLWEB_REQUEUE_AFTER_SECONDS = env_float("OMLWEB_REQUEUE_AFTER_SECONDS", 120.0)
+# Fair shares (services/shares.py), per user; an admin may override each per group (GroupLimits).
+# Sync runs at once, counted across every web process: below the web threads
+# (OMLWEB_WEB_WORKERS x OMLWEB_WEB_THREADS = 8 by default), so one user never takes them all.
+OMLWEB_USER_MAX_CONCURRENT_RUNS = env_int("OMLWEB_USER_MAX_CONCURRENT_RUNS", 2, minimum=1)
+# Async jobs of one user running at once per service level; the rest wait in the queue.
+OMLWEB_USER_MAX_RUNNING_JOBS = env_int("OMLWEB_USER_MAX_RUNNING_JOBS", 1, minimum=1)
+# Async jobs one user may have queued or running; one more is a 429 at submission.
+OMLWEB_USER_MAX_QUEUED_JOBS = env_int("OMLWEB_USER_MAX_QUEUED_JOBS", 100, minimum=1)
+# Results, streams and figures one user's runs may keep on the server, until retention deletes them.
+OMLWEB_USER_QUOTA_MB = env_int("OMLWEB_USER_QUOTA_MB", 1024, minimum=1)
 # Finished runs (and their images) are deleted this many days after they finished: 6 months, as Oracle.
 OMLWEB_RUN_RETENTION_DAYS = env_int("OMLWEB_RUN_RETENTION_DAYS", 183, minimum=1)
 if OMLWEB_HEARTBEAT_STALE_SECONDS < 3 * OMLWEB_HEARTBEAT_SECONDS:

@@ -40,12 +40,17 @@ class ErrorCode(enum.IntEnum):
     CRASHED = 1038
     BUSY = 1040
     RUNNER_UNAVAILABLE = 1041
+    TOO_MANY_RUNS = 1042
+    QUOTA_EXCEEDED = 1043
+    LOGIN_LOCKED = 1044
     INTERNAL = 1099
 
 
 class OmlError(Exception):
     status = 400
     code = ErrorCode.BAD_REQUEST
+    # Seconds a client should wait before trying again (the Retry-After header), when that is known.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, code: ErrorCode | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -84,6 +89,21 @@ class Busy(OmlError):
     status = 503
     code = ErrorCode.BUSY
     busy_message = "The service is busy: every run slot is taken. Try again shortly."
+
+
+class TooManyRuns(OmlError):
+    """The user is at their share of runs at once (or of queued jobs); other users are not."""
+
+    status = 429
+    code = ErrorCode.TOO_MANY_RUNS
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(OmlError):
+    code = ErrorCode.QUOTA_EXCEEDED
 
 
 FAILURE_CODES: dict[Failure, ErrorCode] = {

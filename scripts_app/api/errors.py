@@ -28,7 +28,10 @@ def error_body(message: str, code: int) -> dict:
 
 def oml_exception_handler(exc, context):
     if isinstance(exc, OmlError):
-        return _response(exc.message, exc.code, exc.status, context)
+        response = _response(exc.message, exc.code, exc.status, context)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, Http404):
         return _response("Not found.", ErrorCode.NOT_FOUND, 404, context)
     if isinstance(exc, DjangoPermissionDenied):
