@@ -5,6 +5,7 @@ Every variable is listed in the README's settings table.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -41,6 +42,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_htmx",
     "template_partials",
+    "axes",
     "scripts_app",
 ]
 
@@ -55,6 +57,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: it turns a sign-in refused for a lockout into the lockout answer (JSON 429 or a page).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "omlweb.urls"
@@ -100,6 +104,22 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# Password guessing (docs/security.md): django-axes counts failed sign-ins, on the login page, the
+# admin and the token endpoint alike, per username *and* client address, so that an attacker can
+# lock a user out from their own address only. Past the limit that pair is refused, a correct password
+# included, until the cool-off has passed since the last failure.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("OMLWEB_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("OMLWEB_LOGIN_COOLOFF_SECONDS", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The address is REMOTE_ADDR, as everywhere in omlweb: never a client-supplied X-Forwarded-For.
+AXES_CLIENT_IP_CALLABLE = "scripts_app.views.base.client_address"
+AXES_LOCKOUT_CALLABLE = "scripts_app.views.base.login_locked_out"
+AXES_VERBOSE = False
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -68,6 +69,8 @@ class TokenView(APIView):
             user = authenticate(request._request, username=data["username"], password=data["password"])
             if user is None:
                 raise NotAuthenticated("Invalid username or password.", code=ErrorCode.BAD_CREDENTIALS)
+            # A sign-in like the login page's: django-axes forgets the earlier failures, last_login is set.
+            user_logged_in.send(sender=type(user), request=request._request, user=user)
             raw, token = tokens.token_issue(user=user)
         else:
             raw_old = data.get("refresh_token") or data.get("token") or _bearer(request)
