@@ -182,7 +182,7 @@ class JobView(APIView):
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Stop (if running) and delete a job")
     def delete(self, request: Request, version: str, job_id: str) -> Response:
-        run = jobs.job_get(user=request.user, job_id=job_id)
+        run = jobs.job_for_change(user=request.user, job_id=job_id)
         jobs.job_delete(run=run)
         return Response({"result": "job deleted successfully"})
 
@@ -222,7 +222,7 @@ class JobCancelView(APIView):
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Cancel a job (v2)")
     def post(self, request: Request, version: str, job_id: str) -> Response:
         v2_only(version)
-        run = jobs.job_get(user=request.user, job_id=job_id)
+        run = jobs.job_for_change(user=request.user, job_id=job_id)
         jobs.job_cancel(run=run)
         return Response({"result": "job cancelled successfully"})
 

@@ -20,9 +20,10 @@ from django.db.models import Q, QuerySet
 
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
 from scripts_app.models import SCRIPT_NAME_PATTERN, Dataset, DatasetGrant
-from scripts_app.roles import is_admin, sees_everything
+from scripts_app.roles import is_admin, is_read_only, sees_everything
 
 FORMATS = ("csv", "parquet")
+READ_ONLY = "Auditors have read-only access: they do not upload, change, share or delete datasets."
 PARQUET_MAGIC = b"PAR1"
 
 
@@ -120,6 +121,8 @@ def dataset_create(
 
     Returns the dataset and whether it was created.
     """
+    if is_read_only(owner):
+        raise PermissionDenied(READ_ONLY)
     validate_name(name)
     if is_global and not is_admin(owner):
         raise PermissionDenied("Only admins may make a dataset global.")
@@ -201,6 +204,9 @@ def dataset_resolve(*, caller, name: str, owner_name: str | None = None) -> Data
 
 
 def own_dataset(*, owner, name: str) -> Dataset:
+    """The caller's own dataset, to change, share or delete: never for an auditor, even one who owns datasets."""
+    if is_read_only(owner):
+        raise PermissionDenied(READ_ONLY)
     dataset = Dataset.objects.select_related("owner").filter(owner=owner, name__iexact=name).first()
     if dataset is None:
         raise NotFound(f"Dataset {name!r} not found.")

@@ -23,7 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from scripts_app import roles, runner
-from scripts_app.errors import BadRequest, Busy, ErrorCode, NotFound
+from scripts_app.errors import BadRequest, Busy, ErrorCode, NotFound, PermissionDenied
 from scripts_app.models import Run, RunImage, ServiceLevel
 from scripts_app.services import runs, shares
 
@@ -106,6 +106,14 @@ def job_get(*, user, job_id: str) -> Run:
     run = jobs_visible_to(user).filter(pk=pk).first()
     if run is None:
         raise NotFound(f"Job {job_id} does not exist.")
+    return run
+
+
+def job_for_change(*, user, job_id: str) -> Run:
+    """A job the user may cancel or delete: `job_get`'s, but never for an auditor (403)."""
+    run = job_get(user=user, job_id=job_id)
+    if roles.is_read_only(user):
+        raise PermissionDenied("Auditors have read-only access: they do not cancel or delete jobs.")
     return run
 
 
