@@ -119,6 +119,19 @@ def megabytes(size: int) -> str:
     return f"{size / 1024**2:.1f} MB"
 
 
+def storage_summary(*, user) -> dict:
+    """What the user's runs keep against their quota, for their runs page."""
+    limits = limits_for(user.pk)
+    used = storage_used(user.pk)
+    return {
+        "used": megabytes(used),
+        "quota": megabytes(limits.quota_bytes),
+        "percent": min(100, round(100 * used / limits.quota_bytes)) if limits.quota_bytes else 100,
+        "max_sync_runs": limits.max_sync_runs,
+        "max_running_jobs": limits.max_running_jobs,
+    }
+
+
 def quota_check(*, user, limits: UserLimits | None = None) -> None:
     """Refuse a new run up front when the user's runs already fill their quota."""
     quota = (limits or limits_for(user.pk)).quota_bytes

@@ -303,3 +303,14 @@ def test_deleting_a_job_frees_its_quota(alice, alice_api, published, run_job, se
     assert do_eval(alice_api, "big", {"parameters": '{"n": 10000}'}).json()["errorCode"] == 1043
     assert alice_api.delete(f"/oml/api/py-scripts/v1/jobs/{job}").status_code == 200
     assert do_eval(alice_api, "big", {"parameters": '{"n": 10000}'}).status_code == 200
+
+
+def test_the_runs_page_shows_the_users_storage_and_shares(alice, alice_api, client, settings):
+    """My runs says how much of the quota the user's runs keep, and the user's shares."""
+    settings.OMLWEB_USER_QUOTA_MB = 2
+    make_script(alice, "big", BIG)
+    assert do_eval(alice_api, "big", {"parameters": '{"n": 1048574}'}).status_code == 200
+    client.force_login(alice)
+    page = client.get("/runs/").content.decode()
+    assert "Your runs keep 1.0 MB of results and figures, of your quota of 2.0 MB (50%)" in page
+    assert "You may have 2 runs at once, and 1 job running per service level" in page
