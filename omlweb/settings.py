@@ -120,6 +120,9 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "scripts_app.views.base.client_address"
 AXES_LOCKOUT_CALLABLE = "scripts_app.views.base.login_locked_out"
 AXES_VERBOSE = False
+# Failures are recorded (they expire with the cool-off); successes are not: one row per token request
+# would grow without bound, and runs already record who ran what from where.
+AXES_DISABLE_ACCESS_LOG = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"

@@ -118,8 +118,8 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
 class GroupLimitsInline(admin.StackedInline):
     model = GroupLimits
-    can_delete = True
-    extra = 0
+    # One blank form (empty fields keep the settings), so it shows without JavaScript.
+    extra = 1
     max_num = 1
 
 

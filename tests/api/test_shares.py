@@ -314,3 +314,40 @@ def test_the_runs_page_shows_the_users_storage_and_shares(alice, alice_api, clie
     page = client.get("/runs/").content.decode()
     assert "Your runs keep 1.0 MB of results and figures, of your quota of 2.0 MB (50%)" in page
     assert "You may have 2 runs at once, and 1 job running per service level" in page
+
+
+def test_an_apply_run_over_the_quota_keeps_no_piece(alice, alice_api, settings):
+    """index-apply whose pieces' values together pass the quota: FAILED with 1043, no values kept."""
+    settings.OMLWEB_USER_QUOTA_MB = 1
+    make_script(alice, "piece", "def piece(i):\n    return 'x' * 400000\n")
+    response = alice_api.post("/oml/api/py-scripts/v1/index-apply/piece", {"times": 3}, format="json")
+    assert response.status_code == 400
+    assert response.json()["errorCode"] == 1043
+    run = Run.objects.get()
+    assert (run.status, run.result, run.stored_bytes) == (Run.Status.FAILED, None, 0)
+    assert [piece["status"] for piece in run.pieces] == ["SUCCEEDED"] * 3
+    assert all("value" not in piece for piece in run.pieces)
+    response = alice_api.post("/oml/api/py-scripts/v1/index-apply/piece", {"times": 2}, format="json")
+    assert response.status_code == 200
+
+
+def test_an_admin_sets_a_groups_limits_on_the_groups_admin_page(admin_user, client):
+    """Django's admin shows the limits inline on a group's page and saves them."""
+    client.force_login(admin_user)
+    form = client.get("/admin/auth/group/add/").content.decode()
+    assert "omlweb_limits-0-max_sync_runs" in form
+    response = client.post(
+        "/admin/auth/group/add/",
+        {
+            "name": "heavy",
+            "omlweb_limits-TOTAL_FORMS": "1",
+            "omlweb_limits-INITIAL_FORMS": "0",
+            "omlweb_limits-MIN_NUM_FORMS": "0",
+            "omlweb_limits-MAX_NUM_FORMS": "1",
+            "omlweb_limits-0-max_sync_runs": "4",
+            "omlweb_limits-0-quota_mb": "5000",
+        },
+    )
+    assert response.status_code == 302
+    limits = GroupLimits.objects.get(group__name="heavy")
+    assert (limits.max_sync_runs, limits.quota_mb, limits.max_running_jobs) == (4, 5000, None)
