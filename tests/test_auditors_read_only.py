@@ -144,7 +144,7 @@ def candidates(name: str, param: str, objects: dict) -> list:
             return ["probe"]
         return [s.name for s in scripts]
     if param == "owner":
-        return [None, "alice", "root", "audrey"]
+        return [None, "alice", "audrey"]
     if param == "user":
         return [None, "bob", "alice"]
     if param == "job_id":
@@ -167,7 +167,8 @@ def candidates(name: str, param: str, objects: dict) -> list:
     if param == "fmt":
         return ["json"]
     if param == "object_id":
-        return [str(scripts[0].pk), str(objects["users"][0].pk)]
+        # Django's admin answers a user who is not staff the same for every object: one is enough.
+        return [str(scripts[0].pk)]
     if param == "content_type_id":
         return ["1"]
     if param in {"uidb64", "token"}:
