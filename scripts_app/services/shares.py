@@ -5,8 +5,8 @@
   a 429 at once (not a wait for a thread), so the other threads stay free for other users and pages.
 - Async jobs hold a worker slot each. A worker that picks a job whose user already has
   `max_running_jobs` running at that service level hands it back to the queue for a few seconds
-  instead of running it, so the user's other jobs wait in the queue, not in other users' slots. A user may have at most
-  `max_queued_jobs` jobs queued or running; one more is a 429 at submission.
+  instead of running it, so the user's other jobs wait in the queue, not in other users' slots.
+  A user may have at most `max_queued_jobs` jobs queued or running; one more is a 429 at submission.
 - The results and figures a user's runs keep count against `quota_bytes`; see `quota_check`.
 
 Each limit is a setting, which an admin may override per group (`GroupLimits`, in Django's admin on
@@ -77,7 +77,7 @@ def share_check(*, user, mode: str, limits: UserLimits | None = None) -> None:
         running = Run.objects.filter(user=user, mode=Run.Mode.SYNC, status__in=ACTIVE).count()
         if running >= limits.max_sync_runs:
             raise TooManyRuns(
-                f"You already have {running} synchronous runs running, your share of runs at once "
+                f"You already have {running} synchronous run{_s(running)} running, your share of runs at once "
                 f"({limits.max_sync_runs}). Wait for one to finish, or submit it as an async job.",
                 retry_after=SYNC_RETRY_AFTER_SECONDS,
             )
@@ -85,10 +85,14 @@ def share_check(*, user, mode: str, limits: UserLimits | None = None) -> None:
     waiting = Run.objects.filter(user=user, mode=Run.Mode.ASYNC, status__in=ACTIVE).count()
     if waiting >= limits.max_queued_jobs:
         raise TooManyRuns(
-            f"You already have {waiting} async jobs queued or running, the most you may have "
+            f"You already have {waiting} async job{_s(waiting)} queued or running, the most you may have "
             f"({limits.max_queued_jobs}). Wait for some to finish, or cancel some.",
             retry_after=QUEUE_RETRY_AFTER_SECONDS,
         )
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def job_may_start(*, user_id: int, service: str) -> bool:
