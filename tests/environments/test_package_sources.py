@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from scripts_app.models import Environment
+from tests.environments.test_environment_pages import first_python
 from tests.environments.test_environments_api import ENVS, PROBE, do_eval
 from tests.factories import make_script
 
@@ -69,3 +70,14 @@ def test_the_operator_may_allow_direct_references(create, build_queued, alice, a
     assert do_eval(alice_api, "probe", {"envName": "probe"}).json() == {"result": 42}
     # Options stay the operator's alone, even then.
     assert create(name="other", packages="--index-url https://evil.example.com/simple").status_code == 400
+
+
+def test_the_page_shows_which_line_names_a_source(admin_user, client):
+    """On the environment page the same refusal re-shows the form naming the line; nothing is created."""
+    client.force_login(admin_user)
+    data = {"name": "x", "packages": "numpy\nx @ file:///etc", "python": first_python(client)}
+    response = client.post("/environments/", data)
+    assert response.status_code == 422
+    assert "line 2" in response.content.decode()
+    assert "direct reference" in response.content.decode()
+    assert not Environment.objects.exists()
