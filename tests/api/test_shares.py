@@ -58,7 +58,7 @@ def do_eval(api, name, body=None):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_user_over_their_share_of_sync_runs_gets_429_while_another_user_runs(alice, bob, settings):
-    """Alice's two slow sync runs hold her share (2): her third is a 429 at once, with Retry-After,
+    """Alice's two slow (20 s) sync runs hold her share (2): her third is a 429 at once, with Retry-After,
     while Bob's run is served; once hers finish, she runs again."""
     settings.OMLWEB_USER_MAX_CONCURRENT_RUNS = 2
     make_script(alice, "slow", SLOW)
@@ -68,7 +68,7 @@ def test_a_user_over_their_share_of_sync_runs_gets_429_while_another_user_runs(a
 
     def slow_run() -> None:
         try:
-            answers.append(do_eval(client_for(alice), "slow", {"parameters": '{"seconds": 12}'}))
+            answers.append(do_eval(client_for(alice), "slow", {"parameters": '{"seconds": 20}'}))
         finally:
             connections.close_all()
 
