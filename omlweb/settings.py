@@ -275,7 +275,7 @@ OMLWEB_USER_MAX_CONCURRENT_RUNS = env_int("OMLWEB_USER_MAX_CONCURRENT_RUNS", 2, 
 OMLWEB_USER_MAX_RUNNING_JOBS = env_int("OMLWEB_USER_MAX_RUNNING_JOBS", 1, minimum=1)
 # Async jobs one user may have queued or running; one more is a 429 at submission.
 OMLWEB_USER_MAX_QUEUED_JOBS = env_int("OMLWEB_USER_MAX_QUEUED_JOBS", 100, minimum=1)
-# Results, streams and figures one user's runs may keep on the server, until retention deletes them.
+# Results, streams and figures one user's runs keep (until retention deletes them), and their datasets.
 OMLWEB_USER_QUOTA_MB = env_int("OMLWEB_USER_QUOTA_MB", 1024, minimum=1)
 # Finished runs (and their images) are deleted this many days after they finished: 6 months, as Oracle.
 OMLWEB_RUN_RETENTION_DAYS = env_int("OMLWEB_RUN_RETENTION_DAYS", 183, minimum=1)

@@ -21,6 +21,7 @@ from django.db.models import Q, QuerySet
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
 from scripts_app.models import SCRIPT_NAME_PATTERN, Dataset, DatasetGrant
 from scripts_app.roles import is_admin, is_read_only, sees_everything
+from scripts_app.services import shares
 
 FORMATS = ("csv", "parquet")
 READ_ONLY = "Auditors have read-only access: they do not upload, change, share or delete datasets."
@@ -94,7 +95,10 @@ def _store(dataset: Dataset, upload: IO[bytes], *, filename: str, file_format: s
     workdir = tempfile.mkdtemp(prefix="omlweb-upload-")
     try:
         path, dataset.source_format = _to_parquet(upload, filename=filename, file_format=file_format, workdir=workdir)
-        for field, value in _describe(path).items():
+        described = _describe(path)
+        # Datasets count against the owner's storage quota, with their runs' results and figures.
+        shares.dataset_quota_check(dataset=dataset, size=described["size_bytes"])
+        for field, value in described.items():
             setattr(dataset, field, value)
         old = dataset.file.name if dataset.file else None
         with open(path, "rb") as parquet:

@@ -7,7 +7,8 @@
   `max_running_jobs` running at that service level hands it back to the queue for a few seconds
   instead of running it, so the user's other jobs wait in the queue, not in other users' slots.
   A user may have at most `max_queued_jobs` jobs queued or running; one more is a 429 at submission.
-- The results and figures a user's runs keep count against `quota_bytes`; see `quota_check`.
+- The results and figures a user's runs keep, and their datasets, count against `quota_bytes`; see
+  `quota_check`.
 
 Each limit is a setting, which an admin may override per group (`GroupLimits`, in Django's admin on
 the group's page); a user in several groups gets the most generous override.
@@ -22,7 +23,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Max, Sum
 
 from scripts_app.errors import QuotaExceeded, TooManyRuns
-from scripts_app.models import GroupLimits, Run
+from scripts_app.models import Dataset, GroupLimits, Run
 
 ACTIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
 # A sync run over the share is refused at once; its client may try again after about this long.
@@ -111,12 +112,16 @@ def job_may_start(*, user_id: int, service: str) -> bool:
 # Storage quota
 
 
-def storage_used(user_id: int, *, excluding: Run | None = None) -> int:
-    """Bytes the user's runs keep: results, streams and figures."""
+def storage_used(user_id: int, *, excluding: Run | Dataset | None = None) -> int:
+    """Bytes the user keeps on the server: their runs' results, streams and figures, and their datasets."""
     runs = Run.objects.filter(user=user_id)
-    if excluding is not None:
+    datasets = Dataset.objects.filter(owner=user_id)
+    if isinstance(excluding, Run):
         runs = runs.exclude(pk=excluding.pk)
-    return runs.aggregate(total=Sum("stored_bytes"))["total"] or 0
+    elif isinstance(excluding, Dataset):
+        datasets = datasets.exclude(pk=excluding.pk)
+    kept = runs.aggregate(total=Sum("stored_bytes"))["total"] or 0
+    return kept + (datasets.aggregate(total=Sum("size_bytes"))["total"] or 0)
 
 
 def megabytes(size: int) -> str:
@@ -124,7 +129,7 @@ def megabytes(size: int) -> str:
 
 
 def storage_summary(*, user) -> dict:
-    """What the user's runs keep against their quota, for their runs page."""
+    """What the user keeps against their quota, for their runs page."""
     limits = limits_for(user.pk)
     used = storage_used(user.pk)
     return {
@@ -137,13 +142,13 @@ def storage_summary(*, user) -> dict:
 
 
 def quota_check(*, user, limits: UserLimits | None = None) -> None:
-    """Refuse a new run up front when the user's runs already fill their quota."""
+    """Refuse a new run up front when what the user keeps already fills their quota."""
     quota = (limits or limits_for(user.pk)).quota_bytes
     used = storage_used(user.pk)
     if used >= quota:
         raise QuotaExceeded(
-            f"Your runs keep {megabytes(used)} of results and figures, your quota is {megabytes(quota)}: "
-            "delete some runs to free space."
+            f"You keep {megabytes(used)} (results and figures of your runs, and your datasets), your quota "
+            f"is {megabytes(quota)}: delete some runs or datasets to free space."
         )
 
 
@@ -163,6 +168,17 @@ def quota_refusal(*, run: Run, size: int) -> str | None:
         return None
     return (
         f"The run's results and figures ({megabytes(size)}) would exceed your storage quota of "
-        f"{megabytes(quota)}: your runs already keep {megabytes(used)}. Nothing of this run was kept; "
-        "delete some runs to free space."
+        f"{megabytes(quota)}: you already keep {megabytes(used)} (runs and datasets). Nothing of this run "
+        "was kept; delete some runs or datasets to free space."
     )
+
+
+def dataset_quota_check(*, dataset: Dataset, size: int) -> None:
+    """Refuse a dataset upload (or replacement) whose Parquet file would take its owner past their quota."""
+    quota = limits_for(dataset.owner_id).quota_bytes
+    used = storage_used(dataset.owner_id, excluding=dataset)
+    if used + size > quota:
+        raise QuotaExceeded(
+            f"The dataset ({megabytes(size)} as Parquet) would exceed your storage quota of {megabytes(quota)}: "
+            f"you already keep {megabytes(used)} (runs and datasets). Delete some runs or datasets to free space."
+        )

@@ -6,16 +6,19 @@ the share is free again) is served normally.
 
 from __future__ import annotations
 
+import io
+import os
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
 from django.db import connections
 from django.utils import timezone
 
-from scripts_app.models import GroupLimits, Run, RunImage
+from scripts_app.models import Dataset, GroupLimits, Run, RunImage
 from scripts_app.services import jobs
 from tests.api.test_jobs import InlineWatch
 from tests.conftest import client_for
@@ -283,7 +286,9 @@ def test_a_user_over_the_quota_is_refused_up_front_until_runs_are_deleted(
     assert refused.status_code == 400
     assert refused.json()["errorCode"] == 1043
     message = refused.json()["errorMessage"]
-    assert message.startswith("Your runs keep 1.0 MB of results and figures, your quota is 1.0 MB")
+    assert message.startswith(
+        "You keep 1.0 MB (results and figures of your runs, and your datasets), your quota is 1.0 MB"
+    )
     assert submit(alice_api, "big").json()["errorCode"] == 1043
     assert Run.objects.filter(user=alice).count() == 1
     assert do_eval(bob_api, "big").json() == {"result": "x" * 10}
@@ -312,7 +317,7 @@ def test_the_runs_page_shows_the_users_storage_and_shares(alice, alice_api, clie
     assert do_eval(alice_api, "big", {"parameters": '{"n": 1048574}'}).status_code == 200
     client.force_login(alice)
     page = client.get("/runs/").content.decode()
-    assert "Your runs keep 1.0 MB of results and figures, of your quota of 2.0 MB (50%)" in page
+    assert "You keep 1.0 MB of results, figures and datasets, of your quota of 2.0 MB (50%)" in page
     assert "You may have 2 runs at once, and 1 job running per service level" in page
 
 
@@ -351,3 +356,32 @@ def test_an_admin_sets_a_groups_limits_on_the_groups_admin_page(admin_user, clie
     assert response.status_code == 302
     limits = GroupLimits.objects.get(group__name="heavy")
     assert (limits.max_sync_runs, limits.quota_mb, limits.max_running_jobs) == (4, 5000, None)
+
+
+def test_datasets_count_against_the_quota(alice, alice_api, settings):
+    """An upload that would pass the quota is refused (1043) and stores nothing; datasets' bytes also
+    count for runs; deleting the dataset frees them."""
+    settings.OMLWEB_USER_QUOTA_MB = 1
+    datasets = "/oml/api/py-scripts/v1/datasets"
+    small = io.BytesIO(b"a,b\n" + b"".join(b"%d,x\n" % i for i in range(100)))
+    small.name = "small.csv"
+    assert alice_api.post(datasets, {"name": "SMALL", "file": small}, format="multipart").status_code == 201
+    kept = Dataset.objects.get().size_bytes
+    big = io.BytesIO(b"a,b\n" + b"".join(b"%d,%s\n" % (i, os.urandom(8).hex().encode()) for i in range(200000)))
+    big.name = "big.csv"
+    response = alice_api.post(datasets, {"name": "BIG", "file": big}, format="multipart")
+    assert response.status_code == 400
+    assert response.json()["errorCode"] == 1043
+    assert "would exceed your storage quota of 1.0 MB" in response.json()["errorMessage"]
+    assert list(Dataset.objects.values_list("name", flat=True)) == ["SMALL"]
+    assert [p.name for p in (settings.MEDIA_ROOT / "datasets").rglob("*.parquet")] == [
+        Path(Dataset.objects.get().file.name).name
+    ]
+
+    make_script(alice, "big", BIG)
+    almost = 1024**2 - 10  # fits alone, not beside the dataset
+    assert kept > 10
+    over = do_eval(alice_api, "big", {"parameters": f'{{"n": {almost}}}'})
+    assert over.json()["errorCode"] == 1043
+    assert alice_api.delete(f"{datasets}/SMALL").status_code == 200
+    assert do_eval(alice_api, "big", {"parameters": f'{{"n": {almost}}}'}).status_code == 200
