@@ -119,6 +119,10 @@ def child(config: dict) -> dict:
     os.environ["CELERY_BROKER_URL"] = config["broker"]
     os.environ["OMLWEB_QUEUE_PREFIX"] = f"bench{uuid.uuid4().hex[:8]}"
     os.environ["OMLWEB_LOG_LEVEL"] = "WARNING"
+    # One user submits every job here: the machinery's throughput is measured, not one user's fair share
+    # (which would run the jobs one at a time and refuse a burst past 100 queued).
+    os.environ["OMLWEB_USER_MAX_RUNNING_JOBS"] = "1000"
+    os.environ["OMLWEB_USER_MAX_QUEUED_JOBS"] = "1000000"
     database = None
     if config["database"] == "sqlite":
         os.environ.pop("DATABASE_URL", None)

@@ -5,6 +5,7 @@ Every variable is listed in the README's settings table.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -41,6 +42,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_htmx",
     "template_partials",
+    "axes",
     "scripts_app",
 ]
 
@@ -55,6 +57,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last: it turns a sign-in refused for a lockout into the lockout answer (JSON 429 or a page).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "omlweb.urls"
@@ -100,6 +104,25 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
+# Password guessing (docs/security.md): django-axes counts failed sign-ins, on the login page, the
+# admin and the token endpoint alike, per username *and* client address, so that an attacker can
+# lock a user out from their own address only. Past the limit that pair is refused, a correct password
+# included, until the cool-off has passed since the last failure.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("OMLWEB_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("OMLWEB_LOGIN_COOLOFF_SECONDS", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The address is REMOTE_ADDR, as everywhere in omlweb: never a client-supplied X-Forwarded-For.
+AXES_CLIENT_IP_CALLABLE = "scripts_app.views.base.client_address"
+AXES_LOCKOUT_CALLABLE = "scripts_app.views.base.login_locked_out"
+AXES_VERBOSE = False
+# Failures are recorded (they expire with the cool-off); successes are not: one row per token request
+# would grow without bound, and runs already record who ran what from where.
+AXES_DISABLE_ACCESS_LOG = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -182,6 +205,9 @@ OMLWEB_ENV_NO_INDEX = env_bool("OMLWEB_ENV_NO_INDEX", False)
 OMLWEB_ENV_BUILD_TIMEOUT = env_float("OMLWEB_ENV_BUILD_TIMEOUT", 1800.0)
 # Installing from source distributions runs their setup code in the worker, with its rights.
 OMLWEB_ENV_SOURCE_BUILDS = env_bool("OMLWEB_ENV_SOURCE_BUILDS", False)
+# Package lines that name their own source (`name @ https://...`, `name @ file:///...`) install from
+# wherever they point, a file of the worker host included; off, only index requirements are accepted.
+OMLWEB_ENV_ALLOW_DIRECT_REFERENCES = env_bool("OMLWEB_ENV_ALLOW_DIRECT_REFERENCES", False)
 
 # Datasets and the input queries of apply runs (docs/datasets.md).
 OMLWEB_DATASET_MAX_UPLOAD_MB = env_int("OMLWEB_DATASET_MAX_UPLOAD_MB", 500, minimum=1)
@@ -189,6 +215,8 @@ OMLWEB_QUERY_TIMEOUT_SECONDS = env_float("OMLWEB_QUERY_TIMEOUT_SECONDS", 30.0)
 OMLWEB_QUERY_MEMORY_MB = env_int("OMLWEB_QUERY_MEMORY_MB", 1024, minimum=64)
 OMLWEB_QUERY_THREADS = env_int("OMLWEB_QUERY_THREADS", 2, minimum=1)
 OMLWEB_QUERY_MAX_ROWS = env_int("OMLWEB_QUERY_MAX_ROWS", 10_000_000, minimum=1)
+# The rows of a query are built in the web or worker process, outside DuckDB's memory limit: bounded here.
+OMLWEB_QUERY_MAX_RESULT_MB = env_int("OMLWEB_QUERY_MAX_RESULT_MB", OMLWEB_QUERY_MEMORY_MB, minimum=1)
 OMLWEB_APPLY_MAX_PIECES = env_int("OMLWEB_APPLY_MAX_PIECES", 10_000, minimum=1)
 
 # Celery. The Run row is the truth; Celery carries only run ids.
@@ -252,6 +280,16 @@ OMLWEB_REAPER_INTERVAL_SECONDS = env_float("OMLWEB_REAPER_INTERVAL_SECONDS", 30.
 # A queued job whose message may have been lost (published before a crash, or reserved by a killed
 # worker) is published again after this long, when its queue holds fewer messages than queued jobs.
 OMLWEB_REQUEUE_AFTER_SECONDS = env_float("OMLWEB_REQUEUE_AFTER_SECONDS", 120.0)
+# Fair shares (services/shares.py), per user; an admin may override each per group (GroupLimits).
+# Sync runs at once, counted across every web process: below the web threads
+# (OMLWEB_WEB_WORKERS x OMLWEB_WEB_THREADS = 8 by default), so one user never takes them all.
+OMLWEB_USER_MAX_CONCURRENT_RUNS = env_int("OMLWEB_USER_MAX_CONCURRENT_RUNS", 2, minimum=1)
+# Async jobs of one user running at once per service level; the rest wait in the queue.
+OMLWEB_USER_MAX_RUNNING_JOBS = env_int("OMLWEB_USER_MAX_RUNNING_JOBS", 1, minimum=1)
+# Async jobs one user may have queued or running; one more is a 429 at submission.
+OMLWEB_USER_MAX_QUEUED_JOBS = env_int("OMLWEB_USER_MAX_QUEUED_JOBS", 100, minimum=1)
+# Results, streams and figures one user's runs keep (until retention deletes them), and their datasets.
+OMLWEB_USER_QUOTA_MB = env_int("OMLWEB_USER_QUOTA_MB", 1024, minimum=1)
 # Finished runs (and their images) are deleted this many days after they finished: 6 months, as Oracle.
 OMLWEB_RUN_RETENTION_DAYS = env_int("OMLWEB_RUN_RETENTION_DAYS", 183, minimum=1)
 if OMLWEB_HEARTBEAT_STALE_SECONDS < 3 * OMLWEB_HEARTBEAT_SECONDS:

@@ -1,10 +1,13 @@
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin
+from django.contrib.auth.models import Group
 
 from scripts_app.models import (
     AccessToken,
     Dataset,
     DatasetGrant,
     Environment,
+    GroupLimits,
     Run,
     RunImage,
     Script,
@@ -111,3 +114,25 @@ class EnvironmentAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class GroupLimitsInline(admin.StackedInline):
+    model = GroupLimits
+    # One blank form (empty fields keep the settings), so it shows without JavaScript.
+    extra = 1
+    max_num = 1
+
+
+# A group's limits are edited on the group's own page, where an admin looks for them.
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupWithLimitsAdmin(GroupAdmin):
+    inlines = (GroupLimitsInline,)
+
+
+@admin.register(GroupLimits)
+class GroupLimitsAdmin(admin.ModelAdmin):
+    list_display = ("group", "max_sync_runs", "max_running_jobs", "max_queued_jobs", "quota_mb")
+    autocomplete_fields = ("group",)

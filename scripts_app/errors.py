@@ -45,12 +45,17 @@ class ErrorCode(enum.IntEnum):
     RUNNER_UNAVAILABLE = 1041
     DATABASE_UNAVAILABLE = 1042
     BROKER_UNAVAILABLE = 1043
+    TOO_MANY_RUNS = 1045
+    QUOTA_EXCEEDED = 1046
+    LOGIN_LOCKED = 1047
     INTERNAL = 1099
 
 
 class OmlError(Exception):
     status = 400
     code = ErrorCode.BAD_REQUEST
+    # Seconds a client should wait before trying again (the Retry-After header), when that is known.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, code: ErrorCode | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -96,7 +101,7 @@ class Unavailable(OmlError):
 
     status = 503
     code = ErrorCode.BROKER_UNAVAILABLE
-    retry_after_seconds = 10
+    retry_after = 10
 
 
 DATABASE_UNAVAILABLE_MESSAGE = (
@@ -105,6 +110,21 @@ DATABASE_UNAVAILABLE_MESSAGE = (
 BROKER_UNAVAILABLE_MESSAGE = (
     "The job queue (broker) is unavailable: async jobs cannot be accepted now. Try again shortly, or run synchronously."
 )
+
+
+class TooManyRuns(OmlError):
+    """The user is at their share of runs at once (or of queued jobs); other users are not."""
+
+    status = 429
+    code = ErrorCode.TOO_MANY_RUNS
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(OmlError):
+    code = ErrorCode.QUOTA_EXCEEDED
 
 
 FAILURE_CODES: dict[Failure, ErrorCode] = {

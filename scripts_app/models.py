@@ -284,6 +284,9 @@ class Run(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # What the run keeps on the server (result JSON, stdout, stderr, figures' PNGs), counted against
+    # its user's storage quota.
+    stored_bytes = models.PositiveBigIntegerField(default=0)
 
     objects = RunQuerySet.as_manager()
 
@@ -311,6 +314,35 @@ class Run(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+class GroupLimits(models.Model):
+    """An admin's override of the per-user limits for the members of one group.
+
+    Empty fields keep the setting's default. A user in several groups gets the most generous
+    override of each limit (a member of "admins" and "analysts" is not held to the analysts' share).
+    """
+
+    group = models.OneToOneField("auth.Group", on_delete=models.CASCADE, related_name="omlweb_limits")
+    max_sync_runs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Synchronous runs a member may have at once (OMLWEB_USER_MAX_CONCURRENT_RUNS)."
+    )
+    max_running_jobs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Async jobs of a member that run at once (OMLWEB_USER_MAX_RUNNING_JOBS)."
+    )
+    max_queued_jobs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Async jobs a member may have queued or running (OMLWEB_USER_MAX_QUEUED_JOBS)."
+    )
+    quota_mb = models.PositiveIntegerField(
+        null=True, blank=True, help_text="MB of results and figures a member's runs may keep (OMLWEB_USER_QUOTA_MB)."
+    )
+
+    class Meta:
+        verbose_name = "group limits"
+        verbose_name_plural = "group limits"
+
+    def __str__(self) -> str:
+        return f"Limits of {self.group}"
 
 
 def run_image_path(image: RunImage, filename: str) -> str:

@@ -41,8 +41,8 @@ def oml_exception_handler(exc, context):
         exc = database_unavailable(exc)
     if isinstance(exc, OmlError):
         response = _response(exc.message, exc.code, exc.status, context)
-        if isinstance(exc, Unavailable):
-            response["Retry-After"] = str(exc.retry_after_seconds)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
         return response
     if isinstance(exc, Http404):
         return _response("Not found.", ErrorCode.NOT_FOUND, 404, context)
@@ -84,5 +84,5 @@ def json_error(message: str, code: int, status: int) -> JsonResponse:
 
 def unavailable_response(error: Unavailable) -> JsonResponse:
     response = json_error(error.message, error.code, error.status)
-    response["Retry-After"] = str(error.retry_after_seconds)
+    response["Retry-After"] = str(error.retry_after)
     return response

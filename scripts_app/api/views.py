@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -68,6 +69,8 @@ class TokenView(APIView):
             user = authenticate(request._request, username=data["username"], password=data["password"])
             if user is None:
                 raise NotAuthenticated("Invalid username or password.", code=ErrorCode.BAD_CREDENTIALS)
+            # A sign-in like the login page's: django-axes forgets the earlier failures, last_login is set.
+            user_logged_in.send(sender=type(user), request=request._request, user=user)
             raw, token = tokens.token_issue(user=user)
         else:
             raw_old = data.get("refresh_token") or data.get("token") or _bearer(request)
@@ -182,7 +185,7 @@ class JobView(APIView):
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Stop (if running) and delete a job")
     def delete(self, request: Request, version: str, job_id: str) -> Response:
-        run = jobs.job_get(user=request.user, job_id=job_id)
+        run = jobs.job_for_change(user=request.user, job_id=job_id)
         jobs.job_delete(run=run)
         return Response({"result": "job deleted successfully"})
 
@@ -222,7 +225,7 @@ class JobCancelView(APIView):
     @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Cancel a job (v2)")
     def post(self, request: Request, version: str, job_id: str) -> Response:
         v2_only(version)
-        run = jobs.job_get(user=request.user, job_id=job_id)
+        run = jobs.job_for_change(user=request.user, job_id=job_id)
         jobs.job_cancel(run=run)
         return Response({"result": "job cancelled successfully"})
 

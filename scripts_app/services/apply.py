@@ -30,7 +30,7 @@ from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
 from scripts_app.runner.validation import storable_text
-from scripts_app.services import environments, queries
+from scripts_app.services import environments, queries, shares
 from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
 
 logger = logging.getLogger(__name__)
@@ -382,6 +382,14 @@ def apply_execute(
 
 
 def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
+    size = sum(shares.result_size(piece.result) for piece in pieces if piece.result is not None)
+    refusal = shares.quota_refusal(run=run, size=size)
+    if refusal is not None:
+        # Nothing of the pieces is kept (values, figures, streams): it would all count against the quota.
+        run.pieces = [{"label": p.label, "key": p.key, "rows": p.rows, "status": p.status} for p in pieces]
+        _finish(run, Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
+        return
+    run.stored_bytes = size
     entries, stdout, stderr, position = [], [], [], 0
     with transaction.atomic():
         for piece in pieces:

@@ -20,10 +20,12 @@ from django.db.models import Q, QuerySet
 
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
 from scripts_app.models import SCRIPT_NAME_PATTERN, Dataset, DatasetGrant
-from scripts_app.roles import is_admin, sees_everything
+from scripts_app.roles import is_admin, is_read_only, sees_everything
 from scripts_app.runner.validation import storable_text
+from scripts_app.services import shares
 
 FORMATS = ("csv", "parquet")
+READ_ONLY = "Auditors have read-only access: they do not upload, change, share or delete datasets."
 PARQUET_MAGIC = b"PAR1"
 
 
@@ -101,7 +103,10 @@ def _store(dataset: Dataset, upload: IO[bytes], *, filename: str, file_format: s
     workdir = tempfile.mkdtemp(prefix="omlweb-upload-")
     try:
         path, dataset.source_format = _to_parquet(upload, filename=filename, file_format=file_format, workdir=workdir)
-        for field, value in _describe(path).items():
+        described = _describe(path)
+        # Datasets count against the owner's storage quota, with their runs' results and figures.
+        shares.dataset_quota_check(dataset=dataset, size=described["size_bytes"])
+        for field, value in described.items():
             setattr(dataset, field, value)
         old = dataset.file.name if dataset.file else None
         with open(path, "rb") as parquet:
@@ -128,6 +133,8 @@ def dataset_create(
 
     Returns the dataset and whether it was created.
     """
+    if is_read_only(owner):
+        raise PermissionDenied(READ_ONLY)
     validate_name(name)
     if is_global and not is_admin(owner):
         raise PermissionDenied("Only admins may make a dataset global.")
@@ -209,6 +216,9 @@ def dataset_resolve(*, caller, name: str, owner_name: str | None = None) -> Data
 
 
 def own_dataset(*, owner, name: str) -> Dataset:
+    """The caller's own dataset, to change, share or delete: never for an auditor, even one who owns datasets."""
+    if is_read_only(owner):
+        raise PermissionDenied(READ_ONLY)
     dataset = Dataset.objects.select_related("owner").filter(owner=owner, name__iexact=name).first()
     if dataset is None:
         raise NotFound(f"Dataset {name!r} not found.")

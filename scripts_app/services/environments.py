@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import logging
+import re
 import sys
 import threading
 import time
@@ -180,22 +181,38 @@ def available_interpreters() -> list[interpreters.Interpreter]:
 def parse_packages(text: str) -> tuple[str, ...]:
     """The requirement lines of `text`; a 400 naming the first line that is not one.
 
-    Options (`-r`, `--index-url`, ...) are refused: where packages come from is the operator's
-    setting, the same for every environment and host.
+    Options (`-r`, `-e`, `--index-url`, ...) are refused: where packages come from is the operator's
+    setting, the same for every environment and host. So are lines that name their own source (a
+    path, a URL, `git+...`, `name @ file:///...`): installing from an arbitrary URL or a file of the
+    worker host is not an environment's business, unless OMLWEB_ENV_ALLOW_DIRECT_REFERENCES allows
+    `name @ URL` lines.
     """
     lines = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
+        where = f"Package line {number} ({line!r})"
         if line.startswith("-"):
-            raise BadRequest(f"Package line {number} ({line!r}): options are not allowed, only requirements.")
+            raise BadRequest(f"{where}: options are not allowed, only requirements.")
+        if _names_a_source(line):
+            raise BadRequest(f"{where}: a path or URL is not allowed, only requirements like name==version.")
         try:
-            Requirement(line)
+            requirement = Requirement(line)
         except InvalidRequirement as error:
-            raise BadRequest(f"Package line {number} ({line!r}) is not a requirement: {error}") from None
+            raise BadRequest(f"{where} is not a requirement: {error}") from None
+        if requirement.url and not settings.OMLWEB_ENV_ALLOW_DIRECT_REFERENCES:
+            raise BadRequest(
+                f"{where}: a direct reference (name @ URL) is not allowed; packages come from the "
+                "service's package index (the operator may allow them with OMLWEB_ENV_ALLOW_DIRECT_REFERENCES)."
+            )
         lines.append(line)
     return tuple(lines)
+
+
+def _names_a_source(line: str) -> bool:
+    """A bare path or URL, which pip would install from but which is no requirement."""
+    return bool(re.match(r"^([a-z][a-z0-9+.\-]*://|[a-z]+\+|\.{0,2}/|~|[a-z]:\\)", line, re.IGNORECASE))
 
 
 def _check_name(name: str) -> None:

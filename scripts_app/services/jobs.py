@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
 import time
 import uuid
@@ -22,15 +23,26 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from scripts_app import roles, runner
-from scripts_app.errors import BROKER_UNAVAILABLE_MESSAGE, BadRequest, Busy, ErrorCode, NotFound, Unavailable
+from scripts_app.errors import (
+    BROKER_UNAVAILABLE_MESSAGE,
+    BadRequest,
+    Busy,
+    ErrorCode,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import runs, supervision
+from scripts_app.services import runs, shares, supervision
 
 logger = logging.getLogger(__name__)
 
 ACTIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
 # Celery's hard time limit is only a backstop behind the runner's own wall clock.
 CELERY_TIME_LIMIT_MARGIN_SECONDS = 300
+# A job deferred because its user runs their share waits this long (up to twice, with jitter) before
+# a worker tries it again.
+DEFER_SECONDS = 2.0
 
 
 def queue_name(service: str) -> str:
@@ -81,8 +93,8 @@ def job_submit(
     return run
 
 
-def job_enqueue(*, run: Run) -> None:
-    """Publish the run's id on its service level's queue."""
+def job_enqueue(*, run: Run, countdown: float | None = None) -> None:
+    """Publish the run's id on its service level's queue (to be delivered `countdown` seconds later)."""
     from scripts_app.tasks import execute_job
 
     timeout = run.timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS
@@ -90,6 +102,7 @@ def job_enqueue(*, run: Run) -> None:
         args=[str(run.pk)],
         queue=queue_name(run.service),
         time_limit=timeout + CELERY_TIME_LIMIT_MARGIN_SECONDS,
+        countdown=countdown,
     )
 
 
@@ -111,6 +124,14 @@ def job_get(*, user, job_id: str) -> Run:
     run = jobs_visible_to(user).filter(pk=pk).first()
     if run is None:
         raise NotFound(f"Job {job_id} does not exist.")
+    return run
+
+
+def job_for_change(*, user, job_id: str) -> Run:
+    """A job the user may cancel or delete: `job_get`'s, but never for an auditor (403)."""
+    run = job_get(user=user, job_id=job_id)
+    if roles.is_read_only(user):
+        raise PermissionDenied("Auditors have read-only access: they do not cancel or delete jobs.")
     return run
 
 
@@ -177,10 +198,15 @@ def _delete_files(images: list[RunImage]) -> None:
 def job_execute(*, run_id: str, worker: str) -> Run | None:
     """Claim a queued run, run it (do-eval or apply) while heartbeating, record the outcome.
 
-    Returns None when there was nothing to do (the run is gone, finished, or held by another worker)
-    or when the run was taken from this attempt while it ran (deleted, or reaped and requeued).
+    Returns None when there was nothing to do (the run is gone, finished, or held by another worker),
+    when its user is at their share of running jobs (it goes back to the queue), or when the run was
+    taken from this attempt while it ran (deleted, or reaped and requeued).
     """
-    run = job_claim(run_id=run_id, worker=worker)
+    try:
+        run = job_claim(run_id=run_id, worker=worker)
+    except JobDeferred:
+        job_defer(run_id=run_id)
+        return None
     if run is None:
         return None
     watch = RunWatch(run=run)
@@ -214,19 +240,45 @@ def job_limits(run: Run) -> runner.Limits:
     )
 
 
+class JobDeferred(Exception):
+    """The job's user already runs their share of jobs: it must wait in the queue."""
+
+
 def job_claim(*, run_id: str, worker: str) -> Run | None:
-    now = timezone.now()
-    claimed = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True).update(
-        status=Run.Status.RUNNING,
-        started_at=now,
-        heartbeat_at=now,
-        worker=worker,
-        attempts=F("attempts") + 1,
-    )
+    """Mark a queued run RUNNING for this worker; None when it is not queued any more. Raises
+    JobDeferred, claiming nothing, when its user already has their share of jobs running."""
+    queued = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True)
+    with transaction.atomic():
+        owner = queued.values_list("user_id", "service").first()
+        # Counted and claimed under the user's lock, so two workers cannot both take the last share.
+        if owner is not None and not shares.job_may_start(user_id=owner[0], service=owner[1]):
+            raise JobDeferred(run_id)
+        now = timezone.now()
+        claimed = queued.update(
+            status=Run.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            worker=worker,
+            attempts=F("attempts") + 1,
+        )
     if not claimed:
         logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
         return None
     return Run.objects.select_related("script_version").filter(pk=run_id).first()
+
+
+def job_defer(*, run_id: str) -> None:
+    """Put a job whose user is at their share back on the queue, to be tried again a little later.
+
+    Its slot goes to the next message meanwhile, so other users' jobs behind it run. `enqueued_at` is
+    renewed with each deferral: a job that keeps being deferred is not waiting on a lost message, and
+    the reaper must not publish it again (each copy would be deferred and published again in turn).
+    """
+    run = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).first()
+    if run is None or not Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(enqueued_at=timezone.now()):
+        return
+    logger.info("Run %s: its user already runs their share of jobs; back in the queue", run_id)
+    job_enqueue(run=run, countdown=DEFER_SECONDS + random.uniform(0, DEFER_SECONDS))
 
 
 def _held(run: Run):

@@ -33,6 +33,8 @@ from scripts_app.models import Dataset
 from scripts_app.services.datasets import datasets_readable_by
 
 MAX_QUERY_CHARS = 100_000
+# Rows per Arrow batch of a query's result: a result passes its byte limit by one batch at most.
+FETCH_BATCH_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -230,12 +232,31 @@ class Query:
             raise BadRequest(f"input: {_first_line(error)}") from None
 
     def fetch(self, relation: duckdb.DuckDBPyRelation) -> pa.Table:
-        """Run the relation within the time and row limits."""
-        limit = settings.OMLWEB_QUERY_MAX_ROWS
+        """Run the relation within the time, row and byte limits.
+
+        The rows arrive in batches and are counted as they come: DuckDB's memory_limit does not cover
+        the Arrow result built in this process, so a query that makes huge rows must be stopped here,
+        before it is all in memory, not after.
+        """
+        max_rows = settings.OMLWEB_QUERY_MAX_ROWS
+        max_bytes = settings.OMLWEB_QUERY_MAX_RESULT_MB * 1024**2
         timer = threading.Timer(settings.OMLWEB_QUERY_TIMEOUT_SECONDS, self.connection.interrupt)
         timer.start()
         try:
-            table = relation.limit(limit + 1).to_arrow_table()
+            reader = relation.limit(max_rows + 1).to_arrow_reader(FETCH_BATCH_ROWS)
+            batches, rows, size = [], 0, 0
+            for batch in reader:
+                rows += batch.num_rows
+                size += batch.nbytes
+                if rows > max_rows:
+                    raise BadRequest(f"input: the query gives more than {max_rows} rows, the most an apply run takes.")
+                if size > max_bytes:
+                    raise BadRequest(
+                        f"input: the query's rows take more than {settings.OMLWEB_QUERY_MAX_RESULT_MB} MB, "
+                        "the most an apply run takes (OMLWEB_QUERY_MAX_RESULT_MB)."
+                    )
+                batches.append(batch)
+            return pa.Table.from_batches(batches, schema=reader.schema)
         except duckdb.InterruptException:
             raise BadRequest(
                 f"input: the query ran longer than its limit of {settings.OMLWEB_QUERY_TIMEOUT_SECONDS:g} seconds."
@@ -248,9 +269,6 @@ class Query:
             raise BadRequest(f"input: {_first_line(error)}") from None
         finally:
             timer.cancel()
-        if table.num_rows > limit:
-            raise BadRequest(f"input: the query gives more than {limit} rows, the most an apply run takes.")
-        return table
 
 
 def _first_line(error: Exception) -> str:

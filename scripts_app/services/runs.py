@@ -16,7 +16,7 @@ from scripts_app import roles, runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError, PermissionDenied
 from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
 from scripts_app.runner.validation import storable_text
-from scripts_app.services import environments
+from scripts_app.services import environments, shares
 
 logger = logging.getLogger(__name__)
 
@@ -60,31 +60,40 @@ def run_create(
 ) -> Run:
     """Record a run of the script's current version (or the given one of its versions), QUEUED,
     with its environment and that one's lock. `started`: it runs now, in this process, so it is
-    recorded RUNNING from the start (one write fewer on the sync path)."""
+    recorded RUNNING from the start (one write fewer on the sync path).
+
+    The user's share is checked here, for the API and the pages alike: a sync run over the user's
+    runs at once, or an async job over their queued jobs, is a 429; a user over their storage quota
+    is refused (services.shares)."""
     if version is not None and version.script_id != script.pk:
         raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
     if roles.is_read_only(user):
         raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
     # A run that names no environment runs in its script's own (the default one when it has none).
     environment = check_environment(env_name or script.env_name or None)
-    return Run.objects.create(
-        script_version=version or script.current_version,
-        script_name=script.name,
-        script_owner=script.owner.get_username(),
-        user=user,
-        client_address=client_address,
-        parameters=parameters,
-        graphics=graphics,
-        env_name=environment.name if environment else environments.DEFAULT_ENVIRONMENT,
-        environment=environment,
-        env_lock=environment.lock if environment else environments.default_lock(),
-        service=service,
-        mode=mode,
-        timeout_seconds=timeout_seconds,
-        comments=comments,
-        status=Run.Status.RUNNING if started else Run.Status.QUEUED,
-        started_at=timezone.now() if started else None,
-    )
+    limits = shares.limits_for(user.pk)
+    shares.quota_check(user=user, limits=limits)
+    with transaction.atomic():
+        # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
+        shares.share_check(user=user, mode=mode, limits=limits)
+        return Run.objects.create(
+            script_version=version or script.current_version,
+            script_name=script.name,
+            script_owner=script.owner.get_username(),
+            user=user,
+            client_address=client_address,
+            parameters=parameters,
+            graphics=graphics,
+            env_name=environment.name if environment else environments.DEFAULT_ENVIRONMENT,
+            environment=environment,
+            env_lock=environment.lock if environment else environments.default_lock(),
+            service=service,
+            mode=mode,
+            timeout_seconds=timeout_seconds,
+            comments=comments,
+            status=Run.Status.RUNNING if started else Run.Status.QUEUED,
+            started_at=timezone.now() if started else None,
+        )
 
 
 def function_kwargs(parameters: dict) -> dict:
@@ -147,7 +156,14 @@ def run_execute(
 
 
 def run_record_result(*, run: Run, result: runner.Result) -> None:
+    size = shares.result_size(result)
+    refusal = shares.quota_refusal(run=run, size=size)
     with transaction.atomic():
+        if refusal is not None:
+            # Nothing of it is kept: its figures, value and streams would all count against the quota.
+            _finish(run, Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
+            return
+        run.stored_bytes = size
         for position, figure in enumerate(result.figures, start=1):
             image = RunImage(run=run, position=position, title=figure.title)
             image.image.save(f"{position}.png", ContentFile(figure.png), save=False)

@@ -163,6 +163,9 @@ def script_resolve(*, caller, name: str, owner_name: str | None = None) -> Scrip
 
 
 def own_script(*, owner, name: str) -> Script:
+    """The caller's own script, to change or delete: never for an auditor, even one who owns scripts."""
+    if is_read_only(owner):
+        raise PermissionDenied("Auditors have read-only access: they do not change scripts.")
     script = Script.objects.select_related("owner", "current_version").filter(owner=owner, name=name).first()
     if script is None:
         raise NotFound(f"Script {name!r} not found.")

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
 from django_htmx.middleware import HtmxDetails
 
 from scripts_app import roles
+from scripts_app.api.errors import json_error
+from scripts_app.api.middleware import API_PREFIXES
+from scripts_app.errors import ErrorCode
 from scripts_app.models import Run, Script
 
 
@@ -19,6 +24,26 @@ class HtmxHttpRequest(HttpRequest):
 
 def client_address(request: HttpRequest) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
+
+
+def login_locked_out(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
+    """django-axes' answer to a sign-in refused for too many failures (AXES_LOCKOUT_CALLABLE).
+
+    The token endpoint gets Oracle's error body with 429; a browser gets a page saying how long to wait.
+    Retry-After is the whole cool-off: each failure during the lockout starts it again.
+    """
+    seconds = int(settings.AXES_COOLOFF_TIME.total_seconds())
+    minutes = max(1, round(seconds / 60))
+    message = (
+        f"Too many failed sign-ins for this username from your address: sign-in is locked for "
+        f"{minutes} minute{'s' if minutes != 1 else ''} after the last attempt."
+    )
+    if request.path.startswith(API_PREFIXES):
+        response = json_error(message, ErrorCode.LOGIN_LOCKED, 429)
+    else:
+        response = render(request, "registration/locked_out.html", {"message": message}, status=429)
+    response["Retry-After"] = str(seconds)
+    return response
 
 
 def visible_script_or_404(request: HttpRequest, pk: Any) -> Script:

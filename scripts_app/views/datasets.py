@@ -33,6 +33,8 @@ def visible_dataset_or_404(request: HttpRequest, pk: UUID) -> Dataset:
 
 def own_dataset_or_403(request: HttpRequest, pk: UUID) -> Dataset:
     dataset = visible_dataset_or_404(request, pk)
+    # An auditor changes nothing, not even a dataset they uploaded before they became one.
+    require_writer(request)
     if dataset.owner_id != request.user.pk:
         raise PermissionDenied("Only the owner may change a dataset.")
     return dataset

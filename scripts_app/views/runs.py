@@ -28,6 +28,7 @@ from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
 from scripts_app.services import jobs as job_services
 from scripts_app.services import runs as run_services
+from scripts_app.services import shares as share_services
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
 from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
@@ -372,6 +373,8 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             "usernames": get_user_model().objects.order_by("username").values_list("username", flat=True)
             if sees_all and not request.htmx
             else [],
+            # The caller's own storage against their quota; not for the htmx refreshes of the list.
+            "storage": None if request.htmx else share_services.storage_summary(user=request.user),
         },
     )
 

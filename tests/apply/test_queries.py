@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+
 import pandas as pd
 import pytest
 
@@ -119,6 +121,25 @@ def test_query_row_limit(alice, alice_api, alice_iris, settings):
     response = table_apply(alice_api, "select * from IRIS")
     assert response.status_code == 400
     assert "more than 5 rows" in response.json()["errorMessage"]
+
+
+def test_query_byte_limit_stops_a_huge_result_as_it_streams(alice, alice_api, settings):
+    """Rows past OMLWEB_QUERY_MAX_RESULT_MB are a 400 while they arrive: 10 GB of rows never reach memory."""
+    settings.OMLWEB_QUERY_MAX_RESULT_MB = 1
+    make_script(alice, "count", COUNT)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    response = table_apply(alice_api, "select repeat('x', 1000) as s from range(10000000)")
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert response.status_code == 400
+    body = response.json()
+    assert body["errorCode"] == 1000
+    assert body["errorMessage"].startswith("input: the query's rows take more than 1 MB")
+    assert peak_after - peak_before < 200 * 1024**2
+    run = Run.objects.get()
+    assert (run.status, run.error_code) == (Run.Status.FAILED, 1000)
+
+    small = table_apply(alice_api, "select repeat('x', 1000) as s from range(100)")
+    assert small.json() == {"result": 100}
 
 
 @pytest.mark.parametrize(
