@@ -26,7 +26,8 @@ ensure_venv() {
     fi
 }
 
-# Packages from the operating system: bubblewrap isolates runs; chromium drives the browser tests.
+# Packages from the operating system: bubblewrap isolates runs, libseccomp2 filters their system calls;
+# chromium drives the browser tests.
 ensure_system_packages() {
     local missing=()
     for package in "$@"; do
