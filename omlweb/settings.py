@@ -143,8 +143,10 @@ OMLWEB_TOKEN_LIFETIME_SECONDS = env_int("OMLWEB_TOKEN_LIFETIME_SECONDS", 3600, m
 OMLWEB_TOKEN_MAX_AGE_SECONDS = env_int("OMLWEB_TOKEN_MAX_AGE_SECONDS", 8 * 3600, minimum=60)
 
 # Limits of one run (scripts_app.runner.Limits).
-OMLWEB_RUN_WALL_SECONDS = env_float("OMLWEB_RUN_WALL_SECONDS", 60.0)
-OMLWEB_RUN_CPU_SECONDS = env_int("OMLWEB_RUN_CPU_SECONDS", 60, minimum=1)
+# A sync client waits for its answer as long as the model runs: Oracle documents no sync limit, so the
+# default lets a 10-minute model finish. The CPU limit follows the wall clock unless set apart.
+OMLWEB_RUN_WALL_SECONDS = env_float("OMLWEB_RUN_WALL_SECONDS", 900.0)
+OMLWEB_RUN_CPU_SECONDS = env_int("OMLWEB_RUN_CPU_SECONDS", max(1, int(OMLWEB_RUN_WALL_SECONDS)), minimum=1)
 OMLWEB_RUN_MEMORY_MB = env_int("OMLWEB_RUN_MEMORY_MB", 2048, minimum=64)
 OMLWEB_RUN_MAX_PROCESSES = env_int("OMLWEB_RUN_MAX_PROCESSES", 64, minimum=1)
 OMLWEB_RUN_MAX_FILE_MB = env_int("OMLWEB_RUN_MAX_FILE_MB", 100, minimum=1)
