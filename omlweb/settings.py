@@ -162,6 +162,9 @@ OMLWEB_RUNNER_ISOLATION = env_str("OMLWEB_RUNNER_ISOLATION", "auto")
 OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot", "pyarrow.parquet"])
 OMLWEB_RUNNER_MAX_CONCURRENT = env_int("OMLWEB_RUNNER_MAX_CONCURRENT", 4, minimum=1)
 OMLWEB_RUNNER_QUEUE_TIMEOUT = env_float("OMLWEB_RUNNER_QUEUE_TIMEOUT", 5.0)
+# Most pieces of one apply run at once, whatever its service level: the levels promise LOW 2,
+# MEDIUM 4, HIGH 8; an operator may lower that here (the run's record and the status endpoint say so).
+OMLWEB_APPLY_MAX_DEGREE = env_int("OMLWEB_APPLY_MAX_DEGREE", 8, minimum=1)
 # An environment's warm template stops after this long without runs (0: never); the default one stays.
 OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS = env_float("OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS", 600.0)
 

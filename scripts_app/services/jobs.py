@@ -24,7 +24,7 @@ from django.utils import timezone
 from scripts_app import roles, runner
 from scripts_app.errors import BadRequest, Busy, ErrorCode, NotFound
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import runs
+from scripts_app.services import apply, runs
 
 logger = logging.getLogger(__name__)
 
@@ -479,6 +479,8 @@ def service_status() -> dict:
             "waiting": hms(now - oldest.created_at),
             "attempts": oldest.attempts,
         },
+        # Pieces at once of an apply run, per level: what the level promises and what is in force.
+        "degreeOfParallelism": apply.degree_report(),
         # This process's runner: the isolation level in force and what it protects against.
         "isolation": runner.isolation_report(),
     }
