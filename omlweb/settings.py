@@ -13,6 +13,7 @@ from omlweb.env import (
     broker_transport_options,
     database,
     env_bool,
+    env_date,
     env_float,
     env_int,
     env_list,
@@ -134,6 +135,11 @@ SPECTACULAR_SETTINGS = {
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
 }
 
+# Oracle retires /py-scripts/v1 on this date (its notice: "DEPRECATED@2026-03-31"). v1 keeps working
+# here; its answers carry Deprecation and Sunset headers and its metadata says DEPRECATED. Empty: v1
+# is ACTIVE, without those headers.
+OMLWEB_V1_SUNSET_DATE = env_date("OMLWEB_V1_SUNSET_DATE", "2026-03-31")
+
 # Largest request body the API reads; larger ones get a JSON 413.
 OMLWEB_MAX_BODY_BYTES = env_int("OMLWEB_MAX_BODY_BYTES", 10 * 1024**2, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = OMLWEB_MAX_BODY_BYTES
@@ -169,6 +175,8 @@ OMLWEB_APPLY_MAX_DEGREE = env_int("OMLWEB_APPLY_MAX_DEGREE", 8, minimum=1)
 OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS = env_float("OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS", 600.0)
 
 # Environments (docs/environments.md): admins define them; each worker host builds them here.
+# How long a preload (POST /py-scripts/v2/preload/conda) lasts; Oracle's have lasted 30 and 60 minutes.
+OMLWEB_PRELOAD_MINUTES = env_int("OMLWEB_PRELOAD_MINUTES", 60, minimum=1)
 OMLWEB_ENVS_DIR = Path(env_str("OMLWEB_ENVS_DIR", str(DATA_DIR / "envs"))).resolve()
 # "auto": uv when installed, else venv and pip; "uv" or "pip" to force one.
 OMLWEB_ENV_BUILDER = env_str("OMLWEB_ENV_BUILDER", "auto")

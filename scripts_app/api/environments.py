@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
@@ -10,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from scripts_app.api.serializers import StrictCharField
+from scripts_app.api.serializers import StrictBooleanField, StrictCharField
 from scripts_app.environments.builder import human_size
 from scripts_app.errors import PermissionDenied
 from scripts_app.models import Environment
@@ -169,3 +172,57 @@ class InterpreterListView(APIView):
             for interpreter in environments.available_interpreters()
         ]
         return Response({"result": rows})
+
+
+# Oracle's conda preloads (v2), on omlweb's environments
+
+
+class PreloadRequestSerializer(serializers.Serializer):
+    envName = StrictCharField(max_length=64)
+    overwrite = StrictBooleanField(required=False, default=False)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": "Must be a JSON object."})
+        return super().to_internal_value(data)
+
+
+def preload_row(preload) -> dict:
+    """One preload as Oracle shows it: dates like "Jul 31, 2025 01:37:19 UTC", the age as words."""
+    seconds = int((timezone.now() - preload.created_at).total_seconds())
+    return {
+        "envName": preload.environment.name,
+        "created": _oracle_long_date(preload.created_at),
+        "expires": _oracle_long_date(preload.expires_at),
+        "duration": f"{seconds // 3600} hrs, {seconds % 3600 // 60} mins, {seconds % 60} secs",
+    }
+
+
+def _oracle_long_date(moment) -> str:
+    return moment.astimezone(UTC).strftime("%b %d, %Y %H:%M:%S UTC")
+
+
+class PreloadListView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="The caller's preloaded environments (v2)")
+    def get(self, request: Request) -> Response:
+        return Response({"environments": [preload_row(p) for p in environments.preloads_of(user=request.user)]})
+
+    @extend_schema(
+        request=PreloadRequestSerializer,
+        responses={201: OpenApiTypes.OBJECT, **ERRORS},
+        summary="Preload an environment (v2; omlweb: checks it can run now and records the preload)",
+    )
+    def post(self, request: Request) -> Response:
+        body = PreloadRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        preload = environments.preload_create(
+            user=request.user, name=body.validated_data["envName"], overwrite=body.validated_data["overwrite"]
+        )
+        return Response({"result": preload_row(preload)}, status=201)
+
+
+class PreloadDetailView(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Remove a preloaded environment (v2)")
+    def delete(self, request: Request, name: str) -> Response:
+        environments.preload_delete(user=request.user, name=name)
+        return Response({"result": f"Preloaded environment {name!r} deleted successfully"})

@@ -2,6 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from scripts_app.api import environments, views
+from scripts_app.services.scripts import SCRIPT_TYPES
 
 # v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
 VERSION = r"(?P<version>v[12])"
@@ -12,6 +13,12 @@ urlpatterns = [
     path("oml/api/py-scripts", views.VersionCatalogView.as_view(), name="oml-versions"),
     re_path(rf"^oml/api/py-scripts/{VERSION}$", views.VersionView.as_view(), name="oml-version"),
     re_path(rf"^oml/api/py-scripts/{VERSION}/scripts$", views.ScriptListView.as_view(), name="oml-scripts"),
+    # Oracle's v2 lists by type; no script may be named like a type (scripts.validate_name).
+    re_path(
+        rf"^oml/api/py-scripts/(?P<version>v2)/scripts/(?P<script_type>{'|'.join(SCRIPT_TYPES)})$",
+        views.ScriptTypeListView.as_view(),
+        name="oml-scripts-by-type",
+    ),
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)$",
         views.ScriptDetailView.as_view(),
@@ -24,26 +31,34 @@ urlpatterns = [
         name="oml-dataset",
     ),
     re_path(
-        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants(?:/(?P<user>[^/]+))?$",
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants$",
         views.DatasetGrantView.as_view(),
         name="oml-dataset-grants",
     ),
     re_path(
-        rf"^oml/api/py-scripts/{VERSION}/do-eval/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
-        views.DoEvalView.as_view(),
-        name="oml-do-eval",
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants/(?P<user>[^/]+)$",
+        views.DatasetRevokeView.as_view(),
+        name="oml-dataset-grant",
     ),
+    # Each execution endpoint twice: the caller's (or a global) script, and another owner's.
     *[
-        re_path(
-            rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
-            view.as_view(),
-            name=f"oml-{endpoint}",
-        )
+        pattern
         for endpoint, view in (
+            ("do-eval", views.DoEvalView),
             ("table-apply", views.TableApplyView),
             ("row-apply", views.RowApplyView),
             ("group-apply", views.GroupApplyView),
             ("index-apply", views.IndexApplyView),
+        )
+        for pattern in (
+            re_path(
+                rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)$", view.as_view(), name=f"oml-{endpoint}"
+            ),
+            re_path(
+                rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)/(?P<owner>[^/]+)$",
+                view.as_view(),
+                name=f"oml-{endpoint}-owner",
+            ),
         )
     ],
     re_path(rf"^oml/api/py-scripts/{VERSION}/jobs$", views.JobListView.as_view(), name="oml-jobs"),
@@ -69,6 +84,13 @@ urlpatterns = [
         rf"^oml/api/py-scripts/{VERSION}/envs/(?P<name>[^/]+)/rebuild$",
         environments.EnvironmentRebuildView.as_view(),
         name="oml-env-rebuild",
+    ),
+    # Oracle's conda preloads, on omlweb's environments (v2 only, as Oracle).
+    path("oml/api/py-scripts/v2/preload/conda", environments.PreloadListView.as_view(), name="oml-preloads"),
+    path(
+        "oml/api/py-scripts/v2/preload/conda/<str:name>",
+        environments.PreloadDetailView.as_view(),
+        name="oml-preload",
     ),
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/interpreters$",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.db import transaction
 from django.urls import reverse
@@ -357,6 +358,16 @@ class ScriptListView(APIView):
         return Response({"result": ScriptRowSerializer(script).data}, status=200 if existed else 201)
 
 
+class ScriptTypeListView(APIView):
+    @extend_schema(
+        responses={200: ScriptRowSerializer(many=True), **ERRORS},
+        summary="Scripts of one type: user (own), all, global, grant (granted by the caller), granted (to it) (v2)",
+    )
+    def get(self, request: Request, version: str, script_type: str) -> Response:
+        rows = scripts.scripts_of_type(user=request.user, script_type=script_type).order_by("owner__username", "name")
+        return Response({"result": ScriptRowSerializer(rows, many=True).data})
+
+
 class ScriptDetailView(APIView):
     @extend_schema(responses={200: ScriptRowSerializer, **ERRORS}, summary="One script the caller may run")
     def get(self, request: Request, version: str, name: str) -> Response:
@@ -479,8 +490,11 @@ class DatasetGrantView(APIView):
         datasets.dataset_grant(dataset=dataset, grantee=_user(body.validated_data["user"]))
         return Response({"result": "dataset granted successfully"})
 
+
+class DatasetRevokeView(APIView):
     @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
     def delete(self, request: Request, version: str, name: str, user: str) -> Response:
+        """Take back another user's read access to one of the caller's datasets."""
         dataset = datasets.own_dataset(owner=request.user, name=name)
         datasets.dataset_revoke(dataset=dataset, grantee=_user(user))
         return Response({"result": "dataset revoked successfully"})
@@ -495,20 +509,27 @@ def _user(username: str):
 
 # Version metadata, as Oracle's GET /py-scripts and /py-scripts/{version}
 
-VERSIONS = {
-    "v1": {"isLatest": False, "lifecycle": "ACTIVE"},
-    "v2": {"isLatest": True, "lifecycle": "ACTIVE"},
-}
+VERSIONS = ("v1", "v2")
+
+
+def lifecycle(version: str) -> dict:
+    """Oracle's isLatest and lifecycle: v1 is "DEPRECATED@<OMLWEB_V1_SUNSET_DATE>" while that is set."""
+    sunset = settings.OMLWEB_V1_SUNSET_DATE
+    if version == "v1":
+        return {"isLatest": False, "lifecycle": f"DEPRECATED@{sunset.isoformat()}" if sunset else "ACTIVE"}
+    return {"isLatest": True, "lifecycle": "ACTIVE"}
 
 
 def version_metadata(request: Request, version: str) -> dict:
     base = request.build_absolute_uri(f"/oml/api/py-scripts/{version}")
-    children = ["envs", "scripts", "datasets"]
+    children = ["envs", "scripts", "datasets", "jobs/{jobId}", "jobs/{jobId}/result"]
+    if version == "v2":
+        children += ["scripts/{scriptType}", "jobs", "jobs/{jobId}/cancel", "preload/conda", "preload/conda/{envName}"]
     for endpoint in ("do-eval", "table-apply", "row-apply", "group-apply", "index-apply"):
         children += [f"{endpoint}/{{scriptName}}", f"{endpoint}/{{scriptName}}/{{ownerName}}"]
     return {
         "version": version,
-        **VERSIONS[version],
+        **lifecycle(version),
         "links": [{"rel": "self", "href": base}] + [{"rel": "child", "href": f"{base}/{c}"} for c in children],
     }
 

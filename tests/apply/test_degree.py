@@ -13,7 +13,13 @@ from tests.apply.test_endpoints import apply
 from tests.factories import make_script
 
 # Each piece reports when it ran, by its own clock: the proof does not trust the service's record.
-STAMPED = "import time\n\ndef stamped(i):\n    start = time.time()\n    time.sleep(3)\n    return [i, start, time.time()]\n"
+STAMPED = """import time
+
+def stamped(i):
+    start = time.time()
+    time.sleep(3)
+    return [i, start, time.time()]
+"""
 
 
 @pytest.fixture
