@@ -133,6 +133,13 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # OpenAPI 3.1, so that nullable fields are plain JSON Schema (["string", "null"]).
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "scripts_app.api.schema.postprocess",
+    ],
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # Oracle retires /py-scripts/v1 on this date (its notice: "DEPRECATED@2026-03-31"). v1 keeps working

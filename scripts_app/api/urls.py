@@ -2,7 +2,6 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from scripts_app.api import environments, views
-from scripts_app.services.scripts import SCRIPT_TYPES
 
 # v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
 VERSION = r"(?P<version>v[12])"
@@ -13,12 +12,7 @@ urlpatterns = [
     path("oml/api/py-scripts", views.VersionCatalogView.as_view(), name="oml-versions"),
     re_path(rf"^oml/api/py-scripts/{VERSION}$", views.VersionView.as_view(), name="oml-version"),
     re_path(rf"^oml/api/py-scripts/{VERSION}/scripts$", views.ScriptListView.as_view(), name="oml-scripts"),
-    # Oracle's v2 lists by type; no script may be named like a type (scripts.validate_name).
-    re_path(
-        rf"^oml/api/py-scripts/(?P<version>v2)/scripts/(?P<script_type>{'|'.join(SCRIPT_TYPES)})$",
-        views.ScriptTypeListView.as_view(),
-        name="oml-scripts-by-type",
-    ),
+    # In v2, scripts/{user,all,global,grant,granted} lists scripts by type (no script has these names).
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)$",
         views.ScriptDetailView.as_view(),

@@ -64,8 +64,8 @@ def test_a_script_cannot_be_named_like_a_type(alice, alice_api):
 
 
 def test_script_types_take_no_writes(repository, alice_api):
-    """PUT or DELETE on a type is a JSON 405, and deletes nothing."""
-    assert_oml_error(alice_api.delete(f"{V2}/scripts/user"), 405)
+    """DELETE on a type finds no script of that name (404), and deletes nothing."""
+    assert_oml_error(alice_api.delete(f"{V2}/scripts/user"), 404)
     assert Script.objects.filter(owner__username="alice").count() == 2
 
 
