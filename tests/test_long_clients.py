@@ -140,7 +140,9 @@ def test_long_jobs_long_sync_runs_and_polls_on_one_keep_alive_connection(tmp_pat
         assert [(status, body) for status, body, _ in long_results] == [(200, {"result": LONG_SYNC_SECONDS})] * 3
         assert all(seconds >= LONG_SYNC_SECONDS for _, _, seconds in long_results)
 
-        # The record agrees: the job SUCCEEDED, and a normal run still succeeds afterwards.
+        # The record agrees: the job SUCCEEDED, and a normal run still succeeds afterwards. A new
+        # connection: `side` has been idle longer than the keep-alive (75 s), and was closed, rightly.
+        side = Client(base, bearer)
         status, _, body = side.call("GET", "/oml/api/py-scripts/v2/jobs")
         assert status == 200
         [row] = body["result"]
