@@ -9,6 +9,7 @@ piece that fails fails the run, with a message naming the piece, and stops the o
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import io
@@ -394,7 +395,7 @@ def apply_execute(
         run.apply_options["degreeLimitedBy"] = f"OMLWEB_APPLY_MAX_DEGREE={settings.OMLWEB_APPLY_MAX_DEGREE}"
     base = limits or limits_from_settings()
     try:
-        with runner.slot():
+        with runner.slot() if pieces else contextlib.nullcontext():
             failed = _run_pieces(
                 run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base, python=python
             )

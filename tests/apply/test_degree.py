@@ -85,3 +85,22 @@ def test_an_operator_cap_lowers_the_degree_and_says_so(alice, alice_api, admin_a
     response = apply(alice_api, "index-apply", "stamped", {"times": 2, "parallelFlag": True, "service": "LOW"})
     assert response.status_code == 200
     assert "degreeLimitedBy" not in Run.objects.order_by("-created_at").first().apply_options
+
+
+def test_an_apply_run_that_finds_no_slot_is_a_clear_busy(alice, alice_api):
+    """Every runner slot taken: the apply run is a 503 (1040) recorded FAILED; with a slot free it runs."""
+    before = runner.config.current()
+    runner.configure(max_concurrent=1, queue_timeout=0.5)
+    make_script(alice, "stamped", STAMPED.replace("sleep(3)", "sleep(0)"))
+    try:
+        with runner.slot():
+            response = apply(alice_api, "index-apply", "stamped", {"times": 2, "parallelFlag": True})
+        assert response.status_code == 503
+        assert response.json()["errorCode"] == 1040
+        run = Run.objects.get()
+        assert (run.status, run.error_code) == (Run.Status.FAILED, 1040)
+        response = apply(alice_api, "index-apply", "stamped", {"times": 2, "parallelFlag": True})
+        assert response.status_code == 200, response.content
+        assert [piece[0] for piece in response.json()["result"]] == [1, 2]
+    finally:
+        runner.configure(max_concurrent=before.max_concurrent, queue_timeout=before.queue_timeout)
