@@ -105,3 +105,22 @@ def test_gunicorn_keeps_idle_connections_well_above_a_poll_interval(monkeypatch)
         importlib.reload(conf)
     monkeypatch.delenv("OMLWEB_WEB_KEEPALIVE_SECONDS")
     importlib.reload(conf)
+
+
+def test_by_default_a_ten_minute_sync_model_fits_and_cpu_follows_the_wall_clock():
+    """OMLWEB_RUN_WALL_SECONDS defaults above 10 minutes; the CPU limit follows it unless set apart."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'omlweb.settings'; django.setup();"
+        "from django.conf import settings as s; print(s.OMLWEB_RUN_WALL_SECONDS, s.OMLWEB_RUN_CPU_SECONDS)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMLWEB_RUN_WALL_SECONDS", "OMLWEB_RUN_CPU_SECONDS")}
+    wall, cpu = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
+    assert float(wall) >= 600
+    assert int(cpu) == int(float(wall))
+    env["OMLWEB_RUN_WALL_SECONDS"] = "1200"
+    wall, cpu = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
+    assert (float(wall), int(cpu)) == (1200.0, 1200)
