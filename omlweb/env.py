@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import secrets
 from pathlib import Path
@@ -143,3 +144,14 @@ def broker_transport_options(url: str, data_dir: Path) -> dict:
     if scheme in {"redis", "rediss"}:
         return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
     return {}
+
+
+def env_date(name: str, default: str) -> datetime.date | None:
+    """An ISO date (2026-03-31); empty means none."""
+    value = os.environ.get(name, default).strip()
+    if not value:
+        return None
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r}: not a date (YYYY-MM-DD)") from None

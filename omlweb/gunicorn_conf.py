@@ -1,6 +1,29 @@
-"""gunicorn settings that `manage.py serve` loads (`--config python:omlweb.gunicorn_conf`)."""
+"""gunicorn settings that `manage.py serve` loads (`--config python:omlweb.gunicorn_conf`).
+
+Connection handling is tuned for OML clients that poll: an async client polls its job's `Location`
+every few seconds on one keep-alive connection (dbt-oracle: every 2 s). gunicorn's default keep-alive
+is 2 s, so the server closed the idle connection just as the client reused it and the client saw
+`RemoteDisconnected` and failed the model. docs/deployment.md gives the reverse-proxy settings to match.
+"""
 
 import threading
+
+from omlweb.env import env_int
+
+# gthread workers keep idle keep-alive connections in a poller, not in a thread: a long keep-alive
+# costs a file descriptor, never a thread. 75 s is nginx's default and well above any poll interval.
+keepalive = env_int("OMLWEB_WEB_KEEPALIVE_SECONDS", 75, minimum=1)
+# Connections (active and idle keep-alive) one worker process holds; beyond it new ones wait.
+worker_connections = 1000
+# Threaded workers: a sync run holds its request's thread while it waits on the run's process, so
+# there are more threads than run slots (OMLWEB_WEB_THREADS, default 16, against
+# OMLWEB_RUNNER_MAX_CONCURRENT, default 4): polls, tokens and submits always find a free thread.
+worker_class = "gthread"
+# The worker's main thread reports to the arbiter between requests' events, whatever its request
+# threads do: a sync run of many minutes is not a silent worker. A hung process is replaced after this.
+timeout = 120
+# On a stop, requests in flight (sync runs among them) get this long to finish.
+graceful_timeout = 30
 
 
 def post_worker_init(worker) -> None:

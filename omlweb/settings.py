@@ -14,6 +14,7 @@ from omlweb.env import (
     broker_transport_options,
     database,
     env_bool,
+    env_date,
     env_float,
     env_int,
     env_list,
@@ -155,7 +156,19 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # OpenAPI 3.1, so that nullable fields are plain JSON Schema (["string", "null"]).
+    "OAS_VERSION": "3.1.0",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "scripts_app.api.schema.postprocess",
+    ],
+    "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# Oracle retires /py-scripts/v1 on this date (its notice: "DEPRECATED@2026-03-31"). v1 keeps working
+# here; its answers carry Deprecation and Sunset headers and its metadata says DEPRECATED. Empty: v1
+# is ACTIVE, without those headers.
+OMLWEB_V1_SUNSET_DATE = env_date("OMLWEB_V1_SUNSET_DATE", "2026-03-31")
 
 # Largest request body the API reads; larger ones get a JSON 413.
 OMLWEB_MAX_BODY_BYTES = env_int("OMLWEB_MAX_BODY_BYTES", 10 * 1024**2, minimum=1024)
@@ -166,8 +179,10 @@ OMLWEB_TOKEN_LIFETIME_SECONDS = env_int("OMLWEB_TOKEN_LIFETIME_SECONDS", 3600, m
 OMLWEB_TOKEN_MAX_AGE_SECONDS = env_int("OMLWEB_TOKEN_MAX_AGE_SECONDS", 8 * 3600, minimum=60)
 
 # Limits of one run (scripts_app.runner.Limits).
-OMLWEB_RUN_WALL_SECONDS = env_float("OMLWEB_RUN_WALL_SECONDS", 60.0)
-OMLWEB_RUN_CPU_SECONDS = env_int("OMLWEB_RUN_CPU_SECONDS", 60, minimum=1)
+# A sync client waits for its answer as long as the model runs: Oracle documents no sync limit, so the
+# default lets a 10-minute model finish. The CPU limit follows the wall clock unless set apart.
+OMLWEB_RUN_WALL_SECONDS = env_float("OMLWEB_RUN_WALL_SECONDS", 900.0)
+OMLWEB_RUN_CPU_SECONDS = env_int("OMLWEB_RUN_CPU_SECONDS", max(1, int(OMLWEB_RUN_WALL_SECONDS)), minimum=1)
 OMLWEB_RUN_MEMORY_MB = env_int("OMLWEB_RUN_MEMORY_MB", 2048, minimum=64)
 OMLWEB_RUN_MAX_PROCESSES = env_int("OMLWEB_RUN_MAX_PROCESSES", 64, minimum=1)
 OMLWEB_RUN_MAX_FILE_MB = env_int("OMLWEB_RUN_MAX_FILE_MB", 100, minimum=1)
@@ -183,6 +198,9 @@ OMLWEB_RUNNER_ISOLATION = env_str("OMLWEB_RUNNER_ISOLATION", "auto")
 OMLWEB_RUNNER_PRELOAD = env_list("OMLWEB_RUNNER_PRELOAD", ["numpy", "pandas", "matplotlib.pyplot", "pyarrow.parquet"])
 OMLWEB_RUNNER_MAX_CONCURRENT = env_int("OMLWEB_RUNNER_MAX_CONCURRENT", 4, minimum=1)
 OMLWEB_RUNNER_QUEUE_TIMEOUT = env_float("OMLWEB_RUNNER_QUEUE_TIMEOUT", 5.0)
+# Most pieces of one apply run at once, whatever its service level: the levels promise LOW 2,
+# MEDIUM 4, HIGH 8; an operator may lower that here (the run's record and the status endpoint say so).
+OMLWEB_APPLY_MAX_DEGREE = env_int("OMLWEB_APPLY_MAX_DEGREE", 8, minimum=1)
 # An environment's warm template stops after this long without runs (0: never); the default one stays.
 OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS = env_float("OMLWEB_RUNNER_TEMPLATE_IDLE_SECONDS", 600.0)
 # Size of each run's own /tmp (its working directory) and /dev/shm, a tmpfs each.
@@ -191,6 +209,8 @@ OMLWEB_RUNNER_TMP_MB = env_int("OMLWEB_RUNNER_TMP_MB", 512, minimum=1)
 OMLWEB_RUNNER_CGROUPS = env_bool("OMLWEB_RUNNER_CGROUPS", True)
 
 # Environments (docs/environments.md): admins define them; each worker host builds them here.
+# How long a preload (POST /py-scripts/v2/preload/conda) lasts; Oracle's have lasted 30 and 60 minutes.
+OMLWEB_PRELOAD_MINUTES = env_int("OMLWEB_PRELOAD_MINUTES", 60, minimum=1)
 OMLWEB_ENVS_DIR = Path(env_str("OMLWEB_ENVS_DIR", str(DATA_DIR / "envs"))).resolve()
 # "auto": uv when installed, else venv and pip; "uv" or "pip" to force one.
 OMLWEB_ENV_BUILDER = env_str("OMLWEB_ENV_BUILDER", "auto")

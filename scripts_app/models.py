@@ -156,6 +156,21 @@ class Environment(models.Model):
         return self.status == self.Status.READY
 
 
+class EnvironmentPreload(models.Model):
+    """A user's preload of an environment (Oracle's v2 /preload/conda), kept until it expires."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preloads")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="preloads")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "environment"], name="one_preload_per_user_and_env")]
+
+    def __str__(self) -> str:
+        return f"{self.user}/{self.environment}"
+
+
 # Oracle's most parallel pieces at once per service level.
 SERVICE_LEVEL_DEGREE = {ServiceLevel.LOW: 2, ServiceLevel.MEDIUM: 4, ServiceLevel.HIGH: 8}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from omlweb.env import database, env_bool, env_int, secret_key
+from omlweb.env import database, env_bool, env_date, env_int, secret_key
 
 
 def test_default_database_is_sqlite_in_the_data_dir(tmp_path):
@@ -76,3 +76,51 @@ def test_no_secret_key_in_the_repository():
     settings_text = (root / "omlweb" / "settings.py").read_text()
     assert "SECRET_KEY = secret_key(" in settings_text
     assert not (root / "secret_key").exists()
+
+
+def test_dates_are_iso_or_empty(monkeypatch):
+    """OMLWEB_V1_SUNSET_DATE: an ISO date, empty for none; anything else fails at start-up."""
+    import datetime
+
+    assert env_date("OMLWEB_V1_SUNSET_DATE", "2026-03-31") == datetime.date(2026, 3, 31)
+    monkeypatch.setenv("OMLWEB_V1_SUNSET_DATE", "")
+    assert env_date("OMLWEB_V1_SUNSET_DATE", "2026-03-31") is None
+    monkeypatch.setenv("OMLWEB_V1_SUNSET_DATE", "31/03/2026")
+    with pytest.raises(ImproperlyConfigured, match="not a date"):
+        env_date("OMLWEB_V1_SUNSET_DATE", "2026-03-31")
+
+
+def test_gunicorn_keeps_idle_connections_well_above_a_poll_interval(monkeypatch):
+    """gunicorn's config: 75 s keep-alive (its own default, 2 s, equals dbt-oracle's poll interval), threads."""
+    import importlib
+
+    import omlweb.gunicorn_conf as conf
+
+    assert importlib.reload(conf).keepalive == 75
+    assert conf.worker_class == "gthread"
+    monkeypatch.setenv("OMLWEB_WEB_KEEPALIVE_SECONDS", "120")
+    assert importlib.reload(conf).keepalive == 120
+    monkeypatch.setenv("OMLWEB_WEB_KEEPALIVE_SECONDS", "0")
+    with pytest.raises(ImproperlyConfigured):
+        importlib.reload(conf)
+    monkeypatch.delenv("OMLWEB_WEB_KEEPALIVE_SECONDS")
+    importlib.reload(conf)
+
+
+def test_by_default_a_ten_minute_sync_model_fits_and_cpu_follows_the_wall_clock():
+    """OMLWEB_RUN_WALL_SECONDS defaults above 10 minutes; the CPU limit follows it unless set apart."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'omlweb.settings'; django.setup();"
+        "from django.conf import settings as s; print(s.OMLWEB_RUN_WALL_SECONDS, s.OMLWEB_RUN_CPU_SECONDS)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMLWEB_RUN_WALL_SECONDS", "OMLWEB_RUN_CPU_SECONDS")}
+    wall, cpu = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
+    assert float(wall) >= 600
+    assert int(cpu) == int(float(wall))
+    env["OMLWEB_RUN_WALL_SECONDS"] = "1200"
+    wall, cpu = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
+    assert (float(wall), int(cpu)) == (1200.0, 1200)

@@ -2,22 +2,73 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from django.urls import reverse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from scripts_app.api.serializers import StrictCharField
+from scripts_app.api.schema import message, result_of
+from scripts_app.api.serializers import StrictBooleanField, StrictCharField
 from scripts_app.environments.builder import human_size
 from scripts_app.errors import PermissionDenied
 from scripts_app.models import Environment
 from scripts_app.roles import is_admin
 from scripts_app.services import environments
 
-ERRORS = dict.fromkeys((400, 401, 403, 404, 409), OpenApiTypes.OBJECT)
+ENV_SUMMARY = {
+    "type": "object",
+    "description": "Oracle's shape of an environment in GET envs.",
+    "properties": {
+        "name": {"type": "string"},
+        "description": {"type": "string"},
+        "size": {"type": ["string", "null"]},
+        "number_of_installed_packages": {"type": ["integer", "null"]},
+        "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    "required": ["name", "tags"],
+}
+ENV_LIST = {
+    "type": "object",
+    "properties": {
+        "result": {
+            "type": "object",
+            "properties": {"envs": {"type": "array", "items": ENV_SUMMARY}},
+            "required": ["envs"],
+        }
+    },
+    "required": ["result"],
+}
+ENV_DETAIL = {
+    "type": "object",
+    "properties": {
+        "result": {
+            "type": "object",
+            "description": "The environment: name, status, packages, python, lock, build times (and log, for admins).",
+            "properties": {
+                "name": {"type": "string"},
+                "status": {"type": "string", "enum": ["BUILDING", "READY", "FAILED"]},
+                "lock": {"type": ["string", "null"]},
+            },
+            "required": ["name"],
+        }
+    },
+    "required": ["result"],
+}
+PRELOAD = {
+    "type": "object",
+    "properties": {
+        "envName": {"type": "string"},
+        "created": {"type": "string", "description": 'e.g. "Jul 31, 2025 01:37:19 UTC"'},
+        "expires": {"type": "string"},
+        "duration": {"type": "string", "description": 'e.g. "0 hrs, 27 mins, 38 secs"'},
+    },
+    "required": ["envName", "created", "expires", "duration"],
+}
 
 
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
@@ -35,6 +86,13 @@ class PackagesField(serializers.Field):
 
     def to_representation(self, value):
         return value
+
+
+class InterpreterSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    version = serializers.CharField()
+    serviceOwn = serializers.BooleanField()
+    worldReadable = serializers.BooleanField()
 
 
 class EnvironmentWriteSerializer(serializers.Serializer):
@@ -76,14 +134,16 @@ def _admin_only(request: Request) -> None:
 
 
 class EnvironmentListView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="List environments (as Oracle's envs)")
+    @extend_schema(responses={200: ENV_LIST}, summary="List environments (as Oracle's envs)", operation_id="envList")
     def get(self, request: Request, version: str) -> Response:
         return Response({"result": {"envs": environments.environment_summaries()}})
 
     @extend_schema(
         request=EnvironmentWriteSerializer,
-        responses={201: OpenApiTypes.OBJECT, **ERRORS},
+        responses={201: ENV_DETAIL},
+        parameters=[OpenApiParameter("Location", str, location=OpenApiParameter.HEADER, response=[201])],
         summary="Define an environment and start building it (admins)",
+        operation_id="envCreate",
     )
     def post(self, request: Request, version: str) -> Response:
         _admin_only(request)
@@ -108,7 +168,7 @@ class EnvironmentListView(APIView):
 
 
 class EnvironmentDetailView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="One environment, with its lock")
+    @extend_schema(responses={200: ENV_DETAIL}, summary="One environment, with its lock", operation_id="envGet")
     def get(self, request: Request, version: str, name: str) -> Response:
         if name == environments.DEFAULT_ENVIRONMENT:
             info = environments.default_info()
@@ -118,8 +178,9 @@ class EnvironmentDetailView(APIView):
 
     @extend_schema(
         request=EnvironmentWriteSerializer,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+        responses={200: ENV_DETAIL},
         summary="Change an environment (admins); new packages or Python rebuild it",
+        operation_id="envUpdate",
     )
     def put(self, request: Request, version: str, name: str) -> Response:
         _admin_only(request)
@@ -137,7 +198,11 @@ class EnvironmentDetailView(APIView):
         )
         return Response({"result": environment_detail(environment, with_log=True)})
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Delete an environment (admins)")
+    @extend_schema(
+        responses={200: message("EnvironmentDeleted")},
+        summary="Delete an environment (admins)",
+        operation_id="envDelete",
+    )
     def delete(self, request: Request, version: str, name: str) -> Response:
         _admin_only(request)
         environment = environments.environment_get(name=name)
@@ -147,7 +212,10 @@ class EnvironmentDetailView(APIView):
 
 class EnvironmentRebuildView(APIView):
     @extend_schema(
-        request=None, responses={202: OpenApiTypes.OBJECT, **ERRORS}, summary="Build an environment afresh (admins)"
+        request=None,
+        responses={202: ENV_DETAIL},
+        summary="Build an environment afresh (admins)",
+        operation_id="envRebuild",
     )
     def post(self, request: Request, version: str, name: str) -> Response:
         _admin_only(request)
@@ -157,7 +225,11 @@ class EnvironmentRebuildView(APIView):
 
 
 class InterpreterListView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Interpreters environments can use")
+    @extend_schema(
+        responses={200: result_of("InterpreterList", InterpreterSerializer(many=True))},
+        summary="Interpreters environments can use",
+        operation_id="interpreterList",
+    )
     def get(self, request: Request, version: str) -> Response:
         rows = [
             {
@@ -169,3 +241,72 @@ class InterpreterListView(APIView):
             for interpreter in environments.available_interpreters()
         ]
         return Response({"result": rows})
+
+
+# Oracle's conda preloads (v2), on omlweb's environments
+
+
+class PreloadRequestSerializer(serializers.Serializer):
+    envName = StrictCharField(max_length=64)
+    overwrite = StrictBooleanField(required=False, default=False)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"body": "Must be a JSON object."})
+        return super().to_internal_value(data)
+
+
+def preload_row(preload) -> dict:
+    """One preload as Oracle shows it: dates like "Jul 31, 2025 01:37:19 UTC", the age as words."""
+    seconds = int((timezone.now() - preload.created_at).total_seconds())
+    return {
+        "envName": preload.environment.name,
+        "created": _oracle_long_date(preload.created_at),
+        "expires": _oracle_long_date(preload.expires_at),
+        "duration": f"{seconds // 3600} hrs, {seconds % 3600 // 60} mins, {seconds % 60} secs",
+    }
+
+
+def _oracle_long_date(moment) -> str:
+    return moment.astimezone(UTC).strftime("%b %d, %Y %H:%M:%S UTC")
+
+
+class PreloadListView(APIView):
+    @extend_schema(
+        responses={
+            200: {
+                "type": "object",
+                "properties": {"environments": {"type": "array", "items": PRELOAD}},
+                "required": ["environments"],
+            }
+        },
+        summary="The caller's preloaded environments (v2)",
+        operation_id="preloadList",
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"environments": [preload_row(p) for p in environments.preloads_of(user=request.user)]})
+
+    @extend_schema(
+        request=PreloadRequestSerializer,
+        responses={201: {"type": "object", "properties": {"result": PRELOAD}, "required": ["result"]}},
+        summary="Preload an environment (v2; omlweb: checks it can run now and records the preload)",
+        operation_id="preloadCreate",
+    )
+    def post(self, request: Request) -> Response:
+        body = PreloadRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        preload = environments.preload_create(
+            user=request.user, name=body.validated_data["envName"], overwrite=body.validated_data["overwrite"]
+        )
+        return Response({"result": preload_row(preload)}, status=201)
+
+
+class PreloadDetailView(APIView):
+    @extend_schema(
+        responses={200: message("PreloadDeleted")},
+        summary="Remove a preloaded environment (v2)",
+        operation_id="preloadDelete",
+    )
+    def delete(self, request: Request, name: str) -> Response:
+        environments.preload_delete(user=request.user, name=name)
+        return Response({"result": f"Preloaded environment {name!r} deleted successfully"})

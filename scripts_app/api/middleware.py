@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import calendar
 import json
 import logging
 import re
@@ -7,6 +8,7 @@ import tempfile
 
 from django.conf import settings
 from django.http import HttpResponseBadRequest
+from django.utils.http import http_date
 
 from scripts_app.api.errors import DATABASE_DOWN, database_unavailable, error_body, json_error, unavailable_response
 from scripts_app.errors import ErrorCode
@@ -16,6 +18,9 @@ logger = logging.getLogger(__name__)
 API_PREFIXES = ("/oml/", "/omlusers/")
 # Dataset uploads carry files: their own, larger limit.
 DATASET_UPLOAD = re.compile(r"^/oml/api/py-scripts/v[12]/datasets(/[^/]+)?$")
+# Some Oracle deployments print the tenant-qualified base path; it is an alias of /oml/api/.
+TENANT_BASE = re.compile(r"^/oml/tenants/[^/]+/databases/[^/]+/api/")
+V1 = re.compile(r"^/oml/api/py-scripts/v1(/|$)")
 
 
 class OmlApiMiddleware:
@@ -31,12 +36,18 @@ class OmlApiMiddleware:
     def __call__(self, request):
         if "\x00" in request.path or "%00" in request.META.get("QUERY_STRING", ""):
             message = "The URL holds a NUL character (%00), which no name or value can hold."
-            if request.path.startswith(API_PREFIXES):
+            if is_api(canonical_path(request.path_info)):
                 return json_error(message, ErrorCode.UNSUPPORTED_VALUE, 400)
             return HttpResponseBadRequest(message, content_type="text/plain")
-        if not request.path.startswith(API_PREFIXES):
+        path = canonical_path(request.path_info)
+        if not is_api(path):
             return self.get_response(request)
-        limit = body_limit(request.path)
+        if path != request.path_info:
+            # A base URL with a trailing slash (//omlusers/...), a tenant-qualified path or a trailing
+            # slash: served as the path it means, not redirected (a redirected POST loses its body).
+            request.path = request.META.get("SCRIPT_NAME", "").rstrip("/") + path
+            request.path_info = path
+        limit = body_limit(path)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -53,20 +64,42 @@ class OmlApiMiddleware:
                 response = json_error(f"Method {request.method} not allowed.", ErrorCode.BAD_REQUEST, 405)
         response["Cache-Control"] = "no-cache, no-store, private"
         response["X-XSS-Protection"] = "1;mode=block"
+        sunset = settings.OMLWEB_V1_SUNSET_DATE
+        if sunset is not None and V1.match(path):
+            # RFC 9745 and RFC 8594. Oracle's notice gives one date, "DEPRECATED@<date>", for both.
+            moment = calendar.timegm(sunset.timetuple())
+            response["Deprecation"] = f"@{moment}"
+            response["Sunset"] = http_date(moment)
+            response["Link"] = f'<{request.build_absolute_uri("/oml/api/py-scripts/v2")}>; rel="successor-version"'
         return response
 
     def process_exception(self, request, exception):
-        if request.path.startswith(API_PREFIXES) and isinstance(exception, DATABASE_DOWN):
+        if is_api(request.path) and isinstance(exception, DATABASE_DOWN):
             return unavailable_response(database_unavailable(exception))
-        if request.path.startswith(API_PREFIXES):
+        if is_api(request.path):
             logger.exception("Unhandled error at %s", request.path)
             return json_error("Internal error of the service.", ErrorCode.INTERNAL, 500)
         return None
 
 
+def canonical_path(path: str) -> str:
+    """The API path a request means: repeated slashes as one, the tenant alias, no trailing slash."""
+    path = re.sub(r"/{2,}", "/", path)
+    path = TENANT_BASE.sub("/oml/api/", path)
+    if is_api(path):
+        path = path.rstrip("/")
+    return path
+
+
+def is_api(path: str) -> bool:
+    """The paths the API owns: everything under /oml and /omlusers, those two included."""
+    return path.startswith(API_PREFIXES) or path.rstrip("/") in ("/oml", "/omlusers")
+
+
 def body_limit(path: str) -> int:
     """The largest request body read at `path`: dataset uploads have their own, larger limit."""
-    if DATASET_UPLOAD.match(path) or not path.startswith(API_PREFIXES):
+    path = canonical_path(path)
+    if DATASET_UPLOAD.match(path) or not is_api(path):
         # The pages upload datasets too; Django itself bounds their other fields.
         return max(settings.OMLWEB_MAX_BODY_BYTES, settings.OMLWEB_DATASET_MAX_UPLOAD_MB * 1024**2)
     return settings.OMLWEB_MAX_BODY_BYTES

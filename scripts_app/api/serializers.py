@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from scripts_app.api.parsers import unsupported_value
@@ -38,6 +39,14 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "description": 'JSON of an object, as Oracle: "{\\"num\\": 10}"'},
+            {"type": "object"},
+        ]
+    }
+)
 class ParametersField(serializers.Field):
     """OML's `parameters`: a JSON string of keyword arguments; a JSON object is accepted too."""
 

@@ -12,6 +12,7 @@ urlpatterns = [
     path("oml/api/py-scripts", views.VersionCatalogView.as_view(), name="oml-versions"),
     re_path(rf"^oml/api/py-scripts/{VERSION}$", views.VersionView.as_view(), name="oml-version"),
     re_path(rf"^oml/api/py-scripts/{VERSION}/scripts$", views.ScriptListView.as_view(), name="oml-scripts"),
+    # In v2, scripts/{user,all,global,grant,granted} lists scripts by type (no script has these names).
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)$",
         views.ScriptDetailView.as_view(),
@@ -24,26 +25,34 @@ urlpatterns = [
         name="oml-dataset",
     ),
     re_path(
-        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants(?:/(?P<user>[^/]+))?$",
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants$",
         views.DatasetGrantView.as_view(),
         name="oml-dataset-grants",
     ),
     re_path(
-        rf"^oml/api/py-scripts/{VERSION}/do-eval/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
-        views.DoEvalView.as_view(),
-        name="oml-do-eval",
+        rf"^oml/api/py-scripts/{VERSION}/datasets/(?P<name>[^/]+)/grants/(?P<user>[^/]+)$",
+        views.DatasetRevokeView.as_view(),
+        name="oml-dataset-grant",
     ),
+    # Each execution endpoint twice: the caller's (or a global) script, and another owner's.
     *[
-        re_path(
-            rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)(?:/(?P<owner>[^/]+))?$",
-            view.as_view(),
-            name=f"oml-{endpoint}",
-        )
+        pattern
         for endpoint, view in (
+            ("do-eval", views.DoEvalView),
             ("table-apply", views.TableApplyView),
             ("row-apply", views.RowApplyView),
             ("group-apply", views.GroupApplyView),
             ("index-apply", views.IndexApplyView),
+        )
+        for pattern in (
+            re_path(
+                rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)$", view.as_view(), name=f"oml-{endpoint}"
+            ),
+            re_path(
+                rf"^oml/api/py-scripts/{VERSION}/{endpoint}/(?P<name>[^/]+)/(?P<owner>[^/]+)$",
+                view.as_view(),
+                name=f"oml-{endpoint}-owner",
+            ),
         )
     ],
     re_path(rf"^oml/api/py-scripts/{VERSION}/jobs$", views.JobListView.as_view(), name="oml-jobs"),
@@ -69,6 +78,13 @@ urlpatterns = [
         rf"^oml/api/py-scripts/{VERSION}/envs/(?P<name>[^/]+)/rebuild$",
         environments.EnvironmentRebuildView.as_view(),
         name="oml-env-rebuild",
+    ),
+    # Oracle's conda preloads, on omlweb's environments (v2 only, as Oracle).
+    path("oml/api/py-scripts/v2/preload/conda", environments.PreloadListView.as_view(), name="oml-preloads"),
+    path(
+        "oml/api/py-scripts/v2/preload/conda/<str:name>",
+        environments.PreloadDetailView.as_view(),
+        name="oml-preload",
     ),
     re_path(
         rf"^oml/api/py-scripts/{VERSION}/interpreters$",

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import functools
 
+from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny
@@ -20,10 +27,24 @@ from rest_framework.views import APIView
 
 from scripts_app import roles
 from scripts_app.api.parsers import StrictJSONParser
+from scripts_app.api.schema import (
+    ANY_RESULT,
+    DATASET_LIST,
+    DATASET_ONE,
+    DATASET_PREVIEW,
+    JOB_ACCEPTED,
+    JOB_LIST,
+    JOB_LOCATION,
+    JOB_RESULT,
+    SCRIPT_LIST,
+    SCRIPT_ONE,
+    VERSION_CATALOG,
+    VersionSerializer,
+    message,
+)
 from scripts_app.api.serializers import (
     DatasetRowSerializer,
     DatasetWriteSerializer,
-    ErrorSerializer,
     ExecutionRequestSerializer,
     GrantSerializer,
     GroupApplyRequestSerializer,
@@ -40,8 +61,6 @@ from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound
 from scripts_app.models import AccessToken, Run
 from scripts_app.services import apply, datasets, jobs, runs, scripts, tokens
 
-ERRORS = dict.fromkeys((400, 401, 403, 404, 413, 500), ErrorSerializer)
-
 
 def client_address(request: Request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
@@ -56,8 +75,9 @@ class TokenView(APIView):
 
     @extend_schema(
         request=TokenRequestSerializer,
-        responses={200: TokenResponseSerializer, **ERRORS},
+        responses={200: TokenResponseSerializer},
         summary="Get an OML token with a password, or refresh one",
+        operation_id="token",
     )
     def post(self, request: Request) -> Response:
         body = TokenRequestSerializer(data=request.data)
@@ -84,7 +104,12 @@ class TokenRevokeView(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    @extend_schema(
+        request=inline_serializer("TokenRevokeRequest", fields={"token": serializers.CharField(required=False)}),
+        responses={200: message("TokenRevoked")},
+        summary="Revoke a token",
+        operation_id="tokenRevoke",
+    )
     def post(self, request: Request) -> Response:
         """Revoke the token in the Authorization header (or in `token` in the body)."""
         body = request.data if isinstance(request.data, dict) else {}
@@ -114,7 +139,8 @@ def _token_body(raw: str, token: AccessToken) -> dict:
 class DoEvalView(APIView):
     @extend_schema(
         request=ExecutionRequestSerializer,
-        responses={200: OpenApiTypes.OBJECT, 201: OpenApiResponse(description="Async job accepted"), **ERRORS},
+        responses={200: ANY_RESULT, 201: JOB_ACCEPTED},
+        parameters=[JOB_LOCATION],
         summary="Run a script's function with no input data (OML do-eval)",
     )
     def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
@@ -162,10 +188,21 @@ class JobView(APIView):
     @extend_schema(
         responses={
             202: JobStatusSerializer,
-            302: OpenApiResponse(description="Finished: the result's URL is in Content-Location"),
-            **ERRORS,
+            302: OpenApiResponse(
+                description="Finished (succeeded or failed): no body; the result is at Content-Location"
+            ),
         },
+        parameters=[
+            OpenApiParameter(
+                "Content-Location",
+                str,
+                location=OpenApiParameter.HEADER,
+                response=[302],
+                description="Absolute URL of the job's result (GET .../jobs/{jobId}/result).",
+            )
+        ],
         summary="An async job's status",
+        operation_id="jobStatus",
     )
     def get(self, request: Request, version: str, job_id: str) -> Response:
         run = jobs.job_get(user=request.user, job_id=job_id)
@@ -183,7 +220,9 @@ class JobView(APIView):
         }
         return Response(body, status=202)
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Stop (if running) and delete a job")
+    @extend_schema(
+        responses={200: message("JobDeleted")}, summary="Stop (if running) and delete a job", operation_id="jobDelete"
+    )
     def delete(self, request: Request, version: str, job_id: str) -> Response:
         run = jobs.job_for_change(user=request.user, job_id=job_id)
         jobs.job_delete(run=run)
@@ -191,7 +230,11 @@ class JobView(APIView):
 
 
 class JobResultView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="A finished async job's result")
+    @extend_schema(
+        responses={200: JOB_RESULT},
+        summary="A finished async job's result (the run's error body if it failed; 404 until it finishes)",
+        operation_id="jobResult",
+    )
     def get(self, request: Request, version: str, job_id: str) -> Response:
         run = jobs.job_get(user=request.user, job_id=job_id)
         if not run.is_finished:
@@ -208,8 +251,9 @@ class JobListView(APIView):
             OpenApiParameter("limit", int, description=f"At most {JOB_PAGE_MAX}; default {JOB_PAGE_DEFAULT}."),
             OpenApiParameter("offset", int),
         ],
-        responses={200: OpenApiTypes.OBJECT, **ERRORS},
+        responses={200: JOB_LIST},
         summary="The caller's async jobs, newest first (v2)",
+        operation_id="jobList",
     )
     def get(self, request: Request, version: str) -> Response:
         v2_only(version)
@@ -222,7 +266,9 @@ class JobListView(APIView):
 
 
 class JobCancelView(APIView):
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Cancel a job (v2)")
+    @extend_schema(
+        request=None, responses={200: message("JobCancelled")}, summary="Cancel a job (v2)", operation_id="jobCancel"
+    )
     def post(self, request: Request, version: str, job_id: str) -> Response:
         v2_only(version)
         run = jobs.job_for_change(user=request.user, job_id=job_id)
@@ -271,7 +317,9 @@ def _query_int(request: Request, name: str, default: int, *, minimum: int, maxim
 
 class AdminStatusView(APIView):
     @extend_schema(
-        responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="Workers, queues and the oldest job (admins)"
+        responses={200: OpenApiTypes.OBJECT},
+        summary="Workers, queues, degrees of parallelism and the oldest job (admins)",
+        operation_id="adminStatus",
     )
     def get(self, request: Request) -> Response:
         if not roles.is_admin(request.user):
@@ -307,7 +355,8 @@ class ApplyView(APIView):
 def _apply_view(kind: str, serializer: type[ExecutionRequestSerializer], summary: str) -> type[ApplyView]:
     schema = extend_schema(
         request=serializer,
-        responses={200: OpenApiTypes.OBJECT, 201: OpenApiResponse(description="Async job accepted"), **ERRORS},
+        responses={200: ANY_RESULT, 201: JOB_ACCEPTED},
+        parameters=[JOB_LOCATION],
         summary=summary,
     )
     view = type(f"{serializer.__name__.removesuffix('RequestSerializer')}View", (ApplyView,), {})
@@ -335,15 +384,16 @@ IndexApplyView = _apply_view(
 
 
 class ScriptListView(APIView):
-    @extend_schema(responses={200: ScriptRowSerializer(many=True), **ERRORS}, summary="Scripts the caller may run")
+    @extend_schema(responses={200: SCRIPT_LIST}, summary="Scripts the caller may run", operation_id="scriptList")
     def get(self, request: Request, version: str) -> Response:
         rows = scripts.scripts_runnable_by(request.user).order_by("owner__username", "name")
         return Response({"result": ScriptRowSerializer(rows, many=True).data})
 
     @extend_schema(
         request=ScriptWriteSerializer,
-        responses={201: ScriptRowSerializer, 200: ScriptRowSerializer, **ERRORS},
+        responses={201: SCRIPT_ONE, 200: SCRIPT_ONE},
         summary="Create a script (or replace it with overwrite=true)",
+        operation_id="scriptCreate",
     )
     def post(self, request: Request, version: str) -> Response:
         body = ScriptWriteSerializer(data=request.data)
@@ -365,12 +415,20 @@ class ScriptListView(APIView):
 
 
 class ScriptDetailView(APIView):
-    @extend_schema(responses={200: ScriptRowSerializer, **ERRORS}, summary="One script the caller may run")
+    @extend_schema(
+        responses={200: PolymorphicProxySerializer("ScriptOrList", [SCRIPT_ONE, SCRIPT_LIST], None)},
+        summary="One script the caller may run; in v2, user, all, global, grant or granted list scripts of that type",
+        operation_id="scriptGet",
+    )
     def get(self, request: Request, version: str, name: str) -> Response:
+        if version == "v2" and name in scripts.SCRIPT_TYPES:
+            # Oracle's GET v2/scripts/{scriptType}; no script may have these names.
+            rows = scripts.scripts_of_type(user=request.user, script_type=name).order_by("owner__username", "name")
+            return Response({"result": ScriptRowSerializer(rows, many=True).data})
         script = scripts.script_resolve(caller=request.user, name=name)
         return Response({"result": ScriptRowSerializer(script).data})
 
-    @extend_schema(request=ScriptWriteSerializer, responses={200: ScriptRowSerializer, **ERRORS})
+    @extend_schema(request=ScriptWriteSerializer, responses={200: SCRIPT_ONE}, operation_id="scriptUpdate")
     def put(self, request: Request, version: str, name: str) -> Response:
         """Change the caller's own script; changed source becomes a new version."""
         body = ScriptWriteSerializer(data=request.data)
@@ -389,7 +447,7 @@ class ScriptDetailView(APIView):
             )
         return Response({"result": ScriptRowSerializer(script).data})
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    @extend_schema(responses={200: message("ScriptDeleted")}, operation_id="scriptDelete")
     def delete(self, request: Request, version: str, name: str) -> Response:
         script = scripts.own_script(owner=request.user, name=name)
         scripts.script_delete(script=script)
@@ -402,15 +460,16 @@ class ScriptDetailView(APIView):
 class DatasetListView(APIView):
     parser_classes = [MultiPartParser, StrictJSONParser]
 
-    @extend_schema(responses={200: DatasetRowSerializer(many=True), **ERRORS}, summary="Datasets the caller may read")
+    @extend_schema(responses={200: DATASET_LIST}, summary="Datasets the caller may read", operation_id="datasetList")
     def get(self, request: Request, version: str) -> Response:
         rows = datasets.datasets_readable_by(request.user).order_by("owner__username", "name")
         return Response({"result": DatasetRowSerializer(rows, many=True).data})
 
     @extend_schema(
         request={"multipart/form-data": DatasetWriteSerializer},
-        responses={201: DatasetRowSerializer, 200: DatasetRowSerializer, **ERRORS},
+        responses={201: DATASET_ONE, 200: DATASET_ONE},
         summary="Upload a CSV or Parquet file as a dataset (or replace one with overwrite=true)",
+        operation_id="datasetCreate",
     )
     def post(self, request: Request, version: str) -> Response:
         body = DatasetWriteSerializer(data=request.data)
@@ -436,7 +495,15 @@ class DatasetListView(APIView):
 class DatasetDetailView(APIView):
     parser_classes = [MultiPartParser, StrictJSONParser]
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary="A dataset: schema and its first rows")
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("owner", str, description="Read another user's shared dataset."),
+            OpenApiParameter("rows", int, description="Rows to preview, 0 to 1000 (20)."),
+        ],
+        responses={200: DATASET_PREVIEW},
+        summary="A dataset: schema and its first rows",
+        operation_id="datasetGet",
+    )
     def get(self, request: Request, version: str, name: str) -> Response:
         """`?owner=` reads another user's shared dataset; `?rows=` sets how many rows to preview (20)."""
         dataset = datasets.dataset_resolve(caller=request.user, name=name, owner_name=request.query_params.get("owner"))
@@ -449,8 +516,9 @@ class DatasetDetailView(APIView):
 
     @extend_schema(
         request={"multipart/form-data": DatasetWriteSerializer},
-        responses={200: DatasetRowSerializer, **ERRORS},
+        responses={200: DATASET_ONE},
         summary="Replace a dataset's data (file), or change its description or sharing",
+        operation_id="datasetUpdate",
     )
     def put(self, request: Request, version: str, name: str) -> Response:
         body = DatasetWriteSerializer(data=request.data)
@@ -470,14 +538,14 @@ class DatasetDetailView(APIView):
             )
         return Response({"result": DatasetRowSerializer(dataset).data})
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    @extend_schema(responses={200: message("DatasetDeleted")}, operation_id="datasetDelete")
     def delete(self, request: Request, version: str, name: str) -> Response:
         datasets.dataset_delete(dataset=datasets.own_dataset(owner=request.user, name=name))
         return Response({"result": "dataset deleted successfully"})
 
 
 class DatasetGrantView(APIView):
-    @extend_schema(request=GrantSerializer, responses={200: OpenApiTypes.OBJECT, **ERRORS})
+    @extend_schema(request=GrantSerializer, responses={200: message("DatasetGranted")}, operation_id="datasetGrant")
     def post(self, request: Request, version: str, name: str) -> Response:
         """Let another user read one of the caller's datasets."""
         body = GrantSerializer(data=request.data)
@@ -486,8 +554,11 @@ class DatasetGrantView(APIView):
         datasets.dataset_grant(dataset=dataset, grantee=_user(body.validated_data["user"]))
         return Response({"result": "dataset granted successfully"})
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **ERRORS})
+
+class DatasetRevokeView(APIView):
+    @extend_schema(responses={200: message("DatasetRevoked")}, operation_id="datasetRevoke")
     def delete(self, request: Request, version: str, name: str, user: str) -> Response:
+        """Take back another user's read access to one of the caller's datasets."""
         dataset = datasets.own_dataset(owner=request.user, name=name)
         datasets.dataset_revoke(dataset=dataset, grantee=_user(user))
         return Response({"result": "dataset revoked successfully"})
@@ -502,32 +573,41 @@ def _user(username: str):
 
 # Version metadata, as Oracle's GET /py-scripts and /py-scripts/{version}
 
-VERSIONS = {
-    "v1": {"isLatest": False, "lifecycle": "ACTIVE"},
-    "v2": {"isLatest": True, "lifecycle": "ACTIVE"},
-}
+VERSIONS = ("v1", "v2")
+
+
+def lifecycle(version: str) -> dict:
+    """Oracle's isLatest and lifecycle: v1 is "DEPRECATED@<OMLWEB_V1_SUNSET_DATE>" while that is set."""
+    sunset = settings.OMLWEB_V1_SUNSET_DATE
+    if version == "v1":
+        return {"isLatest": False, "lifecycle": f"DEPRECATED@{sunset.isoformat()}" if sunset else "ACTIVE"}
+    return {"isLatest": True, "lifecycle": "ACTIVE"}
 
 
 def version_metadata(request: Request, version: str) -> dict:
     base = request.build_absolute_uri(f"/oml/api/py-scripts/{version}")
-    children = ["envs", "scripts", "datasets"]
+    children = ["envs", "scripts", "datasets", "jobs/{jobId}", "jobs/{jobId}/result"]
+    if version == "v2":
+        children += ["scripts/{scriptType}", "jobs", "jobs/{jobId}/cancel", "preload/conda", "preload/conda/{envName}"]
     for endpoint in ("do-eval", "table-apply", "row-apply", "group-apply", "index-apply"):
         children += [f"{endpoint}/{{scriptName}}", f"{endpoint}/{{scriptName}}/{{ownerName}}"]
     return {
         "version": version,
-        **VERSIONS[version],
+        **lifecycle(version),
         "links": [{"rel": "self", "href": base}] + [{"rel": "child", "href": f"{base}/{c}"} for c in children],
     }
 
 
 class VersionCatalogView(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: VERSION_CATALOG}, summary="The API's versions", operation_id="versions")
     def get(self, request: Request) -> Response:
         return Response({"items": [version_metadata(request, version) for version in VERSIONS]})
 
 
 class VersionView(APIView):
     # The URL pattern admits only v1 and v2; any other version is the API's JSON 404.
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, 404: ErrorSerializer})
+    @extend_schema(
+        responses={200: VersionSerializer}, summary="One version's metadata and links", operation_id="version"
+    )
     def get(self, request: Request, version: str) -> Response:
         return Response(version_metadata(request, version))

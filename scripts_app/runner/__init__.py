@@ -4,7 +4,7 @@ Knows nothing of Django or HTTP. Callers build a `Job` and call `run()`.
 """
 
 from scripts_app.runner.config import Settings, configure
-from scripts_app.runner.execution import run
+from scripts_app.runner.execution import run, slot
 from scripts_app.runner.report import isolation_report, shutdown, warm_up
 from scripts_app.runner.source import ScriptSourceError, entry_function
 from scripts_app.runner.types import (
@@ -36,5 +36,6 @@ __all__ = [
     "isolation_report",
     "run",
     "shutdown",
+    "slot",
     "warm_up",
 ]

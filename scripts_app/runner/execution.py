@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from scripts_app.runner import config
 from scripts_app.runner.source import imports_only_stdlib
@@ -597,17 +597,38 @@ def _light(job: Job, settings: config.Settings) -> bool:
     return settings.light_template and not job.graphics and imports_only_stdlib(job.source)
 
 
-def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
-    """Run `job` in a fresh, bounded child process and return what happened.
-
-    Raises RunnerBusy when every run slot of this process stays taken for `queue_timeout` seconds.
-    """
-    settings = config.current()
+def _acquire_slot(settings: config.Settings) -> threading.BoundedSemaphore:
     slots = _slot_semaphore()
     if not slots.acquire(timeout=settings.queue_timeout):
         raise RunnerBusy(
             f"All {settings.max_concurrent} run slots are busy; no slot freed within {settings.queue_timeout:g} seconds"
         )
+    return slots
+
+
+@contextlib.contextmanager
+def slot() -> Iterator[None]:
+    """Hold one run slot of this process for a run made of several jobs (apply's pieces).
+
+    The jobs are then started with `run(job, in_slot=True)`: the run counts once against
+    `max_concurrent`, and its own degree of parallelism (LOW 2, MEDIUM 4, HIGH 8) is not lowered
+    by a per-process cap meant for whole runs. Raises RunnerBusy as `run()` does.
+    """
+    slots = _acquire_slot(config.current())
+    try:
+        yield
+    finally:
+        slots.release()
+
+
+def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None, in_slot: bool = False) -> Result:
+    """Run `job` in a fresh, bounded child process and return what happened.
+
+    Raises RunnerBusy when every run slot of this process stays taken for `queue_timeout` seconds.
+    `in_slot`: the caller holds a slot already (`slot()`), and this job takes none of its own.
+    """
+    settings = config.current()
+    slots = None if in_slot else _acquire_slot(settings)
     # The slot is held until the child has exited, which for a warm run can be after we answer.
     released = threading.Event()
     handed_over = False
@@ -615,7 +636,8 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None) -> Result:
     def release() -> None:
         if not released.is_set():
             released.set()
-            slots.release()
+            if slots is not None:
+                slots.release()
 
     try:
         started = time.monotonic()

@@ -9,6 +9,7 @@ piece that fails fails the run, with a message naming the piece, and stops the o
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import io
@@ -81,10 +82,30 @@ def control_arguments(parameters: dict) -> tuple[str, bool]:
 
 
 def degree_for(*, service: str, parallel_flag: bool, parallel: int | None, pieces: int) -> int:
-    """How many pieces run at once: the requested degree, capped by the service level and the runner."""
+    """How many pieces run at once: the requested degree, capped by the service level and the operator.
+
+    The runner's per-process cap (`OMLWEB_RUNNER_MAX_CONCURRENT`) is not one of the caps: an apply
+    run holds one runner slot for all its pieces (`runner.slot()`).
+    """
     level = SERVICE_LEVEL_DEGREE[ServiceLevel(service)]
     wanted = (parallel or level) if (parallel_flag or parallel) else 1
-    return max(1, min(wanted, level, runner.config.current().max_concurrent, pieces))
+    return max(1, min(wanted, level_degree(service), pieces))
+
+
+def level_degree(service: str) -> int:
+    """A service level's degree of parallelism (LOW 2, MEDIUM 4, HIGH 8), or less if the operator said so."""
+    return min(SERVICE_LEVEL_DEGREE[ServiceLevel(service)], settings.OMLWEB_APPLY_MAX_DEGREE)
+
+
+def degree_report() -> dict:
+    """Each level's promised and effective degree, for the status endpoint."""
+    report = {}
+    for level, promised in SERVICE_LEVEL_DEGREE.items():
+        effective = level_degree(level)
+        report[str(level)] = {"degree": promised, "effectiveDegree": effective}
+        if effective < promised:
+            report[str(level)]["limitedBy"] = f"OMLWEB_APPLY_MAX_DEGREE={settings.OMLWEB_APPLY_MAX_DEGREE}"
+    return report
 
 
 def apply_create(
@@ -285,7 +306,7 @@ def _run_pieces(
         piece.status = "RUNNING"
         piece.started_at = time.time()
         try:
-            piece.result = runner.run(job, is_cancelled=stopped)
+            piece.result = runner.run(job, is_cancelled=stopped, in_slot=True)
         except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
             piece.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
             piece.status = "BUSY"
@@ -371,10 +392,19 @@ def apply_execute(
         pieces=len(pieces),
     )
     run.apply_options = {**options, "degree": degree}
+    if level_degree(run.service) < SERVICE_LEVEL_DEGREE[ServiceLevel(run.service)]:
+        # The record says when the operator's setting, not the request, lowered the level's degree.
+        run.apply_options["degreeLimitedBy"] = f"OMLWEB_APPLY_MAX_DEGREE={settings.OMLWEB_APPLY_MAX_DEGREE}"
     base = limits or limits_from_settings()
-    failed = _run_pieces(
-        run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base, python=python
-    )
+    try:
+        with runner.slot() if pieces else contextlib.nullcontext():
+            failed = _run_pieces(
+                run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base, python=python
+            )
+    except runner.RunnerBusy as error:
+        failed = pieces[0]
+        failed.status = "BUSY"
+        failed.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
     _record(run, pieces, failed)
     if failed is not None and failed.status == "BUSY":
         raise Busy(Busy.busy_message)

@@ -26,7 +26,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from scripts_app.environments import builder, interpreters
 from scripts_app.errors import BadRequest, Conflict, ErrorCode, NotFound
-from scripts_app.models import Environment, EnvironmentLock, Run, environment_name_validator
+from scripts_app.models import Environment, EnvironmentLock, EnvironmentPreload, Run, environment_name_validator
 
 logger = logging.getLogger("scripts_app.environments")
 
@@ -473,3 +473,51 @@ def environment_python(environment: Environment | None) -> str | None:
             f"Environment {environment.name!r} could not be built on this host: {error}",
             code=ErrorCode.ENVIRONMENT_NOT_READY,
         ) from None
+
+
+# Preloads: Oracle's v2 /preload/conda, mapped onto omlweb's environments (docs/environments.md)
+
+
+def preload_create(*, user, name: str, overwrite: bool = False) -> EnvironmentPreload:
+    """Record that `user` preloaded environment `name` (any case), for OMLWEB_PRELOAD_MINUTES.
+
+    Oracle copies a conda environment from Object Storage into the user's compute container. Here
+    every environment is built on every worker host ahead of use, so a preload checks that the
+    environment can run now and keeps Oracle's bookkeeping: a second preload is a 400 unless
+    `overwrite`, which starts its time again.
+    """
+    if (name or "").lower() == DEFAULT_ENVIRONMENT:
+        raise BadRequest("The default environment is always loaded: there is nothing to preload.")
+    environment = Environment.objects.filter(name__iexact=name).first()
+    if environment is None:
+        raise BadRequest(f"No environment named {name!r} to preload.", code=ErrorCode.UNKNOWN_ENVIRONMENT)
+    environment_for_run(environment.name)  # a 400 when it is building or failed
+    now = timezone.now()
+    EnvironmentPreload.objects.filter(user=user, expires_at__lte=now).delete()
+    expires = now + timedelta(minutes=settings.OMLWEB_PRELOAD_MINUTES)
+    with transaction.atomic():
+        existing = EnvironmentPreload.objects.select_for_update().filter(user=user, environment=environment).first()
+        if existing is not None and not overwrite:
+            raise BadRequest(
+                f"Environment {environment.name!r} is already preloaded; send overwrite=true to preload it again."
+            )
+        preload, _ = EnvironmentPreload.objects.update_or_create(
+            user=user, environment=environment, defaults={"created_at": now, "expires_at": expires}
+        )
+    return preload
+
+
+def preloads_of(*, user) -> list[EnvironmentPreload]:
+    """The user's preloads that have not expired, oldest first."""
+    now = timezone.now()
+    EnvironmentPreload.objects.filter(user=user, expires_at__lte=now).delete()
+    return list(EnvironmentPreload.objects.filter(user=user).select_related("environment").order_by("created_at"))
+
+
+def preload_delete(*, user, name: str) -> None:
+    deleted, _ = EnvironmentPreload.objects.filter(
+        user=user, environment__name__iexact=name, expires_at__gt=timezone.now()
+    ).delete()
+    if not deleted:
+        # Oracle answers 400, not 404, for a preload that is not there.
+        raise BadRequest(f"Preloaded environment not found with name {name!r}.")

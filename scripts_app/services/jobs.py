@@ -33,7 +33,7 @@ from scripts_app.errors import (
     Unavailable,
 )
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import runs, shares, supervision
+from scripts_app.services import apply, runs, shares, supervision
 
 logger = logging.getLogger(__name__)
 
@@ -588,6 +588,8 @@ def service_status() -> dict:
             "waiting": hms(now - oldest.created_at),
             "attempts": oldest.attempts,
         },
+        # Pieces at once of an apply run, per level: what the level promises and what is in force.
+        "degreeOfParallelism": apply.degree_report(),
         # This process's runner: the isolation level in force and what it protects against.
         "isolation": runner.isolation_report(),
     }

@@ -22,9 +22,33 @@ class InvalidScript(OmlError):
         self.line = error.line
 
 
+# Oracle's script types (`oml.script.dir(sctype=...)`), the last segment of GET v2/scripts/{scriptType}:
+# the caller's own, all it may run, global, those it granted to others, those granted to it.
+SCRIPT_TYPES = ("user", "all", "global", "grant", "granted")
+
+
 def validate_name(name: str) -> None:
     if not isinstance(name, str) or not re.fullmatch(SCRIPT_NAME_PATTERN, name):
         raise BadRequest(f"Invalid script name {name!r}: use 1 to 128 letters, digits, '_', '.' or '-'.")
+    if name.lower() in SCRIPT_TYPES:
+        # GET v2/scripts/user lists scripts by type: a script of that name could not be reached there.
+        raise BadRequest(f"Invalid script name {name!r}: {', '.join(SCRIPT_TYPES)} name script types.")
+
+
+def scripts_of_type(*, user, script_type: str) -> QuerySet[Script]:
+    """The scripts of one of Oracle's types, as `user` sees them."""
+    scripts = Script.objects.select_related("owner", "current_version")
+    if script_type == "user":
+        return scripts.filter(owner=user)
+    if script_type == "all":
+        return scripts_runnable_by(user)
+    if script_type == "global":
+        return scripts.filter(is_global=True)
+    if script_type == "grant":
+        return scripts.filter(owner=user, grants__isnull=False).distinct()
+    if script_type == "granted":
+        return scripts.filter(grants__grantee=user).exclude(owner=user).distinct()
+    raise NotFound(f"Unknown script type {script_type!r}: use one of {', '.join(SCRIPT_TYPES)}.")
 
 
 def checked_entry_function(*, source: str, name: str) -> str:

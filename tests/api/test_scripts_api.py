@@ -96,7 +96,7 @@ def test_list_shows_own_global_and_granted_only(alice, bob, admin_user, alice_ap
     """GET scripts lists the caller's own, the global and the granted scripts, not others' private ones."""
     make_script(alice, "mine", SOURCE)
     make_script(admin_user, "shared", SOURCE, is_global=True)
-    granted = make_script(bob, "granted", SOURCE)
+    granted = make_script(bob, "lent", SOURCE)
     script_grant(script=granted, grantee=alice)
     make_script(bob, "private", SOURCE)
     response = alice_api.get(URL)
@@ -105,7 +105,7 @@ def test_list_shows_own_global_and_granted_only(alice, bob, admin_user, alice_ap
     assert {(row["OWNER"], row["NAME"]) for row in rows} == {
         ("alice", "mine"),
         ("root", "shared"),
-        ("bob", "granted"),
+        ("bob", "lent"),
     }
     assert set(rows[0]) == {"OWNER", "NAME", "SCRIPT", "DESCRIPTION", "GLOBAL", "VERSION", "DATE"}
 

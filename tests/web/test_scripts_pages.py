@@ -29,12 +29,12 @@ def test_list_shows_own_global_and_granted_but_not_private(client, alice, bob, a
     """An analyst lists their own, the global and the granted scripts, never another's private one."""
     make_script(alice, "mine", SOURCE)
     make_script(admin_user, "shared", SOURCE, is_global=True)
-    granted = make_script(bob, "granted", SOURCE)
+    granted = make_script(bob, "lent", SOURCE)
     granted.grants.create(grantee=alice)
     make_script(bob, "secret", SOURCE)
     response = logged_in(client, alice).get(reverse("web:script_list"))
     names = [script.name for script in response.context["page"].object_list]
-    assert names == ["granted", "mine", "shared"]
+    assert names == ["lent", "mine", "shared"]
     assert b"secret" not in response.content
     assert b"badge-global" in response.content
 

@@ -132,7 +132,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--bind", default=os.environ.get("OMLWEB_BIND", "127.0.0.1:8000"))
         parser.add_argument("--web-workers", type=int, default=int(os.environ.get("OMLWEB_WEB_WORKERS", "2")))
-        parser.add_argument("--web-threads", type=int, default=int(os.environ.get("OMLWEB_WEB_THREADS", "4")))
+        parser.add_argument("--web-threads", type=int, default=int(os.environ.get("OMLWEB_WEB_THREADS", "16")))
         parser.add_argument("--no-web", action="store_true", help="Run workers only (a worker host).")
         parser.add_argument("--no-worker", action="store_true", help="Serve the web tier only.")
         parser.add_argument(
@@ -169,9 +169,6 @@ class Command(BaseCommand):
                 str(web_workers),
                 "--threads",
                 str(web_threads),
-                # A sync run may take as long as the run's wall-clock limit.
-                "--timeout",
-                "0",
                 "--access-logfile",
                 "-",
             ]
