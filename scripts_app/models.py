@@ -315,6 +315,9 @@ class Run(models.Model):
             models.Index(fields=["user", "mode", "-created_at"], name="run_jobs_of_user"),
             models.Index(fields=["mode", "status", "service"], name="run_jobs_by_status"),
             models.Index(fields=["finished_at"], name="run_finished_at"),
+            # Covers the storage quota's sum: without it each run's check reads every row of the user's
+            # runs, results included (SQLite stores stored_bytes after the large result column).
+            models.Index(fields=["user", "stored_bytes"], name="run_storage_of_user"),
         ]
 
     def __str__(self) -> str:

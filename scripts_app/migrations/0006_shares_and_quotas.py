@@ -17,6 +17,10 @@ class Migration(migrations.Migration):
             name='stored_bytes',
             field=models.PositiveBigIntegerField(default=0),
         ),
+        migrations.AddIndex(
+            model_name='run',
+            index=models.Index(fields=['user', 'stored_bytes'], name='run_storage_of_user'),
+        ),
         migrations.CreateModel(
             name='GroupLimits',
             fields=[
