@@ -18,7 +18,9 @@ def test_one_users_flood_leaves_a_slot_for_another_user(cluster):
     takes the other slot and finishes while hers still wait; hers all finish too, each started once."""
     alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
     alices, bobs = make_script(alice, "sleeper", SLEEPER), make_script(bob, "sleeper", SLEEPER)
-    cluster.start("low", ["LOW"], concurrency=2)
+    # Two LOW slots: two worker processes, as `manage.py serve` starts them (one solo worker per slot).
+    cluster.start("low-1", ["LOW"])
+    cluster.start("low-2", ["LOW"])
     flood = [jobs.job_submit(script=alices, user=alice, parameters={"seconds": 1.5}) for _ in range(4)]
     most_running = 0
 
