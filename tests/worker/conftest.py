@@ -19,6 +19,7 @@ from urllib.parse import quote
 import pytest
 from django.db import connection
 from kombu import Queue
+from kombu import pools as kombu_pools
 
 from omlweb.celery import app as celery_app
 from omlweb.env import broker_transport_options
@@ -74,6 +75,9 @@ def _reset_celery_connections() -> None:
         celery_app._pool.force_close_all()
         celery_app._pool = None
     celery_app.amqp._producer_pool = None
+    # The app's pool is kombu's process-wide pool for that URL: closed above, it would be handed again
+    # to the next test module on the same broker ("Acquire on closed pool") unless kombu forgets it.
+    kombu_pools.reset()
 
 
 def database_url() -> str:
