@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import requests
 
@@ -88,7 +88,7 @@ class RunResult:
 def _path(name: str, **values: str) -> str:
     path = ENDPOINTS[name][1]
     for key, value in {"version": VERSION, **values}.items():
-        path = path.replace(f"{{{key}}}", requests.utils.quote(str(value), safe=""))
+        path = path.replace(f"{{{key}}}", quote(str(value), safe=""))
     return path
 
 

@@ -35,6 +35,14 @@ def main(rows: int = 5):
 '''
 
 
+def choice_field(form: forms.BaseForm, name: str) -> forms.ChoiceField:
+    """The form's field `name`, a ChoiceField (`form.fields` holds them as plain Fields)."""
+    field = form.fields[name]
+    if not isinstance(field, forms.ChoiceField):
+        raise TypeError(f"{type(form).__name__}.{name} is not a ChoiceField")
+    return field
+
+
 class ScriptForm(forms.Form):
     name = forms.RegexField(
         regex=SCRIPT_NAME_PATTERN,
@@ -64,7 +72,7 @@ class ScriptForm(forms.Form):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["env_name"].choices = [("", "default")] + [(name, name) for name in environments or []]
+        choice_field(self, "env_name").choices = [("", "default")] + [(name, name) for name in environments or []]
         if not may_make_global:
             del self.fields["is_global"]
         if not renaming:
@@ -224,10 +232,10 @@ class RunForm(forms.Form):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["dataset"].choices = [("", "—")] + list(datasets or [])
+        choice_field(self, "dataset").choices = [("", "—")] + list(datasets or [])
         self.signature = signature
         environments = environments or [DEFAULT_ENVIRONMENT]
-        self.fields["env_name"].choices = [(name, name) for name in environments]
+        choice_field(self, "env_name").choices = [(name, name) for name in environments]
         self.fields["env_name"].initial = environments[0]
         self.parameter_fields: list[str] = []
         for parameter in signature.parameters if signature else []:
@@ -294,24 +302,25 @@ class RunForm(forms.Form):
 
     def clean(self) -> dict:
         data = super().clean()
+        assert data is not None  # Form.clean gives cleaned_data
         kind = data["kind"] = data.get("kind") or Run.Kind.DO_EVAL
         if kind in (Run.Kind.TABLE_APPLY, Run.Kind.ROW_APPLY, Run.Kind.GROUP_APPLY):
             if not data.get("input_query") and data.get("dataset"):
                 data["input_query"] = f"select * from {data['dataset']}"
             if not data.get("input_query"):
                 self.add_error("input_query", "Choose a dataset or write a query.")
-        for field in self.REQUIRED_BY_KIND.get(kind, ()):
-            if data.get(field) in (None, ""):
-                self.add_error(field, "Required in this mode.")
+        for required in self.REQUIRED_BY_KIND.get(kind, ()):
+            if data.get(required) in (None, ""):
+                self.add_error(required, "Required in this mode.")
         if kind != Run.Kind.DO_EVAL and self.parameter_fields:
             # The data (or the index) is the first argument: its field is not a keyword argument.
             first = self.parameter_fields[0]
-            self._errors.pop(first, None)
+            self.errors.pop(first, None)
             data.pop(first, None)
         if data.get("params_mode") == "json":
             # The fields are not what runs: their errors must not block the raw JSON.
             for name in self.parameter_fields:
-                self._errors.pop(name, None)
+                self.errors.pop(name, None)
         elif data.get("params_mode") == "fields":
             for name in self.parameter_fields:
                 field = self.fields[name]
@@ -450,7 +459,7 @@ def _parameter_field(parameter: Parameter) -> forms.Field:
 
 # Users (admins)
 
-ROLE_CHOICES = [("analysts", "Analyst"), ("admins", "Admin"), ("auditors", "Auditor")]
+ROLE_CHOICES: list[tuple[str, str]] = [("analysts", "Analyst"), ("admins", "Admin"), ("auditors", "Auditor")]
 
 
 class UserCreateForm(forms.Form):

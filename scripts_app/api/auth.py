@@ -23,7 +23,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid token.") from None
         except NotAuthenticated as error:
-            raise exceptions.AuthenticationFailed(error.message, code=int(error.code)) from None
+            # DRF keeps any object as the code (its stubs say str): ours is the numeric error code, which
+            # the exception handler answers with.
+            raise exceptions.AuthenticationFailed(error.message, code=int(error.code)) from None  # type: ignore[arg-type]
         return token.user, token
 
     def authenticate_header(self, request) -> str:

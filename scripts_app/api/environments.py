@@ -118,7 +118,7 @@ def environment_detail(environment: Environment, *, with_log: bool) -> dict:
         "size": human_size(environment.size_bytes) if environment.size_bytes is not None else None,
         "sizeBytes": environment.size_bytes,
         "number_of_installed_packages": environment.package_count,
-        "lock": environment.lock.text if environment.lock_id else None,
+        "lock": environment.lock.text if environment.lock is not None else None,
         "generation": environment.generation,
         "buildStartedAt": environment.build_started_at,
         "buildFinishedAt": environment.build_finished_at,

@@ -54,8 +54,9 @@ def oml_exception_handler(exc, context):
         code = exc.get_codes() if isinstance(exc, exceptions.AuthenticationFailed) else None
         error_code = code if isinstance(code, int) else DRF_CODES.get(type(exc), ErrorCode.BAD_REQUEST)
         response = _response(str(exc.detail), error_code, exc.status_code, context)
-        if getattr(exc, "wait", None):
-            response["Retry-After"] = str(int(exc.wait))
+        wait = getattr(exc, "wait", None)  # Throttled's
+        if wait:
+            response["Retry-After"] = str(int(wait))
         return response
     logger.exception("Unhandled error in %s", context.get("view"))
     return _response("Internal error of the service.", ErrorCode.INTERNAL, 500, context)

@@ -202,6 +202,8 @@ def _build(root: Path, spec: Spec, options: Options, log: Log) -> Built:
     try:
         if tool == "uv":
             uv = find_uv()
+            if uv is None:  # _choose_tool chose uv because it was found; it went away since
+                raise BuildError("uv is no longer installed")
             _run([uv, "venv", "--no-config", "--quiet", "--python", spec.python, str(path)], log, deadline)
             # Bytecode now: runs see the environment read-only, so they could never cache it themselves.
             installer = [uv, "pip", "install", "--no-config", "--compile-bytecode", "--python", str(python)]
@@ -270,7 +272,7 @@ def remove_other_generations(root: Path, name: str, keep: str | None, *, grace: 
     A folder is first marked superseded, and deleted by a later call once `grace` seconds have passed
     since: runs that started before the rebuild still import from it. `grace=None` deletes at once.
     """
-    removed = []
+    removed: list[Path] = []
     if not root.is_dir():
         return removed
     now = time.time()
@@ -332,6 +334,7 @@ def _run(command: list[str], log: Log | None, deadline: float) -> str:
     timer = threading.Timer(max(0.0, deadline - time.monotonic()), _kill_group, [process])
     timer.start()
     output: list[str] = []
+    assert process.stdout is not None  # stdout=PIPE
     try:
         for line in process.stdout:
             if log is not None:

@@ -16,6 +16,7 @@ from scripts_app import roles
 from scripts_app.environments.builder import human_size
 from scripts_app.environments.interpreters import service_python
 from scripts_app.errors import OmlError
+from scripts_app.forms import choice_field
 from scripts_app.models import Environment, Run
 from scripts_app.services import environments
 
@@ -49,7 +50,7 @@ class EnvironmentForm(forms.Form):
             if not interpreter.world_readable:
                 label += " (not readable by other users: bubblewrap isolation only)"
             choices.append((interpreter.path, label))
-        self.fields["python"].choices = choices
+        choice_field(self, "python").choices = choices
         if editing:
             self.fields["name"].disabled = True
 

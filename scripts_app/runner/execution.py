@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 from scripts_app.runner import config
 from scripts_app.runner.source import imports_only_stdlib
@@ -247,8 +248,8 @@ def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Resul
     result = Result(outcome=Outcome.FAILED, stdout=watch.stdout.text(), stderr=watch.stderr.text())
     document = watch.read_document()
     status = ending.status
-    signalled = status is not None and os.WIFSIGNALED(status)
-    killed_by_us = ending.reason is not None and (document is None or signalled)
+    term_signal = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
+    killed_by_us = ending.reason is not None and (document is None or term_signal is not None)
     if killed_by_us and ending.reason == "cancelled":
         result.outcome = Outcome.CANCELLED
         result.failure = Failure.CANCELLED
@@ -268,17 +269,16 @@ def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Resul
     elif watch.result_overflow:
         result.failure = Failure.RESULT_TOO_LARGE
         result.error_message = f"The result is over the limit of {limits.max_result_bytes} bytes"
-    elif signalled and (
-        os.WTERMSIG(status) == signal.SIGXCPU
-        or (ending.cpu_seconds is not None and ending.cpu_seconds >= limits.cpu_seconds)
+    elif term_signal is not None and (
+        term_signal == signal.SIGXCPU or (ending.cpu_seconds is not None and ending.cpu_seconds >= limits.cpu_seconds)
     ):
         result.outcome = Outcome.TIMED_OUT
         result.failure = Failure.CPU_LIMIT
         result.error_message = f"The run used more than its CPU time limit of {limits.cpu_seconds} seconds"
-    elif signalled:
+    elif term_signal is not None:
         result.failure = Failure.CRASHED
-        name = _signal_name(os.WTERMSIG(status))
-        hint = " (possibly out of memory)" if os.WTERMSIG(status) == signal.SIGKILL else ""
+        name = _signal_name(term_signal)
+        hint = " (possibly out of memory)" if term_signal == signal.SIGKILL else ""
         result.error_message = f"The script's process was killed by {name}{hint} before giving a result"
     elif status is None:
         result.failure = Failure.CRASHED
@@ -352,6 +352,7 @@ def _run_cold(job: Job, is_cancelled, started: float) -> Result:
         finally:
             for fd in (out_w, err_w, res_w):
                 os.close(fd)
+        assert process.stdin is not None  # stdin=PIPE
         stdin_fd = os.dup(process.stdin.fileno())
         process.stdin.close()
         _feed_job(stdin_fd, _job_document(job))
@@ -537,22 +538,23 @@ class _Reaper:
     def _loop(self) -> None:
         while True:
             for key, _ in self.selector.select(1.0):
+                ctl = cast(socket.socket, key.fileobj)  # only the wake pipe (data None) is not a socket
                 if key.data is None:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_r, 4096)
                     continue
                 try:
-                    message = key.fileobj.recv(4096)
+                    message = ctl.recv(4096)
                 except OSError:
                     message = b""
                 if message and b'"status"' not in message:
                     continue  # the child's pid, sent before the run started
-                self._done(key.fileobj, key.data[0])
+                self._done(ctl, key.data[0])
             now = time.monotonic()
             with self.lock:
                 overdue = [key for key in self.selector.get_map().values() if key.data and now > key.data[1]]
             for key in overdue:
-                self._done(key.fileobj, key.data[0])
+                self._done(cast(socket.socket, key.fileobj), key.data[0])
 
 
 reaper = _Reaper()

@@ -38,6 +38,7 @@ import tempfile
 import time
 import traceback
 import types
+from typing import Any
 
 SCRIPT_FILENAME = "<script>"
 MAX_NESTING = 100
@@ -688,7 +689,7 @@ def load_seccomp(program: bytes) -> None:
 
 # Per cgroup kind: the file that joins it, the memory limit files (in order), the process limit
 # file, and where the kernel counts the run's OOM kills.
-CGROUP_FILES = {
+CGROUP_FILES: dict[str, dict[str, Any]] = {
     "memory-v1": {"limits": ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"), "oom": "memory.oom_control"},
     "pids-v1": {"pids": "pids.max"},
     "unified": {"limits": ("memory.max",), "swap": "memory.swap.max", "pids": "pids.max", "oom": "memory.events"},
@@ -955,8 +956,8 @@ def zygote_main(control_fd: int, config: dict) -> None:
     loaded = _preload(config.get("preload", []))
     own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY)
     uid = config.get("probe_uid")
-    seccomp = config.get("seccomp")
-    info = {
+    seccomp: str = config.get("seccomp") or ""  # the compiled filter, base64; empty: none
+    info: dict[str, Any] = {
         "pid": os.getpid(),
         "version": sys.version.split()[0],
         "prefix": sys.prefix,
@@ -973,6 +974,7 @@ def zygote_main(control_fd: int, config: dict) -> None:
     if cgroups.roots:
         try:
             cgroup = cgroups.make()
+            assert cgroup is not None  # roots is not empty
             info["cgroup"] = _probe(lambda: join_cgroups(cgroup.dirs))
             cgroups.finish(cgroup)
             cgroups.remove_finished()

@@ -251,7 +251,7 @@ class Template:
             prefix = []
             cwd = self.workroot
             env = {**base_env(), "HOME": self.workroot, "MPLCONFIGDIR": os.path.join(self.workroot, ".matplotlib")}
-        template_config = {
+        template_config: dict[str, object] = {
             "idle_seconds": (settings.template_idle_seconds or None) if self.python != default_python() else None,
             "preload": list(self.preload),
             "workroot": self.workroot,
@@ -341,6 +341,8 @@ class Template:
         return not readable
 
     def submit(self, header: dict, fds: list[int]) -> None:
+        if self.sock is None:
+            raise TemplateError("the template is not running")
         with self.send_lock:
             socket.send_fds(self.sock, [json.dumps(header).encode()], fds)
             self.runs += 1
@@ -406,11 +408,11 @@ class Registry:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.templates: dict[tuple[str, bool], Template] = {}
+        self.templates: dict[tuple[str, bool, bool], Template] = {}
         self.levels_tried: dict[str, str] = {}
         self.level: str | None = None
         self.uid_pool: UidPool | None = None
-        self.checked_at: dict[tuple[str, bool], float] = {}
+        self.checked_at: dict[tuple[str, bool, bool], float] = {}
 
     def candidate_levels(self, settings: config.Settings) -> list[str]:
         if settings.isolation != "auto":

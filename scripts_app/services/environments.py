@@ -362,7 +362,7 @@ def build_spec(environment: Environment) -> builder.Spec:
         packages=parse_packages(environment.packages),
         runner_packages=runner_requirements(),
         generation=environment.generation,
-        lock=environment.lock.text if environment.lock_id else "",
+        lock=environment.lock.text if environment.lock is not None else "",
     )
 
 

@@ -138,8 +138,8 @@ def resolve_names(*, caller, names: list[TableName]) -> dict[TableName, Dataset]
     for table in names:
         candidates = readable.filter(name__iexact=table.name)
         if table.schema is not None:
-            owners = get_user_model().objects.filter(username__iexact=table.schema)
-            candidates = candidates.filter(owner__in=owners)
+            named_owners = get_user_model().objects.filter(username__iexact=table.schema)
+            candidates = candidates.filter(owner__in=named_owners)
             found = list(candidates[:2])
         else:
             own = [d for d in candidates if d.owner_id == caller.pk]
@@ -225,9 +225,14 @@ class Query:
                 self.connection = None
                 connection.close()
 
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        if self.connection is None:
+            raise RuntimeError("the query is used outside its `with` block")
+        return self.connection
+
     def relation(self) -> duckdb.DuckDBPyRelation:
         try:
-            return self.connection.sql(self.text)
+            return self._open().sql(self.text)
         except duckdb.Error as error:
             raise BadRequest(f"input: {_first_line(error)}") from None
 
@@ -240,7 +245,7 @@ class Query:
         """
         max_rows = settings.OMLWEB_QUERY_MAX_ROWS
         max_bytes = settings.OMLWEB_QUERY_MAX_RESULT_MB * 1024**2
-        timer = threading.Timer(settings.OMLWEB_QUERY_TIMEOUT_SECONDS, self.connection.interrupt)
+        timer = threading.Timer(settings.OMLWEB_QUERY_TIMEOUT_SECONDS, self._open().interrupt)
         timer.start()
         try:
             reader = relation.limit(max_rows + 1).to_arrow_reader(FETCH_BATCH_ROWS)

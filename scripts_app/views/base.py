@@ -38,6 +38,7 @@ def login_locked_out(request: HttpRequest, original_response=None, credentials=N
         f"Too many failed sign-ins for this username from your address: sign-in is locked for "
         f"{minutes} minute{'s' if minutes != 1 else ''} after the last attempt."
     )
+    response: HttpResponse
     if request.path.startswith(API_PREFIXES):
         response = json_error(message, ErrorCode.LOGIN_LOCKED, 429)
     else:

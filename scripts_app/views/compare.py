@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
@@ -41,7 +42,7 @@ def run_compare(request: HtmxHttpRequest) -> HttpResponse:
     old, new = sorted((first, second), key=lambda run: run.created_at)
     old_table = results.as_table(old.result) if old.status == Run.Status.SUCCEEDED else None
     new_table = results.as_table(new.result) if new.status == Run.Status.SUCCEEDED else None
-    context = {
+    context: dict[str, Any] = {
         "old": old,
         "new": new,
         "source_diff": compare.source_diff(

@@ -129,7 +129,7 @@ def dataset_grant(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             dataset_services.dataset_grant(dataset=dataset, grantee=grantee)
             messages.success(request, f"{grantee.username} may now query {dataset.name}.")
     else:
-        messages.error(request, " ".join(form.errors["username"]))
+        messages.error(request, " ".join(str(message) for message in form.errors["username"]))
     return redirect("web:dataset_detail", dataset.pk)
 
 

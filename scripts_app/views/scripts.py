@@ -204,7 +204,7 @@ def script_edit(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         except OmlError as error:
             form.add_service_error(error)
         else:
-            if script.current_version_id != before:
+            if script.current_version is not None and script.current_version.pk != before:
                 messages.success(request, f"Saved as version {script.current_version.number}.")
             else:
                 messages.info(request, "Saved. The source did not change, so there is no new version.")
@@ -302,6 +302,7 @@ def version_restore(request: HtmxHttpRequest, pk: UUID, number: int) -> HttpResp
         messages.info(request, f"Version {number} is already the current one.")
     else:
         script_services.script_restore_version(script=script, version=version, by=request.user)
+        assert script.current_version is not None  # the restore made a new current version
         messages.success(request, f"Restored version {number} as version {script.current_version.number}.")
     return redirect("web:script_detail", script.pk)
 
@@ -329,7 +330,7 @@ def script_grant(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             script_services.script_grant(script=script, grantee=grantee)
             messages.success(request, f"{grantee.username} may now run {script.name}.")
     else:
-        messages.error(request, " ".join(form.errors["username"]))
+        messages.error(request, " ".join(str(message) for message in form.errors["username"]))
     return redirect("web:script_detail", script.pk)
 
 

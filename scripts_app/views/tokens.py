@@ -17,15 +17,15 @@ from scripts_app.views.base import HtmxHttpRequest
 @require_http_methods(["GET", "POST"])
 @login_required
 def token_list(request: HtmxHttpRequest) -> HttpResponse:
+    user = request.user
+    assert user.is_authenticated  # login_required
     form = TokenForm(request.POST or None)
     new_token = None
     if request.method == "POST" and form.is_valid():
         # Rendered, not redirected: the raw token exists only in this response and is never stored.
         new_token, _ = token_services.personal_token_create(user=request.user, name=form.cleaned_data["name"])
         form = TokenForm()
-    tokens = AccessToken.objects.filter(user=request.user, kind=AccessToken.Kind.PERSONAL).order_by(
-        "revoked_at", "-created_at"
-    )
+    tokens = AccessToken.objects.filter(user=user, kind=AccessToken.Kind.PERSONAL).order_by("revoked_at", "-created_at")
     response = render(
         request,
         "tokens/list.html",

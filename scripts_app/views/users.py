@@ -14,7 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from scripts_app import roles
 from scripts_app.errors import OmlError
-from scripts_app.forms import UserCreateForm, UserRoleForm
+from scripts_app.forms import ROLE_CHOICES, UserCreateForm, UserRoleForm
 from scripts_app.services import users as user_services
 from scripts_app.views.base import HtmxHttpRequest
 
@@ -50,7 +50,7 @@ def user_list(request: HtmxHttpRequest) -> HttpResponse:
     return render(
         request,
         "users/list.html",
-        {"form": form, "rows": rows, "role_choices": UserRoleForm.base_fields["role"].choices},
+        {"form": form, "rows": rows, "role_choices": ROLE_CHOICES},
         status=422 if form.errors else 200,
     )
 

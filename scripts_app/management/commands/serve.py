@@ -272,6 +272,7 @@ class Supervisor:
             self.out(f"{child.name} restarted (pid {child.process.pid}, restart {child.restarts})")
 
     def _exited(self, child: Child, now: float) -> None:
+        assert child.process is not None  # its process just ended
         code = child.process.returncode
         _kill_group(child.process.pid)
         ran = now - child.started_at
@@ -314,7 +315,7 @@ class Supervisor:
         workers = [c for c in self.children if c.kind == "worker" and c.process is not None]
         to_probe = []
         for child in workers:
-            if supervision.ready_pid(child.node) != child.process.pid:
+            if child.process is None or supervision.ready_pid(child.node) != child.process.pid:
                 continue  # still starting (or waiting for the broker): nothing to judge yet
             busy = supervision.busy(child.node)
             if busy is None:
@@ -352,7 +353,7 @@ class Supervisor:
         for child in children:
             token = uuid.uuid4().hex
             try:
-                probe.apply_async(args=[token], queue=supervision.probe_queue(child.node))
+                probe.apply_async(args=(token,), queue=supervision.probe_queue(child.node))
             except Exception as error:
                 self.err(f"Could not probe {child.name}: {_first_line(error)}")
                 child.next_probe = now + settings.OMLWEB_WORKER_PROBE_SECONDS
@@ -362,7 +363,8 @@ class Supervisor:
     def _kill_wedged(self, child: Child, why: str) -> None:
         self.err(f"{child.name} is wedged ({why}): killing it to restart it.")
         child.wedged_kills += 1
-        _kill_group(child.process.pid)
+        if child.process is not None:
+            _kill_group(child.process.pid)
 
     def _write_state(self) -> None:
         try:
@@ -373,17 +375,17 @@ class Supervisor:
             self.err(f"Could not record the supervisor's state: {error}")
 
     def _stop_all(self) -> None:
-        running = [child for child in self.children if child.process is not None]
-        for child in running:
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
+        running = [child.process for child in self.children if child.process is not None]
+        for process in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for child in running:
+        for process in running:
             try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _kill_group(child.process.pid)
-                child.process.wait()
+                _kill_group(process.pid)
+                process.wait()
 
 
 def _kill_group(pid: int) -> None:
