@@ -100,7 +100,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 MEDIA_URL = "media/"
-MEDIA_ROOT = DATA_DIR / "media"
+# Run images and dataset files. Every web and worker host must see the same folder (docs/deployment.md):
+# mount the shared folder here, or name it with OMLWEB_MEDIA_DIR.
+MEDIA_ROOT = Path(env_str("OMLWEB_MEDIA_DIR", str(DATA_DIR / "media"))).resolve()
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

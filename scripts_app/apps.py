@@ -29,8 +29,15 @@ class ScriptsAppConfig(AppConfig):
 
 def service_data_dirs() -> list[str]:
     """Folders holding the service's secrets and data, which no run may see."""
-    folders = {str(settings.DATA_DIR)}
+    folders = [Path(settings.DATA_DIR).resolve(), Path(settings.MEDIA_ROOT).resolve()]
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("sqlite3"):
-        folders.add(str(Path(database["NAME"]).resolve().parent))
-    return sorted(folders)
+        folders.append(Path(database["NAME"]).resolve().parent)
+    # Each is covered with an empty tmpfs: one inside another would no longer exist to be covered.
+    return sorted(
+        {
+            str(folder)
+            for folder in folders
+            if not any(folder != other and folder.is_relative_to(other) for other in folders)
+        }
+    )

@@ -124,3 +124,33 @@ def test_by_default_a_ten_minute_sync_model_fits_and_cpu_follows_the_wall_clock(
     env["OMLWEB_RUN_WALL_SECONDS"] = "1200"
     wall, cpu = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
     assert (float(wall), int(cpu)) == (1200.0, 1200)
+
+
+def test_media_folder_is_in_the_data_dir_unless_named_and_runs_never_see_it(tmp_path, settings, monkeypatch):
+    """OMLWEB_MEDIA_DIR puts run images and datasets on a shared mount; either way runs see no media."""
+    import os
+    import subprocess
+    import sys
+
+    from scripts_app.apps import service_data_dirs
+
+    code = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'omlweb.settings'; django.setup();"
+        "from django.conf import settings as s; print(s.DATA_DIR, s.MEDIA_ROOT)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMLWEB_MEDIA_DIR"}
+    env["OMLWEB_DATA_DIR"] = str(tmp_path / "data")
+    data, media = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
+    assert Path(media) == Path(data) / "media"
+    env["OMLWEB_MEDIA_DIR"] = str(tmp_path / "shared" / "media")
+    _, media = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
+    assert Path(media) == (tmp_path / "shared" / "media").resolve()
+
+    # Each hidden folder is covered by an empty tmpfs: media inside the data dir is covered with it,
+    # media elsewhere (a shared mount) is covered on its own.
+    settings.DATA_DIR = tmp_path / "data"
+    monkeypatch.setitem(settings.DATABASES["default"], "ENGINE", "django.db.backends.postgresql")  # no SQLite folder
+    settings.MEDIA_ROOT = tmp_path / "data" / "media"
+    assert service_data_dirs() == [str((tmp_path / "data").resolve())]
+    settings.MEDIA_ROOT = tmp_path / "shared" / "media"
+    assert service_data_dirs() == sorted([str((tmp_path / "data").resolve()), str(media)])
