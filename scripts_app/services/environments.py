@@ -306,6 +306,31 @@ def environment_delete(*, environment: Environment) -> None:
     builder.remove_other_generations(settings.OMLWEB_ENVS_DIR, name, None, grace=None)
 
 
+def environment_folders_sweep() -> list[Path]:
+    """Delete this host's environment folders that no run will use again; the paths deleted.
+
+    Only the host that takes a build (older generations) or a delete request (every generation) removes
+    folders then; every other host, each with its own OMLWEB_ENVS_DIR, learns of it here, from the
+    reaper loop of its own `serve`. A deleted environment's folders go at once (the delete was refused
+    while runs were queued or running in it); an older generation's once it has been superseded for
+    OLD_GENERATION_GRACE_SECONDS, as on the builder host. An environment being built is left alone.
+    """
+    root = Path(settings.OMLWEB_ENVS_DIR)
+    if not root.is_dir():
+        return []
+    names = {path.name.rpartition("-")[0] for path in root.iterdir() if path.is_dir()} - {""}
+    defined = {environment.name: environment for environment in Environment.objects.filter(name__in=names)}
+    removed: list[Path] = []
+    for name in sorted(names):
+        environment = defined.get(name)
+        if environment is None:
+            removed += builder.remove_other_generations(root, name, None, grace=None)
+        elif environment.status == Environment.Status.READY:
+            keep = build_spec(environment).folder_name
+            removed += builder.remove_other_generations(root, name, keep, grace=OLD_GENERATION_GRACE_SECONDS)
+    return removed
+
+
 def _queue_build(environment: Environment) -> None:
     environment_id, generation = str(environment.pk), environment.generation
     transaction.on_commit(lambda: _publish_build(environment_id, generation))

@@ -333,3 +333,49 @@ def test_prepare_environments_builds_what_this_host_lacks(create, build_queued, 
     folder = settings.OMLWEB_ENVS_DIR / f"probe-{environment.spec_hash[:16]}"
     assert f"probe: {folder}/bin/python" in out.getvalue()
     assert (folder / "omlweb-lock.txt").read_text() == environment.lock.text
+
+
+def test_other_hosts_clear_their_folders_of_deleted_and_rebuilt_environments(
+    create, build_queued, alice, alice_api, admin_api, django_capture_on_commit_callbacks, settings, tmp_path
+):
+    """Only the host that takes a rebuild or a delete removes folders then; another host's reaper sweep removes
+    its own copy of a deleted environment at once, and of an older generation after the grace period."""
+    import os
+
+    from scripts_app.environments import builder
+
+    builder_host, other_host = settings.OMLWEB_ENVS_DIR, tmp_path / "other-host"
+    create(name="probe", packages="omlweb-probe")
+    create(name="gone", packages="omlweb-probe")
+    build_queued()
+    make_script(alice, "probe", PROBE)
+    # The other host runs in both, so it builds both into its own folder.
+    settings.OMLWEB_ENVS_DIR = other_host
+    assert do_eval(alice_api, "probe", {"envName": "probe"}).json() == {"result": 42}
+    assert do_eval(alice_api, "probe", {"envName": "gone"}).json() == {"result": 42}
+    first = {path.name for path in other_host.glob("*-*")}
+    assert len(first) == 2
+
+    # The rebuild and the delete are handled on the builder host (web request, build task).
+    settings.OMLWEB_ENVS_DIR = builder_host
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin_api.post(f"{ENVS}/probe/rebuild").status_code == 202
+    build_queued()
+    assert admin_api.delete(f"{ENVS}/gone").status_code == 200
+    assert not list(builder_host.glob("gone-*"))
+
+    settings.OMLWEB_ENVS_DIR = other_host
+    assert {path.name for path in other_host.glob("*-*")} == first  # nothing told this host
+    # A sweep while the environment is READY again: the deleted one goes, the old generation is marked.
+    [gone] = environments.environment_folders_sweep()
+    assert gone.name.startswith("gone-")
+    [old] = other_host.glob("probe-*")
+    assert (old / builder.SUPERSEDED).exists()
+    # The new generation is built here on its next run; the old one goes once superseded long enough.
+    assert do_eval(alice_api, "probe", {"envName": "probe"}).json() == {"result": 42}
+    assert environments.environment_folders_sweep() == []
+    past = (old / builder.SUPERSEDED).stat().st_mtime - environments.OLD_GENERATION_GRACE_SECONDS - 60
+    os.utime(old / builder.SUPERSEDED, (past, past))
+    assert environments.environment_folders_sweep() == [old]
+    [current] = other_host.glob("probe-*")
+    assert current.name == f"probe-{Environment.objects.get(name='probe').spec_hash[:16]}"

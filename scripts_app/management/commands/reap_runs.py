@@ -22,7 +22,7 @@ class Command(BaseCommand):
             action="store_true",
             help=(
                 f"Keep reaping every OMLWEB_REAPER_INTERVAL_SECONDS ({settings.OMLWEB_REAPER_INTERVAL_SECONDS:g} s), "
-                "and prune old runs hourly (what `manage.py serve` runs)."
+                "and prune old runs and this host's unused environment folders hourly (what `manage.py serve` runs)."
             ),
         )
 
@@ -40,6 +40,9 @@ class Command(BaseCommand):
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
                     jobs.prune_runs()
+                    # Environment folders are this host's own: each host's reaper clears its own.
+                    for path in environments.environment_folders_sweep():
+                        self.stdout.write(f"removed the environment folder {path}")
             except Exception as error:
                 # The database (or broker) is down: say so once, not on every pass, and try again.
                 why = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
