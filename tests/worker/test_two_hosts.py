@@ -253,6 +253,8 @@ def test_jobs_spread_over_two_worker_hosts_and_the_web_host_reads_their_results(
     assert result.json() == {
         "result": {"F": {"GENDER": {"0": "F"}, "N": {"0": 3}}, "M": {"GENDER": {"0": "M"}, "N": {"0": 2}}}
     }
+    ran = [run.worker for run in [*probes, *figures, apply_run]]
+    print(f"\njobs per host: {', '.join(f'{host.node} {ran.count(host.node)}' for host in hosts)}")
 
 
 def _workers(hosts: list[Host]):
