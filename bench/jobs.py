@@ -12,7 +12,7 @@ Prints figures and ratios; it passes or fails nothing. Run from the repository r
 2. Scaling: jobs per second for 100 ms jobs with 1, 2 and 4 worker processes, on Redis with PostgreSQL,
    as a ratio to the ideal of 10 jobs/s per worker process.
 
-Jobs are submitted through the job service (`jobs.job_submit`), the same call the API makes after
+Jobs are submitted through the run pipeline (`pipeline.start_run`), the same call the API makes after
 parsing the request; times come from the Run rows (created_at to finished_at), so polling adds nothing.
 Each configuration runs in a child process with its own settings, fresh database and worker processes.
 """
@@ -195,7 +195,7 @@ def measure(config: dict) -> dict:
     from django.contrib.auth import get_user_model
 
     from scripts_app.models import Run
-    from scripts_app.services import jobs
+    from scripts_app.services.pipeline import RunRequest, start_run
     from scripts_app.services.scripts import script_create
 
     user = get_user_model().objects.create_user("bench", password="bench-password-1")
@@ -203,7 +203,7 @@ def measure(config: dict) -> dict:
     script = script_create(owner=user, name=name, source=TRIVIAL if name == "trivial" else NAP)
 
     def submit() -> Run:
-        return jobs.job_submit(script=script, user=user, parameters={})
+        return start_run(RunRequest(script=script, user=user, parameters={}, asynchronous=True))
 
     def wait_all(ids: list, timeout: float = 600) -> list[Run]:
         deadline = time.monotonic() + timeout

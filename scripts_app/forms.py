@@ -12,7 +12,8 @@ from django.contrib.auth import get_user_model
 from scripts_app.errors import ErrorCode, OmlError
 from scripts_app.models import SCRIPT_NAME_PATTERN, Run, ServiceLevel
 from scripts_app.runner.validation import loads_strict
-from scripts_app.services.runs import DEFAULT_ENVIRONMENT
+from scripts_app.services.environments import DEFAULT_ENVIRONMENT
+from scripts_app.services.pipeline import ApplyInput, RunRequest
 from scripts_app.signature import Parameter, Signature
 
 # Scripts
@@ -331,20 +332,37 @@ class RunForm(forms.Form):
                 parameters.setdefault("oml_na_omit", True)
         return parameters
 
-    def apply_options(self) -> dict:
-        """apply_create's own arguments for the chosen mode, after is_valid()."""
+    def run_request(self, *, script, user, version, client_address: str | None) -> RunRequest:
+        """What the form asks to run, after is_valid(): the request services.pipeline starts."""
         data = self.cleaned_data
         kind = data["kind"]
-        options = {"kind": kind, "parallel_flag": data.get("parallel", False)}
-        if kind != Run.Kind.INDEX_APPLY:
-            options["input_query"] = data["input_query"]
-        if kind == Run.Kind.ROW_APPLY:
-            options["rows"] = data["rows"]
-        if kind == Run.Kind.GROUP_APPLY:
-            options.update(group_by=data["group_by"], order_by=data.get("order_by") or None)
-        if kind == Run.Kind.INDEX_APPLY:
-            options["times"] = data["times"]
-        return options
+        asynchronous = data["execution"] == "async"
+        apply_input = ApplyInput()
+        if kind != Run.Kind.DO_EVAL:
+            apply_input = ApplyInput(
+                input_query=data["input_query"] if kind != Run.Kind.INDEX_APPLY else "",
+                rows=data["rows"] if kind == Run.Kind.ROW_APPLY else None,
+                group_by=data["group_by"] if kind == Run.Kind.GROUP_APPLY else None,
+                order_by=(data.get("order_by") or None) if kind == Run.Kind.GROUP_APPLY else None,
+                times=data["times"] if kind == Run.Kind.INDEX_APPLY else None,
+                parallel_flag=data.get("parallel", False),
+            )
+        return RunRequest(
+            script=script,
+            user=user,
+            parameters=self.parameters(),
+            kind=kind,
+            apply_input=apply_input,
+            version=version,
+            graphics=data["graphics"],
+            env_name=data["env_name"],
+            service=data["service"],
+            asynchronous=asynchronous,
+            # A job's own fields: a run made now has the settings' time limit and no comments.
+            timeout_seconds=data["job_timeout"] if asynchronous else None,
+            comments=data["comments"] if asynchronous else "",
+            client_address=client_address,
+        )
 
     def _function_parameters(self) -> dict:
         if self.cleaned_data["params_mode"] == "json":

@@ -15,6 +15,7 @@ from django.utils import timezone
 from scripts_app.errors import ErrorCode
 from scripts_app.models import Run, RunImage
 from scripts_app.services import jobs
+from scripts_app.services.pipeline import RunRequest, start_run
 from tests.factories import UserFactory, make_script
 
 
@@ -40,7 +41,7 @@ def reaper_settings(settings):
 
 
 def job(script, **fields) -> Run:
-    run = jobs.job_submit(script=script, user=script.owner, parameters={})
+    run = start_run(RunRequest(script=script, user=script.owner, parameters={}, asynchronous=True))
     Run.objects.filter(pk=run.pk).update(**fields)
     return Run.objects.get(pk=run.pk)
 
@@ -133,11 +134,11 @@ def test_unknown_queue_length_republishes_old_queued_runs(script, published, rea
 
 def test_a_sync_run_left_open_by_a_dead_web_process_fails(script, reaper_settings):
     """A sync run still RUNNING long after the sync limit fails; a recent one is left alone."""
-    from scripts_app.services import runs
+    from scripts_app.services.pipeline import RunRequest, record_run
 
-    old = runs.run_create(script=script, user=script.owner, parameters={})
+    old = record_run(RunRequest(script=script, user=script.owner, parameters={}))
     Run.objects.filter(pk=old.pk).update(status=Run.Status.RUNNING, created_at=ago(200))
-    recent = runs.run_create(script=script, user=script.owner, parameters={})
+    recent = record_run(RunRequest(script=script, user=script.owner, parameters={}))
     Run.objects.filter(pk=recent.pk).update(status=Run.Status.RUNNING)
     assert jobs.reap_runs().failed == [str(old.pk)]
     assert Run.objects.get(pk=old.pk).status == Run.Status.FAILED

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.signals import user_logged_in
@@ -59,7 +57,7 @@ from scripts_app.api.serializers import (
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound, PermissionDenied
 from scripts_app.models import AccessToken, Run
-from scripts_app.services import apply, datasets, jobs, runs, scripts, tokens
+from scripts_app.services import datasets, jobs, pipeline, runs, scripts, tokens
 
 
 def client_address(request: Request) -> str | None:
@@ -144,32 +142,26 @@ class DoEvalView(APIView):
         summary="Run a script's function with no input data (OML do-eval)",
     )
     def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
-        body = ExecutionRequestSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
-        script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
-        return execute(request, version, script, data)
+        return execute(request, version, name, owner, ExecutionRequestSerializer, Run.Kind.DO_EVAL)
 
 
-def execute(request: Request, version: str, script, data: dict, create=runs.run_create) -> Response:
-    """What every execution endpoint does with a checked body: run now, or submit an async job.
-
-    `create` records the run: `runs.run_create` for do-eval, `apply.apply_create` with its kind and input.
-    """
-    common = {
-        "script": script,
-        "user": request.user,
-        "parameters": data["parameters"],
-        "graphics": data["graphicsFlag"],
-        "env_name": data.get("envName"),
-        "service": data["service"],
-        "client_address": client_address(request),
-    }
-    if not data["asyncFlag"]:
-        return Response(runs.oml_result(runs.run_execute(run=create(**common, started=True), claimed=True)))
-    run = jobs.job_submit(
-        create=create, **common, timeout_seconds=data.get("timeout"), comments=data.get("comments", "")
-    )
+def execute(
+    request: Request,
+    version: str,
+    name: str,
+    owner: str | None,
+    serializer_class: type[ExecutionRequestSerializer],
+    kind: str,
+) -> Response:
+    """What every execution endpoint does: check the body, then start the run (services.pipeline) and
+    answer its result, or the job's Location."""
+    body = serializer_class(data=request.data)
+    body.is_valid(raise_exception=True)
+    script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
+    run_request = body.run_request(kind=kind, script=script, user=request.user, client_address=client_address(request))
+    run = pipeline.start_run(run_request)
+    if not run_request.asynchronous:
+        return Response(runs.oml_result(run))
     # Oracle: 201, no body, and the job's absolute URL in Location, which clients poll as it is.
     return Response(status=201, headers={"Location": job_url(request, version, run)})
 
@@ -334,22 +326,7 @@ class ApplyView(APIView):
     serializer_class: type[ExecutionRequestSerializer]
 
     def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
-        body = self.serializer_class(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
-        script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
-        create = functools.partial(
-            apply.apply_create,
-            kind=self.kind,
-            input_query=data.get("input", ""),
-            rows=data.get("rows"),
-            group_by=data.get("groupBy"),
-            order_by=data.get("orderBy"),
-            times=data.get("times"),
-            parallel_flag=data.get("parallelFlag", False),
-            parallel=data.get("parallel"),
-        )
-        return execute(request, version, script, data, create=create)
+        return execute(request, version, name, owner, self.serializer_class, self.kind)
 
 
 def _apply_view(kind: str, serializer: type[ExecutionRequestSerializer], summary: str) -> type[ApplyView]:

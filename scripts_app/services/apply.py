@@ -25,14 +25,13 @@ import pyarrow.parquet as pq
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.utils import timezone
 
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
-from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
+from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, ServiceLevel
 from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments, queries, shares
-from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
+from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +107,11 @@ def degree_report() -> dict:
     return report
 
 
-def apply_create(
+def check_request(
     *,
     kind: str,
-    script: Script,
     user,
+    parameters: dict,
     input_query: str = "",
     rows: int | None = None,
     group_by: str | None = None,
@@ -120,15 +119,12 @@ def apply_create(
     times: int | None = None,
     parallel_flag: bool = False,
     parallel: int | None = None,
-    **run_fields,
-) -> Run:
-    """Check an apply request and record it as a QUEUED run. A bad query is a BadRequest here already.
-
-    `run_fields` are `run_create`'s; `jobs.job_submit(create=...)` calls this for an async job.
-    """
+) -> dict:
+    """Check an apply request before anything is recorded (a bad query is a BadRequest here already);
+    returns the run's `apply_options`."""
     if kind in DATA_KINDS:
         queries.Query(caller=user, text=input_query)  # parse and name checks, before anything is recorded
-    control_arguments(run_fields.get("parameters", {}))
+    control_arguments(parameters)
     if kind == Run.Kind.INDEX_APPLY:
         _check_piece_count(times or 0, "indexes")
     options = {
@@ -139,13 +135,7 @@ def apply_create(
         "parallelFlag": parallel_flag,
         "parallel": parallel,
     }
-    with transaction.atomic():
-        run = run_create(script=script, user=user, **run_fields)
-        run.kind = kind
-        run.input_query = input_query if kind in DATA_KINDS else ""
-        run.apply_options = {key: value for key, value in options.items() if value not in (None, [])}
-        run.save(update_fields=["kind", "input_query", "apply_options"])
-    return run
+    return {key: value for key, value in options.items() if value not in (None, [])}
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -358,19 +348,13 @@ def apply_execute(
     run: Run,
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
-    claimed: bool = False,
 ) -> Run:
-    """Run an apply run to its end and record the outcome, with each piece's timings.
+    """Run a RUNNING apply run to its end and record the outcome, with each piece's timings
+    (execution.execute_run).
 
-    `limits` are each piece's (the wall clock is what is left of the run's); `claimed` says the
-    caller already marked the run RUNNING (the async worker's claim, or a sync run created started).
-    Recording an outcome of an async run that was taken from this attempt raises runs.RunTakenAway
-    (runs._finish).
+    `limits` are each piece's (the wall clock is what is left of the run's). Recording an outcome of an
+    async run that was taken from this attempt raises runs.RunTakenAway (runs._finish).
     """
-    if not claimed:
-        run.status = Run.Status.RUNNING
-        run.started_at = timezone.now()
-        run.save(update_fields=["status", "started_at"])
     deadline = time.monotonic() + _wall_seconds(run)
     try:
         # The run's environment (issue 6); this host builds its copy first if it has none.

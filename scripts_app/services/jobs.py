@@ -14,7 +14,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -33,7 +32,7 @@ from scripts_app.errors import (
     Unavailable,
 )
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import apply, runs, shares, supervision
+from scripts_app.services import apply, execution, runs, shares, supervision
 
 logger = logging.getLogger(__name__)
 
@@ -56,32 +55,13 @@ def service_levels() -> list[str]:
 # Submitting
 
 
-def job_submit(
-    *,
-    create: Callable[..., Run] = runs.run_create,
-    timeout_seconds: int | None = None,
-    comments: str = "",
-    **run_fields,
-) -> Run:
-    """Record an async run, QUEUED, and publish its id once the row is committed.
-
-    `create` records the run from `run_fields`: `runs.run_create` for do-eval, `apply.apply_create`
-    (with its kind and input) for the apply endpoints.
-    """
-    with transaction.atomic():
-        run = create(
-            mode=Run.Mode.ASYNC,
-            timeout_seconds=timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS,
-            comments=comments,
-            **run_fields,
-        )
-        run.enqueued_at = run.created_at
-        run.save(update_fields=["enqueued_at"])
+def job_publish_submitted(run: Run) -> None:
+    """Publish a job just recorded QUEUED (pipeline.start_run), once its row is committed."""
     if connection.in_atomic_block:
         # Inside the caller's own transaction: publish once that commits; if the broker is down then, the
         # row stays QUEUED and the reaper publishes it later.
         transaction.on_commit(lambda: _publish_quietly(run), robust=True)
-        return run
+        return
     # Published after the commit, so a worker always finds the row; and not in the background: a job the
     # broker did not take is refused (503) and its row removed, never accepted and left waiting.
     try:
@@ -90,7 +70,6 @@ def job_submit(
         logger.warning("Run %s: the broker refused it (%r); the submission is refused", run.pk, error)
         job_delete(run=run)
         raise Unavailable(BROKER_UNAVAILABLE_MESSAGE, code=ErrorCode.BROKER_UNAVAILABLE) from error
-    return run
 
 
 def job_enqueue(*, run: Run, countdown: float | None = None) -> None:
@@ -212,7 +191,7 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
     watch = RunWatch(run=run)
     watch.start()
     try:
-        runs.run_execute(run=run, is_cancelled=watch.is_cancelled, limits=job_limits(run), claimed=True)
+        execution.execute_run(run, is_cancelled=watch.is_cancelled, limits=job_limits(run))
     except runs.RunTakenAway:
         logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
         return None

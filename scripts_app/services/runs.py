@@ -1,4 +1,4 @@
-"""Running scripts: record the request as a Run, hand it to the runner, keep what came back."""
+"""A do-eval run: hand the run to the runner, keep what came back (services.pipeline starts runs)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,13 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
-from scripts_app import roles, runner
-from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError, PermissionDenied
-from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
+from scripts_app import runner
+from scripts_app.errors import FAILURE_CODES, Busy, ErrorCode, OmlError
+from scripts_app.models import Run, RunImage
 from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments, shares
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_ENVIRONMENT = environments.DEFAULT_ENVIRONMENT
 
 
 def limits_from_settings(*, wall_seconds: float | None = None) -> runner.Limits:
@@ -38,64 +36,6 @@ def limits_from_settings(*, wall_seconds: float | None = None) -> runner.Limits:
     )
 
 
-def check_environment(env_name: str | None) -> Environment | None:
-    """The READY environment a run names (None: the default one), or a 400 saying why not."""
-    return environments.environment_for_run(env_name)
-
-
-def run_create(
-    *,
-    script: Script,
-    user,
-    parameters: dict,
-    graphics: bool = False,
-    env_name: str | None = None,
-    service: str = ServiceLevel.LOW,
-    mode: str = Run.Mode.SYNC,
-    client_address: str | None = None,
-    timeout_seconds: int | None = None,
-    comments: str = "",
-    version: ScriptVersion | None = None,
-    started: bool = False,
-) -> Run:
-    """Record a run of the script's current version (or the given one of its versions), QUEUED,
-    with its environment and that one's lock. `started`: it runs now, in this process, so it is
-    recorded RUNNING from the start (one write fewer on the sync path).
-
-    The user's share is checked here, for the API and the pages alike: a sync run over the user's
-    runs at once, or an async job over their queued jobs, is a 429; a user over their storage quota
-    is refused (services.shares)."""
-    if version is not None and version.script_id != script.pk:
-        raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
-    if roles.is_read_only(user):
-        raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
-    # A run that names no environment runs in its script's own (the default one when it has none).
-    environment = check_environment(env_name or script.env_name or None)
-    limits = shares.limits_for(user.pk)
-    shares.quota_check(user=user, limits=limits)
-    with transaction.atomic():
-        # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
-        shares.share_check(user=user, mode=mode, limits=limits)
-        return Run.objects.create(
-            script_version=version or script.current_version,
-            script_name=script.name,
-            script_owner=script.owner.get_username(),
-            user=user,
-            client_address=client_address,
-            parameters=parameters,
-            graphics=graphics,
-            env_name=environment.name if environment else environments.DEFAULT_ENVIRONMENT,
-            environment=environment,
-            env_lock=environment.lock if environment else environments.default_lock(),
-            service=service,
-            mode=mode,
-            timeout_seconds=timeout_seconds,
-            comments=comments,
-            status=Run.Status.RUNNING if started else Run.Status.QUEUED,
-            started_at=timezone.now() if started else None,
-        )
-
-
 def function_kwargs(parameters: dict) -> dict:
     """The keyword arguments for the function: OML's oml_* control arguments are not passed on."""
     return {key: value for key, value in parameters.items() if not key.startswith("oml_")}
@@ -106,22 +46,12 @@ def run_execute(
     run: Run,
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
-    claimed: bool = False,
 ) -> Run:
-    """Run a QUEUED run to its end in the runner and record the outcome.
+    """Run a RUNNING do-eval run to its end in the runner and record the outcome (execution.execute_run).
 
-    `limits` replace the settings' (an async job's service level and timeout); `claimed` says the caller
-    already marked the run RUNNING (the async worker's claim, or a sync run created started).
+    `limits` replace the settings' (an async job's service level and timeout).
     """
-    if run.kind != Run.Kind.DO_EVAL:
-        from scripts_app.services.apply import apply_execute
-
-        return apply_execute(run=run, is_cancelled=is_cancelled, limits=limits, claimed=claimed)
     version = run.script_version
-    if not claimed:
-        run.status = Run.Status.RUNNING
-        run.started_at = timezone.now()
-        run.save(update_fields=["status", "started_at"])
     try:
         python = environments.python_for_run(run)
     except OmlError as error:
@@ -212,11 +142,6 @@ def _still_held(run: Run) -> bool:
         pk=run.pk, status=Run.Status.RUNNING, worker=run.worker, attempts=run.attempts
     )
     return held.exists()
-
-
-def run_sync(**kwargs) -> Run:
-    """Record a run and run it now, in this process."""
-    return run_execute(run=run_create(**kwargs, started=True), claimed=True)
 
 
 def oml_result(run: Run) -> dict:

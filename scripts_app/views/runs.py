@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from uuid import UUID
 
 from django.contrib import messages
@@ -23,11 +22,10 @@ from scripts_app.errors import OmlError
 from scripts_app.forms import RunForm
 from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
-from scripts_app.services import apply as apply_services
 from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
 from scripts_app.services import jobs as job_services
-from scripts_app.services import runs as run_services
+from scripts_app.services import pipeline
 from scripts_app.services import shares as share_services
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
@@ -70,37 +68,11 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         if earlier is not None and roles.can_view_run(request.user, earlier):
             form.set_from_run(earlier)
     if request.method == "POST" and form.is_valid():
-        options = {
-            "script": script,
-            "user": request.user,
-            "parameters": form.parameters(),
-            "graphics": form.cleaned_data["graphics"],
-            "env_name": form.cleaned_data["env_name"],
-            "service": form.cleaned_data["service"],
-            "client_address": client_address(request),
-            "version": version,
-        }
-        asynchronous = form.cleaned_data["execution"] == "async"
+        run_request = form.run_request(
+            script=script, user=request.user, version=version, client_address=client_address(request)
+        )
         try:
-            if form.cleaned_data["kind"] != Run.Kind.DO_EVAL:
-                create = functools.partial(apply_services.apply_create, **form.apply_options())
-                if asynchronous:
-                    run = job_services.job_submit(
-                        **options,
-                        create=create,
-                        timeout_seconds=form.cleaned_data["job_timeout"],
-                        comments=form.cleaned_data["comments"],
-                    )
-                else:
-                    run = run_services.run_execute(run=create(**options))
-            elif asynchronous:
-                run = job_services.job_submit(
-                    **options,
-                    timeout_seconds=form.cleaned_data["job_timeout"],
-                    comments=form.cleaned_data["comments"],
-                )
-            else:
-                run = run_services.run_sync(**options)
+            run = pipeline.start_run(run_request)
         except OmlError as error:
             form.add_error(None, error.message)
         else:

@@ -16,6 +16,7 @@ from django.utils import timezone
 from scripts_app.errors import BROKER_UNAVAILABLE_MESSAGE
 from scripts_app.models import Run
 from scripts_app.services import jobs
+from scripts_app.services.pipeline import RunRequest, start_run
 from tests.factories import make_script
 
 BASE = "http://testserver/oml/api/py-scripts"
@@ -181,7 +182,7 @@ def test_a_job_past_its_timeout_is_killed_and_timed_out(alice, alice_api, run_jo
     """The job's own timeout bounds it: the run is killed, TIMED_OUT, and the result is error 1031."""
     script = make_script(alice, "slow", "import time\ndef slow():\n    time.sleep(60)\n")
     # 1 second is below what the API accepts (1800); the service takes any bound.
-    run = jobs.job_submit(script=script, user=alice, parameters={}, timeout_seconds=1)
+    run = start_run(RunRequest(script=script, user=alice, parameters={}, timeout_seconds=1, asynchronous=True))
     run = run_job(run.pk)
     assert run.status == Run.Status.TIMED_OUT
     assert run.duration_seconds < 30

@@ -8,6 +8,7 @@ import pytest
 
 from scripts_app.models import Run
 from scripts_app.services import jobs, supervision
+from scripts_app.services.pipeline import RunRequest, start_run
 from tests.conftest import client_for
 from tests.factories import UserFactory, make_script
 from tests.worker.conftest import wait_for, wait_status
@@ -45,8 +46,15 @@ def submit(api, body: dict, *, version: str = "v2") -> str:
 
 
 def job(sleeper, seconds: float = 0, *, service: str = "LOW", **kwargs) -> Run:
-    return jobs.job_submit(
-        script=sleeper, user=sleeper.owner, parameters={"seconds": seconds}, service=service, **kwargs
+    return start_run(
+        RunRequest(
+            script=sleeper,
+            user=sleeper.owner,
+            parameters={"seconds": seconds},
+            service=service,
+            asynchronous=True,
+            **kwargs,
+        )
     )
 
 
