@@ -31,7 +31,7 @@ from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlEr
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, ServiceLevel
 from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments, queries, shares
-from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings
+from scripts_app.services.runs import function_kwargs, limits_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def apply_execute(
     (execution.execute_run).
 
     `limits` are each piece's (the wall clock is what is left of the run's). Recording an outcome of an
-    async run that was taken from this attempt raises runs.RunTakenAway (runs._finish).
+    async run that was taken from this attempt raises RunTakenAway (Run.finish).
     """
     deadline = time.monotonic() + _wall_seconds(run)
     try:
@@ -361,12 +361,12 @@ def apply_execute(
         python = environments.python_for_run(run)
         pieces = build_pieces(run)
     except OmlError as error:
-        _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        run.finish(Run.Status.FAILED, error_code=error.code, error_message=error.message)
         return run
     except Exception as error:
         logger.exception("Run %s: preparing the input failed", run.pk)
         message = f"The service failed to prepare the input: {error}"
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
         raise
     options = run.apply_options
     degree = degree_for(
@@ -401,7 +401,7 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
     if refusal is not None:
         # Nothing of the pieces is kept (values, figures, streams): it would all count against the quota.
         run.pieces = [{"label": p.label, "key": p.key, "rows": p.rows, "status": p.status} for p in pieces]
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
         return
     run.stored_bytes = size
     entries, stdout, stderr, position = [], [], [], 0
@@ -439,7 +439,7 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
         run.stderr = "".join(stderr)
         if failed is None:
             run.result = assemble(run.kind, pieces)
-            _finish(run, Run.Status.SUCCEEDED)
+            run.finish(Run.Status.SUCCEEDED)
             return
         result = failed.result
         if failed.status == "BUSY":
@@ -451,8 +451,7 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
         if result.failure is runner.Failure.TIMEOUT:
             # The piece's own limit was what was left of the run's: name the run's.
             message = f"The run exceeded its time limit of {_wall_seconds(run):g} seconds"
-        _finish(
-            run,
+        run.finish(
             status,
             error_code=code,
             error_message=f"{where} failed: {message}",

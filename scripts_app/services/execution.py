@@ -21,11 +21,11 @@ def execute_run(
 
     A QUEUED run is marked RUNNING first; a sync run recorded RUNNING, or a job its worker claimed, is
     not. `limits` replace the settings' (an async job's service level and timeout). Recording the
-    outcome of a run taken from this attempt raises runs.RunTakenAway."""
+    outcome of a run taken from this attempt raises RunTakenAway."""
     if run.status == Run.Status.QUEUED:
-        run.status = Run.Status.RUNNING
         run.started_at = timezone.now()
-        run.save(update_fields=["status", "started_at"])
+        Run.objects.filter(pk=run.pk).start(now=run.started_at)
+        run.status = Run.Status.RUNNING
     if run.kind == Run.Kind.DO_EVAL:
         return runs.run_execute(run=run, is_cancelled=is_cancelled, limits=limits)
     return apply.apply_execute(run=run, is_cancelled=is_cancelled, limits=limits)

@@ -31,12 +31,11 @@ from scripts_app.errors import (
     PermissionDenied,
     Unavailable,
 )
-from scripts_app.models import Run, RunImage, ServiceLevel
+from scripts_app.models import Run, RunImage, RunTakenAway, ServiceLevel
 from scripts_app.services import apply, execution, runs, shares, supervision
 
 logger = logging.getLogger(__name__)
 
-ACTIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
 # Celery's hard time limit is only a backstop behind the runner's own wall clock.
 CELERY_TIME_LIMIT_MARGIN_SECONDS = 300
 # A job deferred because its user runs their share waits this long (up to twice, with jitter) before
@@ -141,18 +140,8 @@ def oracle_date(moment: datetime) -> str:
 
 def job_cancel(*, run: Run) -> Run:
     """Stop a queued or running job; it ends CANCELLED. A finished job can't be cancelled (400)."""
-    now = timezone.now()
-    if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(
-        status=Run.Status.CANCELLED,
-        cancel_requested_at=now,
-        finished_at=now,
-        error_code=ErrorCode.CANCELLED,
-        error_message="The job was cancelled before it started.",
-    ):
-        run.refresh_from_db()
-        return run
     # Running: the worker holding it sees the flag within OMLWEB_CANCEL_POLL_SECONDS and kills the run.
-    if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(cancel_requested_at=now):
+    if not Run.objects.filter(pk=run.pk).cancel(now=timezone.now()):
         raise BadRequest("Job is not running.", code=ErrorCode.BAD_REQUEST)
     run.refresh_from_db()
     return run
@@ -192,7 +181,7 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
     watch.start()
     try:
         execution.execute_run(run, is_cancelled=watch.is_cancelled, limits=job_limits(run))
-    except runs.RunTakenAway:
+    except RunTakenAway:
         logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
         return None
     except Busy:
@@ -232,14 +221,7 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
         # Counted and claimed under the user's lock, so two workers cannot both take the last share.
         if owner is not None and not shares.job_may_start(user_id=owner[0], service=owner[1]):
             raise JobDeferred(run_id)
-        now = timezone.now()
-        claimed = queued.update(
-            status=Run.Status.RUNNING,
-            started_at=now,
-            heartbeat_at=now,
-            worker=worker,
-            attempts=F("attempts") + 1,
-        )
+        claimed = queued.claim(worker=worker, now=timezone.now())
     if not claimed:
         logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
         return None
@@ -254,21 +236,14 @@ def job_defer(*, run_id: str) -> None:
     the reaper must not publish it again (each copy would be deferred and published again in turn).
     """
     run = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).first()
-    if run is None or not Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(enqueued_at=timezone.now()):
+    if run is None or not Run.objects.filter(pk=run.pk).published(now=timezone.now()):
         return
     logger.info("Run %s: its user already runs their share of jobs; back in the queue", run_id)
     job_enqueue(run=run, countdown=DEFER_SECONDS + random.uniform(0, DEFER_SECONDS))
 
 
-def _held(run: Run):
-    """The row as long as this attempt of this worker still holds it."""
-    return Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, worker=run.worker, attempts=run.attempts)
-
-
 def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
-    _held(run).update(
-        status=Run.Status.FAILED, finished_at=timezone.now(), error_code=code, error_message=message, traceback=""
-    )
+    Run.objects.held_by(run).finish(Run.Status.FAILED, error_code=code, error_message=message)
 
 
 class RunWatch:
@@ -303,9 +278,9 @@ class RunWatch:
                 try:
                     if time.monotonic() >= next_beat:
                         next_beat = time.monotonic() + beat_every
-                        if not _held(self.run).update(heartbeat_at=timezone.now()):
+                        if not Run.objects.held_by(self.run).update(heartbeat_at=timezone.now()):
                             self._cancelled.set()
-                    if _held(self.run).filter(cancel_requested_at__isnull=False).exists():
+                    if Run.objects.held_by(self.run).filter(cancel_requested_at__isnull=False).exists():
                         self._cancelled.set()
                 except Exception:
                     # A locked or unreachable database must not kill the run; the next poll tries again.
@@ -352,11 +327,11 @@ def reap_runs(*, now: datetime | None = None) -> ReapReport:
                 _publish_quietly(run)
     report.republished = _republish_lost(now=now)
     sync_limit = timedelta(seconds=settings.OMLWEB_RUN_WALL_SECONDS + settings.OMLWEB_HEARTBEAT_STALE_SECONDS)
-    orphans = Run.objects.filter(mode=Run.Mode.SYNC, status__in=ACTIVE, created_at__lt=now - sync_limit)
+    orphans = Run.objects.filter(mode=Run.Mode.SYNC, status__in=Run.ACTIVE, created_at__lt=now - sync_limit)
     for pk in orphans.values_list("pk", flat=True):
-        if Run.objects.filter(pk=pk, status__in=ACTIVE).update(
-            status=Run.Status.FAILED,
-            finished_at=now,
+        if Run.objects.filter(pk=pk).finish(
+            Run.Status.FAILED,
+            now=now,
             error_code=ErrorCode.CRASHED,
             error_message="The web process running this synchronous run stopped before it finished.",
         ):
@@ -367,19 +342,19 @@ def reap_runs(*, now: datetime | None = None) -> ReapReport:
 def _take_back(run: Run, *, now: datetime, lost: str) -> str | None:
     """Take a RUNNING run from the attempt that lost its worker: "requeued", "failed" once it was started
     OMLWEB_RUN_MAX_ATTEMPTS times, or "cancelled" if a cancel was asked; None if another change won."""
-    taken = Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING, attempts=run.attempts, worker=run.worker)
+    taken = Run.objects.held_by(run)
     if run.cancel_requested_at:
-        cancelled = taken.update(
-            status=Run.Status.CANCELLED,
-            finished_at=now,
+        cancelled = taken.finish(
+            Run.Status.CANCELLED,
+            now=now,
             error_code=ErrorCode.CANCELLED,
             error_message=f"The job was cancelled; {lost}.",
         )
         return "cancelled" if cancelled else None
     if run.attempts >= settings.OMLWEB_RUN_MAX_ATTEMPTS:
-        failed = taken.update(
-            status=Run.Status.FAILED,
-            finished_at=now,
+        failed = taken.finish(
+            Run.Status.FAILED,
+            now=now,
             error_code=ErrorCode.CRASHED,
             error_message=(
                 f"The job was started {run.attempts} times and each time {lost} "
@@ -389,7 +364,7 @@ def _take_back(run: Run, *, now: datetime, lost: str) -> str | None:
         if failed:
             logger.warning("Run %s failed: %s, attempt %s", run.pk, lost, run.attempts)
         return "failed" if failed else None
-    if taken.update(status=Run.Status.QUEUED, worker="", heartbeat_at=None, enqueued_at=now):
+    if taken.requeue(now=now):
         logger.warning("Run %s requeued: %s (attempt %s)", run.pk, lost, run.attempts)
         return "requeued"
     return None
@@ -435,7 +410,7 @@ def _republish_lost(*, now: datetime) -> list[str]:
         if missing <= 0:
             continue
         for run in waiting_long.order_by(F("enqueued_at").asc(nulls_first=True))[:missing]:
-            if Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED).update(enqueued_at=now):
+            if Run.objects.filter(pk=run.pk).published(now=now):
                 _publish_quietly(run)
                 republished.append(str(run.pk))
     return republished

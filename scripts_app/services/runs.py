@@ -10,12 +10,10 @@ from collections.abc import Callable
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.utils import timezone
 
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, Busy, ErrorCode, OmlError
 from scripts_app.models import Run, RunImage
-from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments, shares
 
 logger = logging.getLogger(__name__)
@@ -55,7 +53,7 @@ def run_execute(
     try:
         python = environments.python_for_run(run)
     except OmlError as error:
-        _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        run.finish(Run.Status.FAILED, error_code=error.code, error_message=error.message)
         return run
     job = runner.Job(
         source=version.source,
@@ -68,18 +66,18 @@ def run_execute(
     try:
         result = runner.run(job, is_cancelled=is_cancelled)
     except runner.RunnerBusy:
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.BUSY, error_message=Busy.busy_message)
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.BUSY, error_message=Busy.busy_message)
         raise Busy(Busy.busy_message) from None
     except runner.RunnerUnavailable as error:
         # A fault of this host's set-up (say, OMLWEB_RUNNER_ISOLATION names a level it lacks), not of the run.
         logger.error("The runner cannot start runs: %s", error)
         message = f"The service cannot run scripts on this host: {error}"
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.RUNNER_UNAVAILABLE, error_message=message)
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.RUNNER_UNAVAILABLE, error_message=message)
         raise OmlError(message, code=ErrorCode.RUNNER_UNAVAILABLE, status=500) from None
     except Exception:
         # A fault of the service: the run must not stay RUNNING until the reaper finds it.
         logger.exception("Run %s: the runner failed", run.pk)
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message="The service failed to run it.")
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message="The service failed to run it.")
         raise
     run_record_result(run=run, result=result)
     return run
@@ -91,7 +89,7 @@ def run_record_result(*, run: Run, result: runner.Result) -> None:
     with transaction.atomic():
         if refusal is not None:
             # Nothing of it is kept: its figures, value and streams would all count against the quota.
-            _finish(run, Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
+            run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
             return
         run.stored_bytes = size
         for position, figure in enumerate(result.figures, start=1):
@@ -102,46 +100,15 @@ def run_record_result(*, run: Run, result: runner.Result) -> None:
         run.stderr = result.stderr
         if result.succeeded:
             run.result = result.value
-            _finish(run, Run.Status.SUCCEEDED)
+            run.finish(Run.Status.SUCCEEDED)
         else:
             code = FAILURE_CODES.get(result.failure, ErrorCode.INTERNAL)
-            _finish(
-                run,
+            run.finish(
                 Run.Status(result.outcome.value),
                 error_code=code,
                 error_message=result.error_message,
                 traceback=result.traceback,
             )
-
-
-class RunTakenAway(Exception):
-    """An async run's outcome arrived after the run was deleted or handed to another attempt."""
-
-
-def _finish(run: Run, status: str, *, error_code: int | None = None, error_message: str = "", traceback: str = ""):
-    run.status = status
-    run.finished_at = timezone.now()
-    run.error_code = error_code
-    # What a run printed or raised is the user's text: it may hold NUL or lone surrogates, which
-    # PostgreSQL (and any driver) refuses. The runner cleans its own; this covers every other path.
-    run.error_message = storable_text(error_message)
-    run.traceback = storable_text(traceback)
-    run.stdout = storable_text(run.stdout)
-    run.stderr = storable_text(run.stderr)
-    with transaction.atomic():
-        if run.attempts and not _still_held(run):
-            # Raised inside the caller's transaction, so the figures it saved are rolled back too.
-            raise RunTakenAway(f"Run {run.pk} was deleted or taken from attempt {run.attempts} while it ran")
-        # force_update: never re-insert a run deleted meanwhile.
-        run.save(force_update=True)
-
-
-def _still_held(run: Run) -> bool:
-    """Whether the worker attempt that claimed this async run still holds it (locks the row until commit)."""
-    held = Run.objects.select_for_update().filter(
-        pk=run.pk, status=Run.Status.RUNNING, worker=run.worker, attempts=run.attempts
-    )
-    return held.exists()
 
 
 def oml_result(run: Run) -> dict:

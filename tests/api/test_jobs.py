@@ -35,7 +35,7 @@ class InlineWatch:
         pass
 
     def is_cancelled(self) -> bool:
-        return not jobs._held(self.run).filter(cancel_requested_at__isnull=True).exists()
+        return not Run.objects.held_by(self.run).filter(cancel_requested_at__isnull=True).exists()
 
 
 @pytest.fixture
