@@ -245,9 +245,6 @@ class RunQuerySet(models.QuerySet):
     def finished(self) -> RunQuerySet:
         return self.filter(status__in=Run.FINISHED)
 
-    def visible_to(self, user) -> RunQuerySet:
-        return self if user.is_superuser else self.filter(user=user)
-
     def held_by(self, run: Run) -> RunQuerySet:
         """The run as long as the attempt that started it still holds it: RUNNING, on the same worker, in
         the same attempt (a sync run: no worker, attempt 0)."""
