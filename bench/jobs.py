@@ -171,7 +171,7 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
 
 def start_workers(count: int, data_dir: Path) -> list[subprocess.Popen]:
     from scripts_app.management.commands.serve import worker_command
-    from scripts_app.services import jobs
+    from scripts_app.services.jobs.broker import queue_name
 
     processes = []
     for number in range(count):
@@ -179,7 +179,7 @@ def start_workers(count: int, data_dir: Path) -> list[subprocess.Popen]:
         processes.append(
             subprocess.Popen(
                 worker_command(
-                    node=f"bench{number}@{socket.gethostname()}", queues=[jobs.queue_name("LOW")], loglevel="WARNING"
+                    node=f"bench{number}@{socket.gethostname()}", queues=[queue_name("LOW")], loglevel="WARNING"
                 ),
                 cwd=ROOT,
                 env=os.environ.copy(),
@@ -241,13 +241,13 @@ def drop_queues() -> None:
     from kombu import Queue
 
     from omlweb.celery import app
-    from scripts_app.services import jobs
+    from scripts_app.services.jobs.broker import queue_name, service_levels
 
     if not app.conf.broker_url.startswith(("redis", "amqp")):
         return
     with app.connection_for_write() as conn, conn.channel() as channel:
-        for level in jobs.service_levels():
-            Queue(jobs.queue_name(level), channel=channel).delete()
+        for level in service_levels():
+            Queue(queue_name(level), channel=channel).delete()
 
 
 if __name__ == "__main__":

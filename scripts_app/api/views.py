@@ -57,7 +57,8 @@ from scripts_app.api.serializers import (
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound, PermissionDenied
 from scripts_app.models import AccessToken, Run
-from scripts_app.services import datasets, jobs, pipeline, runs, scripts, tokens
+from scripts_app.services import datasets, pipeline, runs, scripts, tokens
+from scripts_app.services.jobs import broker, submission
 
 
 def client_address(request: Request) -> str | None:
@@ -197,18 +198,18 @@ class JobView(APIView):
         operation_id="jobStatus",
     )
     def get(self, request: Request, version: str, job_id: str) -> Response:
-        run = jobs.job_get(user=request.user, job_id=job_id)
+        run = submission.job_get(user=request.user, job_id=job_id)
         if run.is_finished:
             # Content-Location, not Location, exactly as Oracle: HTTP clients would follow a Location
             # and never see the 302.
             return Response(status=302, headers={"Content-Location": job_url(request, version, run, "/result")})
         body = {
-            "createdDate": jobs.oracle_date(run.created_at),
+            "createdDate": broker.oracle_date(run.created_at),
             "status": JOB_RUNNING,
-            "elapsedTime": jobs.hms(jobs.elapsed(run)),
+            "elapsedTime": broker.hms(submission.elapsed(run)),
             # Ours: the attempt running (or next to run) it. Above 1, its worker died and it started again
             # from the beginning: delivery is at least once (docs/architecture.md).
-            "attempt": jobs.job_attempt(run),
+            "attempt": submission.job_attempt(run),
         }
         return Response(body, status=202)
 
@@ -216,8 +217,8 @@ class JobView(APIView):
         responses={200: message("JobDeleted")}, summary="Stop (if running) and delete a job", operation_id="jobDelete"
     )
     def delete(self, request: Request, version: str, job_id: str) -> Response:
-        run = jobs.job_for_change(user=request.user, job_id=job_id)
-        jobs.job_delete(run=run)
+        run = submission.job_for_change(user=request.user, job_id=job_id)
+        submission.job_delete(run=run)
         return Response({"result": "job deleted successfully"})
 
 
@@ -228,7 +229,7 @@ class JobResultView(APIView):
         operation_id="jobResult",
     )
     def get(self, request: Request, version: str, job_id: str) -> Response:
-        run = jobs.job_get(user=request.user, job_id=job_id)
+        run = submission.job_get(user=request.user, job_id=job_id)
         if not run.is_finished:
             raise NotFound("The job has not finished: its result is not ready.")
         body = runs.oml_result(run)
@@ -251,7 +252,7 @@ class JobListView(APIView):
         v2_only(version)
         limit = _query_int(request, "limit", JOB_PAGE_DEFAULT, minimum=1, maximum=JOB_PAGE_MAX)
         offset = _query_int(request, "offset", 0, minimum=0)
-        page = list(jobs.jobs_visible_to(request.user).order_by("-created_at")[offset : offset + limit + 1])
+        page = list(submission.jobs_visible_to(request.user).order_by("-created_at")[offset : offset + limit + 1])
         now = timezone.now()
         items = [job_row(run, now) for run in page[:limit]]
         return Response({"result": items, "limit": limit, "offset": offset, "hasMore": len(page) > limit})
@@ -263,8 +264,8 @@ class JobCancelView(APIView):
     )
     def post(self, request: Request, version: str, job_id: str) -> Response:
         v2_only(version)
-        run = jobs.job_for_change(user=request.user, job_id=job_id)
-        jobs.job_cancel(run=run)
+        run = submission.job_for_change(user=request.user, job_id=job_id)
+        submission.job_cancel(run=run)
         return Response({"result": "job cancelled successfully"})
 
 
@@ -272,15 +273,15 @@ def job_row(run, now) -> dict:
     """One job in GET v2/jobs: Oracle's four keys, then ours."""
     return {
         "job_id": str(run.pk),
-        "createdDate": jobs.oracle_date(run.created_at),
+        "createdDate": broker.oracle_date(run.created_at),
         "status": "FINISH" if run.is_finished else JOB_RUNNING,
-        "elapsedTime": jobs.hms(jobs.elapsed(run, now)),
+        "elapsedTime": broker.hms(submission.elapsed(run, now)),
         "state": run.status,
         "scriptName": run.script_name,
         "owner": run.user.get_username(),
         "service": run.service,
         "comments": run.comments,
-        "attempt": jobs.job_attempt(run),
+        "attempt": submission.job_attempt(run),
     }
 
 
@@ -316,7 +317,7 @@ class AdminStatusView(APIView):
     def get(self, request: Request) -> Response:
         if not roles.is_admin(request.user):
             raise PermissionDenied("Only admins may see the service's status.")
-        return Response(jobs.service_status())
+        return Response(broker.service_status())
 
 
 class ApplyView(APIView):

@@ -17,8 +17,9 @@ from django.utils import timezone
 from scripts_app import roles
 from scripts_app.errors import BadRequest, PermissionDenied
 from scripts_app.models import Run, Script, ScriptVersion, ServiceLevel
-from scripts_app.services import apply, environments, jobs, shares
+from scripts_app.services import apply, environments, shares
 from scripts_app.services.execution import execute_run
+from scripts_app.services.jobs.submission import job_publish_submitted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,7 @@ def start_run(request: RunRequest) -> Run:
     if request.asynchronous:
         with transaction.atomic():
             run = record_run(request)
-        jobs.job_publish_submitted(run)
+        job_publish_submitted(run)
         return run
     return execute_run(record_run(request, started=True))
 

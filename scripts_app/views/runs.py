@@ -24,9 +24,9 @@ from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
 from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
-from scripts_app.services import jobs as job_services
 from scripts_app.services import pipeline
 from scripts_app.services import shares as share_services
+from scripts_app.services.jobs.submission import job_attempt, job_cancel
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
 from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
@@ -158,7 +158,7 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "pieces": piece_timeline(run),
         "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
         "progress": _progress(run),
-        "attempt": job_services.job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
+        "attempt": job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
     }
 
 
@@ -271,7 +271,7 @@ def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         messages.info(request, f"The run had already ended: {run.get_status_display()}.")
     else:
         try:
-            run = job_services.job_cancel(run=run)
+            run = job_cancel(run=run)
         except OmlError as error:
             messages.error(request, error.message)
         else:

@@ -269,12 +269,12 @@ def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
 
 def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_script, django_capture_on_commit_callbacks):
     """'Run as a job' records a QUEUED async run of the chosen version and publishes it on commit."""
-    from scripts_app.services import jobs
+    from scripts_app.services.jobs import submission
 
     script_update(script=typed_script, by=alice, source=TYPED.replace('"n": n', '"n": -n'))
     published = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jobs, "job_enqueue", lambda *, run: published.append(run.pk))
+        patch.setattr(submission, "job_enqueue", lambda *, run: published.append(run.pk))
         with django_capture_on_commit_callbacks(execute=True):
             response = alice_client.post(
                 run_url(typed_script) + "?version=1",
