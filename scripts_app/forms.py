@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django import forms
 from django.contrib.auth import get_user_model
@@ -15,6 +16,26 @@ from scripts_app.runner.validation import loads_strict
 from scripts_app.services.environments import DEFAULT_ENVIRONMENT
 from scripts_app.services.pipeline import ApplyInput, RunRequest
 from scripts_app.signature import Parameter, Signature
+
+T = TypeVar("T")
+
+
+class ServiceForm(forms.Form):
+    """A page form whose submission a service carries out. The pages' one mapping of a service's refusal
+    (an OmlError) onto a form: `submit` puts it next to the field it is about."""
+
+    def submit(self, action: Callable[[], T]) -> T | None:
+        """`action()`; or None when the service refuses it, its message then this form's error."""
+        try:
+            return action()
+        except OmlError as error:
+            self.add_error(self.refusal_field(error), error.message)
+            return None
+
+    def refusal_field(self, error: OmlError) -> str | None:
+        """The field a refusal is about; None: the form as a whole."""
+        return None
+
 
 # Scripts
 
@@ -36,7 +57,7 @@ def main(rows: int = 5):
 '''
 
 
-class ScriptForm(forms.Form):
+class ScriptForm(ServiceForm):
     name = forms.RegexField(
         regex=SCRIPT_NAME_PATTERN,
         max_length=128,
@@ -73,15 +94,14 @@ class ScriptForm(forms.Form):
             self.fields["name"].disabled = True
         self.error_line: int | None = None
 
-    def add_service_error(self, error: OmlError) -> None:
-        """Show a service's refusal next to the field it is about, with the line of a source error."""
+    def refusal_field(self, error: OmlError) -> str | None:
+        """A source error goes next to the source, with its line; a taken name next to the name."""
         if error.code == ErrorCode.INVALID_SCRIPT:
             self.error_line = getattr(error, "line", None)
-            self.add_error("source", error.message)
-        elif error.code == ErrorCode.SCRIPT_EXISTS:
-            self.add_error("name", error.message)
-        else:
-            self.add_error(None, error.message)
+            return "source"
+        if error.code == ErrorCode.SCRIPT_EXISTS:
+            return "name"
+        return None
 
 
 class GrantForm(forms.Form):
@@ -95,7 +115,7 @@ class GrantForm(forms.Form):
         return user
 
 
-class DatasetUploadForm(forms.Form):
+class DatasetUploadForm(ServiceForm):
     name = forms.RegexField(
         regex=SCRIPT_NAME_PATTERN,
         max_length=128,
@@ -124,7 +144,7 @@ class TokenForm(forms.Form):
 # Runs
 
 
-class RunForm(forms.Form):
+class RunForm(ServiceForm):
     """Parameters from the entry function's signature, or raw JSON; and how to run."""
 
     PARAMETER_PREFIX = "p_"
@@ -471,7 +491,7 @@ def _parameter_field(parameter: Parameter) -> forms.Field:
 ROLE_CHOICES = [("analysts", "Analyst"), ("admins", "Admin"), ("auditors", "Auditor")]
 
 
-class UserCreateForm(forms.Form):
+class UserCreateForm(ServiceForm):
     username = forms.RegexField(
         regex=r"^[\w.@+-]{1,150}$",
         max_length=150,
@@ -487,6 +507,9 @@ class UserCreateForm(forms.Form):
         password = self.cleaned_data["password"]
         validate_password(password)
         return password
+
+    def refusal_field(self, error: OmlError) -> str | None:
+        return "username"
 
 
 class UserRoleForm(forms.Form):

@@ -13,12 +13,12 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from scripts_app import results, roles
-from scripts_app.errors import OmlError
 from scripts_app.forms import RunForm
 from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
@@ -29,7 +29,14 @@ from scripts_app.services import shares as share_services
 from scripts_app.services.jobs.submission import job_attempt, job_cancel
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
-from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
+from scripts_app.views.base import (
+    HtmxHttpRequest,
+    client_address,
+    paginate,
+    refusals_as_messages,
+    visible_run_or_404,
+    visible_script_or_404,
+)
 from scripts_app.views.compare import compare_choices
 
 RUNS_PER_PAGE = 50
@@ -71,11 +78,8 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         run_request = form.run_request(
             script=script, user=request.user, version=version, client_address=client_address(request)
         )
-        try:
-            run = pipeline.start_run(run_request)
-        except OmlError as error:
-            form.add_error(None, error.message)
-        else:
+        run = form.submit(lambda: pipeline.start_run(run_request))
+        if run is not None:
             return redirect("web:run_detail", run.pk)
     return render(
         request,
@@ -261,6 +265,7 @@ def run_data(request: HtmxHttpRequest, pk: UUID, fmt: str) -> HttpResponse:
 
 @require_POST
 @login_required
+@refusals_as_messages(back_to=lambda pk: reverse("web:run_detail", args=[pk]))
 def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     run = visible_run_or_404(request, pk)
     if not roles.can_cancel_run(request.user, run):
@@ -270,12 +275,8 @@ def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     elif run.is_finished:
         messages.info(request, f"The run had already ended: {run.get_status_display()}.")
     else:
-        try:
-            run = job_cancel(run=run)
-        except OmlError as error:
-            messages.error(request, error.message)
-        else:
-            messages.success(request, "Cancel requested.")
+        run = job_cancel(run=run)
+        messages.success(request, "Cancel requested.")
     return redirect("web:run_detail", run.pk)
 
 
