@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from scripts_app import roles
+from scripts_app.api import wire
 from scripts_app.api.parsers import StrictJSONParser
 from scripts_app.api.schema import (
     ANY_RESULT,
@@ -57,7 +58,7 @@ from scripts_app.api.serializers import (
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound, PermissionDenied
 from scripts_app.models import AccessToken, Run
-from scripts_app.services import datasets, pipeline, runs, scripts, tokens
+from scripts_app.services import datasets, pipeline, scripts, tokens
 from scripts_app.services.jobs import broker, submission
 
 
@@ -162,7 +163,7 @@ def execute(
     run_request = body.run_request(kind=kind, script=script, user=request.user, client_address=client_address(request))
     run = pipeline.start_run(run_request)
     if not run_request.asynchronous:
-        return Response(runs.oml_result(run))
+        return Response(wire.oml_result(run))
     # Oracle: 201, no body, and the job's absolute URL in Location, which clients poll as it is.
     return Response(status=201, headers={"Location": job_url(request, version, run)})
 
@@ -173,7 +174,6 @@ def job_url(request: Request, version: str, run, suffix: str = "") -> str:
 
 # Async jobs, as Oracle's /jobs endpoints
 
-JOB_RUNNING = "job is still running"
 JOB_PAGE_DEFAULT, JOB_PAGE_MAX = 50, 500
 
 
@@ -203,14 +203,7 @@ class JobView(APIView):
             # Content-Location, not Location, exactly as Oracle: HTTP clients would follow a Location
             # and never see the 302.
             return Response(status=302, headers={"Content-Location": job_url(request, version, run, "/result")})
-        body = {
-            "createdDate": broker.oracle_date(run.created_at),
-            "status": JOB_RUNNING,
-            "elapsedTime": broker.hms(submission.elapsed(run)),
-            # Ours: the attempt running (or next to run) it. Above 1, its worker died and it started again
-            # from the beginning: delivery is at least once (docs/architecture.md).
-            "attempt": submission.job_attempt(run),
-        }
+        body = wire.job_status(run, attempt=submission.job_attempt(run))
         return Response(body, status=202)
 
     @extend_schema(
@@ -232,7 +225,7 @@ class JobResultView(APIView):
         run = submission.job_get(user=request.user, job_id=job_id)
         if not run.is_finished:
             raise NotFound("The job has not finished: its result is not ready.")
-        body = runs.oml_result(run)
+        body = wire.oml_result(run)
         if version == "v2" and run.comments:
             body["comments"] = run.comments
         return Response(body)
@@ -254,7 +247,7 @@ class JobListView(APIView):
         offset = _query_int(request, "offset", 0, minimum=0)
         page = list(submission.jobs_visible_to(request.user).order_by("-created_at")[offset : offset + limit + 1])
         now = timezone.now()
-        items = [job_row(run, now) for run in page[:limit]]
+        items = [wire.job_row(run, now, attempt=submission.job_attempt(run)) for run in page[:limit]]
         return Response({"result": items, "limit": limit, "offset": offset, "hasMore": len(page) > limit})
 
 
@@ -267,22 +260,6 @@ class JobCancelView(APIView):
         run = submission.job_for_change(user=request.user, job_id=job_id)
         submission.job_cancel(run=run)
         return Response({"result": "job cancelled successfully"})
-
-
-def job_row(run, now) -> dict:
-    """One job in GET v2/jobs: Oracle's four keys, then ours."""
-    return {
-        "job_id": str(run.pk),
-        "createdDate": broker.oracle_date(run.created_at),
-        "status": "FINISH" if run.is_finished else JOB_RUNNING,
-        "elapsedTime": broker.hms(submission.elapsed(run, now)),
-        "state": run.status,
-        "scriptName": run.script_name,
-        "owner": run.user.get_username(),
-        "service": run.service,
-        "comments": run.comments,
-        "attempt": submission.job_attempt(run),
-    }
 
 
 def v2_only(version: str) -> None:

@@ -8,12 +8,10 @@ piece that fails fails the run, with a message naming the piece, and stops the o
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import datetime
 import io
-import json
 import logging
 import threading
 import time
@@ -482,33 +480,3 @@ def assemble(kind: str, pieces: list[Piece]) -> object:
         else:
             combined.append(value)
     return combined
-
-
-def graphics_result(run: Run) -> object:
-    """With graphicsFlag: image records per piece ({"IMAGE","DATA","TITLE","ID"}), keyed per group for group-apply."""
-    images = {image.position: image for image in run.images.all()}
-
-    def records(entries: list[dict]) -> list[dict]:
-        out = []
-        for entry in entries:
-            data = json.dumps(entry.get("value"))
-            figures = [images[p] for p in entry.get("figures", []) if p in images] or [None]
-            for image in figures:
-                out.append(
-                    {
-                        "IMAGE": _base64(image) if image else None,
-                        "DATA": data,
-                        "TITLE": image.title if image else None,
-                        "ID": len(out) + 1,
-                    }
-                )
-        return out
-
-    if run.kind == Run.Kind.GROUP_APPLY:
-        return {entry["key"]: records([entry]) for entry in run.pieces}
-    return records(run.pieces)
-
-
-def _base64(image: RunImage) -> str:
-    with image.image.open("rb") as file:
-        return base64.b64encode(file.read()).decode("ascii")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from collections.abc import Callable
 
@@ -109,37 +107,3 @@ def run_record_result(*, run: Run, result: runner.Result) -> None:
                 error_message=result.error_message,
                 traceback=result.traceback,
             )
-
-
-def oml_result(run: Run) -> dict:
-    """The body OML answers for a finished run: {"result": ...}, or raises the run's error."""
-    if run.status != Run.Status.SUCCEEDED:
-        raise run_error(run)
-    if not run.graphics:
-        return {"result": run.result}
-    if run.kind != Run.Kind.DO_EVAL:
-        from scripts_app.services.apply import graphics_result
-
-        return {"result": graphics_result(run)}
-    data = json.dumps(run.result)
-    images = list(run.images.all())
-    if not images:
-        return {"result": [{"IMAGE": None, "DATA": data, "TITLE": None, "ID": 1}]}
-    return {
-        "result": [
-            {"IMAGE": _base64_file(image), "DATA": data, "TITLE": image.title, "ID": image.position} for image in images
-        ]
-    }
-
-
-def _base64_file(image: RunImage) -> str:
-    with image.image.open("rb") as file:
-        return base64.b64encode(file.read()).decode("ascii")
-
-
-def run_error(run: Run) -> OmlError:
-    # A script's traceback is what its author needs; Oracle puts it in errorMessage too.
-    message = run.traceback or run.error_message or f"The run ended {run.status}."
-    if run.traceback and run.error_message and run.error_message not in run.traceback:
-        message = f"{run.error_message}\n{run.traceback}"
-    return OmlError(message, code=ErrorCode(run.error_code or ErrorCode.INTERNAL), status=400)

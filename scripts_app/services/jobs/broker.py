@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
@@ -11,6 +10,7 @@ from django.utils import timezone
 
 from omlweb.celery import app
 from scripts_app import runner
+from scripts_app.api.wire import hms, oracle_date
 from scripts_app.models import Run, ServiceLevel
 from scripts_app.services import apply, supervision
 
@@ -23,15 +23,6 @@ def queue_name(service: str) -> str:
 
 def service_levels() -> list[str]:
     return [level.value for level in ServiceLevel]
-
-
-def oracle_date(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def hms(duration: timedelta) -> str:
-    seconds = int(duration.total_seconds())
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 # How long the operator's view and the reaper wait for a broker that does not answer.

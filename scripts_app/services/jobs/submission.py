@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -97,11 +96,6 @@ def job_for_change(*, user, job_id: str) -> Run:
     if roles.is_read_only(user):
         raise PermissionDenied("Auditors have read-only access: they do not cancel or delete jobs.")
     return run
-
-
-def elapsed(run: Run, now: datetime | None = None) -> timedelta:
-    end = run.finished_at or now or timezone.now()
-    return max(end - run.created_at, timedelta(0))
 
 
 def job_attempt(run: Run) -> int:
