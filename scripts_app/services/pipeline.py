@@ -78,9 +78,11 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
     The user's share is checked here: a sync run over the user's runs at once, or an async job over
     their queued jobs, is a 429; a user over their storage quota is refused (services.shares)."""
     script, user = request.script, request.user
-    version = request.version
-    if version is not None and version.script_id != script.pk:
-        raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
+    if request.version is not None and request.version.script_id != script.pk:
+        raise BadRequest(f"Version {request.version.number} is not a version of script {script.name!r}.")
+    version = request.version or script.current_version
+    if version is None:
+        raise BadRequest(f"Script {script.name!r} has no version to run.")
     if roles.is_read_only(user):
         raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
     apply_fields = _apply_fields(request) if request.kind != Run.Kind.DO_EVAL else {}
@@ -94,7 +96,7 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
         # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
         shares.share_check(user=user, mode=mode, limits=limits)
         return Run.objects.create(
-            script_version=version or script.current_version,
+            script_version=version,
             script_name=script.name,
             script_owner=script.owner.get_username(),
             user=user,

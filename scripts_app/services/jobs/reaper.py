@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from datetime import datetime, timedelta
 
@@ -159,5 +160,5 @@ def prune_runs(*, now: datetime | None = None, batch: int = 1000) -> int:
         with transaction.atomic():
             images = list(RunImage.objects.filter(run_id__in=ids))
             Run.objects.filter(pk__in=ids).delete()
-            transaction.on_commit(lambda images=images: submission.delete_image_files(images))
+            transaction.on_commit(functools.partial(submission.delete_image_files, images))
         deleted += len(ids)

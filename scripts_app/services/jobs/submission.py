@@ -53,7 +53,7 @@ def job_enqueue(*, run: Run, countdown: float | None = None) -> None:
 
     timeout = run.timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS
     execute_job.apply_async(
-        args=[str(run.pk)],
+        args=(str(run.pk),),
         queue=queue_name(run.service),
         time_limit=timeout + CELERY_TIME_LIMIT_MARGIN_SECONDS,
         countdown=countdown,
