@@ -21,15 +21,14 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.db import transaction
 
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
-from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, ServiceLevel
+from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, ServiceLevel
 from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments, queries, shares
-from scripts_app.services.runs import function_kwargs, limits_from_settings
+from scripts_app.services.runs import function_kwargs, limits_from_settings, save_figures
 
 logger = logging.getLogger(__name__)
 
@@ -425,12 +424,8 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
                     entry["error_message"] = result.error_message
                 if result.succeeded and run.graphics:
                     entry["value"] = result.value
-                    for figure in result.figures:
-                        position += 1
-                        image = RunImage(run=run, position=position, title=figure.title)
-                        image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
-                        image.save()
-                        entry["figures"].append(position)
+                    entry["figures"] = save_figures(run, result.figures, after=position)
+                    position += len(entry["figures"])
             entries.append(entry)
         run.pieces = entries
         run.stdout = "".join(stdout)

@@ -90,10 +90,7 @@ def run_record_result(*, run: Run, result: runner.Result) -> None:
             run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
             return
         run.stored_bytes = size
-        for position, figure in enumerate(result.figures, start=1):
-            image = RunImage(run=run, position=position, title=figure.title)
-            image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
-            image.save()
+        save_figures(run, result.figures)
         run.stdout = result.stdout
         run.stderr = result.stderr
         if result.succeeded:
@@ -107,3 +104,14 @@ def run_record_result(*, run: Run, result: runner.Result) -> None:
                 error_message=result.error_message,
                 traceback=result.traceback,
             )
+
+
+def save_figures(run: Run, figures: list[runner.Figure], *, after: int = 0) -> list[int]:
+    """Keep figures as the run's images, numbered on from `after` (OML's ID); returns their positions."""
+    positions = []
+    for position, figure in enumerate(figures, start=after + 1):
+        image = RunImage(run=run, position=position, title=figure.title)
+        image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
+        image.save()
+        positions.append(position)
+    return positions
