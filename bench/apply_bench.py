@@ -114,8 +114,9 @@ def main() -> None:
 
     from scripts_app import runner
     from scripts_app.models import Run
-    from scripts_app.services import apply, runs
     from scripts_app.services.datasets import dataset_create
+    from scripts_app.services.execution import execute_run
+    from scripts_app.services.pipeline import ApplyInput, RunRequest, record_run
     from scripts_app.services.scripts import script_create
 
     frame = make_frame(args.rows, args.groups)
@@ -130,17 +131,17 @@ def main() -> None:
     def omlweb(kind: str, script: str, service: str, parallel: bool, reps: int, **options):
         from scripts_app.models import Script
 
-        run = apply.apply_create(
-            kind=kind,
-            script=Script.objects.get(name=script),
-            user=user,
-            input_query="select * from DATA",
-            parallel_flag=parallel,
-            parameters={"oml_input_type": "pandas.DataFrame", "reps": reps},
-            service=service,
-            **options,
+        run = record_run(
+            RunRequest(
+                kind=kind,
+                script=Script.objects.get(name=script),
+                user=user,
+                apply_input=ApplyInput(input_query="select * from DATA", parallel_flag=parallel, **options),
+                parameters={"oml_input_type": "pandas.DataFrame", "reps": reps},
+                service=service,
+            )
         )
-        run = runs.run_execute(run=run)
+        run = execute_run(run)
         assert run.status == Run.Status.SUCCEEDED, run.error_message
         return run
 

@@ -12,7 +12,7 @@ Prints figures and ratios; it passes or fails nothing. Run from the repository r
 2. Scaling: jobs per second for 100 ms jobs with 1, 2 and 4 worker processes, on Redis with PostgreSQL,
    as a ratio to the ideal of 10 jobs/s per worker process.
 
-Jobs are submitted through the job service (`jobs.job_submit`), the same call the API makes after
+Jobs are submitted through the run pipeline (`pipeline.start_run`), the same call the API makes after
 parsing the request; times come from the Run rows (created_at to finished_at), so polling adds nothing.
 Each configuration runs in a child process with its own settings, fresh database and worker processes.
 """
@@ -171,7 +171,7 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
 
 def start_workers(count: int, data_dir: Path) -> list[subprocess.Popen]:
     from scripts_app.management.commands.serve import worker_command
-    from scripts_app.services import jobs
+    from scripts_app.services.jobs.broker import queue_name
 
     processes = []
     for number in range(count):
@@ -179,7 +179,7 @@ def start_workers(count: int, data_dir: Path) -> list[subprocess.Popen]:
         processes.append(
             subprocess.Popen(
                 worker_command(
-                    node=f"bench{number}@{socket.gethostname()}", queues=[jobs.queue_name("LOW")], loglevel="WARNING"
+                    node=f"bench{number}@{socket.gethostname()}", queues=[queue_name("LOW")], loglevel="WARNING"
                 ),
                 cwd=ROOT,
                 env=os.environ.copy(),
@@ -195,7 +195,7 @@ def measure(config: dict) -> dict:
     from django.contrib.auth import get_user_model
 
     from scripts_app.models import Run
-    from scripts_app.services import jobs
+    from scripts_app.services.pipeline import RunRequest, start_run
     from scripts_app.services.scripts import script_create
 
     user = get_user_model().objects.create_user("bench", password="bench-password-1")
@@ -203,7 +203,7 @@ def measure(config: dict) -> dict:
     script = script_create(owner=user, name=name, source=TRIVIAL if name == "trivial" else NAP)
 
     def submit() -> Run:
-        return jobs.job_submit(script=script, user=user, parameters={})
+        return start_run(RunRequest(script=script, user=user, parameters={}, asynchronous=True))
 
     def wait_all(ids: list, timeout: float = 600) -> list[Run]:
         deadline = time.monotonic() + timeout
@@ -241,13 +241,13 @@ def drop_queues() -> None:
     from kombu import Queue
 
     from omlweb.celery import app
-    from scripts_app.services import jobs
+    from scripts_app.services.jobs.broker import queue_name, service_levels
 
     if not app.conf.broker_url.startswith(("redis", "amqp")):
         return
     with app.connection_for_write() as conn, conn.channel() as channel:
-        for level in jobs.service_levels():
-            Queue(jobs.queue_name(level), channel=channel).delete()
+        for level in service_levels():
+            Queue(queue_name(level), channel=channel).delete()
 
 
 if __name__ == "__main__":

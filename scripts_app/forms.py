@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django import forms
 from django.contrib.auth import get_user_model
@@ -12,8 +13,29 @@ from django.contrib.auth import get_user_model
 from scripts_app.errors import ErrorCode, OmlError
 from scripts_app.models import SCRIPT_NAME_PATTERN, Run, ServiceLevel
 from scripts_app.runner.validation import loads_strict
-from scripts_app.services.runs import DEFAULT_ENVIRONMENT
+from scripts_app.services.environments import DEFAULT_ENVIRONMENT
+from scripts_app.services.pipeline import ApplyInput, RunRequest
 from scripts_app.signature import Parameter, Signature
+
+T = TypeVar("T")
+
+
+class ServiceForm(forms.Form):
+    """A page form whose submission a service carries out. The pages' one mapping of a service's refusal
+    (an OmlError) onto a form: `submit` puts it next to the field it is about."""
+
+    def submit(self, action: Callable[[], T]) -> T | None:
+        """`action()`; or None when the service refuses it, its message then this form's error."""
+        try:
+            return action()
+        except OmlError as error:
+            self.add_error(self.refusal_field(error), error.message)
+            return None
+
+    def refusal_field(self, error: OmlError) -> str | None:
+        """The field a refusal is about; None: the form as a whole."""
+        return None
+
 
 # Scripts
 
@@ -43,7 +65,7 @@ def choice_field(form: forms.BaseForm, name: str) -> forms.ChoiceField:
     return field
 
 
-class ScriptForm(forms.Form):
+class ScriptForm(ServiceForm):
     name = forms.RegexField(
         regex=SCRIPT_NAME_PATTERN,
         max_length=128,
@@ -80,15 +102,14 @@ class ScriptForm(forms.Form):
             self.fields["name"].disabled = True
         self.error_line: int | None = None
 
-    def add_service_error(self, error: OmlError) -> None:
-        """Show a service's refusal next to the field it is about, with the line of a source error."""
+    def refusal_field(self, error: OmlError) -> str | None:
+        """A source error goes next to the source, with its line; a taken name next to the name."""
         if error.code == ErrorCode.INVALID_SCRIPT:
             self.error_line = getattr(error, "line", None)
-            self.add_error("source", error.message)
-        elif error.code == ErrorCode.SCRIPT_EXISTS:
-            self.add_error("name", error.message)
-        else:
-            self.add_error(None, error.message)
+            return "source"
+        if error.code == ErrorCode.SCRIPT_EXISTS:
+            return "name"
+        return None
 
 
 class GrantForm(forms.Form):
@@ -102,7 +123,7 @@ class GrantForm(forms.Form):
         return user
 
 
-class DatasetUploadForm(forms.Form):
+class DatasetUploadForm(ServiceForm):
     name = forms.RegexField(
         regex=SCRIPT_NAME_PATTERN,
         max_length=128,
@@ -131,7 +152,7 @@ class TokenForm(forms.Form):
 # Runs
 
 
-class RunForm(forms.Form):
+class RunForm(ServiceForm):
     """Parameters from the entry function's signature, or raw JSON; and how to run."""
 
     PARAMETER_PREFIX = "p_"
@@ -340,20 +361,37 @@ class RunForm(forms.Form):
                 parameters.setdefault("oml_na_omit", True)
         return parameters
 
-    def apply_options(self) -> dict:
-        """apply_create's own arguments for the chosen mode, after is_valid()."""
+    def run_request(self, *, script, user, version, client_address: str | None) -> RunRequest:
+        """What the form asks to run, after is_valid(): the request services.pipeline starts."""
         data = self.cleaned_data
         kind = data["kind"]
-        options = {"kind": kind, "parallel_flag": data.get("parallel", False)}
-        if kind != Run.Kind.INDEX_APPLY:
-            options["input_query"] = data["input_query"]
-        if kind == Run.Kind.ROW_APPLY:
-            options["rows"] = data["rows"]
-        if kind == Run.Kind.GROUP_APPLY:
-            options.update(group_by=data["group_by"], order_by=data.get("order_by") or None)
-        if kind == Run.Kind.INDEX_APPLY:
-            options["times"] = data["times"]
-        return options
+        asynchronous = data["execution"] == "async"
+        apply_input = ApplyInput()
+        if kind != Run.Kind.DO_EVAL:
+            apply_input = ApplyInput(
+                input_query=data["input_query"] if kind != Run.Kind.INDEX_APPLY else "",
+                rows=data["rows"] if kind == Run.Kind.ROW_APPLY else None,
+                group_by=data["group_by"] if kind == Run.Kind.GROUP_APPLY else None,
+                order_by=(data.get("order_by") or None) if kind == Run.Kind.GROUP_APPLY else None,
+                times=data["times"] if kind == Run.Kind.INDEX_APPLY else None,
+                parallel_flag=data.get("parallel", False),
+            )
+        return RunRequest(
+            script=script,
+            user=user,
+            parameters=self.parameters(),
+            kind=kind,
+            apply_input=apply_input,
+            version=version,
+            graphics=data["graphics"],
+            env_name=data["env_name"],
+            service=data["service"],
+            asynchronous=asynchronous,
+            # A job's own fields: a run made now has the settings' time limit and no comments.
+            timeout_seconds=data["job_timeout"] if asynchronous else None,
+            comments=data["comments"] if asynchronous else "",
+            client_address=client_address,
+        )
 
     def _function_parameters(self) -> dict:
         if self.cleaned_data["params_mode"] == "json":
@@ -462,7 +500,7 @@ def _parameter_field(parameter: Parameter) -> forms.Field:
 ROLE_CHOICES: list[tuple[str, str]] = [("analysts", "Analyst"), ("admins", "Admin"), ("auditors", "Auditor")]
 
 
-class UserCreateForm(forms.Form):
+class UserCreateForm(ServiceForm):
     username = forms.RegexField(
         regex=r"^[\w.@+-]{1,150}$",
         max_length=150,
@@ -478,6 +516,9 @@ class UserCreateForm(forms.Form):
         password = self.cleaned_data["password"]
         validate_password(password)
         return password
+
+    def refusal_field(self, error: OmlError) -> str | None:
+        return "username"
 
 
 class UserRoleForm(forms.Form):

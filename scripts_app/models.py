@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models import F
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+from scripts_app.errors import ErrorCode
+from scripts_app.runner.validation import storable_text
 
 SCRIPT_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
 script_name_validator = RegexValidator(
@@ -227,12 +233,75 @@ class DatasetGrant(models.Model):
         return f"{self.dataset} -> {self.grantee}"
 
 
+class RunTakenAway(Exception):
+    """A run's outcome arrived after the run was deleted or handed to another attempt."""
+
+
 class RunQuerySet(models.QuerySet):
+    """Runs, and the transitions of a run's life. Each transition is one conditional UPDATE of the runs
+    in the queryset (callers narrow it to one run) and returns how many changed: 0 means another change
+    won (a second delivery, a reaper on another host, a cancel), and nothing was written."""
+
     def finished(self) -> RunQuerySet:
         return self.filter(status__in=Run.FINISHED)
 
-    def visible_to(self, user) -> RunQuerySet:
-        return self if user.is_superuser else self.filter(user=user)
+    def held_by(self, run: Run) -> RunQuerySet:
+        """The run as long as the attempt that started it still holds it: RUNNING, on the same worker, in
+        the same attempt (a sync run: no worker, attempt 0)."""
+        return self.filter(pk=run.pk, status=Run.Status.RUNNING, worker=run.worker, attempts=run.attempts)
+
+    def start(self, *, now: datetime.datetime) -> int:
+        """QUEUED -> RUNNING in this process: a sync run recorded before it runs."""
+        return self.filter(status=Run.Status.QUEUED).update(status=Run.Status.RUNNING, started_at=now)
+
+    def claim(self, *, worker: str, now: datetime.datetime) -> int:
+        """QUEUED (with no cancel asked) -> RUNNING for a worker's next attempt."""
+        return self.filter(status=Run.Status.QUEUED, cancel_requested_at__isnull=True).update(
+            status=Run.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker, attempts=F("attempts") + 1
+        )
+
+    def requeue(self, *, now: datetime.datetime) -> int:
+        """RUNNING -> QUEUED: taken back from a worker that was lost, to be published again."""
+        return self.filter(status=Run.Status.RUNNING).update(
+            status=Run.Status.QUEUED, worker="", heartbeat_at=None, enqueued_at=now
+        )
+
+    def published(self, *, now: datetime.datetime) -> int:
+        """A QUEUED run's message was published (again) now: the reaper measures lost messages from it."""
+        return self.filter(status=Run.Status.QUEUED).update(enqueued_at=now)
+
+    def finish(
+        self,
+        status: str,
+        *,
+        now: datetime.datetime | None = None,
+        error_code: int | None = None,
+        error_message: str = "",
+        traceback: str = "",
+        **fields: Any,
+    ) -> int:
+        """QUEUED or RUNNING -> a final status, with its error (none for SUCCEEDED) and any other fields.
+        The one write that ends runs: a hook for "a run reached a final state" belongs here."""
+        return self.filter(status__in=Run.ACTIVE).update(
+            status=status,
+            finished_at=now or timezone.now(),
+            error_code=error_code,
+            error_message=error_message,
+            traceback=traceback,
+            **fields,
+        )
+
+    def cancel(self, *, now: datetime.datetime) -> int:
+        """Stop these runs: a QUEUED one ends CANCELLED at once; a RUNNING one is asked to stop (its worker
+        polls cancel_requested_at and kills it)."""
+        cancelled = self.filter(status=Run.Status.QUEUED).finish(
+            Run.Status.CANCELLED,
+            now=now,
+            error_code=ErrorCode.CANCELLED,
+            error_message="The job was cancelled before it started.",
+            cancel_requested_at=now,
+        )
+        return cancelled + self.filter(status=Run.Status.RUNNING).update(cancel_requested_at=now)
 
 
 class Run(models.Model):
@@ -258,6 +327,7 @@ class Run(models.Model):
         INDEX_APPLY = "index-apply"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED)
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     script_version = models.ForeignKey(ScriptVersion, on_delete=models.PROTECT, related_name="runs")
@@ -332,6 +402,39 @@ class Run(models.Model):
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+    def finish(
+        self, status: str, *, error_code: int | None = None, error_message: str = "", traceback: str = ""
+    ) -> None:
+        """Record this run's outcome as its attempt ends: the status and error, and what it keeps (result,
+        streams, pieces, options, stored bytes), in one conditional UPDATE.
+
+        Raises RunTakenAway when the run was deleted or taken from this attempt meanwhile; raised inside the
+        caller's transaction, so the figures it saved are rolled back too."""
+        self.status = status
+        self.finished_at = timezone.now()
+        self.error_code = error_code
+        # What a run printed or raised is the user's text: it may hold NUL or lone surrogates, which
+        # PostgreSQL (and any driver) refuses. The runner cleans its own; this covers every other path.
+        self.error_message = storable_text(error_message)
+        self.traceback = storable_text(traceback)
+        self.stdout = storable_text(self.stdout)
+        self.stderr = storable_text(self.stderr)
+        finished = Run.objects.held_by(self).finish(
+            status,
+            now=self.finished_at,
+            error_code=error_code,
+            error_message=self.error_message,
+            traceback=self.traceback,
+            result=self.result,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            pieces=self.pieces,
+            apply_options=self.apply_options,
+            stored_bytes=self.stored_bytes,
+        )
+        if not finished:
+            raise RunTakenAway(f"Run {self.pk} was deleted or taken from attempt {self.attempts} while it ran")
 
 
 class GroupLimits(models.Model):

@@ -94,10 +94,13 @@ def _may_run(user, script) -> bool:
 
 
 def runs_visible_to(user, runs: QuerySet) -> QuerySet:
+    """The one rule for reading runs and jobs, in the pages (history, a script's runs, compare) and the
+    API (jobs) alike: a user reads their own; admins and auditors read every one."""
     return runs if sees_everything(user) else runs.filter(user=user)
 
 
 def can_view_run(user, run) -> bool:
+    """`runs_visible_to` for one run already loaded."""
     return sees_everything(user) or run.user_id == user.pk
 
 

@@ -13,7 +13,8 @@ from celery import shared_task, signals
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from scripts_app.environments.tasks import build_environment
-from scripts_app.services import jobs, supervision
+from scripts_app.services import supervision
+from scripts_app.services.jobs.worker import job_execute
 
 __all__ = ["build_environment", "execute_job", "probe"]
 
@@ -29,13 +30,13 @@ DATABASE_RETRY_DELAYS = (1, 2, 4, 8, 15, 30)
 def execute_job(self, run_id: str) -> None:
     for delay in DATABASE_RETRY_DELAYS:
         try:
-            jobs.job_execute(run_id=run_id, worker=self.request.hostname or "")
+            job_execute(run_id=run_id, worker=self.request.hostname or "")
             return
         except (OperationalError, InterfaceError) as error:
             logger.warning("Run %s: the database is unavailable (%s); trying again in %s s", run_id, error, delay)
             close_old_connections()
             time.sleep(delay)
-    jobs.job_execute(run_id=run_id, worker=self.request.hostname or "")
+    job_execute(run_id=run_id, worker=self.request.hostname or "")
 
 
 @shared_task(name="omlweb.probe", bind=True, ignore_result=True)

@@ -14,14 +14,15 @@ from django.utils import timezone
 
 from scripts_app.errors import ErrorCode
 from scripts_app.models import Run, RunImage
-from scripts_app.services import jobs
+from scripts_app.services.jobs import broker, reaper, submission
+from scripts_app.services.pipeline import RunRequest, start_run
 from tests.factories import UserFactory, make_script
 
 
 @pytest.fixture
 def published(monkeypatch):
     sent: list[str] = []
-    monkeypatch.setattr(jobs, "job_enqueue", lambda *, run: sent.append(str(run.pk)))
+    monkeypatch.setattr(submission, "job_enqueue", lambda *, run: sent.append(str(run.pk)))
     return sent
 
 
@@ -40,7 +41,7 @@ def reaper_settings(settings):
 
 
 def job(script, **fields) -> Run:
-    run = jobs.job_submit(script=script, user=script.owner, parameters={})
+    run = start_run(RunRequest(script=script, user=script.owner, parameters={}, asynchronous=True))
     Run.objects.filter(pk=run.pk).update(**fields)
     return Run.objects.get(pk=run.pk)
 
@@ -58,7 +59,7 @@ def running(script, *, heartbeat: float, attempts: int = 1, **fields) -> Run:
 def test_a_run_whose_worker_vanished_is_requeued(script, published, reaper_settings):
     """RUNNING with a heartbeat older than the stale limit: back to QUEUED, published again."""
     run = running(script, heartbeat=61)
-    report = jobs.reap_runs()
+    report = reaper.reap_runs()
     assert report.requeued == [str(run.pk)]
     run.refresh_from_db()
     assert run.status == Run.Status.QUEUED
@@ -69,7 +70,7 @@ def test_a_run_whose_worker_vanished_is_requeued(script, published, reaper_setti
 def test_a_run_with_a_live_heartbeat_is_left_alone(script, published, reaper_settings):
     """A heartbeat within the limit means its worker still holds it."""
     run = running(script, heartbeat=30)
-    assert not jobs.reap_runs()
+    assert not reaper.reap_runs()
     run.refresh_from_db()
     assert run.status == Run.Status.RUNNING
     assert published == []
@@ -78,7 +79,7 @@ def test_a_run_with_a_live_heartbeat_is_left_alone(script, published, reaper_set
 def test_a_run_that_lost_its_worker_too_often_fails_clearly(script, published, reaper_settings):
     """After OMLWEB_RUN_MAX_ATTEMPTS tries it fails with a message saying why, and is not published."""
     run = running(script, heartbeat=61, attempts=3)
-    assert jobs.reap_runs().failed == [str(run.pk)]
+    assert reaper.reap_runs().failed == [str(run.pk)]
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
     assert run.error_code == ErrorCode.CRASHED
@@ -91,7 +92,7 @@ def test_a_run_that_lost_its_worker_too_often_fails_clearly(script, published, r
 def test_a_cancelled_run_whose_worker_vanished_ends_cancelled(script, published, reaper_settings):
     """A cancel that no worker could carry out still ends the run, CANCELLED."""
     run = running(script, heartbeat=61, cancel_requested_at=ago(65))
-    assert jobs.reap_runs().cancelled == [str(run.pk)]
+    assert reaper.reap_runs().cancelled == [str(run.pk)]
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
     assert published == []
@@ -101,45 +102,45 @@ def test_queued_runs_are_republished_when_their_queue_lost_messages(script, publ
     """Two old queued runs and one message in the queue: the oldest is published again, once."""
     oldest = job(script, enqueued_at=ago(300))
     job(script, enqueued_at=ago(200))
-    monkeypatch.setattr(jobs, "queue_length", lambda service: 1 if service == "LOW" else 0)
-    assert jobs.reap_runs().republished == [str(oldest.pk)]
+    monkeypatch.setattr(broker, "queue_length", lambda service: 1 if service == "LOW" else 0)
+    assert reaper.reap_runs().republished == [str(oldest.pk)]
     assert published == [str(oldest.pk)]
     # With its new message counted, the next pass publishes nothing more.
-    monkeypatch.setattr(jobs, "queue_length", lambda service: 2 if service == "LOW" else 0)
-    assert not jobs.reap_runs()
+    monkeypatch.setattr(broker, "queue_length", lambda service: 2 if service == "LOW" else 0)
+    assert not reaper.reap_runs()
 
 
 def test_queued_runs_with_their_messages_in_the_queue_are_left_alone(script, published, reaper_settings, monkeypatch):
     """As many messages as queued runs: nothing is lost."""
     job(script, enqueued_at=ago(300))
-    monkeypatch.setattr(jobs, "queue_length", lambda service: 1 if service == "LOW" else 0)
-    assert not jobs.reap_runs()
+    monkeypatch.setattr(broker, "queue_length", lambda service: 1 if service == "LOW" else 0)
+    assert not reaper.reap_runs()
     assert published == []
 
 
 def test_recently_queued_runs_are_not_republished(script, published, reaper_settings, monkeypatch):
     """A run queued moments ago may simply not be in the broker's count yet."""
     job(script, enqueued_at=ago(5))
-    monkeypatch.setattr(jobs, "queue_length", lambda service: 0)
-    assert not jobs.reap_runs()
+    monkeypatch.setattr(broker, "queue_length", lambda service: 0)
+    assert not reaper.reap_runs()
 
 
 def test_unknown_queue_length_republishes_old_queued_runs(script, published, reaper_settings, monkeypatch):
     """When the broker can't be asked, old queued runs are published again (a duplicate is harmless)."""
     run = job(script, enqueued_at=ago(300))
-    monkeypatch.setattr(jobs, "queue_length", lambda service: None)
-    assert jobs.reap_runs().republished == [str(run.pk)]
+    monkeypatch.setattr(broker, "queue_length", lambda service: None)
+    assert reaper.reap_runs().republished == [str(run.pk)]
 
 
 def test_a_sync_run_left_open_by_a_dead_web_process_fails(script, reaper_settings):
     """A sync run still RUNNING long after the sync limit fails; a recent one is left alone."""
-    from scripts_app.services import runs
+    from scripts_app.services.pipeline import RunRequest, record_run
 
-    old = runs.run_create(script=script, user=script.owner, parameters={})
+    old = record_run(RunRequest(script=script, user=script.owner, parameters={}))
     Run.objects.filter(pk=old.pk).update(status=Run.Status.RUNNING, created_at=ago(200))
-    recent = runs.run_create(script=script, user=script.owner, parameters={})
+    recent = record_run(RunRequest(script=script, user=script.owner, parameters={}))
     Run.objects.filter(pk=recent.pk).update(status=Run.Status.RUNNING)
-    assert jobs.reap_runs().failed == [str(old.pk)]
+    assert reaper.reap_runs().failed == [str(old.pk)]
     assert Run.objects.get(pk=old.pk).status == Run.Status.FAILED
     assert Run.objects.get(pk=recent.pk).status == Run.Status.RUNNING
 
@@ -177,8 +178,8 @@ def test_prune_deletes_old_finished_runs_and_their_images(
 
 def test_omlweb_status_command_shows_levels_and_the_oldest_job(script, published, monkeypatch):
     """manage.py omlweb_status: the workers, a row per service level, and the oldest queued job."""
-    monkeypatch.setattr(jobs, "workers_alive", lambda: [{"name": "high@h", "queues": ["omlweb.high"]}])
-    monkeypatch.setattr(jobs, "queue_length", lambda service: 1 if service == "LOW" else 0)
+    monkeypatch.setattr(broker, "workers_alive", lambda: [{"name": "high@h", "queues": ["omlweb.high"]}])
+    monkeypatch.setattr(broker, "queue_length", lambda service: 1 if service == "LOW" else 0)
     run = job(script, created_at=ago(3725))
     out = StringIO()
     call_command("omlweb_status", stdout=out)

@@ -8,8 +8,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from scripts_app.api.parsers import unsupported_value
-from scripts_app.models import ServiceLevel
+from scripts_app.models import Run, Script, ServiceLevel
 from scripts_app.runner.validation import NestedTooDeeply, UnsupportedValue, loads_strict
+from scripts_app.services.pipeline import ApplyInput, RunRequest
 
 ASYNC_TIMEOUT_MIN, ASYNC_TIMEOUT_MAX = 1800, 43200
 
@@ -101,6 +102,37 @@ class ExecutionRequestSerializer(serializers.Serializer):
         if "timeout" in attrs and not attrs["asyncFlag"]:
             raise serializers.ValidationError({"timeout": "Only allowed together with asyncFlag=true."})
         return attrs
+
+    def run_request(self, *, kind: str, script: Script, user, client_address: str | None) -> RunRequest:
+        """The checked body as the request services.pipeline starts (after is_valid())."""
+        data = self.validated_data
+        asynchronous = data["asyncFlag"]
+        apply_input = ApplyInput()
+        if kind != Run.Kind.DO_EVAL:
+            apply_input = ApplyInput(
+                input_query=data.get("input", ""),
+                rows=data.get("rows"),
+                group_by=data.get("groupBy"),
+                order_by=data.get("orderBy"),
+                times=data.get("times"),
+                parallel_flag=data.get("parallelFlag", False),
+                parallel=data.get("parallel"),
+            )
+        return RunRequest(
+            script=script,
+            user=user,
+            parameters=data["parameters"],
+            kind=kind,
+            apply_input=apply_input,
+            graphics=data["graphicsFlag"],
+            env_name=data.get("envName"),
+            service=data["service"],
+            asynchronous=asynchronous,
+            timeout_seconds=data.get("timeout"),
+            # An async job's note (v2); a run made now keeps none.
+            comments=data.get("comments", "") if asynchronous else "",
+            client_address=client_address,
+        )
 
 
 class TableApplyRequestSerializer(ExecutionRequestSerializer):

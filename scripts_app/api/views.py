@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.signals import user_logged_in
@@ -26,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from scripts_app import roles
+from scripts_app.api import wire
 from scripts_app.api.parsers import StrictJSONParser
 from scripts_app.api.schema import (
     ANY_RESULT,
@@ -59,7 +58,8 @@ from scripts_app.api.serializers import (
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound, PermissionDenied
 from scripts_app.models import AccessToken, Run
-from scripts_app.services import apply, datasets, jobs, runs, scripts, tokens
+from scripts_app.services import datasets, pipeline, scripts, tokens
+from scripts_app.services.jobs import broker, submission
 
 
 def client_address(request: Request) -> str | None:
@@ -144,32 +144,26 @@ class DoEvalView(APIView):
         summary="Run a script's function with no input data (OML do-eval)",
     )
     def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
-        body = ExecutionRequestSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
-        script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
-        return execute(request, version, script, data)
+        return execute(request, version, name, owner, ExecutionRequestSerializer, Run.Kind.DO_EVAL)
 
 
-def execute(request: Request, version: str, script, data: dict, create=runs.run_create) -> Response:
-    """What every execution endpoint does with a checked body: run now, or submit an async job.
-
-    `create` records the run: `runs.run_create` for do-eval, `apply.apply_create` with its kind and input.
-    """
-    common = {
-        "script": script,
-        "user": request.user,
-        "parameters": data["parameters"],
-        "graphics": data["graphicsFlag"],
-        "env_name": data.get("envName"),
-        "service": data["service"],
-        "client_address": client_address(request),
-    }
-    if not data["asyncFlag"]:
-        return Response(runs.oml_result(runs.run_execute(run=create(**common, started=True), claimed=True)))
-    run = jobs.job_submit(
-        create=create, **common, timeout_seconds=data.get("timeout"), comments=data.get("comments", "")
-    )
+def execute(
+    request: Request,
+    version: str,
+    name: str,
+    owner: str | None,
+    serializer_class: type[ExecutionRequestSerializer],
+    kind: str,
+) -> Response:
+    """What every execution endpoint does: check the body, then start the run (services.pipeline) and
+    answer its result, or the job's Location."""
+    body = serializer_class(data=request.data)
+    body.is_valid(raise_exception=True)
+    script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
+    run_request = body.run_request(kind=kind, script=script, user=request.user, client_address=client_address(request))
+    run = pipeline.start_run(run_request)
+    if not run_request.asynchronous:
+        return Response(wire.oml_result(run))
     # Oracle: 201, no body, and the job's absolute URL in Location, which clients poll as it is.
     return Response(status=201, headers={"Location": job_url(request, version, run)})
 
@@ -180,7 +174,6 @@ def job_url(request: Request, version: str, run, suffix: str = "") -> str:
 
 # Async jobs, as Oracle's /jobs endpoints
 
-JOB_RUNNING = "job is still running"
 JOB_PAGE_DEFAULT, JOB_PAGE_MAX = 50, 500
 
 
@@ -205,27 +198,20 @@ class JobView(APIView):
         operation_id="jobStatus",
     )
     def get(self, request: Request, version: str, job_id: str) -> Response:
-        run = jobs.job_get(user=request.user, job_id=job_id)
+        run = submission.job_get(user=request.user, job_id=job_id)
         if run.is_finished:
             # Content-Location, not Location, exactly as Oracle: HTTP clients would follow a Location
             # and never see the 302.
             return Response(status=302, headers={"Content-Location": job_url(request, version, run, "/result")})
-        body = {
-            "createdDate": jobs.oracle_date(run.created_at),
-            "status": JOB_RUNNING,
-            "elapsedTime": jobs.hms(jobs.elapsed(run)),
-            # Ours: the attempt running (or next to run) it. Above 1, its worker died and it started again
-            # from the beginning: delivery is at least once (docs/architecture.md).
-            "attempt": jobs.job_attempt(run),
-        }
+        body = wire.job_status(run, attempt=submission.job_attempt(run))
         return Response(body, status=202)
 
     @extend_schema(
         responses={200: message("JobDeleted")}, summary="Stop (if running) and delete a job", operation_id="jobDelete"
     )
     def delete(self, request: Request, version: str, job_id: str) -> Response:
-        run = jobs.job_for_change(user=request.user, job_id=job_id)
-        jobs.job_delete(run=run)
+        run = submission.job_for_change(user=request.user, job_id=job_id)
+        submission.job_delete(run=run)
         return Response({"result": "job deleted successfully"})
 
 
@@ -236,10 +222,10 @@ class JobResultView(APIView):
         operation_id="jobResult",
     )
     def get(self, request: Request, version: str, job_id: str) -> Response:
-        run = jobs.job_get(user=request.user, job_id=job_id)
+        run = submission.job_get(user=request.user, job_id=job_id)
         if not run.is_finished:
             raise NotFound("The job has not finished: its result is not ready.")
-        body = runs.oml_result(run)
+        body = wire.oml_result(run)
         if version == "v2" and run.comments:
             body["comments"] = run.comments
         return Response(body)
@@ -259,9 +245,9 @@ class JobListView(APIView):
         v2_only(version)
         limit = _query_int(request, "limit", JOB_PAGE_DEFAULT, minimum=1, maximum=JOB_PAGE_MAX)
         offset = _query_int(request, "offset", 0, minimum=0)
-        page = list(jobs.jobs_visible_to(request.user).order_by("-created_at")[offset : offset + limit + 1])
+        page = list(submission.jobs_visible_to(request.user).order_by("-created_at")[offset : offset + limit + 1])
         now = timezone.now()
-        items = [job_row(run, now) for run in page[:limit]]
+        items = [wire.job_row(run, now, attempt=submission.job_attempt(run)) for run in page[:limit]]
         return Response({"result": items, "limit": limit, "offset": offset, "hasMore": len(page) > limit})
 
 
@@ -271,25 +257,9 @@ class JobCancelView(APIView):
     )
     def post(self, request: Request, version: str, job_id: str) -> Response:
         v2_only(version)
-        run = jobs.job_for_change(user=request.user, job_id=job_id)
-        jobs.job_cancel(run=run)
+        run = submission.job_for_change(user=request.user, job_id=job_id)
+        submission.job_cancel(run=run)
         return Response({"result": "job cancelled successfully"})
-
-
-def job_row(run, now) -> dict:
-    """One job in GET v2/jobs: Oracle's four keys, then ours."""
-    return {
-        "job_id": str(run.pk),
-        "createdDate": jobs.oracle_date(run.created_at),
-        "status": "FINISH" if run.is_finished else JOB_RUNNING,
-        "elapsedTime": jobs.hms(jobs.elapsed(run, now)),
-        "state": run.status,
-        "scriptName": run.script_name,
-        "owner": run.user.get_username(),
-        "service": run.service,
-        "comments": run.comments,
-        "attempt": jobs.job_attempt(run),
-    }
 
 
 def v2_only(version: str) -> None:
@@ -324,7 +294,7 @@ class AdminStatusView(APIView):
     def get(self, request: Request) -> Response:
         if not roles.is_admin(request.user):
             raise PermissionDenied("Only admins may see the service's status.")
-        return Response(jobs.service_status())
+        return Response(broker.service_status())
 
 
 class ApplyView(APIView):
@@ -334,22 +304,7 @@ class ApplyView(APIView):
     serializer_class: type[ExecutionRequestSerializer]
 
     def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
-        body = self.serializer_class(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
-        script = scripts.script_resolve(caller=request.user, name=name, owner_name=owner)
-        create = functools.partial(
-            apply.apply_create,
-            kind=self.kind,
-            input_query=data.get("input", ""),
-            rows=data.get("rows"),
-            group_by=data.get("groupBy"),
-            order_by=data.get("orderBy"),
-            times=data.get("times"),
-            parallel_flag=data.get("parallelFlag", False),
-            parallel=data.get("parallel"),
-        )
-        return execute(request, version, script, data, create=create)
+        return execute(request, version, name, owner, self.serializer_class, self.kind)
 
 
 def _apply_view(kind: str, serializer: type[ExecutionRequestSerializer], summary: str) -> type[ApplyView]:

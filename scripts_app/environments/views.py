@@ -9,16 +9,17 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import select_template
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from scripts_app import roles
 from scripts_app.environments.builder import human_size
 from scripts_app.environments.interpreters import service_python
-from scripts_app.errors import OmlError
-from scripts_app.forms import choice_field
+from scripts_app.forms import ServiceForm, choice_field
 from scripts_app.models import Environment, Run
 from scripts_app.services import environments
+from scripts_app.views.base import refusals_as_messages
 
 
 def base_template() -> str:
@@ -31,7 +32,7 @@ def _require_admin(request: HttpRequest) -> None:
         raise PermissionDenied("Only admins manage environments.")
 
 
-class EnvironmentForm(forms.Form):
+class EnvironmentForm(ServiceForm):
     name = forms.CharField(max_length=64, help_text="Letters, digits, '_', '.' and '-'. Runs give it as envName.")
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
     packages = forms.CharField(
@@ -79,11 +80,8 @@ def environment_list(request: HttpRequest) -> HttpResponse:
     _require_admin(request)
     form = EnvironmentForm(request.POST or None, initial={"python": service_python()})
     if request.method == "POST" and form.is_valid():
-        try:
-            environment = environments.environment_create(by=request.user, **form.cleaned_data)
-        except OmlError as error:
-            form.add_error(None, error.message)
-        else:
+        environment = form.submit(lambda: environments.environment_create(by=request.user, **form.cleaned_data))
+        if environment is not None:
             messages.success(request, f"Build of environment {environment.name} queued.")
             return redirect("environments:detail", name=environment.name)
     return render(
@@ -121,16 +119,16 @@ def environment_detail(request: HttpRequest, name: str) -> HttpResponse:
     }
     form = EnvironmentForm(request.POST or None, initial=initial, editing=True)
     if request.method == "POST" and form.is_valid():
-        try:
-            environment = environments.environment_update(
+        updated = form.submit(
+            lambda: environments.environment_update(
                 environment=environment,
                 description=form.cleaned_data["description"],
                 packages=form.cleaned_data["packages"],
                 python=form.cleaned_data["python"],
             )
-        except OmlError as error:
-            form.add_error(None, error.message)
-        else:
+        )
+        if updated is not None:
+            environment = updated
             messages.success(request, f"Environment {environment.name} saved.")
             return redirect("environments:detail", name=environment.name)
     in_use = Run.objects.filter(environment=environment, status__in=(Run.Status.QUEUED, Run.Status.RUNNING)).count()
@@ -157,13 +155,10 @@ def environment_rebuild(request: HttpRequest, name: str) -> HttpResponse:
 
 @require_POST
 @login_required
+@refusals_as_messages(back_to=lambda name: reverse("environments:detail", kwargs={"name": name}))
 def environment_delete(request: HttpRequest, name: str) -> HttpResponse:
     _require_admin(request)
     environment = _environment_or_404(name)
-    try:
-        environments.environment_delete(environment=environment)
-    except OmlError as error:
-        messages.error(request, error.message)
-        return redirect("environments:detail", name=name)
+    environments.environment_delete(environment=environment)
     messages.success(request, f"Environment {name} deleted.")
     return redirect("environments:list")

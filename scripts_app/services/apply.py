@@ -8,12 +8,10 @@ piece that fails fails the run, with a message naming the piece, and stops the o
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import datetime
 import io
-import json
 import logging
 import threading
 import time
@@ -23,16 +21,14 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import pyarrow as pa
 import pyarrow.parquet as pq
 from django.conf import settings
-from django.core.files.base import ContentFile
 from django.db import transaction
-from django.utils import timezone
 
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
-from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, RunImage, Script, ServiceLevel
+from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, ServiceLevel
 from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments, queries, shares
-from scripts_app.services.runs import _finish, function_kwargs, limits_from_settings, run_create
+from scripts_app.services.runs import function_kwargs, limits_from_settings, save_figures
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +104,11 @@ def degree_report() -> dict:
     return report
 
 
-def apply_create(
+def check_request(
     *,
     kind: str,
-    script: Script,
     user,
+    parameters: dict,
     input_query: str = "",
     rows: int | None = None,
     group_by: str | None = None,
@@ -120,15 +116,12 @@ def apply_create(
     times: int | None = None,
     parallel_flag: bool = False,
     parallel: int | None = None,
-    **run_fields,
-) -> Run:
-    """Check an apply request and record it as a QUEUED run. A bad query is a BadRequest here already.
-
-    `run_fields` are `run_create`'s; `jobs.job_submit(create=...)` calls this for an async job.
-    """
+) -> dict:
+    """Check an apply request before anything is recorded (a bad query is a BadRequest here already);
+    returns the run's `apply_options`."""
     if kind in DATA_KINDS:
         queries.Query(caller=user, text=input_query)  # parse and name checks, before anything is recorded
-    control_arguments(run_fields.get("parameters", {}))
+    control_arguments(parameters)
     if kind == Run.Kind.INDEX_APPLY:
         _check_piece_count(times or 0, "indexes")
     options = {
@@ -139,13 +132,7 @@ def apply_create(
         "parallelFlag": parallel_flag,
         "parallel": parallel,
     }
-    with transaction.atomic():
-        run = run_create(script=script, user=user, **run_fields)
-        run.kind = kind
-        run.input_query = input_query if kind in DATA_KINDS else ""
-        run.apply_options = {key: value for key, value in options.items() if value not in (None, [])}
-        run.save(update_fields=["kind", "input_query", "apply_options"])
-    return run
+    return {key: value for key, value in options.items() if value not in (None, [])}
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -358,31 +345,25 @@ def apply_execute(
     run: Run,
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
-    claimed: bool = False,
 ) -> Run:
-    """Run an apply run to its end and record the outcome, with each piece's timings.
+    """Run a RUNNING apply run to its end and record the outcome, with each piece's timings
+    (execution.execute_run).
 
-    `limits` are each piece's (the wall clock is what is left of the run's); `claimed` says the
-    caller already marked the run RUNNING (the async worker's claim, or a sync run created started).
-    Recording an outcome of an async run that was taken from this attempt raises runs.RunTakenAway
-    (runs._finish).
+    `limits` are each piece's (the wall clock is what is left of the run's). Recording an outcome of an
+    async run that was taken from this attempt raises RunTakenAway (Run.finish).
     """
-    if not claimed:
-        run.status = Run.Status.RUNNING
-        run.started_at = timezone.now()
-        run.save(update_fields=["status", "started_at"])
     deadline = time.monotonic() + _wall_seconds(run)
     try:
         # The run's environment (issue 6); this host builds its copy first if it has none.
         python = environments.python_for_run(run)
         pieces = build_pieces(run)
     except OmlError as error:
-        _finish(run, Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        run.finish(Run.Status.FAILED, error_code=error.code, error_message=error.message)
         return run
     except Exception as error:
         logger.exception("Run %s: preparing the input failed", run.pk)
         message = f"The service failed to prepare the input: {error}"
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
         raise
     options = run.apply_options
     degree = degree_for(
@@ -417,7 +398,7 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
     if refusal is not None:
         # Nothing of the pieces is kept (values, figures, streams): it would all count against the quota.
         run.pieces = [{"label": p.label, "key": p.key, "rows": p.rows, "status": p.status} for p in pieces]
-        _finish(run, Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
         return
     run.stored_bytes = size
     entries, stdout, stderr, position = [], [], [], 0
@@ -443,19 +424,15 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
                     entry["error_message"] = result.error_message
                 if result.succeeded and run.graphics:
                     entry["value"] = result.value
-                    for figure in result.figures:
-                        position += 1
-                        image = RunImage(run=run, position=position, title=figure.title)
-                        image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
-                        image.save()
-                        entry["figures"].append(position)
+                    entry["figures"] = save_figures(run, result.figures, after=position)
+                    position += len(entry["figures"])
             entries.append(entry)
         run.pieces = entries
         run.stdout = "".join(stdout)
         run.stderr = "".join(stderr)
         if failed is None:
             run.result = assemble(run.kind, pieces)
-            _finish(run, Run.Status.SUCCEEDED)
+            run.finish(Run.Status.SUCCEEDED)
             return
         result = failed.result
         if failed.status == "BUSY":
@@ -467,8 +444,7 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
         if result.failure is runner.Failure.TIMEOUT:
             # The piece's own limit was what was left of the run's: name the run's.
             message = f"The run exceeded its time limit of {_wall_seconds(run):g} seconds"
-        _finish(
-            run,
+        run.finish(
             status,
             error_code=code,
             error_message=f"{where} failed: {message}",
@@ -499,33 +475,3 @@ def assemble(kind: str, pieces: list[Piece]) -> object:
         else:
             combined.append(value)
     return combined
-
-
-def graphics_result(run: Run) -> object:
-    """With graphicsFlag: image records per piece ({"IMAGE","DATA","TITLE","ID"}), keyed per group for group-apply."""
-    images = {image.position: image for image in run.images.all()}
-
-    def records(entries: list[dict]) -> list[dict]:
-        out = []
-        for entry in entries:
-            data = json.dumps(entry.get("value"))
-            figures = [images[p] for p in entry.get("figures", []) if p in images] or [None]
-            for image in figures:
-                out.append(
-                    {
-                        "IMAGE": _base64(image) if image else None,
-                        "DATA": data,
-                        "TITLE": image.title if image else None,
-                        "ID": len(out) + 1,
-                    }
-                )
-        return out
-
-    if run.kind == Run.Kind.GROUP_APPLY:
-        return {entry["key"]: records([entry]) for entry in run.pieces}
-    return records(run.pieces)
-
-
-def _base64(image: RunImage) -> str:
-    with image.image.open("rb") as file:
-        return base64.b64encode(file.read()).decode("ascii")

@@ -353,7 +353,7 @@ def _publish_build(environment_id: str, generation: int) -> bool:
 def environment_republish_lost_builds(*, now=None) -> list[str]:
     """Publish again the builds no worker started (their log is empty) after OMLWEB_REQUEUE_AFTER_SECONDS,
     when the builds queue is empty: their message was lost (the broker was down, or lost it)."""
-    from scripts_app.services.jobs import broker_queue_length
+    from scripts_app.services.jobs.broker import broker_queue_length
 
     now = now or timezone.now()
     waiting = Environment.objects.filter(

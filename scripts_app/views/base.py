@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Page, Paginator
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django_htmx.middleware import HtmxDetails
 
 from scripts_app import roles
 from scripts_app.api.errors import json_error
 from scripts_app.api.middleware import API_PREFIXES
-from scripts_app.errors import ErrorCode
+from scripts_app.errors import ErrorCode, OmlError
 from scripts_app.models import Run, Script
 
 
@@ -67,6 +70,24 @@ def visible_run_or_404(request: HttpRequest, pk: Any) -> Run:
     if run is None or not roles.can_view_run(request.user, run):
         raise Http404("No such run.")
     return run
+
+
+def refusals_as_messages(*, back_to: Callable[..., str]) -> Callable:
+    """For a page action without a form: the pages' one mapping of a service's refusal (an OmlError)
+    there. Its message is shown on the page `back_to(**the view's URL arguments)` names."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def refusing(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                return view(request, *args, **kwargs)
+            except OmlError as error:
+                messages.error(request, error.message)
+                return redirect(back_to(**kwargs))
+
+        return refusing
+
+    return decorate
 
 
 def require_writer(request: HttpRequest) -> None:

@@ -10,15 +10,15 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from scripts_app import roles
-from scripts_app.errors import OmlError
 from scripts_app.forms import DatasetReplaceForm, DatasetUploadForm, GrantForm
 from scripts_app.models import Dataset
 from scripts_app.services import datasets as dataset_services
 from scripts_app.services.queries import sql_name
-from scripts_app.views.base import HtmxHttpRequest, require_writer
+from scripts_app.views.base import HtmxHttpRequest, refusals_as_messages, require_writer
 
 PREVIEW_ROWS = 20
 
@@ -49,8 +49,8 @@ def dataset_list(request: HtmxHttpRequest) -> HttpResponse:
         require_writer(request)
         if form.is_valid():
             upload = form.cleaned_data["file"]
-            try:
-                dataset, created = dataset_services.dataset_create(
+            outcome = form.submit(
+                lambda: dataset_services.dataset_create(
                     owner=request.user,
                     name=form.cleaned_data["name"],
                     upload=upload,
@@ -59,9 +59,9 @@ def dataset_list(request: HtmxHttpRequest) -> HttpResponse:
                     is_global=form.cleaned_data.get("is_global", False),
                     overwrite=form.cleaned_data["overwrite"],
                 )
-            except OmlError as error:
-                form.add_error(None, error.message)
-            else:
+            )
+            if outcome is not None:
+                dataset, created = outcome
                 verb = "Uploaded" if created else "Replaced"
                 messages.success(request, f"{verb} {dataset.name}: {dataset.row_count} rows.")
                 return redirect("web:dataset_detail", dataset.pk)
@@ -100,6 +100,7 @@ def dataset_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 
 @require_POST
 @login_required
+@refusals_as_messages(back_to=lambda pk: reverse("web:dataset_detail", args=[pk]))
 def dataset_replace(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     dataset = own_dataset_or_403(request, pk)
     form = DatasetReplaceForm(request.POST, request.FILES)
@@ -107,12 +108,8 @@ def dataset_replace(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         messages.error(request, "Choose a CSV or Parquet file.")
         return redirect("web:dataset_detail", dataset.pk)
     upload = form.cleaned_data["file"]
-    try:
-        dataset_services.dataset_replace(dataset=dataset, upload=upload, filename=upload.name)
-    except OmlError as error:
-        messages.error(request, error.message)
-    else:
-        messages.success(request, f"Replaced the data of {dataset.name}: {dataset.row_count} rows.")
+    dataset_services.dataset_replace(dataset=dataset, upload=upload, filename=upload.name)
+    messages.success(request, f"Replaced the data of {dataset.name}: {dataset.row_count} rows.")
     return redirect("web:dataset_detail", dataset.pk)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from uuid import UUID
 
 from django.contrib import messages
@@ -14,24 +13,30 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from scripts_app import results, roles
-from scripts_app.errors import OmlError
 from scripts_app.forms import RunForm
 from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
-from scripts_app.services import apply as apply_services
 from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
-from scripts_app.services import jobs as job_services
-from scripts_app.services import runs as run_services
+from scripts_app.services import pipeline
 from scripts_app.services import shares as share_services
+from scripts_app.services.jobs.submission import job_attempt, job_cancel
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
-from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
+from scripts_app.views.base import (
+    HtmxHttpRequest,
+    client_address,
+    paginate,
+    refusals_as_messages,
+    visible_run_or_404,
+    visible_script_or_404,
+)
 from scripts_app.views.compare import compare_choices
 
 RUNS_PER_PAGE = 50
@@ -70,40 +75,11 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         if earlier is not None and roles.can_view_run(request.user, earlier):
             form.set_from_run(earlier)
     if request.method == "POST" and form.is_valid():
-        options = {
-            "script": script,
-            "user": request.user,
-            "parameters": form.parameters(),
-            "graphics": form.cleaned_data["graphics"],
-            "env_name": form.cleaned_data["env_name"],
-            "service": form.cleaned_data["service"],
-            "client_address": client_address(request),
-            "version": version,
-        }
-        asynchronous = form.cleaned_data["execution"] == "async"
-        try:
-            if form.cleaned_data["kind"] != Run.Kind.DO_EVAL:
-                create = functools.partial(apply_services.apply_create, **form.apply_options())
-                if asynchronous:
-                    run = job_services.job_submit(
-                        **options,
-                        create=create,
-                        timeout_seconds=form.cleaned_data["job_timeout"],
-                        comments=form.cleaned_data["comments"],
-                    )
-                else:
-                    run = run_services.run_execute(run=create(**options))
-            elif asynchronous:
-                run = job_services.job_submit(
-                    **options,
-                    timeout_seconds=form.cleaned_data["job_timeout"],
-                    comments=form.cleaned_data["comments"],
-                )
-            else:
-                run = run_services.run_sync(**options)
-        except OmlError as error:
-            form.add_error(None, error.message)
-        else:
+        run_request = form.run_request(
+            script=script, user=request.user, version=version, client_address=client_address(request)
+        )
+        run = form.submit(lambda: pipeline.start_run(run_request))
+        if run is not None:
             return redirect("web:run_detail", run.pk)
     return render(
         request,
@@ -186,7 +162,7 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "pieces": piece_timeline(run),
         "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
         "progress": _progress(run),
-        "attempt": job_services.job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
+        "attempt": job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
     }
 
 
@@ -289,6 +265,7 @@ def run_data(request: HtmxHttpRequest, pk: UUID, fmt: str) -> HttpResponse:
 
 @require_POST
 @login_required
+@refusals_as_messages(back_to=lambda pk: reverse("web:run_detail", args=[pk]))
 def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     run = visible_run_or_404(request, pk)
     if not roles.can_cancel_run(request.user, run):
@@ -298,12 +275,8 @@ def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     elif run.is_finished:
         messages.info(request, f"The run had already ended: {run.get_status_display()}.")
     else:
-        try:
-            run = job_services.job_cancel(run=run)
-        except OmlError as error:
-            messages.error(request, error.message)
-        else:
-            messages.success(request, "Cancel requested.")
+        run = job_cancel(run=run)
+        messages.success(request, "Cancel requested.")
     return redirect("web:run_detail", run.pk)
 
 

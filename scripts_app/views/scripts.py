@@ -14,7 +14,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from scripts_app import compare, roles
-from scripts_app.errors import OmlError
 from scripts_app.forms import NEW_SCRIPT_TEMPLATE, GrantForm, ScriptForm
 from scripts_app.models import Run, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError, entry_function
@@ -81,8 +80,8 @@ def script_create(request: HtmxHttpRequest) -> HttpResponse:
         environments=environment_services.environment_names(),
     )
     if request.method == "POST" and form.is_valid():
-        try:
-            script = script_services.script_create(
+        script = form.submit(
+            lambda: script_services.script_create(
                 owner=request.user,
                 name=form.cleaned_data["name"],
                 source=form.cleaned_data["source"],
@@ -90,9 +89,8 @@ def script_create(request: HtmxHttpRequest) -> HttpResponse:
                 is_global=form.cleaned_data.get("is_global", False),
                 env_name=form.cleaned_data["env_name"],
             )
-        except OmlError as error:
-            form.add_service_error(error)
-        else:
+        )
+        if script is not None:
             messages.success(request, f"Script {script.name} created (version 1).")
             return redirect("web:script_detail", script.pk)
     status = 422 if form.errors else 200
@@ -192,8 +190,8 @@ def script_edit(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     )
     if request.method == "POST" and form.is_valid():
         before = script.current_version_id
-        try:
-            script_services.script_update(
+        updated = form.submit(
+            lambda: script_services.script_update(
                 script=script,
                 by=request.user,
                 source=form.cleaned_data["source"],
@@ -201,9 +199,8 @@ def script_edit(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
                 is_global=form.cleaned_data["is_global"] if may_make_global else None,
                 env_name=form.cleaned_data["env_name"],
             )
-        except OmlError as error:
-            form.add_service_error(error)
-        else:
+        )
+        if updated is not None:
             if script.current_version is not None and script.current_version.pk != before:
                 messages.success(request, f"Saved as version {script.current_version.number}.")
             else:

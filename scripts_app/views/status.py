@@ -9,7 +9,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from scripts_app import roles
-from scripts_app.services import jobs
+from scripts_app.services.jobs import broker
 from scripts_app.views.base import HtmxHttpRequest
 
 
@@ -18,4 +18,4 @@ from scripts_app.views.base import HtmxHttpRequest
 def service_status(request: HtmxHttpRequest) -> HttpResponse:
     if not roles.is_admin(request.user):
         raise PermissionDenied("Only admins may see the service's status.")
-    return render(request, "status.html", {"status": jobs.service_status()})
+    return render(request, "status.html", {"status": broker.service_status()})

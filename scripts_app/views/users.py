@@ -13,7 +13,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from scripts_app import roles
-from scripts_app.errors import OmlError
 from scripts_app.forms import ROLE_CHOICES, UserCreateForm, UserRoleForm
 from scripts_app.services import users as user_services
 from scripts_app.views.base import HtmxHttpRequest
@@ -30,15 +29,14 @@ def user_list(request: HtmxHttpRequest) -> HttpResponse:
     _require_admin(request)
     form = UserCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        try:
-            user = user_services.user_create(
+        user = form.submit(
+            lambda: user_services.user_create(
                 username=form.cleaned_data["username"],
                 password=form.cleaned_data["password"],
                 role=form.cleaned_data["role"],
             )
-        except OmlError as error:
-            form.add_error("username", error.message)
-        else:
+        )
+        if user is not None:
             messages.success(request, f"User {user.username} created.")
             return redirect("web:user_list")
     users = (

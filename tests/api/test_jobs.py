@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from scripts_app.errors import BROKER_UNAVAILABLE_MESSAGE
 from scripts_app.models import Run
-from scripts_app.services import jobs
+from scripts_app.services.jobs import broker, reaper, submission, worker
+from scripts_app.services.pipeline import RunRequest, start_run
 from tests.factories import make_script
 
 BASE = "http://testserver/oml/api/py-scripts"
@@ -34,16 +35,16 @@ class InlineWatch:
         pass
 
     def is_cancelled(self) -> bool:
-        return not jobs._held(self.run).filter(cancel_requested_at__isnull=True).exists()
+        return not Run.objects.held_by(self.run).filter(cancel_requested_at__isnull=True).exists()
 
 
 @pytest.fixture
 def run_job(monkeypatch):
     """Execute a submitted job now, in this process, as a worker would."""
-    monkeypatch.setattr(jobs, "RunWatch", InlineWatch)
+    monkeypatch.setattr(worker, "RunWatch", InlineWatch)
 
     def run(job_id) -> Run:
-        jobs.job_execute(run_id=str(job_id), worker="inline@test")
+        worker.job_execute(run_id=str(job_id), worker="inline@test")
         return Run.objects.get(pk=job_id)
 
     return run
@@ -53,7 +54,9 @@ def run_job(monkeypatch):
 def published(monkeypatch):
     """Messages published to the broker, as (run id, queue)."""
     sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(jobs, "job_enqueue", lambda *, run: sent.append((str(run.pk), jobs.queue_name(run.service))))
+    monkeypatch.setattr(
+        submission, "job_enqueue", lambda *, run: sent.append((str(run.pk), broker.queue_name(run.service)))
+    )
     return sent
 
 
@@ -107,7 +110,7 @@ def test_a_broker_that_is_down_refuses_the_job_with_a_503(alice_api, add_script,
     def broker_down(*, run):
         raise ConnectionRefusedError("broker down")
 
-    monkeypatch.setattr(jobs, "job_enqueue", broker_down)
+    monkeypatch.setattr(submission, "job_enqueue", broker_down)
     response = submit(alice_api, "add")
     assert response.status_code == 503
     assert response.json() == {"errorMessage": BROKER_UNAVAILABLE_MESSAGE, "errorCode": 1043}
@@ -181,7 +184,7 @@ def test_a_job_past_its_timeout_is_killed_and_timed_out(alice, alice_api, run_jo
     """The job's own timeout bounds it: the run is killed, TIMED_OUT, and the result is error 1031."""
     script = make_script(alice, "slow", "import time\ndef slow():\n    time.sleep(60)\n")
     # 1 second is below what the API accepts (1800); the service takes any bound.
-    run = jobs.job_submit(script=script, user=alice, parameters={}, timeout_seconds=1)
+    run = start_run(RunRequest(script=script, user=alice, parameters={}, timeout_seconds=1, asynchronous=True))
     run = run_job(run.pk)
     assert run.status == Run.Status.TIMED_OUT
     assert run.duration_seconds < 30
@@ -229,7 +232,7 @@ def test_deleting_a_queued_job_means_no_worker_runs_it(alice_api, add_script, pu
     """A deleted queued job's message, when it comes, finds nothing to run."""
     job_id = job_id_of(submit(alice_api, "add"))
     assert alice_api.delete(f"/oml/api/py-scripts/v1/jobs/{job_id}").status_code == 200
-    assert jobs.job_execute(run_id=job_id, worker="inline@test") is None
+    assert worker.job_execute(run_id=job_id, worker="inline@test") is None
     assert not Run.objects.exists()
 
 
@@ -344,16 +347,16 @@ def test_a_second_delivery_never_runs_a_job_twice(alice_api, add_script, publish
     """A redelivered message of a finished job does nothing: the runner is not called."""
     job_id = job_id_of(submit(alice_api, "add"))
     run = run_job(job_id)
-    monkeypatch.setattr(jobs.runner, "run", lambda *a, **k: pytest.fail("ran a finished job again"))
-    assert jobs.job_execute(run_id=job_id, worker="other@test") is None
+    monkeypatch.setattr(worker.runner, "run", lambda *a, **k: pytest.fail("ran a finished job again"))
+    assert worker.job_execute(run_id=job_id, worker="other@test") is None
     again = Run.objects.get(pk=job_id)
     assert (again.status, again.attempts, again.finished_at) == (run.status, 1, run.finished_at)
 
 
 def test_admin_status_is_for_admins(alice_api, admin_api, monkeypatch):
     """GET /oml/api/admin/status: 403 for a user; for an admin the workers, queues and oldest job."""
-    monkeypatch.setattr(jobs, "workers_alive", lambda: [{"name": "low@h", "queues": ["omlweb.low"]}])
-    monkeypatch.setattr(jobs, "queue_length", lambda service: 0)
+    monkeypatch.setattr(broker, "workers_alive", lambda: [{"name": "low@h", "queues": ["omlweb.low"]}])
+    monkeypatch.setattr(broker, "queue_length", lambda service: 0)
     assert alice_api.get("/oml/api/admin/status").status_code == 403
     body = admin_api.get("/oml/api/admin/status").json()
     assert body["workers"] == [{"name": "low@h", "queues": ["omlweb.low"]}]
@@ -399,8 +402,8 @@ def test_a_job_started_again_after_its_worker_died_shows_attempt_2(alice, alice_
     Run.objects.filter(pk=job_id).update(status=Run.Status.RUNNING, worker="w@host", attempts=1, started_at=claimed)
     assert alice_api.get(f"/oml/api/py-scripts/v2/jobs/{job_id}").json()["attempt"] == 1
     # A process restarted under the same name since it died: its runs are its own, not handed back.
-    assert jobs.worker_lost(worker="w@host", died_at=claimed - timedelta(seconds=1)) == []
-    assert jobs.worker_lost(worker="w@host", died_at=claimed) == [job_id]
+    assert reaper.worker_lost(worker="w@host", died_at=claimed - timedelta(seconds=1)) == []
+    assert reaper.worker_lost(worker="w@host", died_at=claimed) == [job_id]
     run = Run.objects.get(pk=job_id)
     assert (run.status, run.attempts, run.worker) == (Run.Status.QUEUED, 1, "")
     assert published[-1] == (job_id, "omlweb.low")

@@ -19,7 +19,7 @@ from django.db import connections
 from django.utils import timezone
 
 from scripts_app.models import Dataset, GroupLimits, Run, RunImage
-from scripts_app.services import jobs
+from scripts_app.services.jobs import reaper, submission, worker
 from tests.api.test_jobs import InlineWatch
 from tests.conftest import client_for
 from tests.factories import make_script
@@ -148,16 +148,16 @@ def test_the_run_form_shows_the_share_message(alice, client, settings):
 def published(monkeypatch):
     """Messages published to the broker, as (run id, countdown)."""
     sent: list[tuple[str, float | None]] = []
-    monkeypatch.setattr(jobs, "job_enqueue", lambda *, run, countdown=None: sent.append((str(run.pk), countdown)))
+    monkeypatch.setattr(submission, "job_enqueue", lambda *, run, countdown=None: sent.append((str(run.pk), countdown)))
     return sent
 
 
 @pytest.fixture
 def run_job(monkeypatch):
-    monkeypatch.setattr(jobs, "RunWatch", InlineWatch)
+    monkeypatch.setattr(worker, "RunWatch", InlineWatch)
 
     def run(job_id) -> Run:
-        jobs.job_execute(run_id=str(job_id), worker="inline@test")
+        worker.job_execute(run_id=str(job_id), worker="inline@test")
         return Run.objects.get(pk=job_id)
 
     return run
@@ -189,7 +189,7 @@ def test_a_job_over_the_users_share_goes_back_to_the_queue(
     assert (deferred.status, deferred.attempts, deferred.worker) == (Run.Status.QUEUED, 0, "")
     [(again, countdown)] = published
     assert again == waiting
-    assert countdown >= jobs.DEFER_SECONDS
+    assert countdown >= worker.DEFER_SECONDS
     assert deferred.enqueued_at > deferred.created_at
 
     assert run_job(bobs).status == Run.Status.SUCCEEDED
@@ -209,7 +209,7 @@ def test_the_reaper_does_not_republish_a_job_that_is_being_deferred(alice, alice
     Run.objects.filter(pk=waiting).update(enqueued_at=timezone.now() - timedelta(minutes=5))
     run_job(waiting)
     published.clear()
-    assert jobs.reap_runs().republished == []
+    assert reaper.reap_runs().republished == []
     assert published == []
 
 
@@ -295,7 +295,7 @@ def test_a_user_over_the_quota_is_refused_up_front_until_runs_are_deleted(
 
     settings.OMLWEB_RUN_RETENTION_DAYS = 1
     Run.objects.filter(user=alice).update(finished_at=timezone.now() - timedelta(days=2))
-    assert jobs.prune_runs() == 1
+    assert reaper.prune_runs() == 1
     assert do_eval(alice_api, "big").json() == {"result": "x" * 10}
 
 

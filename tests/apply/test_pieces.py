@@ -170,20 +170,21 @@ def test_cancelling_stops_every_piece(alice):
     import time
 
     from scripts_app.models import Script
-    from scripts_app.services import apply as apply_service
-    from scripts_app.services import runs
+    from scripts_app.services.execution import execute_run
+    from scripts_app.services.pipeline import ApplyInput, RunRequest, record_run
 
     make_script(alice, "sleepy", SLEEPY.replace("1.5", "30"))
-    run = apply_service.apply_create(
-        kind=Run.Kind.INDEX_APPLY,
-        script=Script.objects.get(name="sleepy"),
-        user=alice,
-        times=4,
-        parallel_flag=True,
-        parameters={},
+    run = record_run(
+        RunRequest(
+            kind=Run.Kind.INDEX_APPLY,
+            script=Script.objects.get(name="sleepy"),
+            user=alice,
+            apply_input=ApplyInput(times=4, parallel_flag=True),
+            parameters={},
+        )
     )
     started = time.monotonic()
-    runs.run_execute(run=run, is_cancelled=lambda: time.monotonic() - started > 1)
+    execute_run(run, is_cancelled=lambda: time.monotonic() - started > 1)
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
     assert run.error_code == 1037

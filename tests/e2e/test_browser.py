@@ -7,7 +7,7 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from scripts_app.models import Run
-from scripts_app.services.runs import run_create
+from scripts_app.services.pipeline import RunRequest, record_run
 from tests.e2e.conftest import assert_accessible, sign_in
 from tests.factories import PASSWORD, UserFactory, make_script
 
@@ -84,7 +84,7 @@ def test_a_queued_run_turns_finished_without_reloading(live_server, page: Page, 
     """The run page of a queued run polls, and shows the result once the run is finished."""
     alice = UserFactory(username="alice")
     script = make_script(alice, "slow", "def slow():\n    return {'done': True}\n")
-    run = run_create(script=script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
+    run = record_run(RunRequest(script=script, user=alice, parameters={}, asynchronous=True))
     sign_in(page, live_server, "alice", PASSWORD)
     page.goto(f"{live_server.url}/runs/{run.pk}/")
     expect(page.locator(".status")).to_have_text("Queued")

@@ -8,7 +8,7 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from scripts_app.models import Dataset, Run, Script
-from scripts_app.services.runs import run_create
+from scripts_app.services.pipeline import RunRequest, record_run
 from scripts_app.services.scripts import script_update
 from tests.e2e.conftest import assert_accessible, sign_in
 from tests.factories import PASSWORD, UserFactory, make_dataset, make_script
@@ -90,7 +90,7 @@ def test_messages_never_contradict_the_page(live_server, page: Page):
     """The cancel message says what was asked, not a state the badge contradicts; a live check clears old errors."""
     alice = UserFactory(username="alice")
     script = make_script(alice, "wait", "def wait():\n    return 1\n")
-    run = run_create(script=script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
+    run = record_run(RunRequest(script=script, user=alice, parameters={}, asynchronous=True))
     sign_in(page, live_server, "alice", PASSWORD)
     page.goto(f"{live_server.url}/runs/{run.pk}/")
     page.get_by_role("button", name="Cancel").click()
@@ -114,7 +114,7 @@ def test_statuses_read_as_words(live_server, page: Page):
     """TIMED_OUT reads "Timed out" on the run page and in the history, not "Timed_out"."""
     alice = UserFactory(username="alice")
     script = make_script(alice, "slow", "def slow():\n    return 1\n")
-    run = run_create(script=script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
+    run = record_run(RunRequest(script=script, user=alice, parameters={}, asynchronous=True))
     Run.objects.filter(pk=run.pk).update(status=Run.Status.TIMED_OUT, finished_at=timezone.now())
     sign_in(page, live_server, "alice", PASSWORD)
     page.goto(f"{live_server.url}/runs/{run.pk}/")
@@ -127,7 +127,7 @@ def test_without_javascript_a_job_page_does_not_claim_to_update_itself(live_serv
     """With scripts off, a queued job's page offers a reload instead of promising live updates."""
     alice = UserFactory(username="alice")
     script = make_script(alice, "later", "def later():\n    return 1\n")
-    run = run_create(script=script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
+    run = record_run(RunRequest(script=script, user=alice, parameters={}, asynchronous=True))
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
     sign_in(page, live_server, "alice", PASSWORD)
@@ -142,7 +142,7 @@ def test_with_javascript_a_job_page_says_it_updates_itself(live_server, page: Pa
     """The same page with scripts on promises live updates (and keeps its promise: see test_browser)."""
     alice = UserFactory(username="alice")
     script = make_script(alice, "later", "def later():\n    return 1\n")
-    run = run_create(script=script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
+    run = record_run(RunRequest(script=script, user=alice, parameters={}, asynchronous=True))
     sign_in(page, live_server, "alice", PASSWORD)
     page.goto(f"{live_server.url}/runs/{run.pk}/")
     expect(page.get_by_text("(updates by itself)")).to_be_visible()
@@ -200,7 +200,7 @@ def test_on_a_phone_the_navigation_folds_behind_a_menu_button(live_server, page:
 @pytest.mark.parametrize("width", [1280, 390], ids=["wide", "phone"])
 def test_compare_two_runs_from_the_run_page(live_server, page: Page, screenshot, width):
     """From a run's page, pick an earlier run and see changed cells, added rows and both figures."""
-    from scripts_app.services.runs import run_sync
+    from scripts_app.services.pipeline import RunRequest, start_run
 
     alice = UserFactory(username="alice")
     source = (
@@ -210,8 +210,8 @@ def test_compare_two_runs_from_the_run_page(live_server, page: Page, screenshot,
         "    return rows + ([{'id': 4, 'value': 4 * k}] if more else [])\n"
     )
     script = make_script(alice, "grow", source)
-    run_sync(script=script, user=alice, parameters={"k": 1.0}, graphics=True)
-    newer = run_sync(script=script, user=alice, parameters={"k": 2.0, "more": True}, graphics=True)
+    start_run(RunRequest(script=script, user=alice, parameters={"k": 1.0}, graphics=True))
+    newer = start_run(RunRequest(script=script, user=alice, parameters={"k": 2.0, "more": True}, graphics=True))
     page.set_viewport_size({"width": width, "height": 900})
     sign_in(page, live_server, "alice", PASSWORD)
     page.goto(f"{live_server.url}/runs/{newer.pk}/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
-from scripts_app.services.runs import run_sync
+from scripts_app.services.pipeline import RunRequest, start_run
 from scripts_app.services.scripts import script_update
 from scripts_app.services.tokens import personal_token_create
 from tests.e2e.conftest import assert_accessible, sign_in
@@ -22,7 +22,7 @@ def test_main_pages_open(live_server, page: Page, screenshot, viewport):
     root = UserFactory(username="root", is_superuser=True)
     script = make_script(root, "report", "def report(n: int = 3):\n    return [{'i': i} for i in range(n)]\n")
     script_update(script=script, by=root, source=script.source.replace("range(n)", "range(n + 1)"))
-    run = run_sync(script=script, user=root, parameters={"n": 2})
+    run = start_run(RunRequest(script=script, user=root, parameters={"n": 2}))
     personal_token_create(user=root, name="nightly")
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -221,21 +221,21 @@ def test_without_uv_venv_and_pip_build_the_same_environment(create, build_queued
 
 def test_an_async_job_runs_in_its_environment(create, build_queued, alice, alice_api, monkeypatch):
     """asyncFlag with envName: the worker runs the job with the environment's interpreter and records its lock."""
-    from scripts_app.services import jobs
+    from scripts_app.services.jobs import submission, worker
     from tests.api.test_jobs import InlineWatch
 
     create(name="probe", packages="omlweb-probe")
     build_queued()
     make_script(alice, "probe", PROBE)
-    monkeypatch.setattr(jobs, "RunWatch", InlineWatch)
-    monkeypatch.setattr(jobs, "job_enqueue", lambda *, run: None)
+    monkeypatch.setattr(worker, "RunWatch", InlineWatch)
+    monkeypatch.setattr(submission, "job_enqueue", lambda *, run: None)
 
     response = alice_api.post(
         "/oml/api/py-scripts/v1/do-eval/probe", {"envName": "probe", "asyncFlag": True}, format="json"
     )
     assert response.status_code == 201
     run = Run.objects.get()
-    jobs.job_execute(run_id=str(run.pk), worker="inline@test")
+    worker.job_execute(run_id=str(run.pk), worker="inline@test")
 
     run.refresh_from_db()
     assert (run.status, run.result) == (Run.Status.SUCCEEDED, 42)

@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from scripts_app import compare
 from scripts_app.results import Table
-from scripts_app.services.runs import run_sync
+from scripts_app.services.pipeline import RunRequest, start_run
 from scripts_app.services.scripts import script_update
 from tests.factories import make_script
 from tests.web.conftest import logged_in
@@ -29,9 +29,9 @@ def sales(growth: float = 1.0, region: str = "EU", extra: bool = False):
 @pytest.fixture
 def two_runs(alice):
     script = make_script(alice, "sales", SALES)
-    old = run_sync(script=script, user=alice, parameters={"growth": 1.0}, graphics=True)
+    old = start_run(RunRequest(script=script, user=alice, parameters={"growth": 1.0}, graphics=True))
     script_update(script=script, by=alice, source=SALES.replace('frame["id"] = 0', "").replace('"EU"', '"US"'))
-    new = run_sync(script=script, user=alice, parameters={"growth": 2.0, "extra": True}, graphics=True)
+    new = start_run(RunRequest(script=script, user=alice, parameters={"growth": 2.0, "extra": True}, graphics=True))
     return old, new
 
 
@@ -67,7 +67,7 @@ def test_the_run_page_offers_the_scripts_other_runs_to_compare_with(client, alic
 def test_a_run_the_user_may_not_see_is_not_found(client, alice, bob, two_runs):
     """Bob cannot compare Alice's runs, nor one of his with one of hers; a malformed id is a 404 too."""
     old, new = two_runs
-    mine = run_sync(script=make_script(bob, "b", "def b():\n    return 1\n"), user=bob, parameters={})
+    mine = start_run(RunRequest(script=make_script(bob, "b", "def b():\n    return 1\n"), user=bob, parameters={}))
     bob_client = logged_in(client, bob)
     assert bob_client.get(reverse("web:run_compare"), {"a": old.pk, "b": new.pk}).status_code == 404
     assert bob_client.get(reverse("web:run_compare"), {"a": mine.pk, "b": new.pk}).status_code == 404
@@ -89,8 +89,8 @@ def test_rows_without_a_key_column_are_matched_by_position():
 def test_non_tabular_values_are_compared_as_json(client, alice):
     """Two dict results get a line diff of their JSON."""
     script = make_script(alice, "d", "def d(n: int = 1):\n    return {'n': n, 'same': True}\n")
-    old = run_sync(script=script, user=alice, parameters={"n": 1})
-    new = run_sync(script=script, user=alice, parameters={"n": 2})
+    old = start_run(RunRequest(script=script, user=alice, parameters={"n": 1}))
+    new = start_run(RunRequest(script=script, user=alice, parameters={"n": 2}))
     response = logged_in(client, alice).get(reverse("web:run_compare"), {"a": old.pk, "b": new.pk})
     lines = [line for kind, line in response.context["value_diff"] if kind in ("add", "del")]
     assert lines == ['-  "n": 1,', '+  "n": 2,']

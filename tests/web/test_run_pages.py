@@ -8,7 +8,7 @@ import pytest
 from django.urls import reverse
 
 from scripts_app.models import Run
-from scripts_app.services.runs import run_sync
+from scripts_app.services.pipeline import RunRequest, start_run
 from scripts_app.services.scripts import script_update
 from tests.factories import make_script
 from tests.web.conftest import logged_in
@@ -114,7 +114,7 @@ def test_a_chosen_version_runs(alice_client, alice, typed_script):
 
 def test_run_again_fills_the_form(alice_client, alice, typed_script):
     """Run again opens the form with the earlier run's parameters."""
-    earlier = run_sync(script=typed_script, user=alice, parameters={"n": 9, "ids": [3]}, service="HIGH")
+    earlier = start_run(RunRequest(script=typed_script, user=alice, parameters={"n": 9, "ids": [3]}, service="HIGH"))
     response = alice_client.get(run_url(typed_script), {"again": str(earlier.pk)})
     form = response.context["form"]
     assert form.initial["p_n"] == "9"
@@ -127,7 +127,7 @@ def test_run_again_ignores_someone_elses_run(client, alice, bob):
     """Another user's run id does not leak its parameters."""
     script = make_script(alice, "g", "def g(secret='x'):\n    return secret\n", is_global=False)
     script.grants.create(grantee=bob)
-    alices = run_sync(script=script, user=alice, parameters={"secret": "hunter2"})
+    alices = start_run(RunRequest(script=script, user=alice, parameters={"secret": "hunter2"}))
     response = logged_in(client, bob).get(run_url(script), {"again": str(alices.pk)})
     assert b"hunter2" not in response.content
 
@@ -161,7 +161,7 @@ def test_a_sync_run_cut_by_its_time_limit_suggests_a_job(alice_client, alice, se
 @pytest.fixture
 def figure_run(alice):
     script = make_script(alice, "dots", FIGURE)
-    return run_sync(script=script, user=alice, parameters={"count": 3}, graphics=True)
+    return start_run(RunRequest(script=script, user=alice, parameters={"count": 3}, graphics=True))
 
 
 def test_run_page_shows_image_table_and_facts(alice_client, figure_run):
@@ -202,7 +202,7 @@ def test_data_downloads(alice_client, figure_run):
 def test_non_tabular_data_is_json_and_has_no_csv(alice_client, alice):
     """A value that is not a table is shown as formatted JSON; CSV is a 404."""
     script = make_script(alice, "d", "def d():\n    return {'a': 1, 'b': [1, 2]}\n")
-    run = run_sync(script=script, user=alice, parameters={})
+    run = start_run(RunRequest(script=script, user=alice, parameters={}))
     response = alice_client.get(reverse("web:run_detail", args=[run.pk]))
     assert response.context["table"] is None
     assert '"a": 1' in response.context["result_json"]
@@ -212,7 +212,7 @@ def test_non_tabular_data_is_json_and_has_no_csv(alice_client, alice):
 def test_big_tables_are_paginated(alice_client, alice):
     """A table of 120 rows shows 50 per page; the htmx page request gets only the table."""
     script = make_script(alice, "big", "def big():\n    return [{'i': i} for i in range(120)]\n")
-    run = run_sync(script=script, user=alice, parameters={})
+    run = start_run(RunRequest(script=script, user=alice, parameters={}))
     url = reverse("web:run_detail", args=[run.pk])
     page3 = alice_client.get(url, {"page": 3})
     assert [row[0] for row in page3.context["table_page"].object_list] == list(range(100, 120))
@@ -224,7 +224,7 @@ def test_big_tables_are_paginated(alice_client, alice):
 def test_stdout_and_stderr_are_shown(alice_client, alice):
     """What the script printed is on the run page, apart from the result."""
     source = "import sys\ndef p():\n    print('to out')\n    print('to err', file=sys.stderr)\n    return 1\n"
-    run = run_sync(script=make_script(alice, "p", source), user=alice, parameters={})
+    run = start_run(RunRequest(script=make_script(alice, "p", source), user=alice, parameters={}))
     content = alice_client.get(reverse("web:run_detail", args=[run.pk])).content
     assert b"to out" in content
     assert b"to err" in content
@@ -254,9 +254,9 @@ def test_polling_a_finished_run_stops_the_poll(alice_client, figure_run):
 
 def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
     """A queued run's live section polls every 2 seconds."""
-    from scripts_app.services.runs import run_create
+    from scripts_app.services.pipeline import RunRequest, record_run
 
-    run = run_create(script=typed_script, user=alice, parameters={"n": 1}, mode=Run.Mode.ASYNC)
+    run = record_run(RunRequest(script=typed_script, user=alice, parameters={"n": 1}, asynchronous=True))
     response = alice_client.get(
         reverse("web:run_detail", args=[run.pk]), headers={"HX-Request": "true", "HX-Target": "run-live"}
     )
@@ -269,12 +269,12 @@ def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
 
 def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_script, django_capture_on_commit_callbacks):
     """'Run as a job' records a QUEUED async run of the chosen version and publishes it on commit."""
-    from scripts_app.services import jobs
+    from scripts_app.services.jobs import submission
 
     script_update(script=typed_script, by=alice, source=TYPED.replace('"n": n', '"n": -n'))
     published = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jobs, "job_enqueue", lambda *, run: published.append(run.pk))
+        patch.setattr(submission, "job_enqueue", lambda *, run: published.append(run.pk))
         with django_capture_on_commit_callbacks(execute=True):
             response = alice_client.post(
                 run_url(typed_script) + "?version=1",
@@ -297,9 +297,9 @@ def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_scrip
 
 def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
     """The job's owner cancels it; another user gets 404, an auditor 403."""
-    from scripts_app.services.runs import run_create
+    from scripts_app.services.pipeline import RunRequest, record_run
 
-    run = run_create(script=typed_script, user=alice, parameters={"n": 1}, mode=Run.Mode.ASYNC)
+    run = record_run(RunRequest(script=typed_script, user=alice, parameters={"n": 1}, asynchronous=True))
     url = reverse("web:run_cancel", args=[run.pk])
     assert logged_in(client, bob).post(url).status_code == 404
     assert logged_in(client, auditor).post(url).status_code == 403
@@ -314,7 +314,7 @@ def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
 def test_csv_quotes_cells_a_spreadsheet_would_run(alice_client, alice):
     """Text starting with =, +, - or @ is prefixed with a quote in the CSV; numbers are left alone."""
     source = "def f():\n    return [{'a': '=HYPERLINK(\"x\")', 'b': -1}]\n"
-    run = run_sync(script=make_script(alice, "f", source), user=alice, parameters={})
+    run = start_run(RunRequest(script=make_script(alice, "f", source), user=alice, parameters={}))
     csv = alice_client.get(reverse("web:run_data", args=[run.pk, "csv"])).content.decode()
     assert csv.splitlines()[1] == '"\'=HYPERLINK(""x"")",-1'
 
@@ -331,9 +331,9 @@ def test_the_environment_picker_offers_ready_environments(alice_client, typed_sc
 
 def test_a_sync_run_has_no_cancel(alice_client, alice, typed_script):
     """Only jobs can be cancelled: a sync run's cancel is refused and changes nothing."""
-    from scripts_app.services.runs import run_create
+    from scripts_app.services.pipeline import RunRequest, record_run
 
-    run = run_create(script=typed_script, user=alice, parameters={"n": 1})
+    run = record_run(RunRequest(script=typed_script, user=alice, parameters={"n": 1}))
     assert not alice_client.get(reverse("web:run_detail", args=[run.pk])).context["may_cancel"]
     response = alice_client.post(reverse("web:run_cancel", args=[run.pk]), follow=True)
     assert b"Only jobs can be cancelled" in response.content
@@ -344,9 +344,9 @@ def test_a_sync_run_has_no_cancel(alice_client, alice, typed_script):
 
 def test_an_apply_run_shows_its_input_and_pieces(alice_client, alice, typed_script):
     """A row-apply run's page shows its kind, input query, options and each piece."""
-    from scripts_app.services.runs import run_create
+    from scripts_app.services.pipeline import RunRequest, record_run
 
-    run = run_create(script=typed_script, user=alice, parameters={})
+    run = record_run(RunRequest(script=typed_script, user=alice, parameters={}))
     Run.objects.filter(pk=run.pk).update(
         kind=Run.Kind.ROW_APPLY,
         input_query="SELECT * FROM iris",
@@ -377,9 +377,11 @@ def test_a_pruned_image_file_is_a_404(alice_client, figure_run):
 
 def test_run_again_of_an_apply_run_fills_its_mode_query_and_options(alice_client, alice, typed_script):
     """Run again of a group-apply run opens the form in that mode with its query, columns and input type."""
-    from scripts_app.services.runs import run_create
+    from scripts_app.services.pipeline import RunRequest, record_run
 
-    run = run_create(script=typed_script, user=alice, parameters={"n": 4, "oml_input_type": "pandas.DataFrame"})
+    run = record_run(
+        RunRequest(script=typed_script, user=alice, parameters={"n": 4, "oml_input_type": "pandas.DataFrame"})
+    )
     Run.objects.filter(pk=run.pk).update(
         kind=Run.Kind.GROUP_APPLY,
         input_query="SELECT * FROM iris",
@@ -406,7 +408,7 @@ def test_the_data_grid_sorts_finds_and_pages(alice_client, alice):
         "    prices = [(i * 7) % 11 + 0.123456789 if i % 5 else None for i in range(120)]\n"
         "    return [{'name': n, 'price': p} for n, p in zip(names, prices)]\n"
     )
-    run = run_sync(script=make_script(alice, "t", source), user=alice, parameters={})
+    run = start_run(RunRequest(script=make_script(alice, "t", source), user=alice, parameters={}))
     url = reverse("web:run_detail", args=[run.pk])
     grid = alice_client.get(url, {"sort": "price"}).context["grid"]
     prices = [row[1][0] for row in grid["rows"]]
@@ -432,7 +434,7 @@ def test_a_group_apply_result_is_one_table_keyed_by_group(alice_client, alice):
     from scripts_app.models import Run
 
     script = make_script(alice, "g", "def g():\n    return 1\n")
-    run = run_sync(script=script, user=alice, parameters={})
+    run = start_run(RunRequest(script=script, user=alice, parameters={}))
     result = {"setosa": [{"n": 50}], "virginica": [{"n": 49}, {"n": 1}]}
     Run.objects.filter(pk=run.pk).update(kind=Run.Kind.GROUP_APPLY, result=result)
     response = alice_client.get(reverse("web:run_detail", args=[run.pk]))
@@ -449,10 +451,10 @@ def test_a_queued_job_shows_its_place_in_the_queue_and_a_running_one_its_time(al
     """Queued: waiting time and position among its service level's queued jobs. Running: time so far."""
     from django.utils import timezone
 
-    from scripts_app.services.runs import run_create
+    from scripts_app.services.pipeline import RunRequest, record_run
 
-    first = run_create(script=typed_script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
-    second = run_create(script=typed_script, user=alice, parameters={}, mode=Run.Mode.ASYNC)
+    first = record_run(RunRequest(script=typed_script, user=alice, parameters={}, asynchronous=True))
+    second = record_run(RunRequest(script=typed_script, user=alice, parameters={}, asynchronous=True))
     content = alice_client.get(reverse("web:run_detail", args=[second.pk])).content.decode()
     assert "number 2 in the LOW queue" in content
     Run.objects.filter(pk=first.pk).update(status=Run.Status.RUNNING, started_at=timezone.now())

@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from scripts_app.models import Run, Script, ScriptGrant
-from scripts_app.services.runs import run_sync
+from scripts_app.services.pipeline import RunRequest, start_run
 from tests.factories import make_script
 from tests.web.conftest import logged_in
 
@@ -279,7 +279,7 @@ def test_version_page_shows_its_source(alice_client, three_versions):
 
 def test_delete_keeps_the_runs_and_their_version(alice_client, alice, alices_script):
     """Deleting a script leaves its runs, each with the version it ran."""
-    run = run_sync(script=alices_script, user=alice, parameters={})
+    run = start_run(RunRequest(script=alices_script, user=alice, parameters={}))
     url = reverse("web:script_delete", args=[alices_script.pk])
     assert b"stay in the history" in alice_client.get(url).content
     response = alice_client.post(url)

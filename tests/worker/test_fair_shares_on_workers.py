@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scripts_app.models import Run
-from scripts_app.services import jobs
+from scripts_app.services.pipeline import RunRequest, start_run
 from tests.factories import UserFactory, make_script
 from tests.worker.conftest import wait_for
 from tests.worker.test_jobs_on_workers import SLEEPER
@@ -21,7 +21,10 @@ def test_one_users_flood_leaves_a_slot_for_another_user(cluster):
     # Two LOW slots: two worker processes, as `manage.py serve` starts them (one solo worker per slot).
     cluster.start("low-1", ["LOW"])
     cluster.start("low-2", ["LOW"])
-    flood = [jobs.job_submit(script=alices, user=alice, parameters={"seconds": 1.5}) for _ in range(4)]
+    flood = [
+        start_run(RunRequest(script=alices, user=alice, parameters={"seconds": 1.5}, asynchronous=True))
+        for _ in range(4)
+    ]
     most_running = 0
 
     def alice_running() -> int:
@@ -31,7 +34,7 @@ def test_one_users_flood_leaves_a_slot_for_another_user(cluster):
         return count
 
     wait_for(alice_running, timeout=60, what="alice's first job to start", on=cluster)
-    theirs = jobs.job_submit(script=bobs, user=bob, parameters={"seconds": 0})
+    theirs = start_run(RunRequest(script=bobs, user=bob, parameters={"seconds": 0}, asynchronous=True))
 
     def bob_finished() -> bool:
         alice_running()

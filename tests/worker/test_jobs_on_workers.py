@@ -7,7 +7,9 @@ import re
 import pytest
 
 from scripts_app.models import Run
-from scripts_app.services import jobs, supervision
+from scripts_app.services import supervision
+from scripts_app.services.jobs.reaper import reap_runs, worker_lost
+from scripts_app.services.pipeline import RunRequest, start_run
 from tests.conftest import client_for
 from tests.factories import UserFactory, make_script
 from tests.worker.conftest import wait_for, wait_status
@@ -45,8 +47,15 @@ def submit(api, body: dict, *, version: str = "v2") -> str:
 
 
 def job(sleeper, seconds: float = 0, *, service: str = "LOW", **kwargs) -> Run:
-    return jobs.job_submit(
-        script=sleeper, user=sleeper.owner, parameters={"seconds": seconds}, service=service, **kwargs
+    return start_run(
+        RunRequest(
+            script=sleeper,
+            user=sleeper.owner,
+            parameters={"seconds": seconds},
+            service=service,
+            asynchronous=True,
+            **kwargs,
+        )
     )
 
 
@@ -188,7 +197,7 @@ def test_kill_9_of_the_worker_mid_run_is_recovered(cluster, sleeper):
     first.kill9()
     assert Run.objects.get(pk=run.pk).status == Run.Status.RUNNING
     wait_for(
-        lambda: jobs.reap_runs().requeued == [str(run.pk)],
+        lambda: reap_runs().requeued == [str(run.pk)],
         timeout=30,
         what="the reaper to requeue the run of the killed worker",
         on=cluster,
@@ -207,7 +216,7 @@ def test_a_dead_workers_run_is_handed_back_at_once(cluster, sleeper):
     run = job(sleeper, 2)
     wait_status(run.pk, Run.Status.RUNNING, timeout=60, on=cluster)
     worker.kill9()
-    assert jobs.worker_lost(worker="dying@test") == [str(run.pk)]
+    assert worker_lost(worker="dying@test") == [str(run.pk)]
     assert Run.objects.get(pk=run.pk).status == Run.Status.QUEUED
     cluster.start("next", ["LOW"])
     done = wait_status(run.pk, FINISHED, timeout=60, on=cluster)
@@ -222,7 +231,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_clearly(cluster, sleeper, sett
     run = job(sleeper, 30)
     wait_status(run.pk, Run.Status.RUNNING, timeout=60, on=cluster)
     worker.kill9()
-    wait_for(lambda: jobs.reap_runs().failed == [str(run.pk)], timeout=30, what="the reaper to fail the run")
+    wait_for(lambda: reap_runs().failed == [str(run.pk)], timeout=30, what="the reaper to fail the run")
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
     assert "started 1 times" in run.error_message
@@ -252,7 +261,7 @@ def test_a_restart_after_kill_9_with_jobs_queued_loses_none(cluster, sleeper):
     cluster.start("recovered", ["LOW"])
 
     def all_finished() -> bool:
-        jobs.reap_runs()
+        reap_runs()
         return Run.objects.filter(pk__in=[r.pk for r in runs], status__in=FINISHED).count() == len(runs)
 
     wait_for(all_finished, timeout=90, what="every job to finish after the crash", on=cluster)

@@ -6,7 +6,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from scripts_app.services import jobs
+from scripts_app.services.jobs.broker import service_status
 
 
 class Command(BaseCommand):
@@ -16,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the same JSON as GET /oml/api/admin/status.")
 
     def handle(self, *args, json: bool, **options) -> None:
-        status = jobs.service_status()
+        status = service_status()
         if json:
             self.stdout.write(_dumps(status))
             return

@@ -8,7 +8,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from scripts_app.services import environments, jobs
+from scripts_app.services import environments
+from scripts_app.services.jobs.reaper import ReapReport, prune_runs, reap_runs
 
 PRUNE_EVERY_SECONDS = 3600
 
@@ -28,18 +29,18 @@ class Command(BaseCommand):
 
     def handle(self, *args, loop: bool, **options) -> None:
         if not loop:
-            self._report(jobs.reap_runs(), quiet=False)
+            self._report(reap_runs(), quiet=False)
             self._rebuilds()
             return
         next_prune = time.monotonic() + 60
         failing = ""
         while True:
             try:
-                self._report(jobs.reap_runs(), quiet=True)
+                self._report(reap_runs(), quiet=True)
                 self._rebuilds()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                    jobs.prune_runs()
+                    prune_runs()
                     # Environment folders are this host's own: each host's reaper clears its own.
                     for path in environments.environment_folders_sweep():
                         self.stdout.write(f"removed the environment folder {path}")
@@ -61,7 +62,7 @@ class Command(BaseCommand):
         for name in environments.environment_republish_lost_builds():
             self.stdout.write(f"republished the build of environment {name}")
 
-    def _report(self, report: jobs.ReapReport, *, quiet: bool) -> None:
+    def _report(self, report: ReapReport, *, quiet: bool) -> None:
         for label in ("requeued", "failed", "cancelled", "republished"):
             for run_id in getattr(report, label):
                 self.stdout.write(f"{label} {run_id}")

@@ -26,7 +26,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections, connection
 
-from scripts_app.services import jobs, supervision
+from scripts_app.services import supervision
+from scripts_app.services.jobs.broker import broker_problem, broker_scheme, queue_name
+from scripts_app.services.jobs.reaper import worker_lost
 
 # Workers get this long to finish their runs on a stop; then they are killed and the reaper requeues.
 STOP_GRACE_SECONDS = 30
@@ -179,7 +181,7 @@ class Command(BaseCommand):
                     raise CommandError(f"Unknown service level {level!r}: use LOW, MEDIUM or HIGH.")
                 for slot in range(1, settings.OMLWEB_SERVICE_LEVELS[level]["concurrency"] + 1):
                     node = supervision.node_name(level, slot)
-                    command = worker_command(node=node, queues=[jobs.queue_name(level), settings.OMLWEB_BUILD_QUEUE])
+                    command = worker_command(node=node, queues=[queue_name(level), settings.OMLWEB_BUILD_QUEUE])
                     children.append(
                         Child(name=f"worker-{level.lower()}-{slot}", kind="worker", command=command, node=node)
                     )
@@ -200,10 +202,10 @@ class Command(BaseCommand):
             )
         finally:
             close_old_connections()
-        problem = jobs.broker_problem()
+        problem = broker_problem()
         if problem:
             self.stderr.write(
-                f"The broker ({jobs._scheme(settings.CELERY_BROKER_URL)}) does not answer ({problem}): async jobs "
+                f"The broker ({broker_scheme(settings.CELERY_BROKER_URL)}) does not answer ({problem}): async jobs "
                 "are refused with a 503 until it does; synchronous runs work. Workers wait for it."
             )
 
@@ -294,7 +296,7 @@ class Supervisor:
     def _hand_back(self, now: float) -> None:
         for node, died_at in sorted(self.hand_back.items()):
             try:
-                runs = jobs.worker_lost(worker=node, died_at=died_at)
+                runs = worker_lost(worker=node, died_at=died_at)
             except Exception as error:
                 # The database is down: try again in a few seconds (the reaper would, later), say so once.
                 if not self.hand_back_failing:
@@ -334,7 +336,7 @@ class Supervisor:
                     now - child.probe_sent_at > wedged_after
                     and child.idle_since is not None
                     and now - child.idle_since > wedged_after / 2
-                    and jobs.broker_problem() is None
+                    and broker_problem() is None
                 ):
                     self._kill_wedged(child, f"it has taken no message for {wedged_after:g} s while idle")
             elif now >= child.next_probe:
@@ -345,7 +347,7 @@ class Supervisor:
     def _probe(self, children: list[Child], now: float) -> None:
         from scripts_app.tasks import probe
 
-        if jobs.broker_problem() is not None:
+        if broker_problem() is not None:
             # The broker is down: the workers can take nothing, and that is not their fault.
             for child in children:
                 child.next_probe = now + settings.OMLWEB_WORKER_PROBE_SECONDS

@@ -1,0 +1,158 @@
+"""Oracle's wire shapes: the bodies the API answers for runs and jobs, and Oracle's way of writing times.
+
+The services keep runs as rows; this module is where a run becomes what an OML4Py client reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, NotRequired, TypedDict
+
+from django.utils import timezone
+
+from scripts_app.errors import ErrorCode, OmlError
+from scripts_app.models import Run, RunImage
+
+JOB_RUNNING = "job is still running"
+
+
+class ImageRecord(TypedDict):
+    """One figure (or the value alone, IMAGE None) of a run with graphicsFlag."""
+
+    IMAGE: str | None
+    DATA: str
+    TITLE: str | None
+    ID: int
+
+
+class OmlResult(TypedDict):
+    """A finished run's body: {"result": ...}; v2 adds a job's comments."""
+
+    result: Any
+    comments: NotRequired[str]
+
+
+class JobStatus(TypedDict):
+    """GET jobs/{jobId} while the job is queued or running (202)."""
+
+    createdDate: str
+    status: str
+    elapsedTime: str
+    # Ours: the attempt running (or next to run) it.
+    attempt: int
+
+
+class JobRow(TypedDict):
+    """One job in GET v2/jobs: Oracle's four keys, then ours."""
+
+    job_id: str
+    createdDate: str
+    status: str
+    elapsedTime: str
+    state: str
+    scriptName: str
+    owner: str
+    service: str
+    comments: str
+    attempt: int
+
+
+def oracle_date(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def hms(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def elapsed(run: Run, now: datetime | None = None) -> timedelta:
+    end = run.finished_at or now or timezone.now()
+    return max(end - run.created_at, timedelta(0))
+
+
+def oml_result(run: Run) -> OmlResult:
+    """The body OML answers for a finished run: {"result": ...}, or raises the run's error."""
+    if run.status != Run.Status.SUCCEEDED:
+        raise run_error(run)
+    if not run.graphics:
+        return {"result": run.result}
+    if run.kind != Run.Kind.DO_EVAL:
+        return {"result": apply_image_records(run)}
+    data = json.dumps(run.result)
+    images = list(run.images.all())
+    if not images:
+        return {"result": [ImageRecord(IMAGE=None, DATA=data, TITLE=None, ID=1)]}
+    return {
+        "result": [
+            ImageRecord(IMAGE=_base64(image), DATA=data, TITLE=image.title, ID=image.position) for image in images
+        ]
+    }
+
+
+def apply_image_records(run: Run) -> list[ImageRecord] | dict[str, list[ImageRecord]]:
+    """An apply run with graphicsFlag: image records per piece, keyed per group for group-apply."""
+    images = {image.position: image for image in run.images.all()}
+
+    def records(entries: list[dict]) -> list[ImageRecord]:
+        out: list[ImageRecord] = []
+        for entry in entries:
+            data = json.dumps(entry.get("value"))
+            figures: list[RunImage | None] = [images[p] for p in entry.get("figures", []) if p in images] or [None]
+            for image in figures:
+                out.append(
+                    ImageRecord(
+                        IMAGE=_base64(image) if image else None,
+                        DATA=data,
+                        TITLE=image.title if image else None,
+                        ID=len(out) + 1,
+                    )
+                )
+        return out
+
+    if run.kind == Run.Kind.GROUP_APPLY:
+        return {entry["key"]: records([entry]) for entry in run.pieces}
+    return records(run.pieces)
+
+
+def _base64(image: RunImage) -> str:
+    with image.image.open("rb") as file:
+        return base64.b64encode(file.read()).decode("ascii")
+
+
+def run_error(run: Run) -> OmlError:
+    """The error a failed run answers with: Oracle's errorMessage carries the script's traceback too."""
+    message = run.traceback or run.error_message or f"The run ended {run.status}."
+    if run.traceback and run.error_message and run.error_message not in run.traceback:
+        message = f"{run.error_message}\n{run.traceback}"
+    return OmlError(message, code=ErrorCode(run.error_code or ErrorCode.INTERNAL), status=400)
+
+
+def job_status(run: Run, *, attempt: int) -> JobStatus:
+    """A job still queued or running, as GET jobs/{jobId} answers it (202)."""
+    return {
+        "createdDate": oracle_date(run.created_at),
+        "status": JOB_RUNNING,
+        "elapsedTime": hms(elapsed(run)),
+        # Ours: above 1, its worker died and it started again from the beginning: delivery is at least
+        # once (docs/architecture.md).
+        "attempt": attempt,
+    }
+
+
+def job_row(run: Run, now: datetime, *, attempt: int) -> JobRow:
+    """One job in GET v2/jobs: Oracle's four keys, then ours."""
+    return {
+        "job_id": str(run.pk),
+        "createdDate": oracle_date(run.created_at),
+        "status": "FINISH" if run.is_finished else JOB_RUNNING,
+        "elapsedTime": hms(elapsed(run, now)),
+        "state": run.status,
+        "scriptName": run.script_name,
+        "owner": run.user.get_username(),
+        "service": run.service,
+        "comments": run.comments,
+        "attempt": attempt,
+    }

@@ -1,0 +1,152 @@
+"""Jobs in a Celery worker: claim a queued run, run it while heartbeating, record the outcome."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from scripts_app import runner
+from scripts_app.errors import Busy, ErrorCode
+from scripts_app.models import Run, RunTakenAway
+from scripts_app.services import execution, runs, shares
+from scripts_app.services.jobs import submission
+
+logger = logging.getLogger(__name__)
+
+# A job deferred because its user runs their share waits this long (up to twice, with jitter) before
+# a worker tries it again.
+DEFER_SECONDS = 2.0
+
+
+def job_execute(*, run_id: str, worker: str) -> Run | None:
+    """Claim a queued run, run it (do-eval or apply) while heartbeating, record the outcome.
+
+    Returns None when there was nothing to do (the run is gone, finished, or held by another worker),
+    when its user is at their share of running jobs (it goes back to the queue), or when the run was
+    taken from this attempt while it ran (deleted, or reaped and requeued).
+    """
+    try:
+        run = job_claim(run_id=run_id, worker=worker)
+    except JobDeferred:
+        job_defer(run_id=run_id)
+        return None
+    if run is None:
+        return None
+    watch = RunWatch(run=run)
+    watch.start()
+    try:
+        execution.execute_run(run, is_cancelled=watch.is_cancelled, limits=job_limits(run))
+    except RunTakenAway:
+        logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
+        return None
+    except Busy:
+        # Recorded FAILED with the busy code by run_execute: a worker process runs one job at a time,
+        # so its runner slots are only ever taken by this job's own pieces.
+        return run
+    except Exception as error:
+        logger.exception("Run %s: the service failed to run it", run.pk)
+        job_fail(run=run, message=f"The service failed to run the job: {error}")
+        return run
+    finally:
+        watch.stop()
+    return run
+
+
+def job_limits(run: Run) -> runner.Limits:
+    """The run's service level's limits; an async run's own timeout bounds both wall clock and CPU."""
+    limits = runs.limits_from_settings(wall_seconds=run.timeout_seconds)
+    level = settings.OMLWEB_SERVICE_LEVELS[run.service]
+    return dataclasses.replace(
+        limits,
+        cpu_seconds=max(limits.cpu_seconds, int(run.timeout_seconds or 0)),
+        memory_bytes=level["memory_mb"] * 1024**2,
+    )
+
+
+class JobDeferred(Exception):
+    """The job's user already runs their share of jobs: it must wait in the queue."""
+
+
+def job_claim(*, run_id: str, worker: str) -> Run | None:
+    """Mark a queued run RUNNING for this worker; None when it is not queued any more. Raises
+    JobDeferred, claiming nothing, when its user already has their share of jobs running."""
+    queued = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True)
+    with transaction.atomic():
+        owner = queued.values_list("user_id", "service").first()
+        # Counted and claimed under the user's lock, so two workers cannot both take the last share.
+        if owner is not None and not shares.job_may_start(user_id=owner[0], service=owner[1]):
+            raise JobDeferred(run_id)
+        claimed = queued.claim(worker=worker, now=timezone.now())
+    if not claimed:
+        logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
+        return None
+    return Run.objects.select_related("script_version").filter(pk=run_id).first()
+
+
+def job_defer(*, run_id: str) -> None:
+    """Put a job whose user is at their share back on the queue, to be tried again a little later.
+
+    Its slot goes to the next message meanwhile, so other users' jobs behind it run. `enqueued_at` is
+    renewed with each deferral: a job that keeps being deferred is not waiting on a lost message, and
+    the reaper must not publish it again (each copy would be deferred and published again in turn).
+    """
+    run = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED).first()
+    if run is None or not Run.objects.filter(pk=run.pk).published(now=timezone.now()):
+        return
+    logger.info("Run %s: its user already runs their share of jobs; back in the queue", run_id)
+    submission.job_enqueue(run=run, countdown=DEFER_SECONDS + random.uniform(0, DEFER_SECONDS))
+
+
+def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
+    Run.objects.held_by(run).finish(Run.Status.FAILED, error_code=code, error_message=message)
+
+
+class RunWatch:
+    """A thread beside the runner: heartbeats the run and turns a cancel request into `is_cancelled()`.
+
+    It reads the row at most every OMLWEB_CANCEL_POLL_SECONDS, whatever the runner polls. The run counts
+    as cancelled when a cancel was requested, or the row was deleted or taken away from this attempt.
+    """
+
+    def __init__(self, *, run: Run) -> None:
+        self.run = run
+        self._cancelled = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"watch-{run.pk}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=10)
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _loop(self) -> None:
+        beat_every = settings.OMLWEB_HEARTBEAT_SECONDS
+        poll_every = min(settings.OMLWEB_CANCEL_POLL_SECONDS, beat_every)
+        next_beat = 0.0
+        try:
+            while not self._stopped.wait(poll_every):
+                try:
+                    if time.monotonic() >= next_beat:
+                        next_beat = time.monotonic() + beat_every
+                        if not Run.objects.held_by(self.run).update(heartbeat_at=timezone.now()):
+                            self._cancelled.set()
+                    if Run.objects.held_by(self.run).filter(cancel_requested_at__isnull=False).exists():
+                        self._cancelled.set()
+                except Exception:
+                    # A locked or unreachable database must not kill the run; the next poll tries again.
+                    logger.exception("Run %s: heartbeat failed", self.run.pk)
+                    close_old_connections()
+        finally:
+            connection.close()

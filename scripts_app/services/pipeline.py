@@ -1,0 +1,142 @@
+"""The one way a run starts: a `RunRequest`, recorded as a Run, then run now or published as a job.
+
+The API's serializers and the pages' run form both build a `RunRequest` and call `start_run`; nothing
+else creates runs. A run then lives through the transitions of `RunQuerySet` (models.py): claimed,
+taken back, finished, cancelled, each one conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from scripts_app import roles
+from scripts_app.errors import BadRequest, PermissionDenied
+from scripts_app.models import Run, Script, ScriptVersion, ServiceLevel
+from scripts_app.services import apply, environments, shares
+from scripts_app.services.execution import execute_run
+from scripts_app.services.jobs.submission import job_publish_submitted
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyInput:
+    """What an apply run is fed and how it is cut into pieces (OML's table/row/group/index-apply)."""
+
+    input_query: str = ""
+    rows: int | None = None
+    group_by: str | None = None
+    order_by: str | None = None
+    times: int | None = None
+    parallel_flag: bool = False
+    parallel: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """Everything a caller asks of one run: what to run, with what, where, and whether to wait for it."""
+
+    script: Script
+    user: Any
+    parameters: dict = dataclasses.field(default_factory=dict)
+    # do-eval, or one of the apply kinds fed with `apply_input`.
+    kind: str = Run.Kind.DO_EVAL
+    apply_input: ApplyInput = ApplyInput()
+    # None: the script's current version.
+    version: ScriptVersion | None = None
+    graphics: bool = False
+    # None: the script's own environment, else the default one.
+    env_name: str | None = None
+    service: str = ServiceLevel.LOW
+    # True: an async job, published to the service level's queue; False: run now, in this process.
+    asynchronous: bool = False
+    # A job's time limit (None: OMLWEB_ASYNC_TIMEOUT_SECONDS); a sync run has the settings' wall clock.
+    timeout_seconds: int | None = None
+    comments: str = ""
+    client_address: str | None = None
+
+
+def start_run(request: RunRequest) -> Run:
+    """Start what the request asks: run it now and return it finished, or submit it as a job and
+    return it QUEUED (published once committed). Refusals are OmlErrors, raised before anything is kept;
+    a sync run that could not be run is recorded FAILED and its error raised (Busy, RunnerUnavailable)."""
+    if request.asynchronous:
+        with transaction.atomic():
+            run = record_run(request)
+        job_publish_submitted(run)
+        return run
+    return execute_run(record_run(request, started=True))
+
+
+def record_run(request: RunRequest, *, started: bool = False) -> Run:
+    """Check the request and record it as a Run: QUEUED, or RUNNING from the start when `started`
+    (a sync run, about to run in this process: one write fewer).
+
+    The user's share is checked here: a sync run over the user's runs at once, or an async job over
+    their queued jobs, is a 429; a user over their storage quota is refused (services.shares)."""
+    script, user = request.script, request.user
+    if request.version is not None and request.version.script_id != script.pk:
+        raise BadRequest(f"Version {request.version.number} is not a version of script {script.name!r}.")
+    version = request.version or script.current_version
+    if version is None:
+        raise BadRequest(f"Script {script.name!r} has no version to run.")
+    if roles.is_read_only(user):
+        raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
+    apply_fields = _apply_fields(request) if request.kind != Run.Kind.DO_EVAL else {}
+    # A run that names no environment runs in its script's own (the default one when it has none).
+    environment = environments.environment_for_run(request.env_name or script.env_name or None)
+    mode = Run.Mode.ASYNC if request.asynchronous else Run.Mode.SYNC
+    limits = shares.limits_for(user.pk)
+    shares.quota_check(user=user, limits=limits)
+    now = timezone.now()
+    with transaction.atomic():
+        # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
+        shares.share_check(user=user, mode=mode, limits=limits)
+        return Run.objects.create(
+            script_version=version,
+            script_name=script.name,
+            script_owner=script.owner.get_username(),
+            user=user,
+            client_address=request.client_address,
+            parameters=request.parameters,
+            graphics=request.graphics,
+            env_name=environment.name if environment else environments.DEFAULT_ENVIRONMENT,
+            environment=environment,
+            env_lock=environment.lock if environment else environments.default_lock(),
+            service=request.service,
+            mode=mode,
+            kind=request.kind,
+            timeout_seconds=(request.timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS)
+            if request.asynchronous
+            else request.timeout_seconds,
+            comments=request.comments,
+            created_at=now,
+            enqueued_at=now if request.asynchronous else None,
+            status=Run.Status.RUNNING if started else Run.Status.QUEUED,
+            started_at=now if started else None,
+            **apply_fields,
+        )
+
+
+def _apply_fields(request: RunRequest) -> dict:
+    """An apply request's own fields of the Run, checked: a bad query or option is a BadRequest here."""
+    given = request.apply_input
+    options = apply.check_request(
+        kind=request.kind,
+        user=request.user,
+        parameters=request.parameters,
+        input_query=given.input_query,
+        rows=given.rows,
+        group_by=given.group_by,
+        order_by=given.order_by,
+        times=given.times,
+        parallel_flag=given.parallel_flag,
+        parallel=given.parallel,
+    )
+    return {
+        "input_query": given.input_query if request.kind in apply.DATA_KINDS else "",
+        "apply_options": options,
+    }
