@@ -127,7 +127,7 @@ class QuotaExceeded(OmlError):
     code = ErrorCode.QUOTA_EXCEEDED
 
 
-FAILURE_CODES: dict[Failure, ErrorCode] = {
+FAILURE_CODES: dict[Failure | None, ErrorCode] = {
     Failure.SCRIPT_ERROR: ErrorCode.SCRIPT_ERROR,
     Failure.OUTPUT_TOO_LONG: ErrorCode.OUTPUT_TOO_LONG,
     Failure.RESULT_TOO_LARGE: ErrorCode.RESULT_TOO_LARGE,

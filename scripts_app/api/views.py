@@ -129,6 +129,7 @@ def _bearer(request: Request) -> str | None:
 
 
 def _token_body(raw: str, token: AccessToken) -> dict:
+    assert token.expires_at is not None, "an OML token always expires"
     expires_in = int((token.expires_at - token.created_at).total_seconds())
     return {"accessToken": raw, "expiresIn": expires_in, "tokenType": "Bearer"}
 
@@ -314,11 +315,8 @@ def _apply_view(kind: str, serializer: type[ExecutionRequestSerializer], summary
         parameters=[JOB_LOCATION],
         summary=summary,
     )
-    view = type(f"{serializer.__name__.removesuffix('RequestSerializer')}View", (ApplyView,), {})
-    view.kind = kind
-    view.serializer_class = serializer
-    view.post = schema(ApplyView.post)
-    return view
+    name = f"{serializer.__name__.removesuffix('RequestSerializer')}View"
+    return type(name, (ApplyView,), {"kind": kind, "serializer_class": serializer, "post": schema(ApplyView.post)})
 
 
 TableApplyView = _apply_view(
@@ -357,7 +355,7 @@ class ScriptListView(APIView):
         for field in ("name", "script"):
             if field not in data:
                 raise serializers.ValidationError({field: "This field is required."})
-        existed = scripts.Script.objects.filter(owner=request.user, name=data["name"]).exists()
+        existed = scripts.Script.objects.filter(owner_id=request.user.pk, name=data["name"]).exists()
         script = scripts.script_create(
             owner=request.user,
             name=data["name"],

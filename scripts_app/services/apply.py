@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -95,7 +96,7 @@ def level_degree(service: str) -> int:
 
 def degree_report() -> dict:
     """Each level's promised and effective degree, for the status endpoint."""
-    report = {}
+    report: dict[str, dict[str, int | str]] = {}
     for level, promised in SERVICE_LEVEL_DEGREE.items():
         effective = level_degree(level)
         report[str(level)] = {"degree": promised, "effectiveDegree": effective}
@@ -404,14 +405,18 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
     entries, stdout, stderr, position = [], [], [], 0
     with transaction.atomic():
         for piece in pieces:
-            entry = {
+            entry: dict[str, Any] = {
                 "label": piece.label,
                 "key": piece.key,
                 "rows": piece.rows,
                 "status": piece.status,
                 "started_at": _iso(piece.started_at),
                 "finished_at": _iso(piece.finished_at),
-                "seconds": round(piece.finished_at - piece.started_at, 6) if piece.finished_at else None,
+                "seconds": (
+                    round(piece.finished_at - piece.started_at, 6)
+                    if piece.finished_at is not None and piece.started_at is not None
+                    else None
+                ),
                 "figures": [],
             }
             result = piece.result
@@ -435,6 +440,7 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
             run.finish(Run.Status.SUCCEEDED)
             return
         result = failed.result
+        assert result is not None, "a failed piece always carries its result (a BUSY one too)"
         if failed.status == "BUSY":
             code, status = ErrorCode.BUSY, Run.Status.FAILED
         else:
@@ -460,7 +466,7 @@ def _iso(timestamp: float | None) -> str | None:
 
 def assemble(kind: str, pieces: list[Piece]) -> object:
     """OML's answer from the pieces' values: records concatenated, keyed per group, or in index order."""
-    values = [piece.result.value for piece in pieces]
+    values = [piece.result.value if piece.result else None for piece in pieces]
     if kind == Run.Kind.TABLE_APPLY:
         return values[0]
     if kind == Run.Kind.GROUP_APPLY:

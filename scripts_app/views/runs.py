@@ -71,7 +71,8 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         form.fields["env_name"].initial = script.env_name
     again = request.GET.get("again")
     if request.method == "GET" and again:
-        earlier = Run.objects.filter(pk=_uuid_or_none(again)).first()
+        earlier_pk = _uuid_or_none(again)
+        earlier = Run.objects.filter(pk=earlier_pk).first() if earlier_pk else None
         if earlier is not None and roles.can_view_run(request.user, earlier):
             form.set_from_run(earlier)
     if request.method == "POST" and form.is_valid():

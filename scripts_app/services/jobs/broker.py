@@ -46,9 +46,10 @@ def broker_queue_length(queue: str) -> int | None:
 def _declared_length(queue: str) -> int:
     with app.connection_for_write(connect_timeout=BROKER_CHECK_TIMEOUT_SECONDS) as conn:
         # One try, no pause: kombu's default retries would hold the status endpoint for seconds.
-        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_CHECK_TIMEOUT_SECONDS)
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_CHECK_TIMEOUT_SECONDS)  # type: ignore[arg-type]  # kombu takes a float; the stub says int
         with conn.channel() as channel:
-            declared = channel.queue_declare(queue=queue, durable=True, auto_delete=False)
+            # Every kombu channel has queue_declare; the StdChannel stub lacks it.
+            declared = channel.queue_declare(queue=queue, durable=True, auto_delete=False)  # type: ignore[attr-defined]
             return int(declared.message_count)
 
 

@@ -56,7 +56,7 @@ def job_enqueue(*, run: Run, countdown: float | None = None) -> None:
         args=(str(run.pk),),
         queue=queue_name(run.service),
         time_limit=timeout + CELERY_TIME_LIMIT_MARGIN_SECONDS,
-        countdown=countdown,
+        countdown=countdown,  # type: ignore[arg-type]  # None (deliver now) is Celery's own default
     )
 
 
