@@ -3,7 +3,10 @@ that move with real runs (sync runs through the API, on this process's real runn
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts_app.models import MetricCounter, Run
@@ -116,12 +119,13 @@ def test_counters_and_histograms_move_with_real_sync_runs(client, alice, alice_a
     make_script(alice, "hello", "def hello(n=1):\n    return n * 2\n")
     make_script(alice, "huge", "def huge():\n    return list(range(10**6))\n")
     for n in (1, 2):
-        response = alice_api.post("/oml/api/py-scripts/v1/do-eval/hello", {"parameters": f'{{"n": {n}}}'}, format="json")
+        body = {"parameters": f'{{"n": {n}}}'}
+        response = alice_api.post("/oml/api/py-scripts/v1/do-eval/hello", body, format="json")
         assert response.json() == {"result": 2 * n}
     assert alice_api.post("/oml/api/py-scripts/v1/do-eval/huge", {}, format="json").json()["errorCode"] == 1024
 
     samples = scrape(client)
-    finished = dict(kind="do-eval", service="LOW", mode="sync")
+    finished = {"kind": "do-eval", "service": "LOW", "mode": "sync"}
     assert value(samples, "omlweb_runs_finished_total", status="SUCCEEDED", **finished) == 2
     assert value(samples, "omlweb_runs_finished_total", status="FAILED", **finished) == 1
     assert value(samples, "omlweb_runner_limit_hits_total", limit="output", service="LOW", mode="sync") == 1
@@ -149,7 +153,7 @@ def test_counters_do_not_go_down_when_retention_deletes_runs(client, alice, alic
     before = scrape(client)
     Run.objects.all().delete()
     after = scrape(client)
-    labels = dict(kind="do-eval", status="SUCCEEDED", service="LOW", mode="sync")
+    labels = {"kind": "do-eval", "status": "SUCCEEDED", "service": "LOW", "mode": "sync"}
     assert value(before, "omlweb_runs_finished_total", **labels) == 1
     assert value(after, "omlweb_runs_finished_total", **labels) == 1
 
@@ -160,11 +164,11 @@ def test_runs_recorded_late_are_counted_once_the_lag_has_passed(client, alice, a
     scrape(client)
     make_script(alice, "hello", "def hello():\n    return 1\n")
     alice_api.post("/oml/api/py-scripts/v1/do-eval/hello", {}, format="json")
-    labels = dict(kind="do-eval", status="SUCCEEDED", service="LOW", mode="sync")
+    labels = {"kind": "do-eval", "status": "SUCCEEDED", "service": "LOW", "mode": "sync"}
     assert value(scrape(client), "omlweb_runs_finished_total", **labels) == 0
     # An hour later (the watermark moved back an hour stands for it) the run is counted, once.
     mark = MetricCounter.objects.get(name=metrics.RUNS_WATERMARK)
-    mark.at = mark.at - __import__("datetime").timedelta(hours=1)
+    mark.at = mark.at - timedelta(hours=1)
     mark.save()
     metrics_on.OMLWEB_METRICS_FOLD_LAG_SECONDS = 0
     assert value(scrape(client), "omlweb_runs_finished_total", **labels) == 1
@@ -172,10 +176,6 @@ def test_runs_recorded_late_are_counted_once_the_lag_has_passed(client, alice, a
 
 
 def test_queued_jobs_show_as_depth_and_oldest_age(client, alice, metrics_on):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     script = make_script(alice, "hello", "def hello():\n    return 1\n")
     for minutes in (10, 3):
         Run.objects.create(

@@ -43,7 +43,9 @@ from scripts_app.models import Environment, MetricCounter, Run, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
-RUN_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0)
+RUN_DURATION_BUCKETS = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0,
+)  # fmt: skip
 QUEUE_WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 10800.0)
 # How many finished runs one scrape folds at most: after a long pause the backlog is taken in steps,
 # and a scrape never holds the database for long.
@@ -168,7 +170,8 @@ def _run_deltas(rows: Iterable[tuple]) -> dict[tuple[str, str], float]:
         if limit:
             deltas[LIMIT_HITS, label_key({"limit": limit, "service": service, "mode": mode})] += 1
         if started_at is not None:
-            _observe(deltas, RUN_DURATION, RUN_DURATION_BUCKETS, {"service": service, "mode": mode}, finished_at - started_at)
+            duration = finished_at - started_at
+            _observe(deltas, RUN_DURATION, RUN_DURATION_BUCKETS, {"service": service, "mode": mode}, duration)
             if mode == "async":
                 _observe(deltas, QUEUE_WAIT, QUEUE_WAIT_BUCKETS, {"service": service}, started_at - created_at)
     return deltas
@@ -306,9 +309,8 @@ class OmlwebCollector:
         audit = audit_event_count()
         if audit is not None:
             yield CounterMetricFamily("omlweb_audit_events", "Audit events recorded.", value=audit)
-        yield GaugeMetricFamily(
-            "omlweb_metrics_scrape_seconds", "How long gathering these metrics took.", value=time.perf_counter() - started
-        )
+        took = time.perf_counter() - started
+        yield GaugeMetricFamily("omlweb_metrics_scrape_seconds", "How long gathering these metrics took.", value=took)
 
     def _active_runs(self):
         active = Run.objects.filter(status__in=(Run.Status.QUEUED, Run.Status.RUNNING))
@@ -317,7 +319,9 @@ class OmlwebCollector:
             Run.Status.QUEUED: GaugeMetricFamily(
                 "omlweb_runs_queued", "Runs waiting to start.", labels=["kind", "service", "mode"]
             ),
-            Run.Status.RUNNING: GaugeMetricFamily("omlweb_runs_running", "Runs running.", labels=["kind", "service", "mode"]),
+            Run.Status.RUNNING: GaugeMetricFamily(
+                "omlweb_runs_running", "Runs running.", labels=["kind", "service", "mode"]
+            ),
         }
         for status, kind, service, mode, n in counts:
             families[status].add_metric([kind, service, mode.lower()], n)
@@ -329,20 +333,33 @@ class OmlwebCollector:
         for name, key, value in rows:
             stored[name].append((parse_labels(key), value))
         yield _counter(
-            stored, RUNS_FINISHED, "Runs finished, by kind, final status, service level and mode.", ["kind", "status", "service", "mode"]
+            stored,
+            RUNS_FINISHED,
+            "Runs finished, by kind, final status, service level and mode.",
+            ["kind", "status", "service", "mode"],
         )
         yield _counter(
-            stored, LIMIT_HITS, "Runs stopped by a runner limit, by limit (timeout, memory, output, ...).", ["limit", "service", "mode"]
+            stored,
+            LIMIT_HITS,
+            "Runs stopped by a runner limit, by limit (timeout, memory, output, ...).",
+            ["limit", "service", "mode"],
         )
         yield _counter(stored, ENV_BUILDS, "Environment builds finished, by outcome.", ["status"])
         yield _counter(
-            stored, TEMPLATE_RESTARTS, "Runner templates restarted (died, or their environment changed).", ["reason", "host"]
+            stored,
+            TEMPLATE_RESTARTS,
+            "Runner templates restarted (died, or their environment changed).",
+            ["reason", "host"],
         )
         yield _histogram(
             stored, RUN_DURATION, "Run duration, start to finish.", ["service", "mode"], RUN_DURATION_BUCKETS
         )
         yield _histogram(
-            stored, QUEUE_WAIT, "How long async jobs waited in their queue before they started.", ["service"], QUEUE_WAIT_BUCKETS
+            stored,
+            QUEUE_WAIT,
+            "How long async jobs waited in their queue before they started.",
+            ["service"],
+            QUEUE_WAIT_BUCKETS,
         )
 
 
@@ -380,9 +397,9 @@ def render() -> bytes:
 def allowed(*, authorization: str, address: str) -> bool:
     """A bearer token equal to OMLWEB_METRICS_TOKEN, or an address in OMLWEB_METRICS_ALLOW; else no."""
     token = settings.OMLWEB_METRICS_TOKEN
-    if token and authorization.startswith("Bearer "):
-        if hmac.compare_digest(authorization.removeprefix("Bearer ").strip().encode(), token.encode()):
-            return True
+    offered = authorization.removeprefix("Bearer ").strip() if authorization.startswith("Bearer ") else ""
+    if token and offered and hmac.compare_digest(offered.encode(), token.encode()):
+        return True
     if settings.OMLWEB_METRICS_ALLOW and address:
         try:
             client = ipaddress.ip_address(address)
