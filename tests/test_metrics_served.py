@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.served import ROOT, free_port, service_env, served, token
+from tests.served import ROOT, free_port, served, service_env, token
 
 pytestmark = pytest.mark.worker
 

@@ -114,14 +114,10 @@ def test_a_killed_worker_shows_as_gone_within_the_heartbeat_window(cluster, fast
         )
 
     def state(page: str, name: str) -> str:
-        row = page[page.index(name) :]
-        return (
-            "alive"
-            if row.index("alive") < row.index("</tr>")
-            else "gone"
-            if ">gone<" in row[: row.index("</tr>")]
-            else "?"
-        )
+        """The badge of the process card that `name` heads."""
+        card = page[page.index(name) :]
+        card = card[: card.index("</li>")]
+        return "alive" if ">alive<" in card else "gone" if ">gone<" in card else "?"
 
     page = admin_client.get("/service/workers/").content.decode()
     assert (state(page, doomed.name), state(page, survivor.name)) == ("alive", "alive")
