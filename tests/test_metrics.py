@@ -195,3 +195,52 @@ def test_queued_jobs_show_as_depth_and_oldest_age(client, alice, metrics_on):
     assert value(samples, "omlweb_queue_oldest_job_age_seconds", queue="omlweb.low", service="LOW") == 0
     assert value(samples, "omlweb_runs_queued", kind="do-eval", service="MEDIUM", mode="async") == 2
     assert value(samples, "omlweb_workers_alive", queue="omlweb.medium", service="MEDIUM") == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_scrapes_at_once_never_count_a_run_twice(metrics_on, alice):
+    """Eight folds at once (eight scrapes hitting several web processes) count each run exactly once."""
+    import threading
+
+    from django.db import connection
+
+    metrics.fold()  # starts counting
+    script = make_script(alice, "hello", "def hello():\n    return 1\n")
+    now = timezone.now()
+    Run.objects.bulk_create(
+        Run(
+            script_version=script.current_version,
+            script_name="hello",
+            script_owner="alice",
+            user=alice,
+            status=Run.Status.SUCCEEDED,
+            created_at=now,
+            started_at=now,
+            finished_at=now + timedelta(microseconds=i),
+        )
+        for i in range(300)
+    )
+    start = threading.Barrier(8)
+
+    def scrape_once() -> None:
+        try:
+            start.wait()
+            metrics.fold(now=now + timedelta(seconds=1))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=scrape_once) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    metrics.fold(now=now + timedelta(seconds=2))  # whatever a busy database made a fold skip
+    counted = MetricCounter.objects.get(
+        name=metrics.RUNS_FINISHED,
+        labels=metrics.label_key({"kind": "do-eval", "status": "SUCCEEDED", "service": "LOW", "mode": "sync"}),
+    )
+    assert counted.value == 300
+    durations = MetricCounter.objects.get(
+        name=f"{metrics.RUN_DURATION}_count", labels=metrics.label_key({"service": "LOW", "mode": "sync"})
+    )
+    assert durations.value == 300

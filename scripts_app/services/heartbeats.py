@@ -150,7 +150,7 @@ def processes(*, now=None) -> list[dict]:
 
     now = now or timezone.now()
     gone_after = timedelta(seconds=settings.OMLWEB_WORKER_GONE_SECONDS)
-    rows = list(WorkerHeartbeat.objects.order_by("host", "kind", "name", "-started_at"))
+    rows = list(WorkerHeartbeat.objects.order_by("host", "kind", "name", "-started_at", "-beat_at"))
     running: dict[str, list[dict]] = {}
     for pk, worker, kind, script, service, started in (
         Run.objects.filter(status=Run.Status.RUNNING, mode=Run.Mode.ASYNC)
@@ -160,15 +160,20 @@ def processes(*, now=None) -> list[dict]:
         running.setdefault(worker, []).append(
             {"id": str(pk), "kind": kind, "script": script, "service": service, "started_at": started}
         )
-    found = []
+    found: dict[tuple[str, str], dict] = {}
     for row in rows:
+        key = (row.host, row.name)
+        if key in found:
+            # An earlier process of the same worker (restarted since under the same node name): only
+            # the newest one is shown, with how many it replaced.
+            found[key]["replaced"] += 1
+            continue
         alive = now - row.beat_at <= gone_after
-        found.append(
-            {
-                "row": row,
-                "alive": alive,
-                "silent_seconds": max(int((now - row.beat_at).total_seconds()), 0),
-                "running": running.get(row.name, []) if alive else [],
-            }
-        )
-    return found
+        found[key] = {
+            "row": row,
+            "alive": alive,
+            "silent_seconds": max(int((now - row.beat_at).total_seconds()), 0),
+            "running": running.get(row.name, []) if alive else [],
+            "replaced": 0,
+        }
+    return list(found.values())

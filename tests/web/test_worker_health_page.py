@@ -130,3 +130,16 @@ def test_a_heartbeat_records_this_process_and_its_template_restarts(windows, set
     assert (row.kind, row.queues) == ("worker", ["omlweb.low"])
     restarts = MetricCounter.objects.get(name="omlweb_runner_template_restarts_total")
     assert restarts.value == saved.get("died", 0) + 2
+
+
+def test_a_restarted_worker_shows_once_with_the_processes_it_replaced(client, group_admin, windows):
+    beat("host-a", 101, "omlweb-low-1@host-a", ["omlweb.low"], silent=400)
+    beat("host-a", 102, "omlweb-low-1@host-a", ["omlweb.low"], silent=200)
+    newest = beat("host-a", 103, "omlweb-low-1@host-a", ["omlweb.low"])
+    WorkerHeartbeat.objects.filter(pk=newest.pk).update(started_at=timezone.now() + timedelta(seconds=1))
+    page = logged_in(client, group_admin).get("/service/workers/").content.decode()
+    assert page.count("<h4>omlweb-low-1@host-a") == 1
+    assert "pid 103" in page
+    assert "pid 101" not in page
+    assert "replaces 2 earlier processes of this worker" in page
+    assert ">gone<" not in page
