@@ -30,6 +30,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--runs", type=int, default=1_000_000)
 parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/omlweb_metrics_bench")
 parser.add_argument("--repeat", type=int, default=15)
+parser.add_argument("--reuse", action="store_true", help="Time again on the database the last run filled.")
 args = parser.parse_args()
 
 os.environ["OMLWEB_DATA_DIR"] = tempfile.mkdtemp(prefix="omlweb-metrics-bench-")
@@ -49,7 +50,9 @@ def fresh_postgres(url: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
-if args.database_url.startswith("postgres"):
+if args.reuse:
+    pass
+elif args.database_url.startswith("postgres"):
     fresh_postgres(args.database_url)
 elif args.database_url.startswith("sqlite:///"):
     Path(args.database_url.removeprefix("sqlite:///")).unlink(missing_ok=True)
@@ -168,8 +171,11 @@ def rewind(runs: int) -> None:
 def main() -> None:
     call_command("migrate", verbosity=0)
     started = time.perf_counter()
-    fill(args.runs)
-    print(f"{connection.vendor}: {Run.objects.count():,} runs inserted in {time.perf_counter() - started:.0f} s")
+    if args.reuse:
+        MetricCounter.objects.all().delete()
+    else:
+        fill(args.runs)
+    print(f"{connection.vendor}: {Run.objects.count():,} runs, inserted in {time.perf_counter() - started:.0f} s")
     client = Client()
     client.get("/metrics")  # warm Django's request stack (a 403): the figures are the scrape's own
     rows = []

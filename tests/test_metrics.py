@@ -244,3 +244,37 @@ def test_scrapes_at_once_never_count_a_run_twice(metrics_on, alice):
         name=f"{metrics.RUN_DURATION}_count", labels=metrics.label_key({"service": "LOW", "mode": "sync"})
     )
     assert durations.value == 300
+
+
+def test_a_backlog_is_folded_in_batches_each_run_once(metrics_on, alice, monkeypatch):
+    """After a long pause the backlog is taken a batch per scrape; runs sharing an instant at a batch's
+    edge are neither lost nor counted twice."""
+    monkeypatch.setattr(metrics, "FOLD_BATCH", 10)
+    metrics.fold()
+    script = make_script(alice, "hello", "def hello():\n    return 1\n")
+    now = timezone.now()
+    # 35 runs; instants 1..30 in steps, with five runs sharing instant 10 (across the first edge).
+    instants = [*range(1, 10), *[10] * 5, *range(11, 32)]
+    Run.objects.bulk_create(
+        Run(
+            script_version=script.current_version,
+            script_name="hello",
+            script_owner="alice",
+            user=alice,
+            status=Run.Status.FAILED,
+            error_code=1033,
+            created_at=now,
+            started_at=now,
+            finished_at=now + timedelta(milliseconds=instant),
+        )
+        for instant in instants
+    )
+    folded = []
+    for _ in range(10):
+        folded.append(metrics.fold(now=now + timedelta(seconds=5)))
+    assert all(n <= 10 + 5 for n in folded), folded
+    assert sum(folded) == len(instants) == 35
+    labels = {"kind": "do-eval", "status": "FAILED", "service": "LOW", "mode": "sync"}
+    assert MetricCounter.objects.get(name=metrics.RUNS_FINISHED, labels=metrics.label_key(labels)).value == 35
+    memory = {"limit": "memory", "service": "LOW", "mode": "sync"}
+    assert MetricCounter.objects.get(name=metrics.LIMIT_HITS, labels=metrics.label_key(memory)).value == 35
