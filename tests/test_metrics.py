@@ -278,3 +278,21 @@ def test_a_backlog_is_folded_in_batches_each_run_once(metrics_on, alice, monkeyp
     assert MetricCounter.objects.get(name=metrics.RUNS_FINISHED, labels=metrics.label_key(labels)).value == 35
     memory = {"limit": "memory", "service": "LOW", "mode": "sync"}
     assert MetricCounter.objects.get(name=metrics.LIMIT_HITS, labels=metrics.label_key(memory)).value == 35
+
+
+def test_environment_builds_are_counted_once_each(client, metrics_on, admin_user):
+    from scripts_app.models import Environment
+
+    scrape(client)
+    done = timezone.now()
+    Environment.objects.create(name="science", python="/usr/bin/python3", status="READY", build_finished_at=done)
+    Environment.objects.create(name="broken", python="/usr/bin/python3", status="FAILED", build_finished_at=done)
+    Environment.objects.create(name="pending", python="/usr/bin/python3", status="BUILDING")
+    samples = scrape(client)
+    assert value(samples, "omlweb_environment_builds_total", status="ready") == 1
+    assert value(samples, "omlweb_environment_builds_total", status="failed") == 1
+    assert value(samples, "omlweb_environments", status="building") == 1
+    # A rebuild finishing later counts again; scraping again does not.
+    Environment.objects.filter(name="science").update(build_finished_at=timezone.now())
+    scrape(client)
+    assert value(scrape(client), "omlweb_environment_builds_total", status="ready") == 2
