@@ -87,6 +87,9 @@ def test_an_allowed_address_or_network_may_scrape_without_token(client, settings
     assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200
     assert client.get("/metrics", REMOTE_ADDR="192.168.7.200").status_code == 200
     assert client.get("/metrics", REMOTE_ADDR="10.1.2.4").status_code == 403
+    assert client.get("/metrics", REMOTE_ADDR="::ffff:10.1.2.3").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="::ffff:10.1.2.4").status_code == 403
+    assert client.get("/metrics", REMOTE_ADDR="garbage").status_code == 403
     assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 403
     # A forwarded-for header is the client's word, not its address: it does not let anyone in.
     assert client.get("/metrics", REMOTE_ADDR="8.8.8.8", HTTP_X_FORWARDED_FOR="10.1.2.3").status_code == 403

@@ -461,6 +461,8 @@ def allowed(*, authorization: str, address: str) -> bool:
             client = ipaddress.ip_address(address)
         except ValueError:
             return False
+        # A dual-stack socket reports an IPv4 client as ::ffff:a.b.c.d.
+        client = getattr(client, "ipv4_mapped", None) or client
         for entry in settings.OMLWEB_METRICS_ALLOW:
             try:
                 if client in ipaddress.ip_network(entry, strict=False):
