@@ -32,3 +32,13 @@ def post_worker_init(worker) -> None:
     from scripts_app import runner
 
     threading.Thread(target=runner.warm_up, name="runner-warm-up", daemon=True).start()
+    # The worker health page lists web processes too (their runner runs the sync runs).
+    from scripts_app.services import heartbeats
+
+    heartbeats.start(kind="web")
+
+
+def worker_exit(server, worker) -> None:
+    from scripts_app.services import heartbeats
+
+    heartbeats.stop()

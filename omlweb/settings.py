@@ -314,6 +314,20 @@ OMLWEB_USER_MAX_QUEUED_JOBS = env_int("OMLWEB_USER_MAX_QUEUED_JOBS", 100, minimu
 OMLWEB_USER_QUOTA_MB = env_int("OMLWEB_USER_QUOTA_MB", 1024, minimum=1)
 # Finished runs (and their images) are deleted this many days after they finished: 6 months, as Oracle.
 OMLWEB_RUN_RETENTION_DAYS = env_int("OMLWEB_RUN_RETENTION_DAYS", 183, minimum=1)
+# Metrics and worker health (docs/metrics.md). /metrics answers a scraper that sends
+# `Authorization: Bearer <OMLWEB_METRICS_TOKEN>` or connects from an address in OMLWEB_METRICS_ALLOW
+# (addresses or networks, comma-separated); with neither set it refuses everyone.
+OMLWEB_METRICS_TOKEN = env_str("OMLWEB_METRICS_TOKEN", "")
+OMLWEB_METRICS_ALLOW = env_list("OMLWEB_METRICS_ALLOW", [])
+# Runs are counted once they finished this long ago: a run recorded late (a slow commit, a worker host's
+# clock a little behind) is still counted once.
+OMLWEB_METRICS_FOLD_LAG_SECONDS = env_float("OMLWEB_METRICS_FOLD_LAG_SECONDS", 15.0)
+# Each worker and web process writes its heartbeat row this often; one silent for
+# OMLWEB_WORKER_GONE_SECONDS is shown as gone.
+OMLWEB_WORKER_HEARTBEAT_SECONDS = env_float("OMLWEB_WORKER_HEARTBEAT_SECONDS", 10.0)
+OMLWEB_WORKER_GONE_SECONDS = env_float("OMLWEB_WORKER_GONE_SECONDS", 35.0)
+# The worker health page warns when a queue's oldest job has waited longer than this.
+OMLWEB_QUEUE_WAIT_WARN_SECONDS = env_float("OMLWEB_QUEUE_WAIT_WARN_SECONDS", 300.0)
 if OMLWEB_HEARTBEAT_STALE_SECONDS < 3 * OMLWEB_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("OMLWEB_HEARTBEAT_STALE_SECONDS must be at least 3 x OMLWEB_HEARTBEAT_SECONDS")
 

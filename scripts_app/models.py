@@ -510,3 +510,50 @@ class AccessToken(models.Model):
 
     def is_live(self, now) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+class WorkerHeartbeat(models.Model):
+    """One process of the service (a Celery worker or a web process), as it last reported itself.
+
+    Each process rewrites its own row every OMLWEB_WORKER_HEARTBEAT_SECONDS (services/heartbeats.py),
+    so the worker health page sees every host's processes through the database. A row whose beat is
+    older than OMLWEB_WORKER_GONE_SECONDS is a process that is gone (killed, or its host is down).
+    """
+
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, help_text="worker or web")
+    # A worker's Celery node name: the `worker` its runs record.
+    name = models.CharField(max_length=255)
+    queues = models.JSONField(default=list, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    beat_at = models.DateTimeField(default=timezone.now)
+    # This process's runner: its isolation level and warm templates (runner.isolation_report's summary).
+    isolation = models.CharField(max_length=16, blank=True)
+    templates = models.JSONField(default=list, blank=True)
+    # Environment name -> "built" or "missing" on this host.
+    environments = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["host", "pid"], name="worker_heartbeat_unique_process")]
+        indexes = [models.Index(fields=["beat_at"], name="worker_heartbeat_beat_at")]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.kind} (pid {self.pid} on {self.host})"
+
+
+class MetricCounter(models.Model):
+    """A Prometheus counter (or one histogram bucket) kept in the database, so every process and host adds
+    to the same value (services/metrics.py). Rows whose name starts with "_" are fold watermarks (`at`)."""
+
+    name = models.CharField(max_length=100)
+    # The labels, canonical: sorted "key=value" pairs joined by "\x1f" (empty for none).
+    labels = models.CharField(max_length=500, blank=True)
+    value = models.FloatField(default=0.0)
+    at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "labels"], name="metric_counter_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.name}{{{self.labels}}} {self.value}"

@@ -13,7 +13,7 @@ from celery import shared_task, signals
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from scripts_app.environments.tasks import build_environment
-from scripts_app.services import supervision
+from scripts_app.services import heartbeats, supervision
 from scripts_app.services.jobs.worker import job_execute
 
 __all__ = ["build_environment", "execute_job", "probe"]
@@ -59,6 +59,14 @@ for _name in ("celery.worker.strategy", "celery.app.trace"):
 @signals.worker_ready.connect
 def _ready(sender=None, **kwargs) -> None:
     supervision.mark_ready(sender.hostname)
+    # Seen by the worker health page and the metrics, from every host (services/heartbeats.py).
+    queues = sorted(name for name in sender.app.amqp.queues.consume_from if not name.endswith(".probe"))
+    heartbeats.start(kind="worker", name=sender.hostname, queues=queues)
+
+
+@signals.worker_shutdown.connect
+def _shutdown(sender=None, **kwargs) -> None:
+    heartbeats.stop()
 
 
 @signals.task_prerun.connect

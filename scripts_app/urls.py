@@ -38,5 +38,7 @@ urlpatterns = [
     path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token_revoke"),
     path("users/", users.user_list, name="user_list"),
     path("service/", status.service_status, name="service_status"),
+    path("service/workers/", status.worker_health, name="worker_health"),
+    path("metrics", status.prometheus_metrics, name="metrics"),
     path("users/<int:pk>/", users.user_update, name="user_update"),
 ]

@@ -43,6 +43,10 @@ SANDBOX_HARNESS = "/opt/omlweb-runner/harness.py"
 SANDBOX_WORKROOT = "/tmp/runs"
 LEVELS = ("bwrap", "unshare", "process")
 
+# Templates this process restarted since it started, by reason ("died", "environment_changed"): its
+# heartbeat thread adds them to the service's metrics (scripts_app/services/heartbeats.py).
+restarts: dict[str, int] = {}
+
 # Thread pools of numeric libraries must stay at one thread: the template forks, and a forked
 # child only has the thread that called fork().
 THREAD_ENV = {
@@ -468,12 +472,14 @@ class Registry:
     def _healthy(self, template: Template, key) -> bool:
         if not template.alive():
             logger.warning("runner template for %s died; restarting it", template.python)
+            restarts["died"] = restarts.get("died", 0) + 1
             return False
         now = time.monotonic()
         if now - self.checked_at.get(key, 0) > 2.0:
             self.checked_at[key] = now
             if fingerprint(template.python) != template.fingerprint:
                 logger.info("environment of %s changed; restarting its template", template.python)
+                restarts["environment_changed"] = restarts.get("environment_changed", 0) + 1
                 return False
         return True
 
