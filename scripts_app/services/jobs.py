@@ -33,7 +33,7 @@ from scripts_app.errors import (
     Unavailable,
 )
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import apply, runs, shares, supervision
+from scripts_app.services import apply, notifications, runs, shares, supervision
 
 logger = logging.getLogger(__name__)
 
@@ -287,9 +287,10 @@ def _held(run: Run):
 
 
 def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
-    _held(run).update(
+    if _held(run).update(
         status=Run.Status.FAILED, finished_at=timezone.now(), error_code=code, error_message=message, traceback=""
-    )
+    ):
+        notifications.run_finished(run)  # NOTIFY (issue 15): a final state.
 
 
 class RunWatch:
@@ -382,6 +383,7 @@ def reap_runs(*, now: datetime | None = None) -> ReapReport:
             error_message="The web process running this synchronous run stopped before it finished.",
         ):
             report.failed.append(str(pk))
+            notifications.run_finished(Run(pk=pk))  # NOTIFY (issue 15): a final state.
     return report
 
 
@@ -409,6 +411,7 @@ def _take_back(run: Run, *, now: datetime, lost: str) -> str | None:
         )
         if failed:
             logger.warning("Run %s failed: %s, attempt %s", run.pk, lost, run.attempts)
+            notifications.run_finished(run)  # NOTIFY (issue 15): a final state.
         return "failed" if failed else None
     if taken.update(status=Run.Status.QUEUED, worker="", heartbeat_at=None, enqueued_at=now):
         logger.warning("Run %s requeued: %s (attempt %s)", run.pk, lost, run.attempts)

@@ -16,7 +16,7 @@ from scripts_app import roles, runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError, PermissionDenied
 from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
 from scripts_app.runner.validation import storable_text
-from scripts_app.services import environments, shares
+from scripts_app.services import environments, notifications, shares
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ def _finish(run: Run, status: str, *, error_code: int | None = None, error_messa
             raise RunTakenAway(f"Run {run.pk} was deleted or taken from attempt {run.attempts} while it ran")
         # force_update: never re-insert a run deleted meanwhile.
         run.save(force_update=True)
+        notifications.run_finished(run)  # NOTIFY (issue 15): a final state; sent after the commit.
 
 
 def _still_held(run: Run) -> bool:
