@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import smtplib
 import socket
 import ssl
 import time
@@ -516,15 +517,15 @@ def deliver(*, delivery_id) -> NotificationDelivery | None:
         else:
             _post_webhook(delivery)
     except WebhookRefused as error:
+        # The address is refused by this service's own rule: trying again would not change that.
         delivery.error = error.message
+        retry = False
     except _NoAddress as error:
         delivery.error = str(error)
         retry = False
     except Exception as error:
         delivery.error = _describe(error)
-        code = getattr(error, "smtp_code", None)
-        if isinstance(code, int) and code > 0:
-            delivery.status_code = code
+        delivery.status_code = _smtp_code(error)
     succeeded = not delivery.error and (
         delivery.channel == Channel.EMAIL or (delivery.status_code is not None and 200 <= delivery.status_code < 300)
     )
@@ -536,6 +537,16 @@ def deliver(*, delivery_id) -> NotificationDelivery | None:
     if not succeeded and retry and delivery.attempt < settings.OMLWEB_NOTIFY_MAX_ATTEMPTS:
         _schedule_retry(delivery)
     return delivery
+
+
+def _smtp_code(error: Exception) -> int | None:
+    """The SMTP reply code of a refusal (a whole message's, or the first refused recipient's)."""
+    if isinstance(error, smtplib.SMTPResponseException):
+        return error.smtp_code if error.smtp_code > 0 else None
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        for code, _ in error.recipients.values():
+            return code
+    return None
 
 
 def _describe(error: Exception) -> str:
