@@ -533,7 +533,15 @@ def deliver(*, delivery_id) -> NotificationDelivery | None:
         delivery.error = f"The receiver answered HTTP {delivery.status_code}."
     delivery.status = Status.SENT if succeeded else Status.FAILED
     delivery.finished_at = timezone.now()
-    delivery.save(update_fields=["status", "status_code", "response_excerpt", "error", "finished_at"])
+    recorded = NotificationDelivery.objects.filter(pk=delivery.pk).update(
+        status=delivery.status,
+        status_code=delivery.status_code,
+        response_excerpt=delivery.response_excerpt,
+        error=delivery.error,
+        finished_at=delivery.finished_at,
+    )
+    if not recorded:
+        return None  # Its rule was deleted while it was being sent: nothing to record or retry.
     if not succeeded and retry and delivery.attempt < settings.OMLWEB_NOTIFY_MAX_ATTEMPTS:
         _schedule_retry(delivery)
     return delivery
