@@ -331,6 +331,29 @@ OMLWEB_QUEUE_WAIT_WARN_SECONDS = env_float("OMLWEB_QUEUE_WAIT_WARN_SECONDS", 300
 if OMLWEB_HEARTBEAT_STALE_SECONDS < 3 * OMLWEB_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("OMLWEB_HEARTBEAT_STALE_SECONDS must be at least 3 x OMLWEB_HEARTBEAT_SECONDS")
 
+# Notifications (docs/notifications.md): e-mail through Django's e-mail backend, and signed webhooks,
+# sent by the workers from their own queue, never by the run or the web request.
+# The address the links in notifications start with (the run's page and API).
+OMLWEB_BASE_URL = env_str("OMLWEB_BASE_URL", "http://localhost:8000").rstrip("/")
+EMAIL_BACKEND = env_str("OMLWEB_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("OMLWEB_SMTP_HOST", "localhost")
+EMAIL_PORT = env_int("OMLWEB_SMTP_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("OMLWEB_SMTP_USER", "")
+EMAIL_HOST_PASSWORD = env_str("OMLWEB_SMTP_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("OMLWEB_SMTP_STARTTLS", False)
+EMAIL_USE_SSL = env_bool("OMLWEB_SMTP_SSL", False)
+EMAIL_TIMEOUT = env_float("OMLWEB_SMTP_TIMEOUT_SECONDS", 10.0)
+DEFAULT_FROM_EMAIL = env_str("OMLWEB_EMAIL_FROM", "omlweb@localhost")
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("OMLWEB_SMTP_STARTTLS and OMLWEB_SMTP_SSL exclude each other: set one")
+# A failed delivery is tried again after OMLWEB_NOTIFY_BACKOFF_SECONDS, then twice that, four times...
+OMLWEB_NOTIFY_MAX_ATTEMPTS = env_int("OMLWEB_NOTIFY_MAX_ATTEMPTS", 5, minimum=1)
+OMLWEB_NOTIFY_BACKOFF_SECONDS = env_float("OMLWEB_NOTIFY_BACKOFF_SECONDS", 30.0)
+OMLWEB_WEBHOOK_TIMEOUT_SECONDS = env_float("OMLWEB_WEBHOOK_TIMEOUT_SECONDS", 10.0)
+# Webhooks to private, loopback, link-local and other non-public addresses are refused (SSRF), except
+# to these networks (CIDR, e.g. 10.20.0.0/16, or one address).
+OMLWEB_WEBHOOK_ALLOWED_NETWORKS = env_list("OMLWEB_WEBHOOK_ALLOWED_NETWORKS", [])
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -12,6 +12,7 @@ class ScriptsAppConfig(AppConfig):
     def ready(self) -> None:
         # The runner reads no settings of its own: it is told here, once per process.
         from scripts_app import runner
+        from scripts_app.services import notifications  # noqa: F401 - connects its run_finished receiver
 
         runner.configure(
             preload=settings.OMLWEB_RUNNER_PRELOAD,

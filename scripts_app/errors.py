@@ -48,6 +48,11 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_RUNS = 1045
     QUOTA_EXCEEDED = 1046
     LOGIN_LOCKED = 1047
+    # Notifications (docs/notifications.md).
+    NOTIFICATION_RULE_INVALID = 1080
+    WEBHOOK_URL_REFUSED = 1081
+    NOTIFICATION_NO_EMAIL = 1082
+    NOTIFICATIONS_UNAVAILABLE = 1083
     INTERNAL = 1099
 
 

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 from django import forms
 from django.contrib.auth import get_user_model
 
+from scripts_app import roles
 from scripts_app.errors import ErrorCode, OmlError
-from scripts_app.models import SCRIPT_NAME_PATTERN, Run, ServiceLevel
+from scripts_app.models import SCRIPT_NAME_PATTERN, NotificationRule, Run, Script, ServiceLevel
 from scripts_app.runner.validation import loads_strict
 from scripts_app.services.environments import DEFAULT_ENVIRONMENT
 from scripts_app.services.pipeline import ApplyInput, RunRequest
@@ -524,3 +525,40 @@ class UserCreateForm(ServiceForm):
 class UserRoleForm(forms.Form):
     role = forms.ChoiceField(choices=ROLE_CHOICES)
     is_active = forms.BooleanField(required=False, label="Active")
+
+
+# Notifications
+
+
+class NotificationRuleForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What the rule is for, e.g. 'nightly report failed'.")
+    script = forms.ModelChoiceField(
+        queryset=Script.objects.none(),
+        required=False,
+        empty_label="All my runs",
+        label="Runs of",
+        help_text="All your runs, or only your runs of one script.",
+    )
+    on_failure = forms.BooleanField(required=False, initial=True, label="When a run fails or times out")
+    on_success = forms.BooleanField(required=False, label="When a run succeeds")
+    longer_than_seconds = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=7 * 24 * 3600,
+        label="When a run takes longer than (seconds)",
+        help_text="Empty: never. Checked on every reaper pass while it runs, and when it ends.",
+    )
+    channel = forms.ChoiceField(choices=NotificationRule.Channel.choices, widget=forms.RadioSelect, initial="EMAIL")
+    url = forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Webhook URL",
+        help_text="Webhooks only: an http(s) address that receives the run's summary as signed JSON.",
+        widget=forms.URLInput(attrs={"placeholder": "https://example.org/hooks/omlweb", "spellcheck": "false"}),
+    )
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["script"].queryset = roles.scripts_visible_to(user, Script.objects.select_related("owner"))
+        self.fields["script"].label_from_instance = lambda script: f"{script.owner.get_username()}/{script.name}"

@@ -8,9 +8,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F
 from django.db.models.functions import Lower
+from django.dispatch import Signal
 from django.utils import timezone
 
 from scripts_app.errors import ErrorCode
@@ -237,6 +238,11 @@ class RunTakenAway(Exception):
     """A run's outcome arrived after the run was deleted or handed to another attempt."""
 
 
+# Sent once the transaction that ended runs has committed, with their ids (`pks`), whatever their final
+# status: what reacts to a finished run (notifications) hangs off this one place, RunQuerySet.finish.
+run_finished = Signal()
+
+
 class RunQuerySet(models.QuerySet):
     """Runs, and the transitions of a run's life. Each transition is one conditional UPDATE of the runs
     in the queryset (callers narrow it to one run) and returns how many changed: 0 means another change
@@ -281,8 +287,12 @@ class RunQuerySet(models.QuerySet):
         **fields: Any,
     ) -> int:
         """QUEUED or RUNNING -> a final status, with its error (none for SUCCEEDED) and any other fields.
-        The one write that ends runs: a hook for "a run reached a final state" belongs here."""
-        return self.filter(status__in=Run.ACTIVE).update(
+        The one write that ends runs, so the one place that sends `run_finished`."""
+        active = self.filter(status__in=Run.ACTIVE)
+        pks = list(active.values_list("pk", flat=True))
+        if not pks:
+            return 0
+        finished = active.filter(pk__in=pks).update(
             status=status,
             finished_at=now or timezone.now(),
             error_code=error_code,
@@ -290,6 +300,10 @@ class RunQuerySet(models.QuerySet):
             traceback=traceback,
             **fields,
         )
+        if finished:
+            # A run another change ended meanwhile may be among `pks`: receivers re-read each run.
+            transaction.on_commit(lambda: run_finished.send(sender=Run, pks=pks), robust=True)
+        return finished
 
     def cancel(self, *, now: datetime.datetime) -> int:
         """Stop these runs: a QUEUED one ends CANCELLED at once; a RUNNING one is asked to stop (its worker
@@ -557,3 +571,93 @@ class MetricCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}{{{self.labels}}} {self.value}"
+
+
+class NotificationRule(models.Model):
+    """Tell the owner, by e-mail or webhook, when one of their runs fails, succeeds or runs long.
+
+    Scope: all of the owner's runs, or (with `script`) only their runs of that script. Only the owner's
+    own runs ever match: a rule never reports another user's run (docs/notifications.md).
+    """
+
+    class Channel(models.TextChoices):
+        EMAIL = "EMAIL", "E-mail"
+        WEBHOOK = "WEBHOOK", "Webhook"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_rules")
+    name = models.CharField(max_length=100)
+    script = models.ForeignKey(
+        Script, null=True, blank=True, on_delete=models.CASCADE, related_name="notification_rules"
+    )
+    on_failure = models.BooleanField(default=True, help_text="A run ends FAILED or TIMED_OUT.")
+    on_success = models.BooleanField(default=False, help_text="A run ends SUCCEEDED.")
+    longer_than_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A run is still running (or ran) longer than this many seconds."
+    )
+    channel = models.CharField(max_length=7, choices=Channel.choices)
+    url = models.URLField(max_length=2000, blank=True, help_text="Webhooks: where the JSON is POSTed.")
+    # Kept in clear: each delivery is signed with it (HMAC-SHA256), and the owner needs it to verify.
+    secret = models.CharField(max_length=64, blank=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["owner", "name", "created_at"]
+        indexes = [models.Index(fields=["owner", "enabled"], name="notification_rules_of_owner")]
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+
+class NotificationDelivery(models.Model):
+    """One attempt at sending one notification, and what the other side answered.
+
+    A failed attempt that may be retried is followed by a new row (attempt + 1), so every try stays visible.
+    """
+
+    class Event(models.TextChoices):
+        FAILURE = "failure"
+        SUCCESS = "success"
+        LONG_RUNNING = "long-running"
+        TEST = "test"
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING"
+        SENDING = "SENDING"
+        SENT = "SENT"
+        FAILED = "FAILED"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    rule = models.ForeignKey(NotificationRule, on_delete=models.CASCADE, related_name="deliveries")
+    # SET_NULL: retention deletes old runs; their deliveries stay until their rule goes.
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    event = models.CharField(max_length=12, choices=Event.choices)
+    channel = models.CharField(max_length=7, choices=NotificationRule.Channel.choices)
+    target = models.CharField(max_length=2000, help_text="The URL or e-mail address it went to.")
+    attempt = models.PositiveSmallIntegerField(default=1)
+    status = models.CharField(max_length=7, choices=Status.choices, default=Status.PENDING)
+    payload = models.JSONField(default=dict)
+    not_before = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One notification per rule, run and event: a run reported twice (two final-state paths, two
+            # reaper passes) is sent once.
+            models.UniqueConstraint(fields=["rule", "run", "event", "attempt"], name="notification_delivery_once"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "not_before"], name="notification_deliveries_due"),
+            models.Index(fields=["rule", "-created_at"], name="notification_deliveries_rule"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.channel} #{self.attempt} {self.status}"

@@ -13,10 +13,10 @@ from celery import shared_task, signals
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from scripts_app.environments.tasks import build_environment
-from scripts_app.services import heartbeats, supervision
+from scripts_app.services import heartbeats, notifications, supervision
 from scripts_app.services.jobs.worker import job_execute
 
-__all__ = ["build_environment", "execute_job", "probe"]
+__all__ = ["build_environment", "deliver_notification", "execute_job", "probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ def execute_job(self, run_id: str) -> None:
             close_old_connections()
             time.sleep(delay)
     job_execute(run_id=run_id, worker=self.request.hostname or "")
+
+
+@shared_task(name="omlweb.deliver_notification", acks_late=True, ignore_result=True)
+def deliver_notification(delivery_id: str) -> None:
+    """Send one notification (e-mail or webhook) and record the answer; see services.notifications."""
+    notifications.deliver(delivery_id=delivery_id)
 
 
 @shared_task(name="omlweb.probe", bind=True, ignore_result=True)

@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import compare, datasets, runs, scripts, status, tokens, users
+from scripts_app.views import compare, datasets, notifications, runs, scripts, status, tokens, users
 
 app_name = "web"
 
@@ -36,6 +36,11 @@ urlpatterns = [
     path("datasets/<uuid:pk>/delete/", datasets.dataset_delete, name="dataset_delete"),
     path("tokens/", tokens.token_list, name="token_list"),
     path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token_revoke"),
+    path("notifications/", notifications.rule_list, name="notification_list"),
+    path("notifications/<uuid:pk>/", notifications.rule_detail, name="notification_detail"),
+    path("notifications/<uuid:pk>/test/", notifications.rule_test, name="notification_test"),
+    path("notifications/<uuid:pk>/secret/", notifications.rule_rotate_secret, name="notification_secret"),
+    path("notifications/<uuid:pk>/delete/", notifications.rule_delete, name="notification_delete"),
     path("users/", users.user_list, name="user_list"),
     path("service/", status.service_status, name="service_status"),
     path("service/workers/", status.worker_health, name="worker_health"),

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from scripts_app.api import environments, views
+from scripts_app.api import environments, notifications, views
 
 # v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
 VERSION = r"(?P<version>v[12])"
@@ -90,6 +90,28 @@ urlpatterns = [
         rf"^oml/api/py-scripts/{VERSION}/interpreters$",
         environments.InterpreterListView.as_view(),
         name="oml-interpreters",
+    ),
+    # Notifications (docs/notifications.md).
+    path("oml/api/notifications/rules", notifications.RuleListView.as_view(), name="oml-notification-rules"),
+    path(
+        "oml/api/notifications/rules/<str:rule_id>",
+        notifications.RuleDetailView.as_view(),
+        name="oml-notification-rule",
+    ),
+    path(
+        "oml/api/notifications/rules/<str:rule_id>/test",
+        notifications.RuleTestView.as_view(),
+        name="oml-notification-rule-test",
+    ),
+    path(
+        "oml/api/notifications/rules/<str:rule_id>/secret",
+        notifications.RuleSecretView.as_view(),
+        name="oml-notification-rule-secret",
+    ),
+    path(
+        "oml/api/notifications/deliveries",
+        notifications.DeliveryListView.as_view(),
+        name="oml-notification-deliveries",
     ),
     path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
 ]

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from scripts_app.services import environments
+from scripts_app.services import environments, notifications
 from scripts_app.services.jobs.reaper import ReapReport, prune_runs, reap_runs
 
 PRUNE_EVERY_SECONDS = 3600
@@ -31,6 +31,7 @@ class Command(BaseCommand):
         if not loop:
             self._report(reap_runs(), quiet=False)
             self._rebuilds()
+            self._notifications()
             return
         next_prune = time.monotonic() + 60
         failing = ""
@@ -38,6 +39,7 @@ class Command(BaseCommand):
             try:
                 self._report(reap_runs(), quiet=True)
                 self._rebuilds()
+                self._notifications()
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
                     prune_runs()
@@ -57,6 +59,13 @@ class Command(BaseCommand):
             finally:
                 close_old_connections()
             time.sleep(settings.OMLWEB_REAPER_INTERVAL_SECONDS)
+
+    def _notifications(self) -> None:
+        """Runs past a rule's 'longer than N seconds', and deliveries whose message or worker was lost."""
+        for delivery in notifications.check_long_running():
+            self.stdout.write(f"long-running {delivery.run_id} notified ({delivery.channel})")
+        for delivery_id in notifications.sweep():
+            self.stdout.write(f"republished notification {delivery_id}")
 
     def _rebuilds(self) -> None:
         for name in environments.environment_republish_lost_builds():

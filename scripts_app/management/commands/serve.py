@@ -26,7 +26,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections, connection
 
-from scripts_app.services import supervision
+from scripts_app.services import notifications, supervision
 from scripts_app.services.jobs.broker import broker_problem, broker_scheme, queue_name
 from scripts_app.services.jobs.reaper import worker_lost
 
@@ -181,7 +181,9 @@ class Command(BaseCommand):
                     raise CommandError(f"Unknown service level {level!r}: use LOW, MEDIUM or HIGH.")
                 for slot in range(1, settings.OMLWEB_SERVICE_LEVELS[level]["concurrency"] + 1):
                     node = supervision.node_name(level, slot)
-                    command = worker_command(node=node, queues=[queue_name(level), settings.OMLWEB_BUILD_QUEUE])
+                    # Every worker also serves the builds' and the notifications' queues.
+                    queues = [queue_name(level), settings.OMLWEB_BUILD_QUEUE, notifications.notify_queue()]
+                    command = worker_command(node=node, queues=queues)
                     children.append(
                         Child(name=f"worker-{level.lower()}-{slot}", kind="worker", command=command, node=node)
                     )
