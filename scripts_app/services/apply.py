@@ -251,6 +251,7 @@ def _run_pieces(
     is_cancelled: Callable[[], bool] | None,
     limits: runner.Limits,
     python: str | None = None,
+    live=None,
 ) -> Piece | None:
     """Run every piece, `degree` at once; returns the first piece that failed, if any."""
     version = run.script_version
@@ -306,7 +307,8 @@ def _run_pieces(
         piece.status = "RUNNING"
         piece.started_at = time.time()
         try:
-            piece.result = runner.run(job, is_cancelled=stopped, in_slot=True)
+            tap = live.tap(piece.label) if live is not None else None
+            piece.result = runner.run(job, is_cancelled=stopped, in_slot=True, tap=tap)
         except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
             piece.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
             piece.status = "BUSY"
@@ -359,6 +361,7 @@ def apply_execute(
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
     claimed: bool = False,
+    live=None,
 ) -> Run:
     """Run an apply run to its end and record the outcome, with each piece's timings.
 
@@ -396,10 +399,19 @@ def apply_execute(
         # The record says when the operator's setting, not the request, lowered the level's degree.
         run.apply_options["degreeLimitedBy"] = f"OMLWEB_APPLY_MAX_DEGREE={settings.OMLWEB_APPLY_MAX_DEGREE}"
     base = limits or limits_from_settings()
+    if live is not None:
+        live.follow_pieces(pieces)
     try:
         with runner.slot() if pieces else contextlib.nullcontext():
             failed = _run_pieces(
-                run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base, python=python
+                run,
+                pieces,
+                degree=degree,
+                deadline=deadline,
+                is_cancelled=is_cancelled,
+                limits=base,
+                python=python,
+                live=live,
             )
     except runner.RunnerBusy as error:
         failed = pieces[0]

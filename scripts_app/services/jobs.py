@@ -33,7 +33,7 @@ from scripts_app.errors import (
     Unavailable,
 )
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import apply, runs, shares, supervision
+from scripts_app.services import apply, live, runs, shares, supervision
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +211,11 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
         return None
     watch = RunWatch(run=run)
     watch.start()
+    live_run = live.maybe_live(run)
+    if live_run is not None:
+        live_run.start()
     try:
-        runs.run_execute(run=run, is_cancelled=watch.is_cancelled, limits=job_limits(run), claimed=True)
+        runs.run_execute(run=run, is_cancelled=watch.is_cancelled, limits=job_limits(run), claimed=True, live=live_run)
     except runs.RunTakenAway:
         logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
         return None
@@ -226,6 +229,8 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
         return run
     finally:
         watch.stop()
+        if live_run is not None:
+            live_run.stop()
     return run
 
 

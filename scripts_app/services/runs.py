@@ -107,16 +107,18 @@ def run_execute(
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
     claimed: bool = False,
+    live=None,
 ) -> Run:
     """Run a QUEUED run to its end in the runner and record the outcome.
 
     `limits` replace the settings' (an async job's service level and timeout); `claimed` says the caller
-    already marked the run RUNNING (the async worker's claim, or a sync run created started).
+    already marked the run RUNNING (the async worker's claim, or a sync run created started); `live`, a
+    services.live.LiveRun, writes what the run prints as it prints it.
     """
     if run.kind != Run.Kind.DO_EVAL:
         from scripts_app.services.apply import apply_execute
 
-        return apply_execute(run=run, is_cancelled=is_cancelled, limits=limits, claimed=claimed)
+        return apply_execute(run=run, is_cancelled=is_cancelled, limits=limits, claimed=claimed, live=live)
     version = run.script_version
     if not claimed:
         run.status = Run.Status.RUNNING
@@ -136,7 +138,7 @@ def run_execute(
         python=python,
     )
     try:
-        result = runner.run(job, is_cancelled=is_cancelled)
+        result = runner.run(job, is_cancelled=is_cancelled, tap=live.tap() if live is not None else None)
     except runner.RunnerBusy:
         _finish(run, Run.Status.FAILED, error_code=ErrorCode.BUSY, error_message=Busy.busy_message)
         raise Busy(Busy.busy_message) from None

@@ -27,10 +27,12 @@ from scripts_app.services import apply as apply_services
 from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
 from scripts_app.services import jobs as job_services
+from scripts_app.services import live as live_services
 from scripts_app.services import runs as run_services
 from scripts_app.services import shares as share_services
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
+from scripts_app.views import live as live_views
 from scripts_app.views.base import HtmxHttpRequest, client_address, paginate, visible_run_or_404, visible_script_or_404
 from scripts_app.views.compare import compare_choices
 
@@ -187,6 +189,9 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
         "progress": _progress(run),
         "attempt": job_services.job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
+        # Live runs: output as printed, clock and timeline while it runs (views.live); the steps once ended.
+        "live": live_views.live_context(run) if not run.is_finished else None,
+        "timeline": live_services.timeline(run) if run.is_finished else None,
     }
 
 
