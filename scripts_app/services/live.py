@@ -69,7 +69,8 @@ class LiveRun:
     def stop(self) -> None:
         """Stop writing and remove this attempt's rows: the run's own stdout and stderr take over."""
         self._stopped.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=10)
         try:
             RunOutput.objects.filter(run_id=self.run_id, attempt=self.attempt).delete()
         except Exception:
@@ -183,6 +184,11 @@ def queue_position(run: Run) -> int | None:
         status=Run.Status.QUEUED, mode=Run.Mode.ASYNC, service=run.service, created_at__lt=run.created_at
     ).count()
     return ahead + 1
+
+
+def state_key(run: Run, position: int | None) -> str:
+    """What the page's status sentence says, in short: it is sent again only when this changes."""
+    return f"{run.status}.{position or 0}.{int(run.cancel_requested_at is not None)}"
 
 
 def elapsed_seconds(run: Run, now: dt.datetime | None = None) -> dict:

@@ -37,13 +37,8 @@ def live_context(run: Run, *, after: int = 0) -> dict:
         "running": live.clock(elapsed["running"]) if "running" in elapsed else None,
         "steps": live.timeline(run),
         "poll_seconds": settings.OMLWEB_LIVE_POLL_SECONDS,
-        "state_key": state_key(run, position),
+        "state_key": live.state_key(run, position),
     }
-
-
-def state_key(run: Run, position: int | None) -> str:
-    """What the status sentence says, in short: it is sent again only when this changes."""
-    return f"{run.status}.{position or 0}.{int(run.cancel_requested_at is not None)}"
 
 
 def _int(value: str | None) -> int | None:
