@@ -47,6 +47,7 @@ class LiveRun:
         self._pieces_written = ""
         # Per stream, the piece whose output the last row ended with (apply runs name each piece).
         self._last_label: dict[str, str | None] = {}
+        self._wrote = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"live-{run.pk}", daemon=True)
 
@@ -71,6 +72,8 @@ class LiveRun:
         self._stopped.set()
         if self._thread.ident is not None:
             self._thread.join(timeout=10)
+        if not self._wrote:
+            return
         try:
             RunOutput.objects.filter(run_id=self.run_id, attempt=self.attempt).delete()
         except Exception:
@@ -110,6 +113,7 @@ class LiveRun:
                 self._last_label[stream] = tap.label
                 rows.append(RunOutput(run_id=self.run_id, attempt=self.attempt, stream=stream, text=text))
         if rows:
+            self._wrote = True
             RunOutput.objects.bulk_create(rows)
         self._write_pieces()
         return len(rows)
@@ -144,6 +148,16 @@ def piece_progress(piece) -> dict:
         "finished_at": iso(piece.finished_at),
         "seconds": seconds,
     }
+
+
+def execute_watched(run: Run, *, watched: bool) -> Run:
+    """Run a recorded run now, in this process (runs.run_execute), writing its output live if `watched`."""
+    from scripts_app.services import runs
+
+    if not watched:
+        return runs.run_execute(run=run)
+    with LiveRun(run=run) as writer:
+        return runs.run_execute(run=run, live=writer)
 
 
 def maybe_live(run: Run) -> LiveRun | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import uuid
 from collections.abc import Callable
 
 from django.conf import settings
@@ -57,6 +58,7 @@ def run_create(
     comments: str = "",
     version: ScriptVersion | None = None,
     started: bool = False,
+    pk: uuid.UUID | None = None,
 ) -> Run:
     """Record a run of the script's current version (or the given one of its versions), QUEUED,
     with its environment and that one's lock. `started`: it runs now, in this process, so it is
@@ -64,7 +66,8 @@ def run_create(
 
     The user's share is checked here, for the API and the pages alike: a sync run over the user's
     runs at once, or an async job over their queued jobs, is a 429; a user over their storage quota
-    is refused (services.shares)."""
+    is refused (services.shares). `pk`: the id the run page chose, to watch it live while it runs (an
+    id already taken is not used)."""
     if version is not None and version.script_id != script.pk:
         raise BadRequest(f"Version {version.number} is not a version of script {script.name!r}.")
     if roles.is_read_only(user):
@@ -76,7 +79,10 @@ def run_create(
     with transaction.atomic():
         # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
         shares.share_check(user=user, mode=mode, limits=limits)
+        if pk is not None and Run.objects.filter(pk=pk).exists():
+            pk = None
         return Run.objects.create(
+            id=pk or uuid.uuid4(),
             script_version=version or script.current_version,
             script_name=script.name,
             script_owner=script.owner.get_username(),
@@ -216,9 +222,16 @@ def _still_held(run: Run) -> bool:
     return held.exists()
 
 
-def run_sync(**kwargs) -> Run:
-    """Record a run and run it now, in this process."""
-    return run_execute(run=run_create(**kwargs, started=True), claimed=True)
+def run_sync(*, live_id: uuid.UUID | None = None, **kwargs) -> Run:
+    """Record a run and run it now, in this process. `live_id`: the run page watches it live under this
+    id (services.live); without one nothing more is done than before."""
+    if live_id is None:
+        return run_execute(run=run_create(**kwargs, started=True), claimed=True)
+    from scripts_app.services import live
+
+    run = run_create(**kwargs, started=True, pk=live_id)
+    with live.LiveRun(run=run) as writer:
+        return run_execute(run=run, claimed=True, live=writer)
 
 
 def oml_result(run: Run) -> dict:

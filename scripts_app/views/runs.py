@@ -83,6 +83,8 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "version": version,
         }
         asynchronous = form.cleaned_data["execution"] == "async"
+        # A run that waits for its answer: the form page watches it live under the id it chose (live-sync.js).
+        live_id = None if asynchronous else _uuid_or_none(request.POST.get("live_id", ""))
         try:
             if form.cleaned_data["kind"] != Run.Kind.DO_EVAL:
                 create = functools.partial(apply_services.apply_create, **form.apply_options())
@@ -94,7 +96,7 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
                         comments=form.cleaned_data["comments"],
                     )
                 else:
-                    run = run_services.run_execute(run=create(**options))
+                    run = live_services.execute_watched(create(**options, pk=live_id), watched=live_id is not None)
             elif asynchronous:
                 run = job_services.job_submit(
                     **options,
@@ -102,7 +104,7 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
                     comments=form.cleaned_data["comments"],
                 )
             else:
-                run = run_services.run_sync(**options)
+                run = run_services.run_sync(**options, live_id=live_id)
         except OmlError as error:
             form.add_error(None, error.message)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from scripts_app.models import Run, RunOutput
@@ -151,3 +152,46 @@ def test_a_flood_of_output_stays_within_the_bound_live_and_stored(live_server, p
     assert run.status == Run.Status.SUCCEEDED
     assert run.stdout == live_text
     assert not RunOutput.objects.filter(run=run).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_waits_for_its_answer_shows_its_output_while_the_page_waits(live_server, page: Page, screenshot):
+    """ "Run now and wait" from the form: the form page shows the lines as they are printed, then the
+    result page opens. The run runs in the live server's own process, no worker needed."""
+    alice = UserFactory(username="alice")
+    script = make_script(alice, "ticker", TICKER)
+    sign_in(page, live_server, "alice", PASSWORD)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{live_server.url}/scripts/{script.pk}/run/")
+    form_url = page.url
+    page.get_by_label("n", exact=True).fill("8")
+    page.get_by_label("pause", exact=True).fill("0.7")
+    page.get_by_label("Run now and wait").check()
+    # Playwright reads no page while a navigation is pending, and the answer comes once the run ended:
+    # what the waiting page asked for and got is recorded on its way instead.
+    polls = []
+
+    def record(route):
+        response = route.fetch()
+        polls.append((timezone.now(), route.request.url, response.status, response.text()))
+        route.fulfill(response=response)
+
+    page.route(lambda url: "/live/?" in url, record)
+    page.get_by_role("button", name="Run", exact=True).click(timeout=60_000)
+    page.wait_for_url("**/runs/*/", timeout=60_000)
+    run = Run.objects.get()
+    early = [body for at, url, status, body in polls if status == 200 and at < run.finished_at]
+    assert all(str(run.pk) in url and "attempt=0" in url for _, url, _, _ in polls)
+    assert any("tick 1" in body for body in early), polls
+    first = next(body for body in early if "tick 0" in body)
+    assert "tick 7" not in first
+    assert 'hx-swap-oob="beforeend:#live-stdout"' in first
+    expect(page.locator(".run-status .status")).to_have_text("Succeeded", timeout=60_000)
+    assert "/runs/" in page.url
+    assert run.mode == Run.Mode.SYNC
+    assert run.stdout == "".join(f"tick {i}\n" for i in range(8))
+    assert not RunOutput.objects.filter(run=run).exists()
+    # The panel as it stood (axe cannot read a page waiting for its answer): shown again, checked.
+    page.goto(form_url)
+    page.evaluate("() => { document.getElementById('sync-live').hidden = false; }")
+    assert_accessible(page, "the run form with its live panel")
