@@ -63,7 +63,11 @@ class LiveRun:
     def start(self) -> LiveRun:
         if self.attempt > 1:
             # What an earlier attempt printed before its worker was lost is not this attempt's.
-            RunOutput.objects.filter(run_id=self.run_id, attempt__lt=self.attempt).delete()
+            try:
+                RunOutput.objects.filter(run_id=self.run_id, attempt__lt=self.attempt).delete()
+            except Exception:
+                # Live output is a view of the run, never a reason for it not to run.
+                logger.exception("Run %s: removing an earlier attempt's live output failed", self.run_id)
         self._thread.start()
         return self
 
