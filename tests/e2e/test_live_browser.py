@@ -127,7 +127,8 @@ def test_a_running_job_shows_its_output_as_it_is_printed(live_server, page: Page
     run = Run.objects.get()
     assert run.stdout == "".join(f"tick {i}\n" for i in range(10))
     assert run.stderr == "half way <b>not bold</b>\n"
-    assert not RunOutput.objects.filter(run=run).exists()
+    # Removed by the writer just after the outcome is recorded.
+    wait_for(lambda: not RunOutput.objects.filter(run=run).exists(), timeout=10, what="the live rows to go")
 
 
 def test_a_flood_of_output_stays_within_the_bound_live_and_stored(live_server, page: Page, worker):
@@ -151,7 +152,8 @@ def test_a_flood_of_output_stays_within_the_bound_live_and_stored(live_server, p
     run.refresh_from_db()
     assert run.status == Run.Status.SUCCEEDED
     assert run.stdout == live_text
-    assert not RunOutput.objects.filter(run=run).exists()
+    # Removed by the writer just after the outcome is recorded.
+    wait_for(lambda: not RunOutput.objects.filter(run=run).exists(), timeout=10, what="the live rows to go")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -190,7 +192,8 @@ def test_a_run_that_waits_for_its_answer_shows_its_output_while_the_page_waits(l
     assert "/runs/" in page.url
     assert run.mode == Run.Mode.SYNC
     assert run.stdout == "".join(f"tick {i}\n" for i in range(8))
-    assert not RunOutput.objects.filter(run=run).exists()
+    # Removed by the writer just after the outcome is recorded.
+    wait_for(lambda: not RunOutput.objects.filter(run=run).exists(), timeout=10, what="the live rows to go")
     # The panel as it stood (axe cannot read a page waiting for its answer): shown again, checked.
     page.goto(form_url)
     page.evaluate("() => { document.getElementById('sync-live').hidden = false; }")

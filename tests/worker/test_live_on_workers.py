@@ -49,7 +49,8 @@ def test_an_apply_job_shows_its_pieces_and_their_output_as_they_go(shared, alice
     assert done.status == Run.Status.SUCCEEDED, done.error_message
     assert done.result == [1, 2, 3]
     assert [piece["status"] for piece in done.pieces] == ["SUCCEEDED"] * 3
-    assert not RunOutput.objects.filter(run=run).exists()
+    # Removed by the writer just after the outcome is recorded.
+    wait_for(lambda: not RunOutput.objects.filter(run=run).exists(), timeout=10, what="the live rows to go")
     assert current  # the last progress seen
 
 
@@ -81,4 +82,5 @@ def test_a_job_started_again_shows_only_its_new_attempts_output(cluster, alice):
     assert steps[2]["note"].startswith("attempt 2")
     done = wait_status(run.pk, Run.FINISHED, timeout=60, on=cluster)
     assert (done.status, done.attempts) == (Run.Status.SUCCEEDED, 2)
-    assert not RunOutput.objects.filter(run=run).exists()
+    # Removed by the writer just after the outcome is recorded.
+    wait_for(lambda: not RunOutput.objects.filter(run=run).exists(), timeout=10, what="the live rows to go")
