@@ -86,6 +86,13 @@ def test_a_running_job_shows_its_output_as_it_is_printed(live_server, page: Page
     sign_in(page, live_server, "alice", PASSWORD)
     page.set_viewport_size({"width": 1280, "height": 900})
     submit_job(page, live_server, script, n="10", pause="0.8")
+    # The worker's side first, so that a job that never starts fails with the worker's log.
+    wait_for(
+        lambda: "tick 1" in "".join(RunOutput.objects.values_list("text", flat=True)),
+        timeout=60,
+        what="the job's first lines",
+        on=worker,
+    )
     stdout = page.locator("#live-stdout")
     expect(stdout).to_contain_text("tick 1", timeout=60_000)
     run = Run.objects.get()
