@@ -290,6 +290,10 @@ OMLWEB_ASYNC_TIMEOUT_SECONDS = env_int("OMLWEB_ASYNC_TIMEOUT_SECONDS", 1800, min
 # A worker writes a heartbeat on each run it holds this often, and checks for a cancel request.
 OMLWEB_HEARTBEAT_SECONDS = env_float("OMLWEB_HEARTBEAT_SECONDS", 10.0)
 OMLWEB_CANCEL_POLL_SECONDS = env_float("OMLWEB_CANCEL_POLL_SECONDS", 0.5)
+# Live output: the process running a job writes what it printed since the last time this often
+# (only when there is something new); its page polls for it at OMLWEB_LIVE_POLL_SECONDS.
+OMLWEB_LIVE_FLUSH_SECONDS = env_float("OMLWEB_LIVE_FLUSH_SECONDS", 0.5)
+OMLWEB_LIVE_POLL_SECONDS = env_float("OMLWEB_LIVE_POLL_SECONDS", 1.0)
 # The reaper takes back a run whose heartbeat is older than this (its worker is gone), and requeues
 # it until it has been tried OMLWEB_RUN_MAX_ATTEMPTS times; then the run fails with a clear message.
 OMLWEB_HEARTBEAT_STALE_SECONDS = env_float("OMLWEB_HEARTBEAT_STALE_SECONDS", 60.0)

@@ -362,7 +362,7 @@ class RunForm(ServiceForm):
                 parameters.setdefault("oml_na_omit", True)
         return parameters
 
-    def run_request(self, *, script, user, version, client_address: str | None) -> RunRequest:
+    def run_request(self, *, script, user, version, client_address: str | None, live_id=None) -> RunRequest:
         """What the form asks to run, after is_valid(): the request services.pipeline starts."""
         data = self.cleaned_data
         kind = data["kind"]
@@ -392,6 +392,7 @@ class RunForm(ServiceForm):
             timeout_seconds=data["job_timeout"] if asynchronous else None,
             comments=data["comments"] if asynchronous else "",
             client_address=client_address,
+            live_id=None if asynchronous else live_id,
         )
 
     def _function_parameters(self) -> dict:

@@ -451,6 +451,25 @@ class Run(models.Model):
             raise RunTakenAway(f"Run {self.pk} was deleted or taken from attempt {self.attempts} while it ran")
 
 
+class RunOutput(models.Model):
+    """What a running run printed since the last flush: written by the process running it as it
+    comes (services.live), read by its page; removed when the run ends (its stdout and stderr then
+    hold the whole, bounded output)."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="live_output")
+    # The attempt that printed it: a job started again shows only its own attempt's output.
+    attempt = models.PositiveIntegerField(default=0)
+    stream = models.CharField(max_length=6)  # "stdout" or "stderr"
+    text = models.TextField()
+
+    class Meta:
+        indexes = [models.Index(fields=["run", "id"], name="run_output_by_run")]
+
+    def __str__(self) -> str:
+        return f"{self.stream} of run {self.run_id}, attempt {self.attempt}"
+
+
 class GroupLimits(models.Model):
     """An admin's override of the per-user limits for the members of one group.
 

@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import compare, datasets, notifications, runs, scripts, status, tokens, users
+from scripts_app.views import compare, datasets, live, notifications, runs, scripts, status, tokens, users
 
 app_name = "web"
 
@@ -28,6 +28,7 @@ urlpatterns = [
     path("runs/<uuid:pk>/images/<int:position>.png", runs.run_image, name="run_image"),
     path("runs/<uuid:pk>/data.<str:fmt>", runs.run_data, name="run_data"),
     path("runs/<uuid:pk>/cancel/", runs.run_cancel, name="run_cancel"),
+    path("runs/<uuid:pk>/live/", live.run_live, name="run_live"),
     path("datasets/", datasets.dataset_list, name="dataset_list"),
     path("datasets/<uuid:pk>/", datasets.dataset_detail, name="dataset_detail"),
     path("datasets/<uuid:pk>/replace/", datasets.dataset_replace, name="dataset_replace"),

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('scripts_app', '0007_environment_preloads'),
+        ('scripts_app', '0009_live_runs'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -5,6 +5,7 @@ Knows nothing of Django or HTTP. Callers build a `Job` and call `run()`.
 
 from scripts_app.runner.config import Settings, configure
 from scripts_app.runner.execution import run, slot
+from scripts_app.runner.live import Tap
 from scripts_app.runner.report import isolation_report, shutdown, warm_up
 from scripts_app.runner.source import ScriptSourceError, entry_function
 from scripts_app.runner.types import (
@@ -31,6 +32,7 @@ __all__ = [
     "RunnerUnavailable",
     "ScriptSourceError",
     "Settings",
+    "Tap",
     "configure",
     "entry_function",
     "isolation_report",

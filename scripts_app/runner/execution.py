@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import cast
 
 from scripts_app.runner import config
+from scripts_app.runner.live import Tap, cut_note
 from scripts_app.runner.source import imports_only_stdlib
 from scripts_app.runner.templates import (
     HARNESS,
@@ -58,11 +59,15 @@ def _pipe() -> tuple[int, int]:
 class _Capture:
     """Keeps the first `limit` bytes of a stream and counts the rest."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, tap: Tap | None = None, stream: str = "") -> None:
         self.limit = limit
         self.parts: list[bytes] = []
         self.kept = 0
         self.total = 0
+        # Live output: the tap gets each kept part as it is read (runner.live).
+        self.tap = tap
+        self.stream = stream
+        self.told_cut = False
 
     def feed(self, data: bytes) -> None:
         self.total += len(data)
@@ -70,6 +75,11 @@ class _Capture:
             part = data[: self.limit - self.kept]
             self.parts.append(part)
             self.kept += len(part)
+            if self.tap is not None:
+                self.tap.feed(self.stream, part)
+        if self.tap is not None and self.total > self.limit and not self.told_cut:
+            self.told_cut = True
+            self.tap.cut(self.stream, self.limit)
 
     @property
     def overflowed(self) -> bool:
@@ -79,7 +89,7 @@ class _Capture:
         # errors="replace" leaves no lone surrogate; NUL goes too, as PostgreSQL text cannot hold it.
         text = storable_text(b"".join(self.parts).decode("utf-8", errors="replace"))
         if self.overflowed:
-            text += f"\n[... output cut at {self.limit} bytes ...]"
+            text += cut_note(self.limit)
         return text
 
 
@@ -147,10 +157,10 @@ class _TemplateLost(Exception):
 class _Watch:
     """Reads stdout, stderr and the result pipe of one run until the child is gone."""
 
-    def __init__(self, job: Job, out_r: int, err_r: int, res_r: int) -> None:
+    def __init__(self, job: Job, out_r: int, err_r: int, res_r: int, tap: Tap | None = None) -> None:
         self.selector = selectors.DefaultSelector()
-        self.stdout = _Capture(job.limits.max_stream_bytes)
-        self.stderr = _Capture(job.limits.max_stream_bytes)
+        self.stdout = _Capture(job.limits.max_stream_bytes, tap, "stdout")
+        self.stderr = _Capture(job.limits.max_stream_bytes, tap, "stderr")
         self.result = bytearray()
         self.result_cap = _result_cap(job)
         self.result_overflow = False
@@ -323,7 +333,7 @@ def _watch_until_end(
             killed = True
 
 
-def _run_cold(job: Job, is_cancelled, started: float) -> Result:
+def _run_cold(job: Job, is_cancelled, started: float, tap: Tap | None = None) -> Result:
     """A new interpreter for this run: slow to start (imports), but needs nothing else."""
     workdir = tempfile.mkdtemp(prefix="omlweb-run-")
     out_r, out_w = _pipe()
@@ -335,7 +345,7 @@ def _run_cold(job: Job, is_cancelled, started: float) -> Result:
         "TMPDIR": workdir,
         "MPLCONFIGDIR": os.path.join(workdir, ".matplotlib"),
     }
-    watch = _Watch(job, out_r, err_r, res_r)
+    watch = _Watch(job, out_r, err_r, res_r, tap)
     ending = _Ending()
     try:
         try:
@@ -394,7 +404,14 @@ def _run_cold(job: Job, is_cancelled, started: float) -> Result:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_warm(job: Job, template: Template, is_cancelled, started: float, release: Callable[[], None]) -> Result:
+def _run_warm(
+    job: Job,
+    template: Template,
+    is_cancelled,
+    started: float,
+    release: Callable[[], None],
+    tap: Tap | None = None,
+) -> Result:
     """Run in a child forked from the environment's warm template.
 
     The caller gets its answer as soon as the result and both streams are complete; the child's
@@ -413,7 +430,7 @@ def _run_warm(job: Job, template: Template, is_cancelled, started: float, releas
         "uid": uid,
         "env": {**base_env()},
     }
-    watch = _Watch(job, out_r, err_r, res_r)
+    watch = _Watch(job, out_r, err_r, res_r, tap)
     ending = _Ending()
     try:
         try:
@@ -623,11 +640,18 @@ def slot() -> Iterator[None]:
         slots.release()
 
 
-def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None, in_slot: bool = False) -> Result:
+def run(
+    job: Job,
+    *,
+    is_cancelled: Callable[[], bool] | None = None,
+    in_slot: bool = False,
+    tap: Tap | None = None,
+) -> Result:
     """Run `job` in a fresh, bounded child process and return what happened.
 
     Raises RunnerBusy when every run slot of this process stays taken for `queue_timeout` seconds.
     `in_slot`: the caller holds a slot already (`slot()`), and this job takes none of its own.
+    `tap`: receives the child's stdout and stderr as they are read, for live output (runner.live).
     """
     settings = config.current()
     slots = None if in_slot else _acquire_slot(settings)
@@ -647,7 +671,7 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None, in_slot: bo
         if not os.access(python, os.X_OK):
             raise RunnerUnavailable(f"the environment's interpreter {python} does not exist or cannot be run")
         if settings.mode == "cold":
-            return _run_cold(job, is_cancelled, started)
+            return _run_cold(job, is_cancelled, started, tap)
         network = settings.network or job.limits.network
         for attempt in (1, 2):
             try:
@@ -657,9 +681,9 @@ def run(job: Job, *, is_cancelled: Callable[[], bool] | None = None, in_slot: bo
                 if settings.isolation != "auto":
                     raise
                 registry.levels_tried["zygote"] = "no template could start; running cold"
-                return _run_cold(job, is_cancelled, started)
+                return _run_cold(job, is_cancelled, started, tap)
             try:
-                result = _run_warm(job, template, is_cancelled, started, release)
+                result = _run_warm(job, template, is_cancelled, started, release, tap)
                 handed_over = True
                 return result
             except _TemplateLost:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,6 +30,9 @@ from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, ServiceLevel
 from scripts_app.runner.validation import storable_text
 from scripts_app.services import environments, queries, shares
 from scripts_app.services.runs import function_kwargs, limits_from_settings, save_figures
+
+if TYPE_CHECKING:
+    from scripts_app.services.live import LiveRun
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +242,7 @@ def _run_pieces(
     is_cancelled: Callable[[], bool] | None,
     limits: runner.Limits,
     python: str | None = None,
+    live: LiveRun | None = None,
 ) -> Piece | None:
     """Run every piece, `degree` at once; returns the first piece that failed, if any."""
     version = run.script_version
@@ -294,7 +298,8 @@ def _run_pieces(
         piece.status = "RUNNING"
         piece.started_at = time.time()
         try:
-            piece.result = runner.run(job, is_cancelled=stopped, in_slot=True)
+            tap = live.tap(piece.label) if live is not None else None
+            piece.result = runner.run(job, is_cancelled=stopped, in_slot=True, tap=tap)
         except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
             piece.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
             piece.status = "BUSY"
@@ -346,6 +351,7 @@ def apply_execute(
     run: Run,
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
+    live: LiveRun | None = None,
 ) -> Run:
     """Run a RUNNING apply run to its end and record the outcome, with each piece's timings
     (execution.execute_run).
@@ -378,10 +384,19 @@ def apply_execute(
         # The record says when the operator's setting, not the request, lowered the level's degree.
         run.apply_options["degreeLimitedBy"] = f"OMLWEB_APPLY_MAX_DEGREE={settings.OMLWEB_APPLY_MAX_DEGREE}"
     base = limits or limits_from_settings()
+    if live is not None:
+        live.follow_pieces(pieces)
     try:
         with runner.slot() if pieces else contextlib.nullcontext():
             failed = _run_pieces(
-                run, pieces, degree=degree, deadline=deadline, is_cancelled=is_cancelled, limits=base, python=python
+                run,
+                pieces,
+                degree=degree,
+                deadline=deadline,
+                is_cancelled=is_cancelled,
+                limits=base,
+                python=python,
+                live=live,
             )
     except runner.RunnerBusy as error:
         failed = pieces[0]

@@ -8,6 +8,7 @@ taken back, finished, cancelled, each one conditional UPDATE.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +18,7 @@ from django.utils import timezone
 from scripts_app import roles
 from scripts_app.errors import BadRequest, PermissionDenied
 from scripts_app.models import Run, Script, ScriptVersion, ServiceLevel
-from scripts_app.services import apply, environments, shares
+from scripts_app.services import apply, environments, live, shares
 from scripts_app.services.execution import execute_run
 from scripts_app.services.jobs.submission import job_publish_submitted
 
@@ -57,6 +58,8 @@ class RunRequest:
     timeout_seconds: int | None = None
     comments: str = ""
     client_address: str | None = None
+    # A sync run the page watches live (services.live) under the id the page chose; None: not watched.
+    live_id: uuid.UUID | None = None
 
 
 def start_run(request: RunRequest) -> Run:
@@ -68,7 +71,11 @@ def start_run(request: RunRequest) -> Run:
             run = record_run(request)
         job_publish_submitted(run)
         return run
-    return execute_run(record_run(request, started=True))
+    run = record_run(request, started=True)
+    if request.live_id is None:
+        return execute_run(run)
+    with live.LiveRun(run=run) as writer:
+        return execute_run(run, live=writer)
 
 
 def record_run(request: RunRequest, *, started: bool = False) -> Run:
@@ -95,7 +102,10 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
     with transaction.atomic():
         # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
         shares.share_check(user=user, mode=mode, limits=limits)
+        # The id a watching page chose, unless it is taken (then the page simply sees no live output).
+        taken = request.live_id is not None and Run.objects.filter(pk=request.live_id).exists()
         return Run.objects.create(
+            id=request.live_id if request.live_id is not None and not taken else uuid.uuid4(),
             script_version=version,
             script_name=script.name,
             script_owner=script.owner.get_username(),

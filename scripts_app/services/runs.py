@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -13,6 +14,9 @@ from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, Busy, ErrorCode, OmlError
 from scripts_app.models import Run, RunImage
 from scripts_app.services import environments, shares
+
+if TYPE_CHECKING:
+    from scripts_app.services.live import LiveRun
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +46,12 @@ def run_execute(
     run: Run,
     is_cancelled: Callable[[], bool] | None = None,
     limits: runner.Limits | None = None,
+    live: LiveRun | None = None,
 ) -> Run:
     """Run a RUNNING do-eval run to its end in the runner and record the outcome (execution.execute_run).
 
-    `limits` replace the settings' (an async job's service level and timeout).
+    `limits` replace the settings' (an async job's service level and timeout); `live` writes what the
+    run prints as it prints it (services.live).
     """
     version = run.script_version
     try:
@@ -62,7 +68,7 @@ def run_execute(
         python=python,
     )
     try:
-        result = runner.run(job, is_cancelled=is_cancelled)
+        result = runner.run(job, is_cancelled=is_cancelled, tap=live.tap() if live is not None else None)
     except runner.RunnerBusy:
         run.finish(Run.Status.FAILED, error_code=ErrorCode.BUSY, error_message=Busy.busy_message)
         raise Busy(Busy.busy_message) from None

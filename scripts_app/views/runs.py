@@ -24,11 +24,13 @@ from scripts_app.models import Run, RunImage, Script, ScriptVersion
 from scripts_app.runner import ScriptSourceError
 from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
+from scripts_app.services import live as live_services
 from scripts_app.services import pipeline
 from scripts_app.services import shares as share_services
 from scripts_app.services.jobs.submission import job_attempt, job_cancel
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
+from scripts_app.views import live as live_views
 from scripts_app.views.base import (
     HtmxHttpRequest,
     client_address,
@@ -77,7 +79,12 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             form.set_from_run(earlier)
     if request.method == "POST" and form.is_valid():
         run_request = form.run_request(
-            script=script, user=request.user, version=version, client_address=client_address(request)
+            script=script,
+            user=request.user,
+            version=version,
+            client_address=client_address(request),
+            # A run that waits for its answer: the form page watches it live under the id it chose (live-sync.js).
+            live_id=_uuid_or_none(request.POST.get("live_id", "")),
         )
         run = form.submit(lambda: pipeline.start_run(run_request))
         if run is not None:
@@ -164,6 +171,9 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
         "progress": _progress(run),
         "attempt": job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
+        # Live runs: output as printed, clock and timeline while it runs (views.live); the steps once ended.
+        "live": live_views.live_context(run) if not run.is_finished else None,
+        "timeline": live_services.timeline(run) if run.is_finished else None,
     }
 
 

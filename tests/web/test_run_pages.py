@@ -253,7 +253,7 @@ def test_polling_a_finished_run_stops_the_poll(alice_client, figure_run):
 
 
 def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
-    """A queued run's live section polls every 2 seconds."""
+    """A queued run's live section polls its live output every OMLWEB_LIVE_POLL_SECONDS (views.live)."""
     from scripts_app.services.pipeline import RunRequest, record_run
 
     run = record_run(RunRequest(script=typed_script, user=alice, parameters={"n": 1}, asynchronous=True))
@@ -261,7 +261,8 @@ def test_polling_a_queued_run_keeps_polling(alice_client, alice, typed_script):
         reverse("web:run_detail", args=[run.pk]), headers={"HX-Request": "true", "HX-Target": "run-live"}
     )
     assert response.status_code == 200
-    assert b'hx-trigger="every 2s"' in response.content
+    assert b'hx-trigger="every 1.0s"' in response.content
+    assert reverse("web:run_live", args=[run.pk]).encode() + b"?after=0&amp;attempt=0" in response.content
 
 
 # Jobs (the async services)
@@ -292,7 +293,7 @@ def test_run_as_a_job_queues_the_chosen_version(alice_client, alice, typed_scrip
     assert published == [run.pk]
     page = alice_client.get(reverse("web:run_detail", args=[run.pk]))
     assert page.context["may_cancel"]
-    assert b'hx-trigger="every 2s"' in page.content
+    assert b'hx-trigger="every 1.0s"' in page.content
 
 
 def test_cancel_a_queued_job(client, alice, bob, auditor, typed_script):
@@ -459,4 +460,5 @@ def test_a_queued_job_shows_its_place_in_the_queue_and_a_running_one_its_time(al
     assert "number 2 in the LOW queue" in content
     Run.objects.filter(pk=first.pk).update(status=Run.Status.RUNNING, started_at=timezone.now())
     assert "number 1 in the LOW queue" in alice_client.get(reverse("web:run_detail", args=[second.pk])).content.decode()
-    assert "running for 0 s" in alice_client.get(reverse("web:run_detail", args=[first.pk])).content.decode()
+    running = alice_client.get(reverse("web:run_detail", args=[first.pk])).content.decode()
+    assert 'running for <span class="clock">0:00</span>' in running

@@ -15,7 +15,7 @@ from django.utils import timezone
 from scripts_app import runner
 from scripts_app.errors import Busy, ErrorCode
 from scripts_app.models import Run, RunTakenAway
-from scripts_app.services import execution, runs, shares
+from scripts_app.services import execution, live, runs, shares
 from scripts_app.services.jobs import submission
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,11 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
         return None
     watch = RunWatch(run=run)
     watch.start()
+    live_run = live.maybe_live(run)
+    if live_run is not None:
+        live_run.start()
     try:
-        execution.execute_run(run, is_cancelled=watch.is_cancelled, limits=job_limits(run))
+        execution.execute_run(run, is_cancelled=watch.is_cancelled, limits=job_limits(run), live=live_run)
     except RunTakenAway:
         logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
         return None
@@ -56,6 +59,8 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
         return run
     finally:
         watch.stop()
+        if live_run is not None:
+            live_run.stop()
     return run
 
 
