@@ -531,9 +531,14 @@ class UserRoleForm(forms.Form):
 # Notifications
 
 
+class _ScriptChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Script) -> str:
+        return f"{obj.owner.get_username()}/{obj.name}"
+
+
 class NotificationRuleForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the rule is for, e.g. 'nightly report failed'.")
-    script = forms.ModelChoiceField(
+    script = _ScriptChoiceField(
         queryset=Script.objects.none(),
         required=False,
         empty_label="All my runs",
@@ -561,5 +566,6 @@ class NotificationRuleForm(forms.Form):
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["script"].queryset = roles.scripts_visible_to(user, Script.objects.select_related("owner"))
-        self.fields["script"].label_from_instance = lambda script: f"{script.owner.get_username()}/{script.name}"
+        script = self.fields["script"]
+        assert isinstance(script, forms.ModelChoiceField)  # declared above
+        script.queryset = roles.scripts_visible_to(user, Script.objects.select_related("owner"))

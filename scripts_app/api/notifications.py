@@ -69,7 +69,7 @@ def rule_body(rule: NotificationRule, *, viewer) -> dict:
         "owner": rule.owner.get_username(),
         "script": (
             {"id": str(rule.script.pk), "name": rule.script.name, "owner": rule.script.owner.get_username()}
-            if rule.script_id
+            if rule.script is not None
             else None
         ),
         "onFailure": rule.on_failure,

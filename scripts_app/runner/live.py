@@ -57,9 +57,10 @@ class Tap:
         texts = {}
         for name in STREAMS:
             text = self._decoders[name].decode(b"".join(pending[name])) if pending[name] else ""
-            if cut[name] is not None and name not in self._noted:
+            limit = cut[name]
+            if limit is not None and name not in self._noted:
                 self._noted.add(name)
                 # A character split at the bound is ended as the stored text ends it.
-                text += self._decoders[name].decode(b"", final=True) + cut_note(cut[name])
+                text += self._decoders[name].decode(b"", final=True) + cut_note(limit)
             texts[name] = storable_text(text)
         return texts

@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import logging
 import threading
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -225,7 +226,9 @@ def timeline(run: Run, now: dt.datetime | None = None) -> list[dict]:
     its pieces (apply runs), finished. Each: name, time (or None), a short note, and whether it is
     the step the run is at."""
     now = now or timezone.now()
-    steps = [{"name": "Queued" if run.mode == Run.Mode.ASYNC else "Submitted", "at": run.created_at, "note": ""}]
+    steps: list[dict[str, Any]] = [
+        {"name": "Queued" if run.mode == Run.Mode.ASYNC else "Submitted", "at": run.created_at, "note": ""}
+    ]
     if run.mode == Run.Mode.ASYNC and run.attempts and (run.attempts > 1 or run.status == Run.Status.QUEUED):
         lost = run.attempts if run.status == Run.Status.QUEUED else run.attempts - 1
         steps.append(

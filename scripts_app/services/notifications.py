@@ -257,7 +257,8 @@ def _resolve(host: str, port: int) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
         raise WebhookRefused(f"The host {host} could not be resolved: {error.strerror}.") from None
-    addresses = [info[4][0] for info in infos]
+    # A host name resolves to AF_INET/AF_INET6 entries only, whose address (item 0) is already text.
+    addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
         refusal = address_refusal(ipaddress.ip_address(address.split("%")[0]))
         if refusal:
@@ -278,12 +279,13 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._ssl_context = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self._ssl_context)
         self._address = address
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
 # Signing
@@ -360,6 +362,7 @@ def payload(*, rule: NotificationRule, event: str, run: Run | None, now: datetim
         "run": run_summary(run) if run is not None else None,
     }
     if event == Event.LONG_RUNNING and run is not None:
+        assert run.started_at is not None  # only runs that started run long
         body["runningSeconds"] = round(((run.finished_at or now) - run.started_at).total_seconds(), 3)
         body["longerThanSeconds"] = rule.longer_than_seconds
     if event == Event.TEST:
@@ -410,7 +413,7 @@ def notify_finished(*, run_id) -> list[NotificationDelivery]:
     created = []
     now = timezone.now()
     for rule in rules_for_run(run):
-        events = []
+        events: list[Event] = []
         if (outcome == Event.FAILURE and rule.on_failure) or (outcome == Event.SUCCESS and rule.on_success):
             events.append(outcome)
         if rule.longer_than_seconds and duration is not None and duration > rule.longer_than_seconds:
@@ -429,6 +432,7 @@ def check_long_running(*, now: datetime | None = None) -> list[NotificationDeliv
     now = now or timezone.now()
     created = []
     for rule in NotificationRule.objects.select_related("owner").filter(enabled=True, longer_than_seconds__gt=0):
+        assert rule.longer_than_seconds is not None  # filtered above
         already = NotificationDelivery.objects.filter(rule=rule, event=Event.LONG_RUNNING, run__isnull=False)
         late = (
             Run.objects.select_related("script_version", "user")
@@ -488,7 +492,11 @@ def publish(delivery: NotificationDelivery, *, countdown: float | None = None, r
     from scripts_app.tasks import deliver_notification
 
     try:
-        deliver_notification.apply_async(args=[str(delivery.pk)], queue=notify_queue(), countdown=countdown)
+        deliver_notification.apply_async(
+            args=(str(delivery.pk),),
+            queue=notify_queue(),
+            countdown=countdown,  # type: ignore[arg-type]  # None (deliver now) is Celery's own default
+        )
     except Exception:
         if raise_errors:
             raise
