@@ -33,7 +33,7 @@ from scripts_app.errors import (
     Unavailable,
 )
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import apply, runs, shares, supervision
+from scripts_app.services import apply, audit, runs, shares, supervision
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def oracle_date(moment: datetime) -> str:
 # Cancelling and deleting
 
 
+@transaction.atomic
 def job_cancel(*, run: Run) -> Run:
     """Stop a queued or running job; it ends CANCELLED. A finished job can't be cancelled (400)."""
     now = timezone.now()
@@ -171,11 +172,20 @@ def job_cancel(*, run: Run) -> Run:
         error_message="The job was cancelled before it started.",
     ):
         run.refresh_from_db()
+        # AUDIT (issue 14): the cancellation, in the transaction that records it.
+        audit.record("run.cancel", obj=run, before={"status": Run.Status.QUEUED}, after={"status": run.status})
         return run
     # Running: the worker holding it sees the flag within OMLWEB_CANCEL_POLL_SECONDS and kills the run.
     if not Run.objects.filter(pk=run.pk, status=Run.Status.RUNNING).update(cancel_requested_at=now):
         raise BadRequest("Job is not running.", code=ErrorCode.BAD_REQUEST)
     run.refresh_from_db()
+    # AUDIT (issue 14): the cancellation request of a running job, in the same transaction.
+    audit.record(
+        "run.cancel",
+        obj=run,
+        before={"status": Run.Status.RUNNING},
+        after={"status": run.status, "cancel_requested": True},
+    )
     return run
 
 

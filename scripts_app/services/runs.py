@@ -16,7 +16,7 @@ from scripts_app import roles, runner
 from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError, PermissionDenied
 from scripts_app.models import Environment, Run, RunImage, Script, ScriptVersion, ServiceLevel
 from scripts_app.runner.validation import storable_text
-from scripts_app.services import environments, shares
+from scripts_app.services import audit, environments, shares
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def run_create(
     with transaction.atomic():
         # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
         shares.share_check(user=user, mode=mode, limits=limits)
-        return Run.objects.create(
+        run = Run.objects.create(
             script_version=version or script.current_version,
             script_name=script.name,
             script_owner=script.owner.get_username(),
@@ -94,6 +94,9 @@ def run_create(
             status=Run.Status.RUNNING if started else Run.Status.QUEUED,
             started_at=timezone.now() if started else None,
         )
+        # AUDIT (issue 14): the run's submission, one event in the transaction that records the run.
+        audit.record("run.submit", obj=run, actor=user, after=audit.run_state(run))
+        return run
 
 
 def function_kwargs(parameters: dict) -> dict:
