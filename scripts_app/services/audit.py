@@ -21,14 +21,16 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, models, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 
+from scripts_app.errors import BadRequest
 from scripts_app.models import AuditAnchor, AuditChainHead, AuditEvent
 
 GENESIS_HASH = "0" * 64
@@ -444,3 +446,80 @@ def object_link(event: AuditEvent) -> str | None:
     except (NoReverseMatch, ValueError, ValidationError):
         return None
     return None
+
+
+def filters_from(params) -> Filters:
+    """Filters from a query string (pages and API alike). since/until: a date (YYYY-MM-DD, until is
+    inclusive) or an ISO date-time. A malformed value is refused, not ignored."""
+
+    def text(name: str, limit: int) -> str:
+        value = (params.get(name) or "").strip()
+        if len(value) > limit or "\x00" in value:
+            raise BadRequest(f"{name} is too long or holds a NUL character.")
+        return value
+
+    return Filters(
+        actor=text("actor", 150),
+        action=text("action", 64),
+        object_type=text("object_type", 32),
+        object_id=text("object_id", 64),
+        since=_moment_param(text("since", 40), "since", end_of_day=False),
+        until=_moment_param(text("until", 40), "until", end_of_day=True),
+    )
+
+
+def _moment_param(value: str, name: str, *, end_of_day: bool) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = parse_datetime(value)
+        if moment is None:
+            day = parse_date(value)
+            if day is None:
+                raise ValueError(value)
+            moment = datetime.combine(day + timedelta(days=1) if end_of_day else day, time.min)
+    except ValueError:
+        raise BadRequest(f"{name} {value!r} is not a date (YYYY-MM-DD) or an ISO date-time.") from None
+    return timezone.make_aware(moment) if timezone.is_naive(moment) else moment
+
+
+ACTIONS = (
+    "auth.sign_in",
+    "auth.sign_in_failed",
+    "script.create",
+    "script.new_version",
+    "script.restore",
+    "script.update",
+    "script.make_global",
+    "script.make_private",
+    "script.grant",
+    "script.revoke",
+    "script.delete",
+    "dataset.create",
+    "dataset.replace",
+    "dataset.update",
+    "dataset.make_global",
+    "dataset.make_private",
+    "dataset.grant",
+    "dataset.revoke",
+    "dataset.delete",
+    "environment.define",
+    "environment.update",
+    "environment.rebuild",
+    "environment.build",
+    "environment.delete",
+    "user.create",
+    "user.role",
+    "user.activate",
+    "user.deactivate",
+    "token.issue",
+    "token.refresh",
+    "token.revoke",
+    "token.personal_create",
+    "run.submit",
+    "run.cancel",
+    "admin.add",
+    "admin.change",
+    "admin.delete",
+    "audit.prune",
+)
