@@ -130,7 +130,9 @@ def test_a_refused_change_leaves_no_event(analyst, bob):
     page = web(analyst)
     assert page.post(f"/scripts/{script.pk}/delete/").status_code in (403, 404)
     api = client_for(analyst)
-    assert api.post("/oml/api/py-scripts/v1/scripts", {"name": "bad", "script": "def ("}, format="json").status_code == 400
+    assert (
+        api.post("/oml/api/py-scripts/v1/scripts", {"name": "bad", "script": "def ("}, format="json").status_code == 400
+    )
     assert not AuditEvent.objects.filter(id__gt=mark).exclude(action__in=("auth.sign_in", "token.issue")).exists()
 
 
