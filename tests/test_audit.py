@@ -21,7 +21,7 @@ from scripts_app.models import AccessToken, AuditEvent, Dataset, Environment, Gr
 from scripts_app.roles import ADMINS, ANALYSTS, AUDITORS
 from scripts_app.services import audit, jobs
 from tests.conftest import client_for
-from tests.factories import PASSWORD, UserFactory, make_dataset, make_script
+from tests.factories import PASSWORD, UserFactory, make_script
 
 SOURCE = "def add(a=1, b=1):\n    return a + b\n"
 SOURCE_2 = "def add(a=1, b=2):\n    return a + b\n"
@@ -194,9 +194,11 @@ def test_environments_define_rebuild_delete(admin, monkeypatch, django_capture_o
         assert response.status_code == 201, response.content
     environment = Environment.objects.get(name="probe")
     assert found["event"].after["packages"] == "six"
-    with one_event("environment.rebuild", actor=admin, object_type="environment", object_id=environment.pk) as found:
-        with django_capture_on_commit_callbacks(execute=True):
-            assert api.post("/oml/api/py-scripts/v1/envs/probe/rebuild").status_code in (200, 202)
+    with (
+        one_event("environment.rebuild", actor=admin, object_type="environment", object_id=environment.pk) as found,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert api.post("/oml/api/py-scripts/v1/envs/probe/rebuild").status_code in (200, 202)
     assert (found["event"].before["generation"], found["event"].after["generation"]) == (1, 2)
     with one_event("environment.delete", actor=admin, object_type="environment", object_id=environment.pk):
         assert api.delete("/oml/api/py-scripts/v1/envs/probe").status_code in (200, 204)

@@ -227,10 +227,9 @@ def test_export_memory_stays_flat(db):
     synthetic(50_000)
 
     def peak(limit: int) -> int:
-        events = audit.iter_events(filters=audit.Filters())
         tracemalloc.start()
-        for count, _line in enumerate(exports.lines(events, fmt="csv", fields=audit.EXPORT_FIELDS)):
-            if count * 500 >= limit:
+        for count, _lines in enumerate(audit.export_lines(filters=audit.Filters(), fmt="csv"), start=1):
+            if count * 2000 >= limit:
                 break
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()

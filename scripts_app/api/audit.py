@@ -79,7 +79,7 @@ class AuditExportView(APIView):
         exports.check_format(fmt)
         filters = audit.filters_from(request.query_params)
         return streamed(
-            exports.lines(audit.iter_events(filters=filters), fmt=fmt, fields=audit.EXPORT_FIELDS),
+            audit.export_lines(filters=filters, fmt=fmt),
             fmt=fmt,
             name="audit",
         )

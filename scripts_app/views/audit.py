@@ -93,7 +93,7 @@ def audit_export(request: HtmxHttpRequest, fmt: str) -> StreamingHttpResponse:
     except OmlError as problem:
         return HttpResponse(problem.message, status=400, content_type="text/plain; charset=utf-8")
     return streamed(
-        exports.lines(audit.iter_events(filters=filters), fmt=fmt, fields=audit.EXPORT_FIELDS),
+        audit.export_lines(filters=filters, fmt=fmt),
         fmt=fmt,
         name="audit",
     )
