@@ -428,3 +428,35 @@ def test_prune_refuses_bad_dates(db):
     out = io.StringIO()
     call_command("audit_prune", "--before", "2000-01-01", stdout=out)
     assert "No audit events" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_make_one_chain(analyst):
+    """Eight threads recording at once (each its own connection): the chain head's lock keeps one chain."""
+    import threading
+
+    from django.db import connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises every writer by itself; the row lock matters on PostgreSQL")
+    errors: list[BaseException] = []
+
+    def write(number: int) -> None:
+        try:
+            for i in range(10):
+                with transaction.atomic():
+                    audit.record("script.update", object_type="script", object_id=f"{number}-{i}", actor=analyst)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=write, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert AuditEvent.objects.filter(action="script.update").count() == 80
+    result = audit.verify()
+    assert result.ok, result
