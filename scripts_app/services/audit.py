@@ -480,13 +480,20 @@ class Verification:
 
 
 def verify(*, chunk: int = 5000) -> Verification:
-    """Walk the chain from its start (or the last anchor) and report the first event that breaks it."""
+    """Walk the chain from its start (or the last anchor) and report the first event that breaks it.
+
+    The chain head is read first and the walk stops at the event it names: events recorded while
+    the walk goes on are left to the next verification, not mistaken for a broken tail.
+    """
+    head = AuditChainHead.objects.filter(pk=CHAIN_HEAD_ID).first()
     anchor = AuditAnchor.objects.order_by("-last_removed_id").first()
     previous = anchor.last_removed_hash if anchor else GENESIS_HASH
     last_id = anchor.last_removed_id if anchor else 0
     anchor_id = anchor.last_removed_id if anchor else None
     checked = 0
     events = AuditEvent.objects.filter(id__gt=last_id).order_by("id")
+    if head is not None:
+        events = events.filter(id__lte=head.last_id)
     for event in events.iterator(chunk_size=chunk):
         if event.id != last_id + 1:
             return Verification(checked, event.id, f"event #{last_id + 1} is missing before it", anchor_id)
@@ -496,7 +503,6 @@ def verify(*, chunk: int = 5000) -> Verification:
             return Verification(checked, event.id, "its content does not match its hash (changed)", anchor_id)
         previous, last_id = event.hash, event.id
         checked += 1
-    head = AuditChainHead.objects.filter(pk=CHAIN_HEAD_ID).first()
     if head is not None and (head.last_id, head.last_hash) != (last_id, previous):
         return Verification(
             checked,
