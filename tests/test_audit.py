@@ -460,3 +460,26 @@ def test_concurrent_writers_make_one_chain(analyst):
     assert AuditEvent.objects.filter(action="script.update").count() == 80
     result = audit.verify()
     assert result.ok, result
+
+
+def test_hostile_text_is_stored_as_it_can_be_and_still_verifies(analyst):
+    """NUL characters, a literal backslash-u0000, control characters in the user agent: the event is
+    written on every database and its hash still matches what reads back."""
+    audit.record(
+        "script.update",
+        object_type="script",
+        object_name="evil\x00name",
+        actor=analyst,
+        before={"text": "a\\u0000b", "nul\x00key": ["x\x00y", 1.5, None]},
+        after={"emoji": "\u2603", "deep": {"list": [{"a": "\x00"}]}},
+    )
+    # (A NUL in the User-Agent itself makes django-axes fail on PostgreSQL before the trail sees it.)
+    Client(HTTP_USER_AGENT="agent\x07\n", HTTP_X_REQUEST_ID="id\x00-1").post(
+        "/accounts/login/", {"username": "alice", "password": "wrong"}
+    )
+    event = AuditEvent.objects.get(action="script.update")
+    assert event.object_name == "evilname"
+    assert event.before == {"text": "a\\u0000b", "nulkey": ["xy", 1.5, None]}
+    failed = AuditEvent.objects.get(action="auth.sign_in_failed")
+    assert (failed.user_agent, failed.request_id) == ("agent", "id-1")
+    assert audit.verify().ok

@@ -116,11 +116,11 @@ def record(
     meta = request.META if request is not None else {}
     fields = {
         "actor_id": actor.pk if actor is not None else None,
-        "actor_name": actor_name[:150],
+        "actor_name": _without_nul(actor_name)[:150],
         "action": action[:64],
         "object_type": object_type[:32],
-        "object_id": str(object_id)[:64],
-        "object_name": object_name[:255],
+        "object_id": _without_nul(str(object_id))[:64],
+        "object_name": _without_nul(object_name)[:255],
         "client_address": (meta.get("REMOTE_ADDR") or "")[:45],
         "user_agent": _printable(meta.get("HTTP_USER_AGENT") or "")[:255],
         "request_id": _printable(meta.get("HTTP_X_REQUEST_ID") or "")[:64],
@@ -252,10 +252,23 @@ def _canonical(value: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """The value as it reads back from a JSON column, so the hash is the same before and after storing."""
+    """The value as it reads back from a JSON column, so the hash is the same before and after storing.
+
+    NUL characters are dropped: PostgreSQL stores none, in text or JSON.
+    """
     if value is None:
         return None
-    return json.loads(_canonical(value).replace("\\u0000", ""))
+    return _without_nul(json.loads(_canonical(value)))
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def _moment(moment: datetime) -> str:
