@@ -2,10 +2,11 @@
 
     .venv/bin/python bench/audit_bench.py [number of events] [export,pages,cost,verify]
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/omlweb_bench .venv/bin/python bench/audit_bench.py
+    OMLWEB_BENCH_DATA_DIR=/tmp/omlweb-bench-xyz .venv/bin/python bench/audit_bench.py 1000000 cost
 
 Builds a throw-away database (SQLite in a temporary data dir, or the PostgreSQL database named by
-DATABASE_URL, which it empties first), appends the events through audit.record_many (chained and
-hashed as record() does), then prints:
+DATABASE_URL, which it empties first unless it already holds the events), appends the events
+through audit.record_many (chained and hashed as record() does), then prints:
 
 - the CSV export of every event through the real view (/audit/export.csv, streamed): seconds,
   rows per second, and the process's resident memory before and at its peak during the export
@@ -169,7 +170,7 @@ def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     parts = sys.argv[2].split(",") if len(sys.argv) > 2 else ["export", "pages", "cost", "verify"]
     call_command("migrate", verbosity=0)
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and AuditEvent.objects.count() < count:
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE scripts_app_auditevent, scripts_app_auditchainhead, scripts_app_auditanchor")
     print(f"database: {connection.vendor}")
