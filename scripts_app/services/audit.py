@@ -137,8 +137,13 @@ def record(
             row = (head.last_id, head.last_hash)
         event = AuditEvent(id=row[0] + 1, created_at=timezone.now(), prev_hash=row[1], **fields)
         event.hash = event_hash(event)
-        _insert(cursor, statements.insert, statements.row, statements.fields, [event])
-        cursor.execute(statements.update_head, [event.id, event.hash, CHAIN_HEAD_ID])
+        params = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in statements.fields]
+        if statements.insert_and_move_head:
+            # PostgreSQL: the insert and the head's move in one round trip (a data-modifying CTE).
+            cursor.execute(statements.insert_and_move_head, [*params, CHAIN_HEAD_ID])
+        else:
+            cursor.execute(statements.insert + statements.row, params)
+            cursor.execute(statements.update_head, [event.id, event.hash, CHAIN_HEAD_ID])
     event._state.adding = False
     event._state.db = connection.alias
     return event
@@ -151,6 +156,7 @@ class _Statements:
     insert: str
     row: str
     fields: list
+    insert_and_move_head: str | None
 
 
 _statements_cache: dict[str, _Statements] = {}
@@ -167,12 +173,22 @@ def _statements() -> _Statements:
         lock += " FOR UPDATE"
     fields = [AuditEvent._meta.get_field(name) for name in INSERT_FIELDS]
     columns = ", ".join(quote(field.column) for field in fields)
+    insert = f"INSERT INTO {quote(AuditEvent._meta.db_table)} ({columns}) VALUES "
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    both = None
+    if connection.vendor == "postgresql":
+        both = (
+            f"WITH appended AS ({insert}{row} RETURNING {quote('id')}, {quote('hash')}) "
+            f"UPDATE {head} SET {quote('last_id')} = appended.{quote('id')}, "
+            f"{quote('last_hash')} = appended.{quote('hash')} FROM appended WHERE {head}.{quote('id')} = %s"
+        )
     statements = _Statements(
         lock_head=lock,
         update_head=f"UPDATE {head} SET {quote('last_id')} = %s, {quote('last_hash')} = %s WHERE {quote('id')} = %s",
-        insert=f"INSERT INTO {quote(AuditEvent._meta.db_table)} ({columns}) VALUES ",
-        row="(" + ", ".join(["%s"] * len(fields)) + ")",
+        insert=insert,
+        row=row,
         fields=fields,
+        insert_and_move_head=both,
     )
     _statements_cache[connection.vendor] = statements
     return statements
