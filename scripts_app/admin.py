@@ -4,6 +4,7 @@ from django.contrib.auth.models import Group
 
 from scripts_app.models import (
     AccessToken,
+    AuditEvent,
     Dataset,
     DatasetGrant,
     Environment,
@@ -136,3 +137,22 @@ class GroupWithLimitsAdmin(GroupAdmin):
 class GroupLimitsAdmin(admin.ModelAdmin):
     list_display = ("group", "max_sync_runs", "max_running_jobs", "max_queued_jobs", "quota_mb")
     autocomplete_fields = ("group",)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the trail is appended by services.audit and pruned only by manage.py audit_prune."""
+
+    list_display = ("id", "created_at", "actor_name", "action", "object_type", "object_name", "client_address")
+    list_filter = ("action", "object_type")
+    search_fields = ("actor_name", "object_name", "object_id")
+    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

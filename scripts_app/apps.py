@@ -11,7 +11,7 @@ class ScriptsAppConfig(AppConfig):
 
     def ready(self) -> None:
         # The runner reads no settings of its own: it is told here, once per process.
-        from scripts_app import runner
+        from scripts_app import audit_signals, runner  # noqa: F401 (audit_signals: its receivers)
         from scripts_app.services import notifications  # noqa: F401 - connects its run_finished receiver
 
         runner.configure(

@@ -14,4 +14,5 @@ def roles(request: HttpRequest) -> dict:
         "user_roles": role_rules.role_names(user),
         "user_is_admin": role_rules.is_admin(user),
         "user_read_only": role_rules.is_read_only(user),
+        "user_sees_audit": role_rules.sees_everything(user),
     }

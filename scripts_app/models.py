@@ -680,3 +680,103 @@ class NotificationDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.channel} #{self.attempt} {self.status}"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """Events are appended, never changed: bulk updates and deletes are refused too.
+
+    The retention command (services.audit.prune) is the one place that removes events.
+    """
+
+    def update(self, **kwargs):
+        raise ValueError("Audit events are never changed.")
+
+    def delete(self):
+        raise ValueError("Audit events are removed only by the retention command (manage.py audit_prune).")
+
+
+class AuditEvent(models.Model):
+    """One change of state, who made it and from where: appended by services.audit.record, never changed.
+
+    Each event carries the hash of the one before it (prev_hash) and its own hash over its fields and
+    prev_hash, so an edited, removed or inserted row breaks the chain (manage.py audit_verify).
+    """
+
+    # Given by services.audit.record under the chain's lock (the chain head's last id + 1), not by a
+    # sequence: the id is part of the hash.
+    id = models.BigIntegerField(primary_key=True)
+    created_at = models.DateTimeField()
+    # No database constraint and nothing done on delete: deleting a user never touches the trail, and
+    # actor_name keeps who it was.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
+    )
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=32, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    object_name = models.CharField(max_length=255, blank=True)
+    client_address = models.CharField(max_length=45, blank=True)
+    user_agent = models.CharField(max_length=255, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["created_at"], name="audit_created_at"),
+            models.Index(fields=["actor_name", "-id"], name="audit_actor"),
+            models.Index(fields=["action", "-id"], name="audit_action"),
+            models.Index(fields=["object_type", "object_id", "-id"], name="audit_object"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.id} {self.action} {self.object_type} {self.object_name} by {self.actor_name or 'system'}"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            raise ValueError("An audit event is never changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError("Audit events are removed only by the retention command (manage.py audit_prune).")
+
+
+class AuditChainHead(models.Model):
+    """The one row every writer of the trail locks: the last event's id and hash.
+
+    Locking it (SELECT ... FOR UPDATE) serialises writers on PostgreSQL, so each event follows exactly
+    one other; it also shows a removed tail, which no later event's prev_hash could.
+    """
+
+    last_id = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return f"audit chain at #{self.last_id}"
+
+
+class AuditAnchor(models.Model):
+    """Left by the retention command: the last removed event's id and hash, where the kept chain starts."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    pruned_before = models.DateTimeField()
+    last_removed_id = models.BigIntegerField()
+    last_removed_hash = models.CharField(max_length=64)
+    removed_count = models.PositiveBigIntegerField()
+
+    class Meta:
+        ordering = ["-last_removed_id"]
+
+    def __str__(self) -> str:
+        return f"pruned up to #{self.last_removed_id}"

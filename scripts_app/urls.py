@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import compare, datasets, live, notifications, runs, scripts, status, tokens, users
+from scripts_app.views import audit, compare, datasets, live, notifications, runs, scripts, status, tokens, users
 
 app_name = "web"
 
@@ -24,6 +24,7 @@ urlpatterns = [
     path("scripts/<uuid:pk>/run/", runs.run_script, name="run_script"),
     path("runs/", runs.run_list, name="run_list"),
     path("runs/compare/", compare.run_compare, name="run_compare"),
+    path("runs/export.<str:fmt>", audit.run_export, name="run_export"),
     path("runs/<uuid:pk>/", runs.run_detail, name="run_detail"),
     path("runs/<uuid:pk>/images/<int:position>.png", runs.run_image, name="run_image"),
     path("runs/<uuid:pk>/data.<str:fmt>", runs.run_data, name="run_data"),
@@ -47,4 +48,7 @@ urlpatterns = [
     path("service/workers/", status.worker_health, name="worker_health"),
     path("metrics", status.prometheus_metrics, name="metrics"),
     path("users/<int:pk>/", users.user_update, name="user_update"),
+    path("audit/", audit.audit_list, name="audit_list"),
+    path("audit/export.<str:fmt>", audit.audit_export, name="audit_export"),
+    path("audit/<int:pk>/", audit.audit_detail, name="audit_detail"),
 ]

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from scripts_app.api import environments, notifications, views
+from scripts_app.api import audit, environments, notifications, views
 
 # v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
 VERSION = r"(?P<version>v[12])"
@@ -113,5 +113,8 @@ urlpatterns = [
         notifications.DeliveryListView.as_view(),
         name="oml-notification-deliveries",
     ),
+    path("oml/api/audit/events", audit.AuditEventListView.as_view(), name="oml-audit-events"),
+    path("oml/api/audit/events/export.<str:fmt>", audit.AuditExportView.as_view(), name="oml-audit-export"),
+    path("oml/api/runs/export.<str:fmt>", audit.RunExportView.as_view(), name="oml-run-export"),
     path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
 ]

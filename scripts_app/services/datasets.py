@@ -22,7 +22,7 @@ from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, Permis
 from scripts_app.models import SCRIPT_NAME_PATTERN, Dataset, DatasetGrant
 from scripts_app.roles import is_admin, is_read_only, sees_everything
 from scripts_app.runner.validation import storable_text
-from scripts_app.services import shares
+from scripts_app.services import audit, shares
 
 FORMATS = ("csv", "parquet")
 READ_ONLY = "Auditors have read-only access: they do not upload, change, share or delete datasets."
@@ -143,11 +143,15 @@ def dataset_create(
         if existing is not None:
             if not overwrite:
                 raise DatasetExists(f"Dataset {existing.name!r} already exists; send overwrite=true to replace it.")
-            dataset_replace(dataset=existing, upload=upload, filename=filename, file_format=file_format)
+            before = audit.dataset_state(existing)
+            _store(existing, upload, filename=filename, file_format=file_format)
             if description:
                 existing.description = description
             existing.is_global = is_global
             existing.save()
+            audit.record(
+                "dataset.replace", obj=existing, actor=owner, before=before, after=audit.dataset_state(existing)
+            )
             return existing, False
         dataset = Dataset(owner=owner, name=name, description=description, is_global=is_global)
         _store(dataset, upload, filename=filename, file_format=file_format)
@@ -157,41 +161,63 @@ def dataset_create(
         except IntegrityError:
             dataset.file.delete(save=False)
             raise DatasetExists(f"Dataset {name!r} already exists.") from None
+        audit.record("dataset.create", obj=dataset, actor=owner, after=audit.dataset_state(dataset))
     return dataset, True
 
 
 def dataset_replace(*, dataset: Dataset, upload: IO[bytes], filename: str = "", file_format: str | None = None):
     """Replace a dataset's data; its name, sharing and grants stay."""
-    _store(dataset, upload, filename=filename, file_format=file_format)
-    dataset.save()
+    before = audit.dataset_state(dataset)
+    with transaction.atomic():
+        _store(dataset, upload, filename=filename, file_format=file_format)
+        dataset.save()
+        audit.record("dataset.replace", obj=dataset, before=before, after=audit.dataset_state(dataset))
     return dataset
 
 
 def dataset_update(*, dataset: Dataset, by, description: str | None = None, is_global: bool | None = None) -> Dataset:
     if is_global is not None and is_global != dataset.is_global and not is_admin(by):
         raise PermissionDenied("Only admins may make a dataset global or private.")
+    before = audit.dataset_state(dataset)
     if description is not None:
         dataset.description = description
     if is_global is not None:
         dataset.is_global = is_global
-    dataset.save()
+    with transaction.atomic():
+        dataset.save()
+        after = audit.dataset_state(dataset)
+        if after != before:
+            action = "dataset.update"
+            if before["is_global"] != after["is_global"] and before["description"] == after["description"]:
+                action = "dataset.make_global" if dataset.is_global else "dataset.make_private"
+            audit.record(action, obj=dataset, actor=by, before=before, after=after)
     return dataset
 
 
+@transaction.atomic
 def dataset_delete(*, dataset: Dataset) -> None:
     name = dataset.file.name
     storage = dataset.file.storage
+    audit.record("dataset.delete", obj=dataset, before=audit.dataset_state(dataset))
     dataset.delete()
     if name:
         transaction.on_commit(lambda: storage.delete(name))
 
 
+@transaction.atomic
 def dataset_grant(*, dataset: Dataset, grantee) -> None:
-    DatasetGrant.objects.get_or_create(dataset=dataset, grantee=grantee)
+    _, created = DatasetGrant.objects.get_or_create(dataset=dataset, grantee=grantee)
+    if created:
+        audit.record("dataset.grant", obj=dataset, after={"grantee": grantee.get_username(), "grantee_id": grantee.pk})
 
 
+@transaction.atomic
 def dataset_revoke(*, dataset: Dataset, grantee) -> None:
-    DatasetGrant.objects.filter(dataset=dataset, grantee=grantee).delete()
+    deleted, _ = DatasetGrant.objects.filter(dataset=dataset, grantee=grantee).delete()
+    if deleted:
+        audit.record(
+            "dataset.revoke", obj=dataset, before={"grantee": grantee.get_username(), "grantee_id": grantee.pk}
+        )
 
 
 def datasets_readable_by(user) -> QuerySet[Dataset]:

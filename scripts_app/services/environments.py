@@ -11,6 +11,7 @@ import dataclasses
 import importlib.metadata
 import logging
 import re
+import socket
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from scripts_app.environments import builder, interpreters
 from scripts_app.errors import BadRequest, Conflict, ErrorCode, NotFound
 from scripts_app.models import Environment, EnvironmentLock, EnvironmentPreload, Run, environment_name_validator
+from scripts_app.services import audit
 
 logger = logging.getLogger("scripts_app.environments")
 
@@ -251,6 +253,7 @@ def environment_create(
             created_by=by,
             build_started_at=timezone.now(),
         )
+        audit.record("environment.define", obj=environment, actor=by, after=audit.environment_state(environment))
         _queue_build(environment)
     return environment
 
@@ -259,6 +262,7 @@ def environment_update(
     *, environment: Environment, description: str | None = None, packages: str | None = None, python: str | None = None
 ) -> Environment:
     """Change an environment; a changed package list or interpreter rebuilds it."""
+    before = audit.environment_state(environment)
     rebuild = False
     if packages is not None and packages != environment.packages:
         parse_packages(packages)
@@ -271,14 +275,26 @@ def environment_update(
         rebuild = True
     if description is not None:
         environment.description = description
-    environment.save()
-    if rebuild:
-        environment_rebuild(environment=environment)
+    with transaction.atomic():
+        environment.save()
+        if rebuild:
+            _rebuild(environment)
+        after = audit.environment_state(environment)
+        if after != before:
+            audit.record("environment.update", obj=environment, before=before, after=after)
     return environment
 
 
 def environment_rebuild(*, environment: Environment) -> Environment:
     """Build the environment afresh (a new resolve, a new folder); runs already in the old one go on there."""
+    before = audit.environment_state(environment)
+    with transaction.atomic():
+        _rebuild(environment)
+        audit.record("environment.rebuild", obj=environment, before=before, after=audit.environment_state(environment))
+    return environment
+
+
+def _rebuild(environment: Environment) -> None:
     with transaction.atomic():
         Environment.objects.filter(pk=environment.pk).update(
             generation=F("generation") + 1,
@@ -289,7 +305,6 @@ def environment_rebuild(*, environment: Environment) -> Environment:
         )
         environment.refresh_from_db()
         _queue_build(environment)
-    return environment
 
 
 def environment_delete(*, environment: Environment) -> None:
@@ -302,6 +317,7 @@ def environment_delete(*, environment: Environment) -> None:
                 "delete it when they have finished."
             )
         name = environment.name
+        audit.record("environment.delete", obj=environment, before=audit.environment_state(environment))
         environment.delete()
     builder.remove_other_generations(settings.OMLWEB_ENVS_DIR, name, None, grace=None)
 
@@ -438,9 +454,11 @@ def environment_build(*, environment_id: str, generation: int) -> Environment | 
     except Exception as error:  # noqa: BLE001 - any failure ends the build FAILED, with its reason
         log(f"Build failed: {error}")
         log.flush()
-        Environment.objects.filter(pk=environment.pk, generation=generation).update(
-            status=Environment.Status.FAILED, build_finished_at=timezone.now()
-        )
+        with transaction.atomic():
+            if Environment.objects.filter(pk=environment.pk, generation=generation).update(
+                status=Environment.Status.FAILED, build_finished_at=timezone.now()
+            ):
+                _record_build(environment, Environment.Status.FAILED, str(error)[:2000])
         logger.warning("environment %s generation %s failed to build: %s", environment.name, generation, error)
         environment.refresh_from_db()
         return environment
@@ -448,20 +466,37 @@ def environment_build(*, environment_id: str, generation: int) -> Environment | 
         log(f"Already built on this host in {result.path}")
     log.flush()
     lock = lock_record(result.lock)
-    Environment.objects.filter(pk=environment.pk, generation=generation).update(
-        status=Environment.Status.READY,
-        spec_hash=spec.hash,
-        lock=lock,
-        python_version=result.python_version,
-        size_bytes=result.size_bytes,
-        package_count=result.package_count,
-        build_finished_at=timezone.now(),
-    )
+    with transaction.atomic():
+        if Environment.objects.filter(pk=environment.pk, generation=generation).update(
+            status=Environment.Status.READY,
+            spec_hash=spec.hash,
+            lock=lock,
+            python_version=result.python_version,
+            size_bytes=result.size_bytes,
+            package_count=result.package_count,
+            build_finished_at=timezone.now(),
+        ):
+            _record_build(environment, Environment.Status.READY, f"{result.package_count} packages, lock {lock}")
     builder.remove_other_generations(
         settings.OMLWEB_ENVS_DIR, environment.name, spec.folder_name, grace=OLD_GENERATION_GRACE_SECONDS
     )
     environment.refresh_from_db()
     return environment
+
+
+def _record_build(environment: Environment, status: str, outcome: str) -> None:
+    """A build's end, by the worker host that built it (no user: the actor is the system)."""
+    audit.record(
+        "environment.build",
+        obj=environment,
+        actor=None,
+        after={
+            "status": status,
+            "generation": environment.generation,
+            "host": socket.gethostname(),
+            "outcome": outcome,
+        },
+    )
 
 
 def python_for_run(run: Run) -> str | None:

@@ -18,7 +18,7 @@ from django.utils import timezone
 from scripts_app import roles
 from scripts_app.errors import BadRequest, PermissionDenied
 from scripts_app.models import Run, Script, ScriptVersion, ServiceLevel
-from scripts_app.services import apply, environments, live, shares
+from scripts_app.services import apply, audit, environments, live, shares
 from scripts_app.services.execution import execute_run
 from scripts_app.services.jobs.submission import job_publish_submitted
 
@@ -104,7 +104,7 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
         shares.share_check(user=user, mode=mode, limits=limits)
         # The id a watching page chose, unless it is taken (then the page simply sees no live output).
         taken = request.live_id is not None and Run.objects.filter(pk=request.live_id).exists()
-        return Run.objects.create(
+        run = Run.objects.create(
             id=request.live_id if request.live_id is not None and not taken else uuid.uuid4(),
             script_version=version,
             script_name=script.name,
@@ -129,6 +129,9 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
             started_at=now if started else None,
             **apply_fields,
         )
+        # The submission is audited in the transaction that records the run (services.audit).
+        audit.record("run.submit", obj=run, actor=user, after=audit.run_state(run))
+        return run
 
 
 def _apply_fields(request: RunRequest) -> dict:

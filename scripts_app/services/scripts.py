@@ -12,6 +12,7 @@ from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, Permis
 from scripts_app.models import SCRIPT_NAME_PATTERN, Script, ScriptGrant, ScriptVersion
 from scripts_app.roles import is_admin, is_read_only, sees_everything
 from scripts_app.runner import ScriptSourceError, entry_function
+from scripts_app.services import audit
 
 
 class InvalidScript(OmlError):
@@ -95,6 +96,7 @@ def script_create(
     except IntegrityError:
         raise OmlError(f"Script {name!r} already exists.", code=ErrorCode.SCRIPT_EXISTS, status=409) from None
     _add_version(script=script, source=source, function=function, by=owner)
+    audit.record("script.create", obj=script, actor=owner, after=audit.script_state(script))
     return script
 
 
@@ -107,12 +109,17 @@ def script_update(
     description: str | None = None,
     is_global: bool | None = None,
     env_name: str | None = None,
+    audit_action: str | None = None,
 ) -> Script:
-    """Change a script. Changed source becomes a new version; the old ones stay as they were."""
+    """Change a script. Changed source becomes a new version; the old ones stay as they were.
+
+    One audit event: `audit_action` when given, else what changed (a new version, global or private,
+    or other fields). Nothing changed: no event."""
     if is_read_only(by):
         raise PermissionDenied("Auditors have read-only access: they do not change scripts.")
     if is_global is not None and is_global != script.is_global and not is_admin(by):
         raise PermissionDenied("Only admins may make a script global or private.")
+    before = audit.script_state(script)
     if source is not None and source != script.source:
         function = checked_entry_function(source=source, name=script.name)
         _add_version(script=script, source=source, function=function, by=by)
@@ -123,12 +130,23 @@ def script_update(
     if env_name is not None:
         script.env_name = env_name
     script.save()
+    after = audit.script_state(script)
+    changed = {key for key in after if after[key] != before[key]}
+    if changed:
+        if audit_action is None:
+            if changed == {"is_global"}:
+                audit_action = "script.make_global" if script.is_global else "script.make_private"
+            elif "version" in changed:
+                audit_action = "script.new_version"
+            else:
+                audit_action = "script.update"
+        audit.record(audit_action, obj=script, actor=by, before=before, after=after)
     return script
 
 
 def script_restore_version(*, script: Script, version: ScriptVersion, by) -> Script:
     """Make an old version's source current again, as a new version."""
-    return script_update(script=script, by=by, source=version.source)
+    return script_update(script=script, by=by, source=version.source, audit_action="script.restore")
 
 
 def _add_version(*, script: Script, source: str, function: str, by) -> ScriptVersion:
@@ -141,17 +159,26 @@ def _add_version(*, script: Script, source: str, function: str, by) -> ScriptVer
     return version
 
 
+@transaction.atomic
 def script_delete(*, script: Script) -> None:
     """Delete a script. Its versions stay for the runs that ran them."""
+    before = audit.script_state(script)
+    audit.record("script.delete", obj=script, before=before)
     script.delete()
 
 
+@transaction.atomic
 def script_grant(*, script: Script, grantee) -> None:
-    ScriptGrant.objects.get_or_create(script=script, grantee=grantee)
+    _, created = ScriptGrant.objects.get_or_create(script=script, grantee=grantee)
+    if created:
+        audit.record("script.grant", obj=script, after={"grantee": grantee.get_username(), "grantee_id": grantee.pk})
 
 
+@transaction.atomic
 def script_revoke(*, script: Script, grantee) -> None:
-    ScriptGrant.objects.filter(script=script, grantee=grantee).delete()
+    deleted, _ = ScriptGrant.objects.filter(script=script, grantee=grantee).delete()
+    if deleted:
+        audit.record("script.revoke", obj=script, before={"grantee": grantee.get_username(), "grantee_id": grantee.pk})
 
 
 def scripts_runnable_by(user) -> QuerySet[Script]:

@@ -7,10 +7,12 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from scripts_app.errors import ErrorCode, NotAuthenticated
 from scripts_app.models import AccessToken
+from scripts_app.services import audit
 
 # Writing last_used_at on every request would serialise all API calls on the database's write lock.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -24,6 +26,7 @@ def _new_raw_token() -> str:
     return "oml_" + secrets.token_urlsafe(32)
 
 
+@transaction.atomic
 def token_issue(*, user) -> tuple[str, AccessToken]:
     """A fresh OML token for a user who just gave their password."""
     now = timezone.now()
@@ -36,15 +39,31 @@ def token_issue(*, user) -> tuple[str, AccessToken]:
         chain_started_at=now,
         expires_at=now + timedelta(seconds=settings.OMLWEB_TOKEN_LIFETIME_SECONDS),
     )
+    audit.record("token.issue", obj=token, actor=user, after=_token_state(token))
     return raw, token
 
 
+@transaction.atomic
 def personal_token_create(*, user, name: str) -> tuple[str, AccessToken]:
     raw = _new_raw_token()
     token = AccessToken.objects.create(user=user, kind=AccessToken.Kind.PERSONAL, name=name, token_hash=token_hash(raw))
+    audit.record("token.personal_create", obj=token, actor=user, after=_token_state(token))
     return raw, token
 
 
+def _token_state(token: AccessToken) -> dict:
+    # The hash's first characters tell tokens apart in the trail without being usable as the token.
+    return {
+        "kind": token.kind,
+        "name": token.name,
+        "user": token.user.get_username(),
+        "expires_at": token.expires_at,
+        "revoked_at": token.revoked_at,
+        "fingerprint": token.token_hash[:12],
+    }
+
+
+@transaction.atomic
 def token_refresh(*, raw: str) -> tuple[str, AccessToken]:
     """Swap a live OML token for a new one; the chain ends 8 hours after its first token."""
     old = _live_token(raw)
@@ -68,13 +87,26 @@ def token_refresh(*, raw: str) -> tuple[str, AccessToken]:
     )
     old.revoked_at = now
     old.save(update_fields=["revoked_at"])
+    audit.record("token.refresh", obj=new, actor=old.user, before=_token_state(old), after=_token_state(new))
     return new_raw, new
 
 
+@transaction.atomic
 def token_revoke(*, token: AccessToken) -> None:
     if token.revoked_at is None:
+        before = _token_state(token)
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        audit.record(
+            "token.revoke", obj=token, actor=_request_user_or(token.user), before=before, after=_token_state(token)
+        )
+
+
+def _request_user_or(user):
+    """Who revokes: the signed-in user of the page, else (the API's revoke endpoint) the token's owner."""
+    request = audit.current_request()
+    request_user = getattr(request, "user", None)
+    return request_user if request_user is not None and request_user.is_authenticated else user
 
 
 def token_authenticate(raw: str) -> AccessToken:

@@ -19,6 +19,7 @@ from scripts_app.errors import (
     Unavailable,
 )
 from scripts_app.models import Run, RunImage
+from scripts_app.services import audit
 from scripts_app.services.jobs.broker import queue_name
 
 logger = logging.getLogger(__name__)
@@ -109,12 +110,19 @@ def job_attempt(run: Run) -> int:
 # Cancelling and deleting
 
 
+@transaction.atomic
 def job_cancel(*, run: Run) -> Run:
-    """Stop a queued or running job; it ends CANCELLED. A finished job can't be cancelled (400)."""
+    """Stop a queued or running job; it ends CANCELLED. A finished job can't be cancelled (400).
+    The cancellation is audited in the same transaction."""
+    before = Run.objects.select_for_update().filter(pk=run.pk).values_list("status", flat=True).first()
     # Running: the worker holding it sees the flag within OMLWEB_CANCEL_POLL_SECONDS and kills the run.
     if not Run.objects.filter(pk=run.pk).cancel(now=timezone.now()):
         raise BadRequest("Job is not running.", code=ErrorCode.BAD_REQUEST)
     run.refresh_from_db()
+    after: dict[str, object] = {"status": run.status}
+    if run.status == Run.Status.RUNNING:
+        after["cancel_requested"] = True
+    audit.record("run.cancel", obj=run, before={"status": before}, after=after)
     return run
 
 
