@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, Q, QuerySet
 
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
-from scripts_app.models import SCRIPT_NAME_PATTERN, Script, ScriptGrant, ScriptVersion
+from scripts_app.models import SCRIPT_NAME_PATTERN, VERSION_MESSAGE_MAX, Script, ScriptGrant, ScriptVersion
 from scripts_app.roles import is_admin, is_read_only, sees_everything
 from scripts_app.runner import ScriptSourceError, entry_function
 
@@ -68,6 +68,7 @@ def script_create(
     is_global: bool = False,
     overwrite: bool = False,
     env_name: str | None = None,
+    message: str = "",
 ) -> Script:
     """A new script with its first version; with overwrite, an existing one of that name changes instead."""
     if is_read_only(owner):
@@ -85,7 +86,13 @@ def script_create(
                 status=409,
             )
         return script_update(
-            script=existing, by=owner, source=source, description=description, is_global=is_global, env_name=env_name
+            script=existing,
+            by=owner,
+            source=source,
+            description=description,
+            is_global=is_global,
+            env_name=env_name,
+            message=message,
         )
     try:
         with transaction.atomic():
@@ -94,7 +101,7 @@ def script_create(
             )
     except IntegrityError:
         raise OmlError(f"Script {name!r} already exists.", code=ErrorCode.SCRIPT_EXISTS, status=409) from None
-    _add_version(script=script, source=source, function=function, by=owner)
+    _add_version(script=script, source=source, function=function, by=owner, message=message)
     return script
 
 
@@ -107,15 +114,16 @@ def script_update(
     description: str | None = None,
     is_global: bool | None = None,
     env_name: str | None = None,
+    message: str = "",
 ) -> Script:
-    """Change a script. Changed source becomes a new version; the old ones stay as they were."""
+    """Change a script. Changed source becomes a new version (with `message`); the old ones stay as they were."""
     if is_read_only(by):
         raise PermissionDenied("Auditors have read-only access: they do not change scripts.")
     if is_global is not None and is_global != script.is_global and not is_admin(by):
         raise PermissionDenied("Only admins may make a script global or private.")
     if source is not None and source != script.source:
         function = checked_entry_function(source=source, name=script.name)
-        _add_version(script=script, source=source, function=function, by=by)
+        _add_version(script=script, source=source, function=function, by=by, message=message)
     if description is not None:
         script.description = description
     if is_global is not None:
@@ -128,13 +136,31 @@ def script_update(
 
 def script_restore_version(*, script: Script, version: ScriptVersion, by) -> Script:
     """Make an old version's source current again, as a new version."""
-    return script_update(script=script, by=by, source=version.source)
+    return script_update(script=script, by=by, source=version.source, message=f"Restored version {version.number}")
 
 
-def _add_version(*, script: Script, source: str, function: str, by) -> ScriptVersion:
+def checked_message(message: str | None) -> str:
+    """A version message: one line of at most VERSION_MESSAGE_MAX characters, trimmed; none is fine."""
+    if message is None:
+        return ""
+    if not isinstance(message, str):
+        raise BadRequest("A version message is text.", code=ErrorCode.INVALID_VERSION_MESSAGE)
+    message = " ".join(message.split())
+    if "\x00" in message:
+        raise BadRequest("A version message cannot hold NUL characters.", code=ErrorCode.INVALID_VERSION_MESSAGE)
+    if len(message) > VERSION_MESSAGE_MAX:
+        raise BadRequest(
+            f"A version message has at most {VERSION_MESSAGE_MAX} characters (this one has {len(message)}).",
+            code=ErrorCode.INVALID_VERSION_MESSAGE,
+        )
+    return message
+
+
+def _add_version(*, script: Script, source: str, function: str, by, message: str = "") -> ScriptVersion:
+    message = checked_message(message)
     last = script.versions.aggregate(last=Max("number"))["last"] or 0
     version = ScriptVersion.objects.create(
-        script=script, number=last + 1, source=source, entry_function=function, created_by=by
+        script=script, number=last + 1, source=source, entry_function=function, created_by=by, message=message
     )
     script.current_version = version
     script.save(update_fields=["current_version", "updated_at"])

@@ -21,6 +21,7 @@ from scripts_app.runner import ScriptSourceError, entry_function
 from scripts_app.services import environments as environment_services
 from scripts_app.services import scripts as script_services
 from scripts_app.signature import entry_signature
+from scripts_app.views import workspace
 from scripts_app.views.base import (
     HtmxHttpRequest,
     editable_script_or_404,
@@ -89,6 +90,7 @@ def script_create(request: HtmxHttpRequest) -> HttpResponse:
                 description=form.cleaned_data["description"],
                 is_global=form.cleaned_data.get("is_global", False),
                 env_name=form.cleaned_data["env_name"],
+                message=form.cleaned_data["message"],
             )
         except OmlError as error:
             form.add_service_error(error)
@@ -123,6 +125,7 @@ def script_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "may_run": roles.can_run_script(user, script),
             "may_share": may_share,
             "may_make_global": roles.can_make_global(user),
+            **workspace.workspace_context(request, script),
         },
     )
 
@@ -200,6 +203,7 @@ def script_edit(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
                 description=form.cleaned_data["description"],
                 is_global=form.cleaned_data["is_global"] if may_make_global else None,
                 env_name=form.cleaned_data["env_name"],
+                message=form.cleaned_data["message"],
             )
         except OmlError as error:
             form.add_service_error(error)

@@ -169,7 +169,7 @@ def test_a_new_script_starts_from_a_template_that_runs(live_server, page: Page):
     script = Script.objects.get(owner=alice, name="squares")
     assert "# saved from the keyboard" in script.source
 
-    page.get_by_role("link", name="Run", exact=True).click()
+    page.get_by_role("link", name="Full run form").click()
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page.locator(".status")).to_have_text("Succeeded")
     expect(page.get_by_role("img", name="Squares 1")).to_be_visible()
