@@ -59,7 +59,7 @@ from scripts_app.api.serializers import (
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotAuthenticated, NotFound, PermissionDenied
 from scripts_app.models import AccessToken, Run
-from scripts_app.services import apply, datasets, jobs, runs, scripts, tokens
+from scripts_app.services import apply, datasets, jobs, presets, runs, scripts, tokens
 
 
 def client_address(request: Request) -> str | None:
@@ -159,7 +159,9 @@ def execute(request: Request, version: str, script, data: dict, create=runs.run_
     common = {
         "script": script,
         "user": request.user,
-        "parameters": data["parameters"],
+        "parameters": presets.with_preset(
+            script=script, user=request.user, preset=data.get("preset"), parameters=data["parameters"]
+        ),
         "graphics": data["graphicsFlag"],
         "env_name": data.get("envName"),
         "service": data["service"],
@@ -410,6 +412,7 @@ class ScriptListView(APIView):
             description=data.get("description", ""),
             is_global=data.get("isGlobal", False),
             overwrite=data["overwrite"],
+            message=data.get("message", ""),
         )
         return Response({"result": ScriptRowSerializer(script).data}, status=200 if existed else 201)
 
@@ -444,6 +447,7 @@ class ScriptDetailView(APIView):
                 source=data.get("script"),
                 description=data.get("description"),
                 is_global=data.get("isGlobal"),
+                message=data.get("message", ""),
             )
         return Response({"result": ScriptRowSerializer(script).data})
 
