@@ -47,7 +47,10 @@ def _script(request: Request, name: str):
 
 class PresetListView(APIView):
     @extend_schema(
-        parameters=[OWNER], responses={200: PRESET_LIST}, summary="The caller's presets of a script", operation_id="presetList"
+        parameters=[OWNER],
+        responses={200: PRESET_LIST},
+        summary="The caller's presets of a script",
+        operation_id="presetList",
     )
     def get(self, request: Request, version: str, name: str) -> Response:
         rows = presets.presets_of(script=_script(request, name), user=request.user)
@@ -74,4 +77,3 @@ class PresetDetailView(APIView):
     def delete(self, request: Request, version: str, name: str, preset: str) -> Response:
         presets.preset_delete(script=_script(request, name), user=request.user, name=preset)
         return Response({"result": "preset deleted successfully"})
-
