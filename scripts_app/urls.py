@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import compare, datasets, runs, scripts, status, tokens, users, workspace
+from scripts_app.views import compare, datasets, history, runs, scripts, status, tokens, users, workspace
 
 app_name = "web"
 
@@ -27,7 +27,7 @@ urlpatterns = [
     path("scripts/<uuid:pk>/results/<uuid:run_pk>/", workspace.script_run_result, name="script_run_result"),
     path("scripts/<uuid:pk>/presets/", workspace.preset_save, name="preset_save"),
     path("scripts/<uuid:pk>/presets/<uuid:preset_pk>/delete/", workspace.preset_delete, name="preset_delete"),
-    path("runs/", runs.run_list, name="run_list"),
+    path("runs/", history.run_list, name="run_list"),
     path("runs/compare/", compare.run_compare, name="run_compare"),
     path("runs/<uuid:pk>/", runs.run_detail, name="run_detail"),
     path("runs/<uuid:pk>/images/<int:position>.png", runs.run_image, name="run_image"),
