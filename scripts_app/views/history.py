@@ -68,14 +68,16 @@ def keyset_page(runs, *, after: str, before: str, per_page: int = RUNS_PER_PAGE)
     cursor = decode_cursor(before) if before else decode_cursor(after) if after else None
     if cursor and before:
         moment, pk = cursor
-        newer = runs.filter(Q(created_at__gt=moment) | Q(created_at=moment, pk__gt=pk))
+        # A range on created_at (the index's leading column) minus the tie's older rows: PostgreSQL
+        # starts the index scan at the cursor. Written as an OR it scanned from the top.
+        newer = runs.filter(created_at__gte=moment).exclude(Q(created_at=moment, pk__lte=pk))
         rows = list(newer.order_by("created_at", "id")[: per_page + 1])
         has_previous = len(rows) > per_page
         rows = rows[:per_page][::-1]
         return KeysetPage(rows, has_next=True, has_previous=has_previous, total=total)
     if cursor:
         moment, pk = cursor
-        runs = runs.filter(Q(created_at__lt=moment) | Q(created_at=moment, pk__lt=pk))
+        runs = runs.filter(created_at__lte=moment).exclude(Q(created_at=moment, pk__gte=pk))
     rows = list(runs.order_by("-created_at", "-id")[: per_page + 1])
     return KeysetPage(rows[:per_page], has_next=len(rows) > per_page, has_previous=cursor is not None, total=total)
 
