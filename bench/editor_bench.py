@@ -209,7 +209,8 @@ def main() -> None:
         f"{percentile(before, 0.95):8.2f}"
     )
     print(
-        f"{'  a real key press, wall time incl. Playwright':48} {statistics.median(presses):10.2f} {percentile(presses, 0.95):8.2f}"
+        f"{'  a real key press, wall time incl. Playwright':48} {statistics.median(presses):10.2f} "
+        f"{percentile(presses, 0.95):8.2f}"
     )
     print(f"\n{'syntax check':48} {'key to answer ms':>17} {'server ms':>10}")
     for label in checks:

@@ -95,7 +95,8 @@ def fill(count: int) -> None:
                    'SYNC', 'do-eval',
                    jsonb_build_object('n', g %% 97, 'region', (array['EU','US','APAC'])[1 + g %% 3]),
                    jsonb_build_object('columns', jsonb_build_array('k','v'),
-                                      'data', jsonb_build_array(jsonb_build_array(0, g %% 11), jsonb_build_array(1, g %% 7))),
+                                      'data', jsonb_build_array(jsonb_build_array(0, g %% 11),
+                                                                jsonb_build_array(1, g %% 7))),
                    '', '', '', '', false, 'default', 'LOW', '10.0.0.1',
                    now() - (g || ' seconds')::interval * 3,
                    now() - (g || ' seconds')::interval * 3 + interval '1 second',
@@ -163,7 +164,8 @@ def main() -> None:
     ]
     load = os.getloadavg()[0]
     print(
-        f"\n{total:,} runs in PostgreSQL; median of 10 requests in-process; load average {load:.1f} on {os.cpu_count()} cores"
+        f"\n{total:,} runs in PostgreSQL; median of 10 requests in-process; "
+        f"load average {load:.1f} on {os.cpu_count()} cores"
     )
     print("wall: the request's time; cpu: this process's own (views, templates); sql: the queries' time\n")
     print(f"{'page':36} {'admin wall/cpu/sql ms':>24} {'q':>3}   {'analyst wall/cpu/sql ms':>24} {'q':>3}")
@@ -176,7 +178,8 @@ def main() -> None:
             cells.append(f"{wall:8.1f} {cpu:7.1f} {sql:7.1f} {count:3d}")
         print(f"{label:36} {cells[0]}   {cells[1]}")
     print(
-        "\ntarget: under 150 ms server time; on a loaded machine wall time counts the wait for a core, cpu + sql does not."
+        "\ntarget: under 150 ms server time; on a loaded machine wall time counts the wait for a core, "
+        "cpu + sql does not."
     )
 
 
