@@ -34,20 +34,16 @@ def parse(source: str) -> ast.Module:
 
 
 def top_level_functions(source: str) -> list[ast.FunctionDef]:
-    return list(_top_level_functions(source))
-
-
-# Parsing is most of a check's time (a 3,000-line script: ~100 ms on an idle core), and the live check
-# and a save read the same source twice in a row (its entry function, then its signature): keep the
-# last two parses. Two only: a tree holds the whole source's nodes. Errors are not cached.
-@functools.lru_cache(maxsize=2)
-def _top_level_functions(source: str) -> tuple[ast.FunctionDef, ...]:
-    return tuple(node for node in parse(source).body if isinstance(node, ast.FunctionDef))
+    return [node for node in parse(source).body if isinstance(node, ast.FunctionDef)]
 
 
 def entry_function(source: str, script_name: str) -> str:
     """The function a run calls: the one named like the script, else the first one defined."""
-    functions = top_level_functions(source)
+    return entry_function_in(top_level_functions(source), source, script_name)
+
+
+def entry_function_in(functions: list[ast.FunctionDef], source: str, script_name: str) -> str:
+    """entry_function for a source already parsed (parsing is most of the time of a live check)."""
     if not functions:
         # Point at the end of the script: that is where a function is missing.
         raise ScriptSourceError("the script defines no top-level function", max(1, len(source.splitlines())))
