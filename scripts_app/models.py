@@ -316,6 +316,8 @@ class Run(models.Model):
             models.Index(fields=["-created_at"]),
             # The history's keyset pagination: (created_at, id) is unique and ordered.
             models.Index(fields=["-created_at", "-id"], name="run_history_keyset"),
+            # An analyst's history filtered by status (and its capped count) without reading every run of theirs.
+            models.Index(fields=["user", "status", "-created_at"], name="run_user_status_created"),
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["status", "-created_at"]),
             models.Index(fields=["script_name", "-created_at"]),
