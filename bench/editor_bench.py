@@ -190,7 +190,7 @@ def main() -> None:
             for label, text in (("parses", "z"), ("error on the last line", "(")):
                 times = []
                 for _ in range(8):
-                    page.wait_for_timeout(300)  # let any earlier check land
+                    page.wait_for_timeout(1500)  # let any earlier check land
                     page.evaluate(CHECK_JS)
                     page.keyboard.press(text if text != "(" else "Shift+9")
                     page.wait_for_function("() => window.__check !== null")

@@ -29,7 +29,13 @@ from scripts_app.services import presets as preset_services
 from scripts_app.services import scripts as script_services
 from scripts_app.signature import entry_signature
 from scripts_app.views import runs as run_views
-from scripts_app.views.base import HtmxHttpRequest, editable_script_or_404, visible_run_or_404, visible_script_or_404
+from scripts_app.views.base import (
+    HtmxHttpRequest,
+    editable_script_or_404,
+    require_writer,
+    visible_run_or_404,
+    visible_script_or_404,
+)
 
 # Rows of a returned table the panel shows; the run page has them all.
 PANEL_ROWS = 20
@@ -147,6 +153,7 @@ def _result_context(run: Run) -> dict:
 @login_required
 def preset_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     """Save the run form's parameters as a named preset ("Save as preset")."""
+    require_writer(request)
     script = visible_script_or_404(request, pk)
     if not roles.can_run_script(request.user, script):
         raise PermissionDenied("You may not run this script.")
@@ -187,6 +194,7 @@ def preset_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 @require_POST
 @login_required
 def preset_delete(request: HtmxHttpRequest, pk: UUID, preset_pk: UUID) -> HttpResponse:
+    require_writer(request)
     script = visible_script_or_404(request, pk)
     preset = get_object_or_404(ParameterPreset, pk=preset_pk, script=script, owner=request.user)
     try:
