@@ -48,6 +48,9 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_RUNS = 1045
     QUOTA_EXCEEDED = 1046
     LOGIN_LOCKED = 1047
+    PRESET_NOT_FOUND = 1050
+    INVALID_PRESET = 1051
+    INVALID_VERSION_MESSAGE = 1052
     # Notifications (docs/notifications.md).
     NOTIFICATION_RULE_INVALID = 1080
     WEBHOOK_URL_REFUSED = 1081

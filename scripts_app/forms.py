@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 
 from scripts_app import roles
 from scripts_app.errors import ErrorCode, OmlError
-from scripts_app.models import SCRIPT_NAME_PATTERN, NotificationRule, Run, Script, ServiceLevel
+from scripts_app.models import SCRIPT_NAME_PATTERN, VERSION_MESSAGE_MAX, NotificationRule, Run, Script, ServiceLevel
 from scripts_app.runner.validation import loads_strict
 from scripts_app.services.environments import DEFAULT_ENVIRONMENT
 from scripts_app.services.pipeline import ApplyInput, RunRequest
@@ -78,6 +78,12 @@ class ScriptForm(ServiceForm):
         strip=False,
         widget=forms.Textarea(attrs={"rows": 18, "class": "code", "spellcheck": "false", "data-editor": "python"}),
         label="Source",
+    )
+    message = forms.CharField(
+        required=False,
+        max_length=VERSION_MESSAGE_MAX,
+        label="Version message",
+        help_text="What changed (optional); shown in the versions list.",
     )
     is_global = forms.BooleanField(required=False, label="Global: every user may read and run it")
     env_name = forms.ChoiceField(

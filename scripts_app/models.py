@@ -55,6 +55,9 @@ class Script(models.Model):
         return self.current_version.source if self.current_version else ""
 
 
+VERSION_MESSAGE_MAX = 500
+
+
 class ScriptVersion(models.Model):
     """One saved state of a script's source. Never changed after it is written."""
 
@@ -66,6 +69,8 @@ class ScriptVersion(models.Model):
     entry_function = models.CharField(max_length=255)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # What changed, in the author's words (optional, like a commit message).
+    message = models.CharField(max_length=VERSION_MESSAGE_MAX, blank=True, default="")
 
     class Meta:
         ordering = ["-number"]
@@ -393,6 +398,10 @@ class Run(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["-created_at"]),
+            # The history's keyset pagination: (created_at, id) is unique and ordered.
+            models.Index(fields=["-created_at", "-id"], name="run_history_keyset"),
+            # An analyst's history filtered by status (and its capped count) without reading every run of theirs.
+            models.Index(fields=["user", "status", "-created_at"], name="run_user_status_created"),
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["status", "-created_at"]),
             models.Index(fields=["script_name", "-created_at"]),
@@ -780,3 +789,24 @@ class AuditAnchor(models.Model):
 
     def __str__(self) -> str:
         return f"pruned up to #{self.last_removed_id}"
+
+
+class ParameterPreset(models.Model):
+    """A named set of parameters a user keeps for a script: chosen in the run form or named by the API."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    script = models.ForeignKey(Script, on_delete=models.CASCADE, related_name="presets")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="parameter_presets")
+    name = models.CharField(max_length=64)
+    parameters = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["script", "owner", "name"], name="parameter_preset_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.script_id} preset {self.name}"

@@ -46,7 +46,12 @@ class Signature:
 
 def entry_signature(source: str, function_name: str) -> Signature:
     """The parameters of the named top-level function; ScriptSourceError when it cannot be read."""
-    for node in top_level_functions(source):
+    return signature_in(top_level_functions(source), function_name)
+
+
+def signature_in(functions: list[ast.FunctionDef], function_name: str) -> Signature:
+    """entry_signature for a source already parsed."""
+    for node in functions:
         if node.name == function_name:
             try:
                 return _signature(node)

@@ -3,7 +3,20 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import audit, compare, datasets, live, notifications, runs, scripts, status, tokens, users
+from scripts_app.views import (
+    audit,
+    compare,
+    datasets,
+    history,
+    live,
+    notifications,
+    runs,
+    scripts,
+    status,
+    tokens,
+    users,
+    workspace,
+)
 
 app_name = "web"
 
@@ -22,7 +35,12 @@ urlpatterns = [
     path("scripts/<uuid:pk>/grants/<int:user_id>/revoke/", scripts.script_revoke, name="script_revoke"),
     path("scripts/<uuid:pk>/global/", scripts.script_set_global, name="script_set_global"),
     path("scripts/<uuid:pk>/run/", runs.run_script, name="run_script"),
-    path("runs/", runs.run_list, name="run_list"),
+    path("scripts/<uuid:pk>/save/", workspace.script_save, name="script_save"),
+    path("scripts/<uuid:pk>/run-here/", workspace.script_run_here, name="script_run_here"),
+    path("scripts/<uuid:pk>/results/<uuid:run_pk>/", workspace.script_run_result, name="script_run_result"),
+    path("scripts/<uuid:pk>/presets/", workspace.preset_save, name="preset_save"),
+    path("scripts/<uuid:pk>/presets/<uuid:preset_pk>/delete/", workspace.preset_delete, name="preset_delete"),
+    path("runs/", history.run_list, name="run_list"),
     path("runs/compare/", compare.run_compare, name="run_compare"),
     path("runs/export.<str:fmt>", audit.run_export, name="run_export"),
     path("runs/<uuid:pk>/", runs.run_detail, name="run_detail"),

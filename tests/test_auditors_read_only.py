@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -155,7 +156,7 @@ def candidates(name: str, param: str, objects: dict) -> list:
     if param == "job_id":
         return [str(r.pk) for r in runs if r.mode == Run.Mode.ASYNC]
     if param == "pk":
-        if name.startswith("web:script") or name.startswith("web:version"):
+        if name.startswith(("web:script", "web:version", "web:preset")):
             return [s.pk for s in scripts]
         if name.startswith("web:run"):
             return [r.pk for r in runs]
@@ -169,6 +170,12 @@ def candidates(name: str, param: str, objects: dict) -> list:
             return [r.pk for r in objects["rules"]]
     if param == "rule_id":
         return [str(r.pk) for r in objects["rules"]]
+    if param == "run_pk":
+        return [r.pk for r in runs]
+    if param == "preset_pk":
+        return [uuid.UUID(int=1)]
+    if param == "preset":
+        return ["probe"]
     if param in {"user_id", "id"}:
         return [objects["users"][1].pk]
     if param in {"number", "position"}:

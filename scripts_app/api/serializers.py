@@ -8,8 +8,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from scripts_app.api.parsers import unsupported_value
-from scripts_app.models import Run, Script, ServiceLevel
+from scripts_app.models import VERSION_MESSAGE_MAX, Run, Script, ServiceLevel
 from scripts_app.runner.validation import NestedTooDeeply, UnsupportedValue, loads_strict
+from scripts_app.services import presets
 from scripts_app.services.pipeline import ApplyInput, RunRequest
 
 ASYNC_TIMEOUT_MIN, ASYNC_TIMEOUT_MAX = 1800, 43200
@@ -88,6 +89,11 @@ class ExecutionRequestSerializer(serializers.Serializer):
         required=False, min_value=ASYNC_TIMEOUT_MIN, max_value=ASYNC_TIMEOUT_MAX, help_text="Seconds; async only."
     )
     comments = StrictCharField(required=False, allow_blank=True, max_length=4000, help_text="v2, async only.")
+    preset = StrictCharField(
+        required=False,
+        max_length=64,
+        help_text="Beyond Oracle: one of the caller's parameter presets of the script; `parameters` override its keys.",
+    )
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -121,7 +127,10 @@ class ExecutionRequestSerializer(serializers.Serializer):
         return RunRequest(
             script=script,
             user=user,
-            parameters=data["parameters"],
+            # A named preset of the caller's, its keys overridden by the body's own parameters.
+            parameters=presets.with_preset(
+                script=script, user=user, preset=data.get("preset"), parameters=data["parameters"]
+            ),
             kind=kind,
             apply_input=apply_input,
             graphics=data["graphicsFlag"],
@@ -166,6 +175,12 @@ class ScriptWriteSerializer(serializers.Serializer):
     description = StrictCharField(required=False, allow_blank=True, max_length=4000)
     isGlobal = StrictBooleanField(required=False)
     overwrite = StrictBooleanField(required=False, default=False)
+    message = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=VERSION_MESSAGE_MAX,
+        help_text="Beyond Oracle: what changed, kept with the new version (when the source changes).",
+    )
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):

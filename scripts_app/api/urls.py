@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from scripts_app.api import audit, environments, notifications, views
+from scripts_app.api import audit, environments, notifications, presets, views
 
 # v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
 VERSION = r"(?P<version>v[12])"
@@ -17,6 +17,16 @@ urlpatterns = [
         rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)$",
         views.ScriptDetailView.as_view(),
         name="oml-script",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)/presets$",
+        presets.PresetListView.as_view(),
+        name="oml-presets",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)/presets/(?P<preset>[^/]+)$",
+        presets.PresetDetailView.as_view(),
+        name="oml-preset",
     ),
     re_path(rf"^oml/api/py-scripts/{VERSION}/datasets$", views.DatasetListView.as_view(), name="oml-datasets"),
     re_path(

@@ -363,6 +363,7 @@ class ScriptListView(APIView):
             description=data.get("description", ""),
             is_global=data.get("isGlobal", False),
             overwrite=data["overwrite"],
+            message=data.get("message", ""),
         )
         return Response({"result": ScriptRowSerializer(script).data}, status=200 if existed else 201)
 
@@ -397,6 +398,7 @@ class ScriptDetailView(APIView):
                 source=data.get("script"),
                 description=data.get("description"),
                 is_global=data.get("isGlobal"),
+                message=data.get("message", ""),
             )
         return Response({"result": ScriptRowSerializer(script).data})
 

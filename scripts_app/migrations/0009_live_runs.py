@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('scripts_app', '0007_environment_preloads'),
+        ('scripts_app', '0008_versions_and_presets'),
     ]
 
     operations = [

@@ -39,7 +39,11 @@ def top_level_functions(source: str) -> list[ast.FunctionDef]:
 
 def entry_function(source: str, script_name: str) -> str:
     """The function a run calls: the one named like the script, else the first one defined."""
-    functions = top_level_functions(source)
+    return entry_function_in(top_level_functions(source), source, script_name)
+
+
+def entry_function_in(functions: list[ast.FunctionDef], source: str, script_name: str) -> str:
+    """entry_function for a source already parsed (parsing is most of the time of a live check)."""
     if not functions:
         # Point at the end of the script: that is where a function is missing.
         raise ScriptSourceError("the script defines no top-level function", max(1, len(source.splitlines())))

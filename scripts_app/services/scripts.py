@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, Q, QuerySet
 
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
-from scripts_app.models import SCRIPT_NAME_PATTERN, Script, ScriptGrant, ScriptVersion
+from scripts_app.models import SCRIPT_NAME_PATTERN, VERSION_MESSAGE_MAX, Script, ScriptGrant, ScriptVersion
 from scripts_app.roles import is_admin, is_read_only, sees_everything
 from scripts_app.runner import ScriptSourceError, entry_function
 from scripts_app.services import audit
@@ -69,6 +69,7 @@ def script_create(
     is_global: bool = False,
     overwrite: bool = False,
     env_name: str | None = None,
+    message: str = "",
 ) -> Script:
     """A new script with its first version; with overwrite, an existing one of that name changes instead."""
     if is_read_only(owner):
@@ -86,7 +87,13 @@ def script_create(
                 status=409,
             )
         return script_update(
-            script=existing, by=owner, source=source, description=description, is_global=is_global, env_name=env_name
+            script=existing,
+            by=owner,
+            source=source,
+            description=description,
+            is_global=is_global,
+            env_name=env_name,
+            message=message,
         )
     try:
         with transaction.atomic():
@@ -95,7 +102,7 @@ def script_create(
             )
     except IntegrityError:
         raise OmlError(f"Script {name!r} already exists.", code=ErrorCode.SCRIPT_EXISTS, status=409) from None
-    _add_version(script=script, source=source, function=function, by=owner)
+    _add_version(script=script, source=source, function=function, by=owner, message=message)
     audit.record("script.create", obj=script, actor=owner, after=audit.script_state(script))
     return script
 
@@ -109,9 +116,10 @@ def script_update(
     description: str | None = None,
     is_global: bool | None = None,
     env_name: str | None = None,
+    message: str = "",
     audit_action: str | None = None,
 ) -> Script:
-    """Change a script. Changed source becomes a new version; the old ones stay as they were.
+    """Change a script. Changed source becomes a new version (with `message`); the old ones stay as they were.
 
     One audit event: `audit_action` when given, else what changed (a new version, global or private,
     or other fields). Nothing changed: no event."""
@@ -122,7 +130,7 @@ def script_update(
     before = audit.script_state(script)
     if source is not None and source != script.source:
         function = checked_entry_function(source=source, name=script.name)
-        _add_version(script=script, source=source, function=function, by=by)
+        _add_version(script=script, source=source, function=function, by=by, message=message)
     if description is not None:
         script.description = description
     if is_global is not None:
@@ -146,13 +154,37 @@ def script_update(
 
 def script_restore_version(*, script: Script, version: ScriptVersion, by) -> Script:
     """Make an old version's source current again, as a new version."""
-    return script_update(script=script, by=by, source=version.source, audit_action="script.restore")
+    return script_update(
+        script=script,
+        by=by,
+        source=version.source,
+        message=f"Restored version {version.number}",
+        audit_action="script.restore",
+    )
 
 
-def _add_version(*, script: Script, source: str, function: str, by) -> ScriptVersion:
+def checked_message(message: str | None) -> str:
+    """A version message: one line of at most VERSION_MESSAGE_MAX characters, trimmed; none is fine."""
+    if message is None:
+        return ""
+    if not isinstance(message, str):
+        raise BadRequest("A version message is text.", code=ErrorCode.INVALID_VERSION_MESSAGE)
+    message = " ".join(message.split())
+    if "\x00" in message:
+        raise BadRequest("A version message cannot hold NUL characters.", code=ErrorCode.INVALID_VERSION_MESSAGE)
+    if len(message) > VERSION_MESSAGE_MAX:
+        raise BadRequest(
+            f"A version message has at most {VERSION_MESSAGE_MAX} characters (this one has {len(message)}).",
+            code=ErrorCode.INVALID_VERSION_MESSAGE,
+        )
+    return message
+
+
+def _add_version(*, script: Script, source: str, function: str, by, message: str = "") -> ScriptVersion:
+    message = checked_message(message)
     last = script.versions.aggregate(last=Max("number"))["last"] or 0
     version = ScriptVersion.objects.create(
-        script=script, number=last + 1, source=source, entry_function=function, created_by=by
+        script=script, number=last + 1, source=source, entry_function=function, created_by=by, message=message
     )
     script.current_version = version
     script.save(update_fields=["current_version", "updated_at"])

@@ -6,11 +6,8 @@ import datetime as dt
 from uuid import UUID
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import TextField
-from django.db.models.functions import Cast
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -26,7 +23,6 @@ from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
 from scripts_app.services import live as live_services
 from scripts_app.services import pipeline
-from scripts_app.services import shares as share_services
 from scripts_app.services.jobs.submission import job_attempt, job_cancel
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
@@ -291,84 +287,4 @@ def run_cancel(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     return redirect("web:run_detail", run.pk)
 
 
-# History
-
-
-RUN_FILTERS = ("script", "params", "user", "status", "since", "until")
-
-
-@require_GET
-@login_required
-def run_list(request: HtmxHttpRequest) -> HttpResponse:
-    user = request.user
-    sees_all = roles.sees_everything(user)
-    filters = {key: request.GET.get(key, "").strip() for key in RUN_FILTERS}
-    runs = roles.runs_visible_to(user, Run.objects.all())
-    if filters["script"]:
-        runs = runs.filter(script_name__icontains=filters["script"])
-    if filters["params"]:
-        # The parameters as their JSON text: a value, a key or "key": value, wherever it is nested.
-        runs = runs.annotate(parameters_text=Cast("parameters", TextField())).filter(
-            parameters_text__icontains=filters["params"]
-        )
-    if filters["user"] and sees_all:
-        runs = runs.filter(user__username=filters["user"])
-    if filters["status"] in Run.Status.values:
-        runs = runs.filter(status=filters["status"])
-    since, until = _date(filters["since"]), _date(filters["until"])
-    if since:
-        runs = runs.filter(created_at__gte=_start_of(since))
-    if until:
-        runs = runs.filter(created_at__lt=_start_of(until + dt.timedelta(days=1)))
-    runs = (
-        runs.select_related("user", "script_version")
-        .only(
-            "id",
-            "script_name",
-            "script_owner",
-            "status",
-            "mode",
-            "kind",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "client_address",
-            "parameters",
-            "user__username",
-            "script_version__number",
-            "script_version__script_id",
-        )
-        .order_by("-created_at")
-    )
-    page = paginate(request, runs, RUNS_PER_PAGE)
-    template = "runs/list.html"
-    if request.htmx and not request.htmx.boosted:
-        template += "#results"
-    return render(
-        request,
-        template,
-        {
-            "page": page,
-            # Queued or running runs on the page: the list refreshes itself until they end.
-            "has_active": any(not run.is_finished for run in page.object_list),
-            "filters": filters,
-            "sees_all": sees_all,
-            "statuses": Run.Status.choices,
-            "usernames": get_user_model().objects.order_by("username").values_list("username", flat=True)
-            if sees_all and not request.htmx
-            else [],
-            # The caller's own storage against their quota; not for the htmx refreshes of the list.
-            "storage": None if request.htmx else share_services.storage_summary(user=request.user),
-        },
-    )
-
-
-def _date(value: str) -> dt.date | None:
-    try:
-        return dt.date.fromisoformat(value) if value else None
-    except ValueError:
-        return None
-
-
-def _start_of(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.min, tzinfo=timezone.get_current_timezone())
+# The history (the runs list) is in views/history.py: keyset pagination.

@@ -16,10 +16,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from scripts_app import compare, roles
 from scripts_app.forms import NEW_SCRIPT_TEMPLATE, GrantForm, ScriptForm
 from scripts_app.models import Run, Script, ScriptVersion
-from scripts_app.runner import ScriptSourceError, entry_function
+from scripts_app.runner import ScriptSourceError
+from scripts_app.runner.source import entry_function_in, top_level_functions
 from scripts_app.services import environments as environment_services
 from scripts_app.services import scripts as script_services
-from scripts_app.signature import entry_signature
+from scripts_app.signature import signature_in
+from scripts_app.views import workspace
 from scripts_app.views.base import (
     HtmxHttpRequest,
     editable_script_or_404,
@@ -88,6 +90,7 @@ def script_create(request: HtmxHttpRequest) -> HttpResponse:
                 description=form.cleaned_data["description"],
                 is_global=form.cleaned_data.get("is_global", False),
                 env_name=form.cleaned_data["env_name"],
+                message=form.cleaned_data["message"],
             )
         )
         if script is not None:
@@ -121,6 +124,7 @@ def script_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "may_run": roles.can_run_script(user, script),
             "may_share": may_share,
             "may_make_global": roles.can_make_global(user),
+            **workspace.workspace_context(request, script),
         },
     )
 
@@ -198,6 +202,7 @@ def script_edit(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
                 description=form.cleaned_data["description"],
                 is_global=form.cleaned_data["is_global"] if may_make_global else None,
                 env_name=form.cleaned_data["env_name"],
+                message=form.cleaned_data["message"],
             )
         )
         if updated is not None:
@@ -232,8 +237,9 @@ def script_check(request: HtmxHttpRequest) -> HttpResponse:
     name = request.POST.get("name", "")
     error, signature = None, None
     try:
-        function = entry_function(source, name)
-        signature = entry_signature(source, function)
+        # One parse for both answers: on a long script the parse is most of the check's time.
+        functions = top_level_functions(source)
+        signature = signature_in(functions, entry_function_in(functions, source, name))
     except ScriptSourceError as exc:
         error = exc
     return render(request, "_partials/source_check.html", {"error": error, "signature": signature})

@@ -5,7 +5,7 @@
 
   function nextFocusable(element) {
     var focusables = Array.prototype.slice.call(
-      document.querySelectorAll("a[href], button, input, select, textarea, [tabindex]:not([tabindex='-1'])")
+      document.querySelectorAll("a[href], button, input, select, textarea, [contenteditable='true'], [tabindex]:not([tabindex='-1'])")
     ).filter(function (el) { return !el.disabled && el.offsetParent !== null; });
     var index = focusables.indexOf(element);
     return index >= 0 ? focusables[index + 1] : null;
@@ -21,8 +21,13 @@
       matchBrackets: true,
       autoCloseBrackets: true,
       styleActiveLine: true,
-      viewportMargin: Infinity,
+      // Only the lines in view (and a margin) are drawn: with Infinity a 3,000-line script redrew every
+      // line on each key (~90 ms); see bench/editor_bench.py.
+      viewportMargin: 20,
       screenReaderLabel: "Source code",
+      // The input is the code itself (contenteditable), inside the scrolling box: keyboard users reach the
+      // box by reaching the editor, and screen readers read the lines.
+      inputStyle: "contenteditable",
       extraKeys: {
         // Spaces, never tab characters: Python mixes them badly.
         Tab: function (cm) {
@@ -35,7 +40,7 @@
         "Cmd-S": function (cm) { cm.save(); textarea.form && textarea.form.requestSubmit(); },
         // Keyboard users need a way out of an editor that takes Tab.
         Esc: function (cm) {
-          var next = nextFocusable(cm.getWrapperElement().querySelector("textarea"));
+          var next = nextFocusable(cm.getInputField());
           if (next) { next.focus(); }
         }
       }
@@ -55,10 +60,12 @@
     mark(box ? parseInt(box.getAttribute("data-error-line"), 10) : NaN, true);
     if (box) {
       // While typing, htmx asks the server to check the source (see the form's hx-post on the box).
+      // The textarea is filled when the check's request is made (htmx:confirm comes before htmx reads
+      // the form), not on every key: copying a long source per key is work for nothing.
       cm.on("change", function () {
-        cm.save();
         if (window.htmx) { window.htmx.trigger(box, "checksource"); }
       });
+      box.addEventListener("htmx:confirm", function () { cm.save(); });
       document.body.addEventListener("htmx:afterSwap", function (event) {
         var result = event.detail.target.querySelector("[data-check-line]");
         if (result) { mark(parseInt(result.getAttribute("data-check-line"), 10), false); }

@@ -160,6 +160,8 @@ def test_a_new_script_starts_from_a_template_that_runs(live_server, page: Page):
     # An empty editor is one line tall inside a taller box: a click low in the box still reaches it.
     page.evaluate("() => window.omlwebEditor.setValue('')")
     page.get_by_label("Name").focus()
+    # The editor is a bounded box now (taller than the rest of a 720 px screen below the name): bring it in view.
+    page.locator(".editor-box .CodeMirror").scroll_into_view_if_needed()
     box = page.locator(".editor-box .CodeMirror").bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] - 5)
     page.keyboard.type("# saved from the keyboard\n")
@@ -169,7 +171,7 @@ def test_a_new_script_starts_from_a_template_that_runs(live_server, page: Page):
     script = Script.objects.get(owner=alice, name="squares")
     assert "# saved from the keyboard" in script.source
 
-    page.get_by_role("link", name="Run", exact=True).click()
+    page.get_by_role("link", name="Full run form").click()
     page.get_by_role("button", name="Run", exact=True).click()
     expect(page.locator(".status")).to_have_text("Succeeded")
     expect(page.get_by_role("img", name="Squares 1")).to_be_visible()

@@ -109,12 +109,64 @@ def test_it_shows_the_total_and_links_each_run_to_its_script(client, alice, scri
     assert reverse("web:script_detail", args=[scripts[0].pk]).encode() in response.content
 
 
-def test_the_list_is_paginated(client, alice, scripts):
-    """50 runs a page."""
+def test_the_list_is_paginated_by_keyset(client, alice, scripts):
+    """50 runs a page, cut by the last row shown (?after=), never by OFFSET; ?before= walks back."""
     make_runs(scripts[0], alice, 120)
-    response = logged_in(client, alice).get(reverse("web:run_list"), {"page": 3})
-    assert len(response.context["page"].object_list) == 20
-    assert response.context["page"].paginator.num_pages == 3
+    client = logged_in(client, alice)
+    url = reverse("web:run_list")
+    seen, page = [], client.get(url).context["page"]
+    pages = [page]
+    while page.has_next:
+        page = client.get(url, {"after": page.next_cursor}).context["page"]
+        pages.append(page)
+    seen = [run.pk for page in pages for run in page.object_list]
+    assert [len(page.object_list) for page in pages] == [50, 50, 20]
+    assert len(set(seen)) == 120
+    assert seen == list(Run.objects.order_by("-created_at", "-id").values_list("pk", flat=True))
+    assert pages[0].total == 120
+    assert not pages[0].has_previous
+    # Back from the last page: the middle page again, with links both ways.
+    back = client.get(url, {"before": pages[2].previous_cursor}).context["page"]
+    assert [run.pk for run in back.object_list] == [run.pk for run in pages[1].object_list]
+    assert back.has_previous
+    assert back.has_next
+    response = client.get(url, {"after": pages[0].next_cursor})
+    assert b'rel="prev"' in response.content
+    assert b'rel="next"' in response.content
+    assert b"page=" not in response.content
+
+
+def test_keyset_pages_are_stable_under_inserts_and_ties(client, alice, scripts):
+    """Runs added while a reader walks the pages neither repeat nor skip a row; equal times are ordered by id."""
+    same_moment = timezone.now() - dt.timedelta(hours=1)
+    make_runs(scripts[0], alice, 70, created_at=same_moment)
+    client = logged_in(client, alice)
+    url = reverse("web:run_list")
+    first = client.get(url).context["page"]
+    make_runs(scripts[0], alice, 30)  # newer than everything
+    second = client.get(url, {"after": first.next_cursor}).context["page"]
+    walked = [run.pk for run in first.object_list + second.object_list]
+    assert len(walked) == len(set(walked)) == 70
+    assert not second.has_next
+
+
+@pytest.mark.parametrize("cursor", ["x", "1_zz", "99999999999999999999_" + "0" * 32, "-5_abc", "1_" + "f" * 40])
+def test_a_crafted_cursor_is_a_first_page_not_an_error(client, alice, scripts, cursor):
+    make_runs(scripts[0], alice, 3)
+    client = logged_in(client, alice)
+    for key in ("after", "before"):
+        response = client.get(reverse("web:run_list"), {key: cursor})
+        assert response.status_code == 200
+
+
+def test_the_total_is_capped(client, alice, scripts, monkeypatch):
+    """Past the cap the page says "more than", so a million runs cost no full count."""
+    from scripts_app.views import history
+
+    monkeypatch.setattr(history, "COUNT_CAP", 10)
+    make_runs(scripts[0], alice, 12)
+    response = logged_in(client, alice).get(reverse("web:run_list"))
+    assert b"More than 10 runs." in response.content
 
 
 def test_queries_do_not_grow_with_runs_or_users(client, admin_user, scripts, django_assert_num_queries):

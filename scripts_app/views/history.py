@@ -1,0 +1,156 @@
+"""The runs history: filters, a capped total, and keyset pagination.
+
+Pages are cut by the last row shown, never by OFFSET: `?after=<cursor>` gives the runs older than the
+cursor, `?before=<cursor>` the runs newer than it, both along the index (created_at DESC, id DESC).
+A page costs the same on the first or the 20,000th page, and runs added meanwhile do not shift the
+pages a reader is walking (they appear on the first page, not as a repeated row further on).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from uuid import UUID
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.db.models import Q, TextField
+from django.db.models.functions import Cast
+from django.http import HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from scripts_app import roles
+from scripts_app.models import Run
+from scripts_app.services import shares as share_services
+from scripts_app.views.base import HtmxHttpRequest
+
+RUNS_PER_PAGE = 50
+RUN_FILTERS = ("script", "params", "user", "status", "since", "until")
+# The total is counted up to here; beyond it the page says "more than". Counting a million rows on
+# every page view would cost more than the page itself (bench/pages_bench.py).
+COUNT_CAP = 10_000
+
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def encode_cursor(run: Run) -> str:
+    """created_at in whole microseconds (exact, as PostgreSQL keeps it) and the id: one row's place."""
+    return f"{(run.created_at - EPOCH) // MICROSECOND}_{run.pk.hex}"
+
+
+def decode_cursor(value: str) -> tuple[dt.datetime, UUID] | None:
+    try:
+        micros, _, pk = value.partition("_")
+        return EPOCH + int(micros) * MICROSECOND, UUID(hex=pk)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+class KeysetPage:
+    """One page of runs, with the cursors of its neighbours (what the template's links need)."""
+
+    def __init__(self, rows: list[Run], *, has_next: bool, has_previous: bool, total: int) -> None:
+        self.object_list = rows
+        self.has_next = has_next and bool(rows)
+        self.has_previous = has_previous and bool(rows)
+        self.next_cursor = encode_cursor(rows[-1]) if rows else ""
+        self.previous_cursor = encode_cursor(rows[0]) if rows else ""
+        self.total = total
+        self.total_capped = total > COUNT_CAP
+
+
+def keyset_page(runs, *, after: str, before: str, per_page: int = RUNS_PER_PAGE) -> KeysetPage:
+    """The page of `runs` (any filtered queryset) after or before a cursor, newest first."""
+    total = runs.order_by()[: COUNT_CAP + 1].count()
+    cursor = decode_cursor(before) if before else decode_cursor(after) if after else None
+    if cursor and before:
+        moment, pk = cursor
+        # A range on created_at (the index's leading column) minus the tie's older rows: PostgreSQL
+        # starts the index scan at the cursor. Written as an OR it scanned from the top.
+        newer = runs.filter(created_at__gte=moment).exclude(Q(created_at=moment, pk__lte=pk))
+        rows = list(newer.order_by("created_at", "id")[: per_page + 1])
+        has_previous = len(rows) > per_page
+        rows = rows[:per_page][::-1]
+        return KeysetPage(rows, has_next=True, has_previous=has_previous, total=total)
+    if cursor:
+        moment, pk = cursor
+        runs = runs.filter(created_at__lte=moment).exclude(Q(created_at=moment, pk__gte=pk))
+    rows = list(runs.order_by("-created_at", "-id")[: per_page + 1])
+    return KeysetPage(rows[:per_page], has_next=len(rows) > per_page, has_previous=cursor is not None, total=total)
+
+
+@require_GET
+@login_required
+def run_list(request: HtmxHttpRequest) -> HttpResponse:
+    user = request.user
+    sees_all = roles.sees_everything(user)
+    filters = {key: request.GET.get(key, "").strip() for key in RUN_FILTERS}
+    runs = roles.runs_visible_to(user, Run.objects.all())
+    if filters["script"]:
+        runs = runs.filter(script_name__icontains=filters["script"])
+    if filters["params"]:
+        # The parameters as their JSON text: a value, a key or "key": value, wherever it is nested.
+        runs = runs.annotate(parameters_text=Cast("parameters", TextField())).filter(
+            parameters_text__icontains=filters["params"]
+        )
+    if filters["user"] and sees_all:
+        runs = runs.filter(user__username=filters["user"])
+    if filters["status"] in Run.Status.values:
+        runs = runs.filter(status=filters["status"])
+    since, until = _date(filters["since"]), _date(filters["until"])
+    if since:
+        runs = runs.filter(created_at__gte=_start_of(since))
+    if until:
+        runs = runs.filter(created_at__lt=_start_of(until + dt.timedelta(days=1)))
+    runs = runs.select_related("user", "script_version").only(
+        "id",
+        "script_name",
+        "script_owner",
+        "status",
+        "mode",
+        "kind",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "client_address",
+        "parameters",
+        "user__username",
+        "script_version__number",
+        "script_version__script_id",
+    )
+    page = keyset_page(runs, after=request.GET.get("after", ""), before=request.GET.get("before", ""))
+    template = "runs/list.html"
+    if request.htmx and not request.htmx.boosted:
+        template += "#results"
+    return render(
+        request,
+        template,
+        {
+            "page": page,
+            # Queued or running runs on the page: the list refreshes itself until they end.
+            "has_active": any(not run.is_finished for run in page.object_list),
+            "filtered": any(filters.values()),
+            "filters": filters,
+            "sees_all": sees_all,
+            "statuses": Run.Status.choices,
+            "usernames": get_user_model().objects.order_by("username").values_list("username", flat=True)
+            if sees_all and not request.htmx
+            else [],
+            # The caller's own storage against their quota; not for the htmx refreshes of the list.
+            "storage": None if request.htmx else share_services.storage_summary(user=request.user),
+        },
+    )
+
+
+def _date(value: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(value) if value else None
+    except ValueError:
+        return None
+
+
+def _start_of(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=timezone.get_current_timezone())
