@@ -48,6 +48,9 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_RUNS = 1045
     QUOTA_EXCEEDED = 1046
     LOGIN_LOCKED = 1047
+    # Schedules and retries (docs/schedules.md).
+    WORKER_LOST = 1060
+    INVALID_SCHEDULE = 1061
     INTERNAL = 1099
 
 
