@@ -33,7 +33,7 @@ from scripts_app.errors import (
     Unavailable,
 )
 from scripts_app.models import Run, RunImage, ServiceLevel
-from scripts_app.services import apply, runs, shares, supervision
+from scripts_app.services import apply, retries, runs, shares, supervision
 
 logger = logging.getLogger(__name__)
 
@@ -219,13 +219,14 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
     except Busy:
         # Recorded FAILED with the busy code by run_execute: a worker process runs one job at a time,
         # so its runner slots are only ever taken by this job's own pieces.
-        return run
+        pass
     except Exception as error:
         logger.exception("Run %s: the service failed to run it", run.pk)
         job_fail(run=run, message=f"The service failed to run the job: {error}")
-        return run
     finally:
         watch.stop()
+    # A failed run whose script or schedule has a retry policy is tried again as a new run.
+    retries.after_finish(run)
     return run
 
 
@@ -397,6 +398,18 @@ def _take_back(run: Run, *, now: datetime, lost: str) -> str | None:
             error_message=f"The job was cancelled; {lost}.",
         )
         return "cancelled" if cancelled else None
+    if retries.takes_over(run):
+        # Under a retry policy each attempt is a run of its own: this one ends, its retry is a new run.
+        failed = taken.update(
+            status=Run.Status.FAILED,
+            finished_at=now,
+            error_code=ErrorCode.WORKER_LOST,
+            error_message=f"This attempt stopped: {lost} (killed, or out of memory).",
+        )
+        if failed:
+            logger.warning("Run %s: %s; its retry policy decides (attempt %s)", run.pk, lost, run.retry_number + 1)
+            retries.after_finish(run)
+        return "failed" if failed else None
     if run.attempts >= settings.OMLWEB_RUN_MAX_ATTEMPTS:
         failed = taken.update(
             status=Run.Status.FAILED,
