@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from scripts_app.api import environments, views
+from scripts_app.api import environments, schedules, views
 
 # v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
 VERSION = r"(?P<version>v[12])"
@@ -90,6 +90,28 @@ urlpatterns = [
         rf"^oml/api/py-scripts/{VERSION}/interpreters$",
         environments.InterpreterListView.as_view(),
         name="oml-interpreters",
+    ),
+    # Schedules and retry policies (docs/schedules.md), v2 only.
+    re_path(rf"^oml/api/py-scripts/{VERSION}/schedules$", schedules.ScheduleListView.as_view(), name="oml-schedules"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/schedules/(?P<schedule_id>[^/]+)$",
+        schedules.ScheduleDetailView.as_view(),
+        name="oml-schedule",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/schedules/(?P<schedule_id>[^/]+)/pause$",
+        schedules.SchedulePauseView.as_view(),
+        name="oml-schedule-pause",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/schedules/(?P<schedule_id>[^/]+)/resume$",
+        schedules.ScheduleResumeView.as_view(),
+        name="oml-schedule-resume",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)/retries$",
+        schedules.ScriptRetryView.as_view(),
+        name="oml-script-retries",
     ),
     path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
 ]
