@@ -20,8 +20,8 @@ from scripts_app.api.serializers import (
     StrictIntegerField,
 )
 from scripts_app.errors import BadRequest, ErrorCode, NotFound
-from scripts_app.models import Schedule, ScriptRetryPolicy, ServiceLevel
-from scripts_app.services import retries, schedules, scripts
+from scripts_app.models import Run, Schedule, ScriptRetryPolicy, ServiceLevel
+from scripts_app.services import jobs, retries, schedules, scripts
 
 
 class ScheduleWriteSerializer(serializers.Serializer):
@@ -295,6 +295,52 @@ class ScriptRetryView(APIView):
         )
         policy.save()
         return Response({"result": _policy_row(policy)})
+
+
+def attempt_row(run: Run) -> dict:
+    """One run of a schedule or one attempt of a job: when it was due, ran, and how it ended."""
+    return {
+        "jobId": str(run.pk),
+        "status": run.status,
+        "errorCode": run.error_code,
+        "errorMessage": run.error_message[:500],
+        "attempt": run.retry_number + 1,
+        "retryOf": str(run.retry_of_id) if run.retry_of_id else None,
+        "scheduleId": str(run.schedule_id) if run.schedule_id else None,
+        "scheduledFor": _iso(run.scheduled_for),
+        "createdAt": _iso(run.created_at),
+        "startedAt": _iso(run.started_at),
+        "finishedAt": _iso(run.finished_at),
+        "worker": run.worker,
+    }
+
+
+RUN_LIST = result_of("ScheduledRunList", serializers.ListField(child=serializers.JSONField()))
+
+
+class ScheduleRunsView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int, description="At most 1000; default 100.")],
+        responses={200: RUN_LIST},
+        summary="The runs a schedule started (retries included), newest first",
+    )
+    def get(self, request: Request, version: str, schedule_id: str) -> Response:
+        _v2(version)
+        schedule = schedules.schedule_get(user=request.user, pk=schedule_id)
+        try:
+            limit = min(max(int(request.query_params.get("limit", 100)), 1), 1000)
+        except ValueError:
+            raise BadRequest("limit must be an integer.") from None
+        items = Run.objects.filter(schedule=schedule).order_by("-created_at")[:limit]
+        return Response({"result": [attempt_row(run) for run in items]})
+
+
+class JobAttemptsView(APIView):
+    @extend_schema(responses={200: RUN_LIST}, summary="Every attempt of a job (a retry is a new run), first to last")
+    def get(self, request: Request, version: str, job_id: str) -> Response:
+        _v2(version)
+        run = jobs.job_get(user=request.user, job_id=job_id)
+        return Response({"result": [attempt_row(attempt) for attempt in retries.attempts_of(run)]})
 
 
 def _v2(version: str) -> None:

@@ -109,6 +109,16 @@ urlpatterns = [
         name="oml-schedule-resume",
     ),
     re_path(
+        rf"^oml/api/py-scripts/{VERSION}/schedules/(?P<schedule_id>[^/]+)/runs$",
+        schedules.ScheduleRunsView.as_view(),
+        name="oml-schedule-runs",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)/attempts$",
+        schedules.JobAttemptsView.as_view(),
+        name="oml-job-attempts",
+    ),
+    re_path(
         rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)/retries$",
         schedules.ScriptRetryView.as_view(),
         name="oml-script-retries",

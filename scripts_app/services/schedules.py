@@ -406,6 +406,17 @@ def _stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def warm_up() -> None:
+    """What the first run of a process would otherwise pay for when it is due: the default environment's
+    packages (read once per process, a subprocess) are read before the first pass."""
+    from scripts_app.services import environments
+
+    try:
+        environments.default_lock()
+    except Exception:
+        logger.exception("Could not read the default environment's packages yet")
+
+
 def seconds_to_next(*, now: datetime | None = None) -> float | None:
     """Seconds until the earliest enabled schedule is due (0 when one waits on a running one), None: none."""
     now = now or timezone.now()

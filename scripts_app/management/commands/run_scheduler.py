@@ -26,6 +26,7 @@ class Command(BaseCommand):
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
         poll = settings.OMLWEB_SCHEDULER_POLL_SECONDS
+        schedules.warm_up()
         self.stdout.write(f"Scheduler started (pass every {poll:g} s at most).")
         failing = ""
         while not stop.is_set():
