@@ -3,7 +3,7 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from scripts_app.views import compare, datasets, runs, scripts, status, tokens, users
+from scripts_app.views import compare, datasets, runs, schedules, scripts, status, tokens, users
 
 app_name = "web"
 
@@ -34,6 +34,14 @@ urlpatterns = [
     path("datasets/<uuid:pk>/grants/", datasets.dataset_grant, name="dataset_grant"),
     path("datasets/<uuid:pk>/grants/<int:user_id>/revoke/", datasets.dataset_revoke, name="dataset_revoke"),
     path("datasets/<uuid:pk>/delete/", datasets.dataset_delete, name="dataset_delete"),
+    path("schedules/", schedules.schedule_list, name="schedule_list"),
+    path("schedules/new/", schedules.schedule_create, name="schedule_create"),
+    path("schedules/preview/", schedules.schedule_preview, name="schedule_preview"),
+    path("schedules/<uuid:pk>/", schedules.schedule_detail, name="schedule_detail"),
+    path("schedules/<uuid:pk>/edit/", schedules.schedule_edit, name="schedule_edit"),
+    path("schedules/<uuid:pk>/pause/", schedules.schedule_pause, name="schedule_pause"),
+    path("schedules/<uuid:pk>/resume/", schedules.schedule_resume, name="schedule_resume"),
+    path("schedules/<uuid:pk>/delete/", schedules.schedule_delete, name="schedule_delete"),
     path("tokens/", tokens.token_list, name="token_list"),
     path("tokens/<int:pk>/revoke/", tokens.token_revoke, name="token_revoke"),
     path("users/", users.user_list, name="user_list"),

@@ -27,6 +27,7 @@ from scripts_app.services import apply as apply_services
 from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
 from scripts_app.services import jobs as job_services
+from scripts_app.services import retries as retry_services
 from scripts_app.services import runs as run_services
 from scripts_app.services import shares as share_services
 from scripts_app.services.queries import sql_name
@@ -187,6 +188,8 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         "compare_choices": compare_choices(request.user, run) if run.is_finished else [],
         "progress": _progress(run),
         "attempt": job_services.job_attempt(run) if run.mode == Run.Mode.ASYNC else None,
+        # Retried under a retry policy: every attempt is a run of its own (services/retries.py).
+        "attempts": retry_services.attempts_of(run) if run.retry_of_id or run.retries.exists() else [],
     }
 
 
