@@ -237,11 +237,13 @@ def schedule_save(*, user, schedule: Schedule | None = None, **fields) -> Schedu
     )
     now = timezone.now()
     timing = timing_check(cron=schedule.cron, interval_seconds=schedule.interval_seconds, time_zone=schedule.time_zone)
-    timing_changed = creating or any(
-        getattr(schedule, name) != getattr(Schedule.objects.get(pk=schedule.pk), name)
-        for name in ("cron", "interval_seconds", "time_zone")
+    before = None if creating else Schedule.objects.get(pk=schedule.pk)
+    timing_changed = before is None or any(
+        getattr(schedule, name) != getattr(before, name) for name in ("cron", "interval_seconds", "time_zone")
     )
-    if timing_changed or schedule.next_run_at is None:
+    # Enabled again: like resume, it runs from now on (what fell while paused was not missed).
+    resumed = before is not None and schedule.enabled and not before.enabled
+    if timing_changed or resumed or schedule.next_run_at is None:
         schedule.anchor_at = now
         schedule.next_run_at = dataclasses.replace(timing, anchor=now).after(now)
     schedule.full_clean(exclude=["owner", "script", "version", "last_run", "parameters"])
@@ -366,6 +368,10 @@ def _fire_occurrence(schedule: Schedule, when: datetime, earlier: int, now: date
     if late and schedule.missed_policy == Schedule.Missed.SKIP:
         report.skipped.append(str(schedule.pk))
         return f"{_stamp(now)}: {missed_text}: skipped (missed-runs policy: skip)."
+    if late:
+        missed_text += f"; ran once for {_stamp(when)} (missed-runs policy: run once)"
+    elif missed_text:
+        missed_text += f": skipped; the run for {_stamp(when)} is on time"
     if _active(schedule):
         if schedule.overlap_policy == Schedule.Overlap.SKIP:
             report.skipped.append(str(schedule.pk))
@@ -378,7 +384,7 @@ def _fire_occurrence(schedule: Schedule, when: datetime, earlier: int, now: date
             return f"{_stamp(now)}: the run for {_stamp(when)} was skipped: one run already waits for the previous."
     note = _start(schedule, when, now, report)
     if missed_text and not note:
-        return f"{_stamp(now)}: {missed_text}; ran once for {_stamp(when)}."
+        return f"{_stamp(now)}: {missed_text}."
     return note
 
 

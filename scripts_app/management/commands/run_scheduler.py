@@ -27,7 +27,9 @@ class Command(BaseCommand):
             signal.signal(signum, lambda *_: stop.set())
         poll = settings.OMLWEB_SCHEDULER_POLL_SECONDS
         schedules.warm_up()
+        # Said once ready: the first pass follows at once.
         self.stdout.write(f"Scheduler started (pass every {poll:g} s at most).")
+        self.stdout.flush()
         failing = ""
         while not stop.is_set():
             wait = poll
