@@ -357,7 +357,8 @@ def _fire_one(pk, *, now: datetime, report: FireReport) -> None:
                 return  # another scheduler fired it first
             schedule.next_run_at = following
             note = _fire_occurrence(schedule, latest, earlier, now, report)
-        if note is not None:
+        if note:
+            # The last noteworthy thing (a skip, a refusal, missed runs), kept until the next one.
             Schedule.objects.filter(pk=pk).update(last_note=note[:2000])
 
 
