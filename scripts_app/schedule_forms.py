@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from zoneinfo import available_timezones
 
 from django import forms
 from django.urls import reverse
 
 from scripts_app.models import Schedule, ServiceLevel
-from scripts_app.services import retries
+from scripts_app.services import retries, schedules
 
 
 class ScheduleForm(forms.Form):
@@ -123,4 +122,4 @@ class ScheduleForm(forms.Form):
 
 
 def time_zone_names() -> list[str]:
-    return sorted(available_timezones())
+    return sorted(schedules.zone_names())

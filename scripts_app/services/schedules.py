@@ -14,6 +14,7 @@ Runs start through the async job path: `start_run` is the one place that calls `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -114,9 +115,15 @@ def _seconds_text(seconds: int) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
+@functools.cache
+def zone_names() -> frozenset[str]:
+    """Every IANA name this host knows (a walk of the tz database: read once per process)."""
+    return frozenset(available_timezones())
+
+
 def zone(name: str) -> ZoneInfo:
     try:
-        if name not in available_timezones():
+        if name not in zone_names():
             raise ZoneInfoNotFoundError(name)
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -373,7 +380,7 @@ def _fire_occurrence(schedule: Schedule, when: datetime, earlier: int, now: date
         missed_text += f"; ran once for {_stamp(when)} (missed-runs policy: run once)"
     elif missed_text:
         missed_text += f": skipped; the run for {_stamp(when)} is on time"
-    if _active(schedule):
+    if schedule.overlap_policy != Schedule.Overlap.ALLOW and _active(schedule):
         if schedule.overlap_policy == Schedule.Overlap.SKIP:
             report.skipped.append(str(schedule.pk))
             return f"{_stamp(now)}: the run for {_stamp(when)} was skipped: the previous run has not finished."
