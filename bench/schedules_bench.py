@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--idle-schedules", type=int, default=10000)
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--sqlite", action="store_true", help="Also on SQLite and the embedded broker.")
+    parser.add_argument("--schedulers", type=int, default=1, help="Scheduler processes for the burst.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -61,9 +62,14 @@ def main() -> None:
         setups["SQLite + embedded"] = ("sqlite", "filesystem://")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; Python {sys.version.split()[0]}")
     if args.only in (None, "burst"):
-        print(f"\n1. {args.schedules} schedules due at the same second, 1 scheduler, 2 worker processes")
+        print(
+            f"\n1. {args.schedules} schedules due at the same second, {args.schedulers} scheduler process(es), "
+            "2 worker processes"
+        )
         rows = {
-            name: run_child(part="burst", database=database, broker=broker, schedules=args.schedules)
+            name: run_child(
+                part="burst", database=database, broker=broker, schedules=args.schedules, schedulers=args.schedulers
+            )
             for name, (database, broker) in setups.items()
         }
         names = list(rows)
@@ -169,8 +175,8 @@ def make_schedules(count: int, due) -> None:
     Schedule.objects.bulk_create([Schedule(**{**fields, "name": f"s{n}"}) for n in range(1, count)], batch_size=1000)
 
 
-def start_scheduler(data_dir: Path) -> subprocess.Popen:
-    log = (data_dir / "scheduler.log").open("w")
+def start_scheduler(data_dir: Path, number: int = 1) -> subprocess.Popen:
+    log = (data_dir / ("scheduler.log" if number == 1 else f"scheduler-{number}.log")).open("w")
     return subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "run_scheduler"],
         cwd=ROOT,
@@ -202,6 +208,7 @@ def burst(config: dict, data_dir: Path) -> dict:
         due -= timedelta(minutes=1)
     make_schedules(count, due)
     workers = start_workers(2, data_dir)
+    extra = [start_scheduler(data_dir, n) for n in range(2, config.get("schedulers", 1) + 1)]
     scheduler = start_scheduler(data_dir)
     try:
         wait_started(data_dir)
@@ -219,12 +226,12 @@ def burst(config: dict, data_dir: Path) -> dict:
         # The scheduler's own CPU from just before the schedules are due to the last run fired.
         while timezone.now() < due - timedelta(seconds=1):
             time.sleep(0.2)
-        cpu_before = cpu_seconds(scheduler.pid)
+        cpu_before = sum(cpu_seconds(process.pid) for process in [scheduler, *extra])
         while Run.objects.filter(schedule__isnull=False).count() < count and timezone.now() < due + timedelta(
             seconds=300
         ):
             time.sleep(0.2)
-        cpu_fire = cpu_seconds(scheduler.pid) - cpu_before
+        cpu_fire = sum(cpu_seconds(process.pid) for process in [scheduler, *extra]) - cpu_before
         # Until every run finished, or 300 s after their time: then what happened so far is reported.
         give_up = due + timedelta(seconds=300)
         while timezone.now() < give_up:
@@ -234,7 +241,7 @@ def burst(config: dict, data_dir: Path) -> dict:
             time.sleep(0.5)
         runs = list(Run.objects.filter(schedule__isnull=False))
     finally:
-        for process in [*workers, scheduler]:
+        for process in [*workers, scheduler, *extra]:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 

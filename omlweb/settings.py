@@ -303,6 +303,8 @@ OMLWEB_REAPER_INTERVAL_SECONDS = env_float("OMLWEB_REAPER_INTERVAL_SECONDS", 30.
 OMLWEB_SCHEDULER_POLL_SECONDS = env_float("OMLWEB_SCHEDULER_POLL_SECONDS", 1.0)
 OMLWEB_SCHEDULE_MISSED_GRACE_SECONDS = env_float("OMLWEB_SCHEDULE_MISSED_GRACE_SECONDS", 60.0)
 OMLWEB_SCHEDULE_MIN_INTERVAL_SECONDS = env_int("OMLWEB_SCHEDULE_MIN_INTERVAL_SECONDS", 60, minimum=1)
+# Scheduler processes `manage.py serve` runs on this host (any number is safe; more fire a burst faster).
+OMLWEB_SCHEDULER_PROCESSES = env_int("OMLWEB_SCHEDULER_PROCESSES", 1, minimum=1)
 # A queued job whose message may have been lost (published before a crash, or reserved by a killed
 # worker) is published again after this long, when its queue holds fewer messages than queued jobs.
 OMLWEB_REQUEUE_AFTER_SECONDS = env_float("OMLWEB_REQUEUE_AFTER_SECONDS", 120.0)

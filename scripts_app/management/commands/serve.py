@@ -154,9 +154,10 @@ class Command(BaseCommand):
         if children and not no_scheduler:
             # Starts the runs of schedules; its own process, supervised like the others (docs/schedules.md).
             manage = str(settings.BASE_DIR / "manage.py")
-            children.append(
-                Child(name="scheduler", kind="scheduler", command=[sys.executable, manage, "run_scheduler"])
-            )
+            # More than one shares a burst of due schedules (each takes the rows the others have not locked).
+            for number in range(1, settings.OMLWEB_SCHEDULER_PROCESSES + 1):
+                name = "scheduler" if number == 1 else f"scheduler-{number}"
+                children.append(Child(name=name, kind="scheduler", command=[sys.executable, manage, "run_scheduler"]))
         if not children:
             raise CommandError("Nothing to run: no web tier and no worker.")
         self._say_what_is_missing()
