@@ -304,6 +304,14 @@ OMLWEB_RUN_MAX_ATTEMPTS = env_int("OMLWEB_RUN_MAX_ATTEMPTS", 3, minimum=1)
 OMLWEB_WORKER_PROBE_SECONDS = env_float("OMLWEB_WORKER_PROBE_SECONDS", 10.0)
 OMLWEB_WORKER_WEDGED_SECONDS = env_float("OMLWEB_WORKER_WEDGED_SECONDS", 30.0)
 OMLWEB_REAPER_INTERVAL_SECONDS = env_float("OMLWEB_REAPER_INTERVAL_SECONDS", 30.0)
+# Schedules (docs/schedules.md): the scheduler looks for due schedules this often (and sleeps less when
+# one is due sooner); an occurrence later than the grace is "missed" and its schedule's missed-runs
+# policy decides; no schedule may run more often than the minimum interval.
+OMLWEB_SCHEDULER_POLL_SECONDS = env_float("OMLWEB_SCHEDULER_POLL_SECONDS", 1.0)
+OMLWEB_SCHEDULE_MISSED_GRACE_SECONDS = env_float("OMLWEB_SCHEDULE_MISSED_GRACE_SECONDS", 60.0)
+OMLWEB_SCHEDULE_MIN_INTERVAL_SECONDS = env_int("OMLWEB_SCHEDULE_MIN_INTERVAL_SECONDS", 60, minimum=1)
+# Scheduler processes `manage.py serve` runs on this host (any number is safe; more fire a burst faster).
+OMLWEB_SCHEDULER_PROCESSES = env_int("OMLWEB_SCHEDULER_PROCESSES", 1, minimum=1)
 # A queued job whose message may have been lost (published before a crash, or reserved by a killed
 # worker) is published again after this long, when its queue holds fewer messages than queued jobs.
 OMLWEB_REQUEUE_AFTER_SECONDS = env_float("OMLWEB_REQUEUE_AFTER_SECONDS", 120.0)

@@ -51,6 +51,9 @@ class ErrorCode(enum.IntEnum):
     PRESET_NOT_FOUND = 1050
     INVALID_PRESET = 1051
     INVALID_VERSION_MESSAGE = 1052
+    # Schedules and retries (docs/schedules.md).
+    WORKER_LOST = 1060
+    INVALID_SCHEDULE = 1061
     # Notifications (docs/notifications.md).
     NOTIFICATION_RULE_INVALID = 1080
     WEBHOOK_URL_REFUSED = 1081

@@ -391,6 +391,12 @@ class Run(models.Model):
     # What the run keeps on the server (result JSON, stdout, stderr, figures' PNGs), counted against
     # its user's storage quota.
     stored_bytes = models.PositiveBigIntegerField(default=0)
+    # A run started by a schedule (docs/schedules.md): which one, and the occurrence it runs for.
+    schedule = models.ForeignKey("Schedule", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    scheduled_for = models.DateTimeField(null=True, blank=True)
+    # A retry is a new run linked to the attempt it retries; retry_number 0 is the first attempt.
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    retry_number = models.PositiveIntegerField(default=0)
 
     objects = RunQuerySet.as_manager()
 
@@ -411,6 +417,18 @@ class Run(models.Model):
             # Covers the storage quota's sum: without it each run's check reads every row of the user's
             # runs, results included (SQLite stores stored_bytes after the large result column).
             models.Index(fields=["user", "stored_bytes"], name="run_storage_of_user"),
+        ]
+        constraints = [
+            # Two scheduler processes can never both start the same occurrence of a schedule.
+            models.UniqueConstraint(
+                fields=["schedule", "scheduled_for"],
+                condition=models.Q(schedule__isnull=False, retry_number=0),
+                name="one_run_per_schedule_occurrence",
+            ),
+            # A failed attempt is retried at most once (its retry is the next attempt).
+            models.UniqueConstraint(
+                fields=["retry_of"], condition=models.Q(retry_of__isnull=False), name="one_retry_per_attempt"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -810,3 +828,84 @@ class ParameterPreset(models.Model):
 
     def __str__(self) -> str:
         return f"{self.script_id} preset {self.name}"
+
+
+# Schedules and retries (docs/schedules.md)
+
+
+class RetryPolicy(models.Model):
+    """How a failed async run is tried again: fields shared by a script's policy and a schedule's."""
+
+    max_retries = models.PositiveIntegerField(default=0, help_text="Retries after the first attempt; 0: none.")
+    retry_backoff_seconds = models.PositiveIntegerField(
+        default=60, help_text="Wait before the first retry; each later one waits `factor` times longer."
+    )
+    retry_backoff_factor = models.FloatField(default=2.0)
+    retry_user_errors = models.BooleanField(
+        default=False,
+        help_text="Also retry when the script itself fails (an exception, a time or memory limit). "
+        "Infrastructure failures (a lost worker) are always retried.",
+    )
+
+    class Meta:
+        abstract = True
+
+
+class ScriptRetryPolicy(RetryPolicy):
+    """A script's retry policy: applies to its async runs that no schedule with its own policy started."""
+
+    script = models.OneToOneField(Script, on_delete=models.CASCADE, related_name="retry_policy")
+
+    def __str__(self) -> str:
+        return f"Retries of {self.script}"
+
+
+class Schedule(RetryPolicy):
+    """A script that runs itself: on a cron expression or a fixed interval, in a time zone."""
+
+    class Missed(models.TextChoices):
+        SKIP = "skip", "Skip them"
+        RUN_ONCE = "run_once", "Run once"
+
+    class Overlap(models.TextChoices):
+        SKIP = "skip", "Skip the new run"
+        QUEUE = "queue", "Queue it after the running one"
+        ALLOW = "allow", "Allow both at once"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="schedules")
+    script = models.ForeignKey(Script, on_delete=models.CASCADE, related_name="schedules")
+    # None: the script's current version at each run.
+    version = models.ForeignKey(ScriptVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    name = models.CharField(max_length=128)
+    parameters = models.JSONField(default=dict, blank=True)
+    env_name = models.CharField(max_length=64, blank=True)
+    service = models.CharField(max_length=6, choices=ServiceLevel.choices, default=ServiceLevel.LOW)
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    cron = models.CharField(max_length=200, blank=True, help_text="A cron expression; empty: every interval_seconds.")
+    interval_seconds = models.PositiveIntegerField(null=True, blank=True)
+    time_zone = models.CharField(max_length=64, default="UTC")
+    enabled = models.BooleanField(default=True)
+    missed_policy = models.CharField(max_length=8, choices=Missed.choices, default=Missed.SKIP)
+    overlap_policy = models.CharField(max_length=5, choices=Overlap.choices, default=Overlap.SKIP)
+    # Intervals count from here (set when the schedule is saved or resumed).
+    anchor_at = models.DateTimeField(default=timezone.now)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    # An occurrence held back by the queue overlap policy until the running one finishes.
+    pending_for = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # What the scheduler last did instead of starting a run (skipped, refused), for the owner to see.
+    last_note = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [
+            models.Index(fields=["enabled", "next_run_at"], name="schedule_due"),
+            models.Index(fields=["enabled", "pending_for"], name="schedule_pending"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.owner}/{self.name}"

@@ -91,7 +91,8 @@ class Service:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """`manage.py serve` with its test flags, and `options` (say, --no-scheduler)."""
         with self.log.open("a") as out:
             self.process = subprocess.Popen(
                 [
@@ -102,6 +103,7 @@ class Service:
                     f"127.0.0.1:{self.port}",
                     "--web-workers",
                     "1",
+                    *options,
                 ],
                 env=self.env,
                 cwd=ROOT,

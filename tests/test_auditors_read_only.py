@@ -28,6 +28,7 @@ from django.utils import timezone
 from scripts_app.models import AccessToken, Environment, Run, RunImage
 from scripts_app.roles import AUDITORS
 from scripts_app.services.notifications import rule_create
+from scripts_app.services.schedules import schedule_save
 from scripts_app.services.tokens import personal_token_create
 from tests.factories import UserFactory, make_dataset, make_script
 
@@ -133,6 +134,10 @@ def world(admin_user, alice, bob, settings):
         rule_create(owner=user, name="r", channel="WEBHOOK", url="https://hooks.example.org/")
         for user in (alice, auditor)
     ]
+    objects["schedules"] = [
+        schedule_save(user=alice, script=objects["scripts"][0], cron="0 7 * * *"),
+        schedule_save(user=auditor, script=objects["scripts"][2], interval_seconds=3600, max_retries=1),
+    ]
     auditor.groups.add(Group.objects.get_or_create(name=AUDITORS)[0])
     objects["users"] = [alice, bob, auditor, admin_user]
     return auditor, objects
@@ -176,6 +181,10 @@ def candidates(name: str, param: str, objects: dict) -> list:
         return [uuid.UUID(int=1)]
     if param == "preset":
         return ["probe"]
+        if name.startswith("web:schedule"):
+            return [schedule.pk for schedule in objects["schedules"]]
+    if param == "schedule_id":
+        return [str(schedule.pk) for schedule in objects["schedules"]]
     if param in {"user_id", "id"}:
         return [objects["users"][1].pk]
     if param in {"number", "position"}:

@@ -87,7 +87,7 @@ def test_kill_9_of_every_child_with_jobs_in_flight_loses_nothing(service: Servic
     assert set(tries.values()) <= {1, 2}
     # Restarts for the kills (a worker slow to take a probe on a loaded machine may add wedged ones).
     kills = {name: child["restarts"] - child["wedgedKills"] for name, child in service.children().items()}
-    assert kills == {"web": 2, "worker-low-1": 2, "worker-low-2": 1, "reaper": 1}
+    assert kills == {"web": 2, "worker-low-1": 2, "worker-low-2": 1, "reaper": 1, "scheduler": 0}
     status, _, body = service.request("GET", "/oml/api/admin/status")
     assert status == 200
     [supervisor] = json.loads(body)["supervisors"]

@@ -39,7 +39,7 @@ V1_HEADERS = {
     "Sunset": {"description": "v1 only (RFC 8594): when v1 is retired, as an HTTP date.", "schema": {"type": "string"}},
 }
 # Python names of path parameters, as Oracle's reference names them.
-PARAMETER_NAMES = {"owner": "ownerName", "job_id": "jobId", "user": "userName"}
+PARAMETER_NAMES = {"owner": "ownerName", "job_id": "jobId", "user": "userName", "schedule_id": "scheduleId"}
 NAME_BY_RESOURCE = {
     "scripts": "scriptName",
     "datasets": "datasetName",

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
-from scripts_app.api import audit, environments, notifications, presets, views
+from scripts_app.api import audit, environments, notifications, presets, schedules, views
 
 # v1 and v2 serve the same endpoints; v2-only ones check the version they are called under.
 VERSION = r"(?P<version>v[12])"
@@ -126,5 +126,37 @@ urlpatterns = [
     path("oml/api/audit/events", audit.AuditEventListView.as_view(), name="oml-audit-events"),
     path("oml/api/audit/events/export.<str:fmt>", audit.AuditExportView.as_view(), name="oml-audit-export"),
     path("oml/api/runs/export.<str:fmt>", audit.RunExportView.as_view(), name="oml-run-export"),
+    # Schedules and retry policies (docs/schedules.md), v2 only.
+    re_path(rf"^oml/api/py-scripts/{VERSION}/schedules$", schedules.ScheduleListView.as_view(), name="oml-schedules"),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/schedules/(?P<schedule_id>[^/]+)$",
+        schedules.ScheduleDetailView.as_view(),
+        name="oml-schedule",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/schedules/(?P<schedule_id>[^/]+)/pause$",
+        schedules.SchedulePauseView.as_view(),
+        name="oml-schedule-pause",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/schedules/(?P<schedule_id>[^/]+)/resume$",
+        schedules.ScheduleResumeView.as_view(),
+        name="oml-schedule-resume",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/schedules/(?P<schedule_id>[^/]+)/runs$",
+        schedules.ScheduleRunsView.as_view(),
+        name="oml-schedule-runs",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/jobs/(?P<job_id>[^/]+)/attempts$",
+        schedules.JobAttemptsView.as_view(),
+        name="oml-job-attempts",
+    ),
+    re_path(
+        rf"^oml/api/py-scripts/{VERSION}/scripts/(?P<name>[^/]+)/retries$",
+        schedules.ScriptRetryView.as_view(),
+        name="oml-script-retries",
+    ),
     path("oml/api/schema", SpectacularAPIView.as_view(), name="oml-schema"),
 ]

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('scripts_app', '0010_audit_trail'),
+        ('scripts_app', '0011_schedules'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -8,6 +8,7 @@ taken back, finished, cancelled, each one conditional UPDATE.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import uuid
 from typing import Any
 
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from scripts_app import roles
 from scripts_app.errors import BadRequest, PermissionDenied
-from scripts_app.models import Run, Script, ScriptVersion, ServiceLevel
+from scripts_app.models import Run, Schedule, Script, ScriptVersion, ServiceLevel
 from scripts_app.services import apply, audit, environments, live, shares
 from scripts_app.services.execution import execute_run
 from scripts_app.services.jobs.submission import job_publish_submitted
@@ -60,6 +61,10 @@ class RunRequest:
     client_address: str | None = None
     # A sync run the page watches live (services.live) under the id the page chose; None: not watched.
     live_id: uuid.UUID | None = None
+    # A job a schedule started (services.schedules), and the occurrence it runs for: two schedulers
+    # recording the same occurrence collide on a unique constraint, so it runs once.
+    schedule: Schedule | None = None
+    scheduled_for: datetime.datetime | None = None
 
 
 def start_run(request: RunRequest) -> Run:
@@ -123,6 +128,8 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
             if request.asynchronous
             else request.timeout_seconds,
             comments=request.comments,
+            schedule=request.schedule,
+            scheduled_for=request.scheduled_for,
             created_at=now,
             enqueued_at=now if request.asynchronous else None,
             status=Run.Status.RUNNING if started else Run.Status.QUEUED,

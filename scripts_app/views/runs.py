@@ -23,6 +23,7 @@ from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
 from scripts_app.services import live as live_services
 from scripts_app.services import pipeline
+from scripts_app.services import retries as retry_services
 from scripts_app.services.jobs.submission import job_attempt, job_cancel
 from scripts_app.services.queries import sql_name
 from scripts_app.signature import entry_signature
@@ -170,6 +171,8 @@ def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
         # Live runs: output as printed, clock and timeline while it runs (views.live); the steps once ended.
         "live": live_views.live_context(run) if not run.is_finished else None,
         "timeline": live_services.timeline(run) if run.is_finished else None,
+        # Retried under a retry policy: every attempt is a run of its own (services/retries.py).
+        "attempts": retry_services.attempts_of(run) if run.retry_of_id or run.retries.exists() else [],
     }
 
 

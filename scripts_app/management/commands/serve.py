@@ -1,4 +1,5 @@
-"""Run the web server (gunicorn), the Celery workers of each service level and the reaper, supervised.
+"""Run the web server (gunicorn), the Celery workers of each service level, the reaper and the scheduler,
+supervised.
 
 `serve` is a small supervisor, in the manner of supervisord or systemd's `Restart=always`: a child that
 exits is restarted after a backoff (1 s, doubling to 60 s while it keeps crashing, back to 1 s once it
@@ -85,7 +86,7 @@ class Child:
     """One supervised process and its history."""
 
     name: str
-    kind: str  # web, worker or reaper
+    kind: str  # web, worker, reaper or scheduler
     command: list[str]
     node: str = ""  # a worker's Celery node name: the `worker` its runs record
     process: subprocess.Popen | None = None
@@ -128,7 +129,8 @@ def _iso(moment: float | None) -> str | None:
 
 class Command(BaseCommand):
     help = (
-        "Serve omlweb: gunicorn on --bind, Celery workers per service level and the reaper, supervised, until Ctrl-C."
+        "Serve omlweb: gunicorn on --bind, Celery workers per service level, the reaper and the scheduler, "
+        "supervised, until Ctrl-C."
     )
 
     def add_arguments(self, parser) -> None:
@@ -143,9 +145,21 @@ class Command(BaseCommand):
             help="Service levels this machine's workers serve (comma-separated).",
         )
         parser.add_argument("--no-reaper", action="store_true", help="Don't run the reaper and pruning here.")
+        parser.add_argument(
+            "--no-scheduler", action="store_true", help="Don't run the scheduler here (it is safe to run several)."
+        )
 
-    def handle(self, *args, bind, web_workers, web_threads, no_web, no_worker, services, no_reaper, **options):
+    def handle(
+        self, *args, bind, web_workers, web_threads, no_web, no_worker, services, no_reaper, no_scheduler, **options
+    ):
         children = self._children(bind, web_workers, web_threads, no_web, no_worker, services, no_reaper)
+        if children and not no_scheduler:
+            # Starts the runs of schedules; its own process, supervised like the others (docs/schedules.md).
+            manage = str(settings.BASE_DIR / "manage.py")
+            # More than one shares a burst of due schedules (each takes the rows the others have not locked).
+            for number in range(1, settings.OMLWEB_SCHEDULER_PROCESSES + 1):
+                name = "scheduler" if number == 1 else f"scheduler-{number}"
+                children.append(Child(name=name, kind="scheduler", command=[sys.executable, manage, "run_scheduler"]))
         if not children:
             raise CommandError("Nothing to run: no web tier and no worker.")
         self._say_what_is_missing()

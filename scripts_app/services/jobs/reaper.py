@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from scripts_app.errors import ErrorCode
 from scripts_app.models import Run, RunImage
+from scripts_app.services import retries
 from scripts_app.services.jobs import broker, submission
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,18 @@ def _take_back(run: Run, *, now: datetime, lost: str) -> str | None:
             error_message=f"The job was cancelled; {lost}.",
         )
         return "cancelled" if cancelled else None
+    if retries.takes_over(run):
+        # Under a retry policy each attempt is a run of its own: this one ends, its retry is a new run.
+        failed = taken.finish(
+            Run.Status.FAILED,
+            now=now,
+            error_code=ErrorCode.WORKER_LOST,
+            error_message=f"This attempt stopped: {lost} (killed, or out of memory).",
+        )
+        if failed:
+            logger.warning("Run %s: %s; its retry policy decides (attempt %s)", run.pk, lost, run.retry_number + 1)
+            retries.after_finish(run)
+        return "failed" if failed else None
     if run.attempts >= settings.OMLWEB_RUN_MAX_ATTEMPTS:
         failed = taken.finish(
             Run.Status.FAILED,

@@ -15,7 +15,7 @@ from django.utils import timezone
 from scripts_app import runner
 from scripts_app.errors import Busy, ErrorCode
 from scripts_app.models import Run, RunTakenAway
-from scripts_app.services import execution, live, runs, shares
+from scripts_app.services import execution, live, retries, runs, shares
 from scripts_app.services.jobs import submission
 
 logger = logging.getLogger(__name__)
@@ -52,15 +52,16 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
     except Busy:
         # Recorded FAILED with the busy code by run_execute: a worker process runs one job at a time,
         # so its runner slots are only ever taken by this job's own pieces.
-        return run
+        pass
     except Exception as error:
         logger.exception("Run %s: the service failed to run it", run.pk)
         job_fail(run=run, message=f"The service failed to run the job: {error}")
-        return run
     finally:
         watch.stop()
         if live_run is not None:
             live_run.stop()
+    # A failed run whose script or schedule has a retry policy is tried again as a new run.
+    retries.after_finish(run)
     return run
 
 
