@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import QuerySet, TextField
@@ -34,7 +35,16 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from scripts_app.errors import BadRequest
-from scripts_app.models import AuditAnchor, AuditChainHead, AuditEvent
+from scripts_app.models import (
+    AccessToken,
+    AuditAnchor,
+    AuditChainHead,
+    AuditEvent,
+    Dataset,
+    Run,
+    Script,
+    ScriptVersion,
+)
 
 GENESIS_HASH = "0" * 64
 CHAIN_HEAD_ID = 1
@@ -72,15 +82,15 @@ def describe(obj: models.Model) -> tuple[str, str, str]:
     """(object type, id, name) of a model instance, as the trail shows it."""
     label = obj._meta.label_lower
     kind = OBJECT_TYPES.get(label, label)
-    if kind == "user":
+    if isinstance(obj, AbstractBaseUser):
         name = obj.get_username()
-    elif kind in ("script", "dataset"):
+    elif isinstance(obj, Script | Dataset):
         name = f"{obj.owner.get_username()}/{obj.name}"
-    elif kind == "script_version":
+    elif isinstance(obj, ScriptVersion):
         name = f"{obj.script.owner.get_username()}/{obj.script.name} v{obj.number}" if obj.script else f"v{obj.number}"
-    elif kind == "run":
+    elif isinstance(obj, Run):
         name = f"{obj.script_owner}/{obj.script_name}"
-    elif kind == "token":
+    elif isinstance(obj, AccessToken):
         name = f"{obj.get_kind_display()} of {obj.user.get_username()}" + (f": {obj.name}" if obj.name else "")
     else:
         name = str(obj)
@@ -171,9 +181,15 @@ def _statements() -> _Statements:
     lock = f"SELECT {quote('last_id')}, {quote('last_hash')} FROM {head} WHERE {quote('id')} = %s"
     if connection.features.has_select_for_update:
         lock += " FOR UPDATE"
-    fields = [AuditEvent._meta.get_field(name) for name in INSERT_FIELDS]
-    columns = ", ".join(quote(field.column) for field in fields)
-    insert = f"INSERT INTO {quote(AuditEvent._meta.db_table)} ({columns}) VALUES "
+    fields, columns = [], []
+    for name in INSERT_FIELDS:
+        # Every INSERT_FIELDS name is a concrete column of AuditEvent, never a reverse relation.
+        field = AuditEvent._meta.get_field(name)
+        assert isinstance(field, models.Field), name
+        assert field.column, name
+        fields.append(field)
+        columns.append(quote(field.column))
+    insert = f"INSERT INTO {quote(AuditEvent._meta.db_table)} ({', '.join(columns)}) VALUES "
     row = "(" + ", ".join(["%s"] * len(fields)) + ")"
     both = None
     if connection.vendor == "postgresql":

@@ -11,7 +11,8 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Q, QuerySet, TextField
@@ -113,7 +114,7 @@ def runs_for(*, user, filters: dict) -> QuerySet[Run]:
 
 def iter_runs(runs: QuerySet[Run], *, chunk: int = 1000) -> Iterator[dict]:
     """Newest first, keyset on (created_at, id): each chunk is one indexed query, whatever the depth."""
-    runs = runs.order_by("-created_at", "-id").values(
+    rows = runs.order_by("-created_at", "-id").values(
         "id",
         "created_at",
         "started_at",
@@ -135,7 +136,7 @@ def iter_runs(runs: QuerySet[Run], *, chunk: int = 1000) -> Iterator[dict]:
     )
     last = None
     while True:
-        page = runs.filter(Q(created_at__lt=last[0]) | Q(created_at=last[0], id__lt=last[1])) if last else runs
+        page = rows.filter(Q(created_at__lt=last[0]) | Q(created_at=last[0], id__lt=last[1])) if last else rows
         batch = list(page[:chunk])
         for row in batch:
             yield _run_row(row)
@@ -144,7 +145,7 @@ def iter_runs(runs: QuerySet[Run], *, chunk: int = 1000) -> Iterator[dict]:
         last = (batch[-1]["created_at"], batch[-1]["id"])
 
 
-def _run_row(row: dict) -> dict:
+def _run_row(row: Mapping[str, Any]) -> dict[str, Any]:
     created, started, finished = row["created_at"], row["started_at"], row["finished_at"]
     queued_from = row["enqueued_at"] or created
     return {

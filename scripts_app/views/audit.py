@@ -9,6 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.utils.http import urlencode
@@ -84,7 +85,7 @@ def audit_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @login_required
-def audit_export(request: HtmxHttpRequest, fmt: str) -> StreamingHttpResponse:
+def audit_export(request: HtmxHttpRequest, fmt: str) -> HttpResponseBase:
     _require_auditor(request)
     if fmt not in exports.FORMATS:
         raise Http404("Export as csv or jsonl.")

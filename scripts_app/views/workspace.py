@@ -9,12 +9,14 @@ what the run page runs; this module only turns its answer into a fragment.
 from __future__ import annotations
 
 import json
+from typing import Any
 from uuid import UUID
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
+from django.http.response import HttpResponseRedirectBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve
 from django.views.decorators.http import require_GET, require_POST
@@ -73,6 +75,8 @@ def script_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     """Save the editor's source as a new version, with an optional message (Ctrl/Cmd+S)."""
     script = editable_script_or_404(request, pk)
     before = script.current_version
+    # script_create adds the first version in its own transaction and versions are never deleted.
+    assert before is not None, "a script always has a current version"
     source = request.POST.get("source", "").replace("\r\n", "\n")
     message = request.POST.get("message", "")
     error, line = None, None
@@ -80,18 +84,20 @@ def script_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         script_services.script_update(script=script, by=request.user, source=source, message=message)
     except OmlError as exc:
         error, line = exc.message, getattr(exc, "line", None)
-    created = error is None and script.current_version_id != before.pk
+    current = script.current_version
+    assert current is not None, "a script always has a current version"
+    created = error is None and current.pk != before.pk
     if not request.htmx:
         if error:
             messages.error(request, error)
         elif created:
-            messages.success(request, f"Saved as version {script.current_version.number}.")
+            messages.success(request, f"Saved as version {current.number}.")
         else:
             messages.info(request, "The source did not change, so there is no new version.")
         return redirect("web:script_detail", script.pk)
     context = {"script": script, "error": error, "error_line": line, "created": created}
     if created and _signature_key(before.source, before.entry_function) != _signature_key(
-        script.current_version.source, script.current_version.entry_function
+        current.source, current.entry_function
     ):
         # The function's parameters changed: the run panel's fields follow (swapped out of band).
         context["form"] = run_panel_form(request, script)
@@ -103,7 +109,7 @@ def script_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 def script_run_here(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     """Run from the script page's panel: the run page's view runs it; the answer becomes a fragment."""
     response = run_views.run_script(request, pk)
-    if response.status_code in (301, 302):
+    if isinstance(response, HttpResponseRedirectBase) and response.status_code in (301, 302):
         try:
             match = resolve(response.url)
         except Resolver404:
@@ -175,7 +181,7 @@ def preset_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             problem = error.message
     else:
         problem = "The parameters are not valid: " + "; ".join(
-            f"{form.fields[field].label if field in form.fields else field}: {' '.join(errors)}"
+            f"{form.fields[field].label if field in form.fields else field}: {' '.join(map(str, errors))}"
             for field, errors in form.errors.items()
         )
     if not request.htmx:
@@ -184,7 +190,7 @@ def preset_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         else:
             messages.success(request, f"Preset {preset.name} {'saved' if created else 'replaced'}.")
         return redirect("web:script_detail", script.pk)
-    context = {"script": script, "problem": problem, "presets": _presets(request, script)}
+    context: dict[str, Any] = {"script": script, "problem": problem, "presets": _presets(request, script)}
     if not problem:
         context["saved"] = preset
         context["created"] = created
