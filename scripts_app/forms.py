@@ -537,14 +537,16 @@ class UserRoleForm(forms.Form):
 # Notifications
 
 
-class _ScriptChoiceField(forms.ModelChoiceField):
+class ScriptChoiceField(forms.ModelChoiceField):
+    """Scripts shown as owner/name."""
+
     def label_from_instance(self, obj: Script) -> str:
         return f"{obj.owner.get_username()}/{obj.name}"
 
 
 class NotificationRuleForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the rule is for, e.g. 'nightly report failed'.")
-    script = _ScriptChoiceField(
+    script = ScriptChoiceField(
         queryset=Script.objects.none(),
         required=False,
         empty_label="All my runs",

@@ -7,13 +7,14 @@ import json
 from django import forms
 from django.urls import reverse
 
-from scripts_app.models import Schedule, ServiceLevel
+from scripts_app.forms import ScriptChoiceField
+from scripts_app.models import Schedule, Script, ServiceLevel
 from scripts_app.services import retries, schedules
 
 
 class ScheduleForm(forms.Form):
     name = forms.CharField(max_length=128, required=False, help_text="Empty: the script's name.")
-    script = forms.ModelChoiceField(queryset=None, empty_label=None)
+    script = ScriptChoiceField(queryset=Script.objects.none(), empty_label=None)
     version = forms.IntegerField(
         required=False, min_value=1, label="Pinned version", help_text="A version number; empty: the current one."
     )
@@ -72,8 +73,9 @@ class ScheduleForm(forms.Form):
 
     def __init__(self, *args, scripts=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["script"].queryset = scripts
-        self.fields["script"].label_from_instance = lambda script: f"{script.owner.username}/{script.name}"
+        script = self.fields["script"]
+        assert isinstance(script, ScriptChoiceField)
+        script.queryset = scripts
         self.fields["time_zone"].widget.attrs["list"] = "time-zones"
         for name in ("cron", "interval_seconds", "time_zone"):
             self.fields[name].widget.attrs.update(

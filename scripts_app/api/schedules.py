@@ -136,15 +136,16 @@ def _fields(request: Request, data: dict, current: Schedule | None) -> dict:
     if fields.get("interval_seconds") and "cron" not in data:
         fields["cron"] = ""
     if "scriptName" in data:
-        script = scripts.script_resolve(
+        fields["script"] = scripts.script_resolve(
             caller=request.user, name=data["scriptName"], owner_name=data.get("scriptOwner")
         )
-        fields["script"] = script
     script = fields.get("script") or (current.script if current else None)
     if "version" in data:
         number = data["version"]
         version = None
         if number is not None:
+            if script is None:
+                raise BadRequest("A pinned version needs the schedule's scriptName.", code=ErrorCode.INVALID_SCHEDULE)
             version = script.versions.filter(number=number).first()
             if version is None:
                 raise BadRequest(f"Script {script.name!r} has no version {number}.", code=ErrorCode.INVALID_SCHEDULE)

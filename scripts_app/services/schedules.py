@@ -70,7 +70,7 @@ class Timing:
         """The first occurrence strictly after `moment` (UTC)."""
         if self.cron:
             return next(CronSim(self.cron, moment.astimezone(self.zone))).astimezone(UTC)
-        step = timedelta(seconds=self.interval_seconds)
+        step = self.step()
         if moment < self.anchor:
             return self.anchor
         return self.anchor + step * (math.floor((moment - self.anchor) / step) + 1)
@@ -78,7 +78,7 @@ class Timing:
     def latest(self, start: datetime, now: datetime) -> tuple[datetime, int]:
         """The last occurrence from `start` (an occurrence, <= now) up to `now`, and how many came before it."""
         if not self.cron:
-            step = timedelta(seconds=self.interval_seconds)
+            step = self.step()
             count = math.floor((now - start) / step)
             return start + step * count, count
         latest, count = start, 0
@@ -92,6 +92,11 @@ class Timing:
         last = next(CronSim(self.cron, (now + timedelta(microseconds=1)).astimezone(self.zone), reverse=True))
         return last.astimezone(UTC), count
 
+    def step(self) -> timedelta:
+        """A fixed interval's step (a timing without cron has its interval: checked when saved)."""
+        assert self.interval_seconds is not None, "an interval schedule without its interval"
+        return timedelta(seconds=self.interval_seconds)
+
     def upcoming(self, now: datetime, count: int = PREVIEW_COUNT) -> list[datetime]:
         moments, moment = [], now
         for _ in range(count):
@@ -101,7 +106,7 @@ class Timing:
 
     def describe(self) -> str:
         if not self.cron:
-            return f"Every {_seconds_text(self.interval_seconds)}"
+            return f"Every {_seconds_text(self.interval_seconds or 0)}"
         try:
             return f"{CronSim(self.cron, datetime.now(self.zone)).explain()} ({self.time_zone})"
         except Exception:
@@ -220,7 +225,7 @@ def schedule_save(*, user, schedule: Schedule | None = None, **fields) -> Schedu
     """Create (schedule None) or change a schedule after checking every field; its next run is computed anew."""
     check_writer(user)
     creating = schedule is None
-    if creating:
+    if schedule is None:
         schedule = Schedule(owner=user)
     for name, value in fields.items():
         if name not in EDITABLE:
