@@ -84,7 +84,8 @@ def test_a_broker_that_is_down_does_not_stop_bootstrap_and_the_build_is_publishe
     from django.utils import timezone
 
     from scripts_app.models import Environment
-    from scripts_app.services import environments, jobs
+    from scripts_app.services import environments
+    from scripts_app.services.jobs import broker
 
     monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "s3cret-enough")
 
@@ -92,7 +93,7 @@ def test_a_broker_that_is_down_does_not_stop_bootstrap_and_the_build_is_publishe
         raise ConnectionRefusedError("broker down")
 
     monkeypatch.setattr("scripts_app.environments.tasks.build_environment.delay", broker_down)
-    monkeypatch.setattr(jobs, "broker_problem", lambda: "ConnectionRefusedError: broker down")
+    monkeypatch.setattr(broker, "broker_problem", lambda: "ConnectionRefusedError: broker down")
     err = StringIO()
     with django_capture_on_commit_callbacks(execute=True):
         call_command("bootstrap", stdout=StringIO(), stderr=err)
@@ -102,7 +103,7 @@ def test_a_broker_that_is_down_does_not_stop_bootstrap_and_the_build_is_publishe
 
     queued = []
     monkeypatch.setattr("scripts_app.environments.tasks.build_environment.delay", lambda *a: queued.append(a))
-    monkeypatch.setattr(jobs, "broker_queue_length", lambda queue: 0)
+    monkeypatch.setattr(broker, "broker_queue_length", lambda queue: 0)
     assert environments.environment_republish_lost_builds() == []  # not waiting long enough yet
     later = timezone.now() + timedelta(seconds=settings.OMLWEB_REQUEUE_AFTER_SECONDS + 1)
     assert environments.environment_republish_lost_builds(now=later) == ["seaborn"]

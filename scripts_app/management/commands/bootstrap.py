@@ -15,7 +15,7 @@ from scripts_app.models import Dataset, Environment, Script
 from scripts_app.roles import ADMINS, ROLES
 from scripts_app.services.datasets import dataset_create
 from scripts_app.services.environments import environment_create
-from scripts_app.services.jobs.broker import broker_problem
+from scripts_app.services.jobs import broker
 from scripts_app.services.scripts import script_create, script_update
 
 
@@ -47,7 +47,7 @@ class Command(BaseCommand):
         if not Environment.objects.filter(name=DEMO_ENVIRONMENT["name"]).exists():
             # Built by a worker in the background; Example 2 works once it is READY.
             environment_create(by=admin, **DEMO_ENVIRONMENT)
-            if broker_problem() is None:
+            if broker.broker_problem() is None:
                 self.stdout.write(f"Defined demo environment {DEMO_ENVIRONMENT['name']}; a worker builds it now.")
             else:
                 self.stderr.write(
