@@ -13,6 +13,7 @@ from scripts_app.models import (
     RunImage,
     Script,
     ScriptGrant,
+    ScriptRetryPolicy,
     ScriptVersion,
 )
 
@@ -137,6 +138,12 @@ class GroupWithLimitsAdmin(GroupAdmin):
 class GroupLimitsAdmin(admin.ModelAdmin):
     list_display = ("group", "max_sync_runs", "max_running_jobs", "max_queued_jobs", "quota_mb")
     autocomplete_fields = ("group",)
+
+
+@admin.register(ScriptRetryPolicy)
+class ScriptRetryPolicyAdmin(admin.ModelAdmin):
+    list_display = ("script", "max_retries", "retry_backoff_seconds", "retry_backoff_factor", "retry_user_errors")
+    autocomplete_fields = ("script",)
 
 
 @admin.register(AuditEvent)

@@ -12,7 +12,15 @@ from django.contrib.auth import get_user_model
 
 from scripts_app import roles
 from scripts_app.errors import ErrorCode, OmlError
-from scripts_app.models import SCRIPT_NAME_PATTERN, VERSION_MESSAGE_MAX, NotificationRule, Run, Script, ServiceLevel
+from scripts_app.models import (
+    SCRIPT_NAME_PATTERN,
+    VERSION_MESSAGE_MAX,
+    NotificationRule,
+    Run,
+    Schedule,
+    Script,
+    ServiceLevel,
+)
 from scripts_app.runner.validation import loads_strict
 from scripts_app.services.environments import DEFAULT_ENVIRONMENT
 from scripts_app.services.pipeline import ApplyInput, RunRequest
@@ -553,6 +561,13 @@ class NotificationRuleForm(forms.Form):
         label="Runs of",
         help_text="All your runs, or only your runs of one script.",
     )
+    schedule = forms.ModelChoiceField(
+        queryset=Schedule.objects.none(),
+        required=False,
+        empty_label="Any run",
+        label="Started by",
+        help_text="Any run, or only the runs one of your schedules starts.",
+    )
     on_failure = forms.BooleanField(required=False, initial=True, label="When a run fails or times out")
     on_success = forms.BooleanField(required=False, label="When a run succeeds")
     longer_than_seconds = forms.IntegerField(
@@ -577,3 +592,6 @@ class NotificationRuleForm(forms.Form):
         script = self.fields["script"]
         assert isinstance(script, forms.ModelChoiceField)  # declared above
         script.queryset = roles.scripts_visible_to(user, Script.objects.select_related("owner"))
+        schedule = self.fields["schedule"]
+        assert isinstance(schedule, forms.ModelChoiceField)  # declared above
+        schedule.queryset = Schedule.objects.filter(owner=user)

@@ -622,7 +622,8 @@ class MetricCounter(models.Model):
 class NotificationRule(models.Model):
     """Tell the owner, by e-mail or webhook, when one of their runs fails, succeeds or runs long.
 
-    Scope: all of the owner's runs, or (with `script`) only their runs of that script. Only the owner's
+    Scope: all of the owner's runs, or (with `script`) only their runs of that script, or (with
+    `schedule`) only the runs that schedule started. Only the owner's
     own runs ever match: a rule never reports another user's run (docs/notifications.md).
     """
 
@@ -635,6 +636,9 @@ class NotificationRule(models.Model):
     name = models.CharField(max_length=100)
     script = models.ForeignKey(
         Script, null=True, blank=True, on_delete=models.CASCADE, related_name="notification_rules"
+    )
+    schedule = models.ForeignKey(
+        "Schedule", null=True, blank=True, on_delete=models.CASCADE, related_name="notification_rules"
     )
     on_failure = models.BooleanField(default=True, help_text="A run ends FAILED or TIMED_OUT.")
     on_success = models.BooleanField(default=False, help_text="A run ends SUCCEEDED.")

@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from scripts_app import roles
 from scripts_app.api.serializers import StrictBooleanField, StrictCharField, StrictIntegerField
 from scripts_app.errors import NotFound, PermissionDenied
-from scripts_app.models import NotificationDelivery, NotificationRule, Script
+from scripts_app.models import NotificationDelivery, NotificationRule, Schedule, Script
 from scripts_app.services import notifications
 
 RULE = {
@@ -22,6 +22,7 @@ RULE = {
         "name": {"type": "string"},
         "owner": {"type": "string"},
         "script": {"type": ["object", "null"], "description": "{id, name, owner}; null: all the owner's runs."},
+        "schedule": {"type": ["object", "null"], "description": "{id, name}: only the runs it starts; null: any."},
         "onFailure": {"type": "boolean"},
         "onSuccess": {"type": "boolean"},
         "longerThanSeconds": {"type": ["integer", "null"]},
@@ -72,6 +73,7 @@ def rule_body(rule: NotificationRule, *, viewer) -> dict:
             if rule.script is not None
             else None
         ),
+        "schedule": {"id": str(rule.schedule.pk), "name": rule.schedule.name} if rule.schedule is not None else None,
         "onFailure": rule.on_failure,
         "onSuccess": rule.on_success,
         "longerThanSeconds": rule.longer_than_seconds,
@@ -108,6 +110,9 @@ def delivery_body(delivery: NotificationDelivery) -> dict:
 class RuleWriteSerializer(serializers.Serializer):
     name = StrictCharField(max_length=100, required=False)
     scriptId = serializers.UUIDField(required=False, allow_null=True, help_text="null: all the owner's runs.")
+    scheduleId = serializers.UUIDField(
+        required=False, allow_null=True, help_text="Only the runs this schedule of the owner's starts; null: any."
+    )
     onFailure = StrictBooleanField(required=False)
     onSuccess = StrictBooleanField(required=False)
     longerThanSeconds = StrictIntegerField(required=False, allow_null=True, min_value=1, max_value=7 * 24 * 3600)
@@ -142,7 +147,16 @@ def _changes(request: Request, owner) -> dict:
     changes = {FIELD_NAMES[key]: value for key, value in data.items() if key in FIELD_NAMES}
     if "scriptId" in data:
         changes["script"] = _script(data["scriptId"], owner) if data["scriptId"] else None
+    if "scheduleId" in data:
+        changes["schedule"] = _schedule(data["scheduleId"], owner) if data["scheduleId"] else None
     return changes
+
+
+def _schedule(schedule_id, owner) -> Schedule:
+    schedule = Schedule.objects.filter(pk=schedule_id, owner=owner).first()
+    if schedule is None:
+        raise NotFound(f"Schedule {schedule_id} does not exist.")
+    return schedule
 
 
 def _script(script_id, owner) -> Script:

@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from scripts_app import roles
 from scripts_app.errors import ErrorCode, NotFound, OmlError, PermissionDenied, Unavailable
-from scripts_app.models import NotificationDelivery, NotificationRule, Run, Script, run_finished
+from scripts_app.models import NotificationDelivery, NotificationRule, Run, Schedule, Script, run_finished
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ def rule_create(
     name: str,
     channel: str,
     script: Script | None = None,
+    schedule: Schedule | None = None,
     on_failure: bool = True,
     on_success: bool = False,
     longer_than_seconds: int | None = None,
@@ -129,6 +130,7 @@ def rule_create(
         name=name,
         channel=channel,
         script=script,
+        schedule=schedule,
         on_failure=on_failure,
         on_success=on_success,
         longer_than_seconds=longer_than_seconds,
@@ -142,7 +144,7 @@ def rule_create(
 
 
 def rule_update(*, rule: NotificationRule, **changes) -> NotificationRule:
-    """Change the given fields (name, channel, script, on_failure, on_success, longer_than_seconds, url, enabled)."""
+    """Change the given fields of the rule, checked as when it was created."""
     _apply(rule, **changes)
     if rule.channel == Channel.WEBHOOK and not rule.secret:
         rule.secret = new_secret()
@@ -165,7 +167,17 @@ def new_secret() -> str:
 
 
 def _apply(rule: NotificationRule, **changes) -> None:
-    allowed = {"name", "channel", "script", "on_failure", "on_success", "longer_than_seconds", "url", "enabled"}
+    allowed = {
+        "name",
+        "channel",
+        "script",
+        "schedule",
+        "on_failure",
+        "on_success",
+        "longer_than_seconds",
+        "url",
+        "enabled",
+    }
     unknown = set(changes) - allowed
     if unknown:
         raise TypeError(f"unknown rule fields: {sorted(unknown)}")
@@ -182,6 +194,9 @@ def _apply(rule: NotificationRule, **changes) -> None:
         raise RuleInvalid("Choose at least one event: on failure, on success, or longer than N seconds.")
     if rule.script is not None and not roles.can_view_script(rule.owner, rule.script):
         raise RuleInvalid("The rule's owner may not read that script.")
+    if rule.schedule is not None and rule.schedule.owner_id != rule.owner_id:
+        # A schedule's runs are its owner's: a rule only ever reports its own owner's runs.
+        raise RuleInvalid("A rule may only follow one of its owner's own schedules.")
     if rule.channel == Channel.EMAIL:
         rule.url = ""
         rule.secret = ""
@@ -392,10 +407,13 @@ def _notify_quietly(run_id) -> None:
 
 
 def rules_for_run(run: Run) -> QuerySet[NotificationRule]:
-    """The enabled rules of the run's own user that cover it: all their runs, or runs of its script."""
-    # At merge with schedules: add `Q(schedule__isnull=True) | Q(schedule_id=run.schedule_id)`.
+    """The enabled rules of the run's own user that cover it: all their runs, runs of its script, or
+    runs of the schedule that started it."""
     return NotificationRule.objects.select_related("owner").filter(
-        Q(script__isnull=True) | Q(script_id=run.script_version.script_id), owner_id=run.user_id, enabled=True
+        Q(script__isnull=True) | Q(script_id=run.script_version.script_id),
+        Q(schedule__isnull=True) | Q(schedule_id=run.schedule_id),
+        owner_id=run.user_id,
+        enabled=True,
     )
 
 
@@ -445,6 +463,8 @@ def check_long_running(*, now: datetime | None = None) -> list[NotificationDeliv
         )
         if rule.script_id:
             late = late.filter(script_version__script_id=rule.script_id)
+        if rule.schedule_id:
+            late = late.filter(schedule_id=rule.schedule_id)
         for run in late[:LONG_RUNNING_BATCH]:
             delivery = _record(rule=rule, run=run, event=Event.LONG_RUNNING, now=now)
             if delivery is not None:

@@ -20,7 +20,17 @@ from scripts_app.models import NotificationDelivery, NotificationRule
 from scripts_app.services import notifications
 from scripts_app.views.base import HtmxHttpRequest, paginate
 
-FORM_FIELDS = ("name", "script", "on_failure", "on_success", "longer_than_seconds", "channel", "url", "enabled")
+FORM_FIELDS = (
+    "name",
+    "script",
+    "schedule",
+    "on_failure",
+    "on_success",
+    "longer_than_seconds",
+    "channel",
+    "url",
+    "enabled",
+)
 # Which form field a service refusal belongs to.
 ERROR_FIELDS = {1081: "url", 1082: "channel"}
 RECENT_DELIVERIES = 20

@@ -201,3 +201,30 @@ def test_a_users_rules_match_only_their_own_runs(alice, bob, admin_user):
     mine = record_run(RunRequest(script=script, user=alice))
     assert list(notifications.rules_for_run(theirs)) == []
     assert list(notifications.rules_for_run(mine)) == [rule]
+
+
+def test_a_schedule_rule_reports_only_the_runs_that_schedule_starts(alice, alice_api, bob):
+    """scheduleId narrows a rule to one of the owner's schedules; another user's schedule is a 404."""
+    from datetime import UTC, datetime
+
+    from scripts_app.services.schedules import schedule_save
+
+    script = make_script(alice, "nightly", "def nightly():\n    return 1\n")
+    nightly = schedule_save(user=alice, script=script, cron="0 7 * * *")
+    other = schedule_save(user=alice, script=script, interval_seconds=3600)
+    response = webhook(alice_api, scheduleId=str(nightly.pk))
+    assert response.status_code == 201, response.content
+    assert response.json()["schedule"] == {"id": str(nightly.pk), "name": nightly.name}
+    rule = NotificationRule.objects.get()
+    at = datetime(2026, 11, 30, 7, tzinfo=UTC)
+    by_nightly = record_run(
+        RunRequest(script=script, user=alice, asynchronous=True, schedule=nightly, scheduled_for=at)
+    )
+    by_other = record_run(RunRequest(script=script, user=alice, asynchronous=True, schedule=other, scheduled_for=at))
+    by_hand = record_run(RunRequest(script=script, user=alice, asynchronous=True))
+    assert list(notifications.rules_for_run(by_nightly)) == [rule]
+    assert list(notifications.rules_for_run(by_other)) == []
+    assert list(notifications.rules_for_run(by_hand)) == []
+    bobs = schedule_save(user=bob, script=make_script(bob, "his", "def his():\n    return 2\n"), cron="0 8 * * *")
+    refused = webhook(alice_api, scheduleId=str(bobs.pk))
+    assert refused.status_code == 404, refused.content
