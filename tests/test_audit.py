@@ -322,6 +322,45 @@ def test_a_run_submission_and_a_cancellation(analyst, monkeypatch):
     assert found["event"].after["status"] == Run.Status.CANCELLED
 
 
+# Schedules and notification rules
+
+
+def test_schedule_and_notification_rule_changes(analyst):
+    """Creating, changing, pausing, resuming and deleting a schedule, and a notification rule's life,
+    are one event each by their actor; a rule's webhook secret never enters the trail."""
+    make_script(analyst, "add", SOURCE)
+    api = client_for(analyst)
+    schedules = "/oml/api/py-scripts/v2/schedules"
+    with one_event("schedule.create", actor=analyst, object_type="schedule") as found:
+        response = api.post(schedules, {"scriptName": "add", "cron": "0 7 * * *"}, format="json")
+        assert response.status_code == 201, response.content
+    schedule_id = response.json()["result"]["id"]
+    assert found["event"].after["cron"] == "0 7 * * *"
+    with one_event("schedule.update", actor=analyst, object_type="schedule", object_id=schedule_id) as found:
+        assert api.patch(f"{schedules}/{schedule_id}", {"cron": "0 8 * * *"}, format="json").status_code == 200
+    assert (found["event"].before["cron"], found["event"].after["cron"]) == ("0 7 * * *", "0 8 * * *")
+    for action in ("pause", "resume"):
+        with one_event(f"schedule.{action}", actor=analyst, object_type="schedule", object_id=schedule_id):
+            assert api.post(f"{schedules}/{schedule_id}/{action}").status_code == 200
+    with one_event("schedule.delete", actor=analyst, object_type="schedule", object_id=schedule_id):
+        assert api.delete(f"{schedules}/{schedule_id}").status_code in (200, 204)
+
+    rules = "/oml/api/notifications/rules"
+    body = {"name": "hook", "channel": "WEBHOOK", "url": "https://hooks.example.org/omlweb"}
+    with one_event("notification_rule.create", actor=analyst, object_type="notification_rule") as found:
+        response = api.post(rules, body, format="json")
+        assert response.status_code == 201, response.content
+    rule_id, secret = response.json()["id"], response.json()["secret"]
+    with one_event("notification_rule.update", actor=analyst, object_type="notification_rule", object_id=rule_id):
+        assert api.patch(f"{rules}/{rule_id}", {"onSuccess": True}, format="json").status_code == 200
+    with one_event("notification_rule.new_secret", actor=analyst, object_type="notification_rule"):
+        assert api.post(f"{rules}/{rule_id}/secret").status_code == 200
+    with one_event("notification_rule.delete", actor=analyst, object_type="notification_rule", object_id=rule_id):
+        assert api.delete(f"{rules}/{rule_id}").status_code in (200, 204)
+    trail = "".join(str(row) for row in AuditEvent.objects.values_list("before", "after"))
+    assert secret not in trail
+
+
 # The chain
 
 

@@ -60,6 +60,8 @@ OBJECT_TYPES = {
     "scripts_app.run": "run",
     "scripts_app.accesstoken": "token",
     "scripts_app.grouplimits": "group_limits",
+    "scripts_app.schedule": "schedule",
+    "scripts_app.notificationrule": "notification_rule",
     "auth.user": "user",
     "auth.group": "group",
 }
@@ -401,6 +403,43 @@ def user_state(user) -> dict:
     }
 
 
+def schedule_state(schedule) -> dict:
+    return {
+        "name": schedule.name,
+        "owner": schedule.owner.get_username(),
+        "script": f"{schedule.script.owner.get_username()}/{schedule.script.name}",
+        "version": schedule.version.number if schedule.version else None,
+        "parameters": schedule.parameters,
+        "env_name": schedule.env_name,
+        "service": schedule.service,
+        "timeout_seconds": schedule.timeout_seconds,
+        "cron": schedule.cron,
+        "interval_seconds": schedule.interval_seconds,
+        "time_zone": schedule.time_zone,
+        "enabled": schedule.enabled,
+        "missed_policy": schedule.missed_policy,
+        "overlap_policy": schedule.overlap_policy,
+        "max_retries": schedule.max_retries,
+        "retry_user_errors": schedule.retry_user_errors,
+    }
+
+
+def notification_rule_state(rule) -> dict:
+    """A rule as the trail keeps it: never its webhook secret."""
+    return {
+        "name": rule.name,
+        "owner": rule.owner.get_username(),
+        "script_id": str(rule.script_id) if rule.script_id else None,
+        "schedule_id": str(rule.schedule_id) if rule.schedule_id else None,
+        "on_failure": rule.on_failure,
+        "on_success": rule.on_success,
+        "longer_than_seconds": rule.longer_than_seconds,
+        "channel": rule.channel,
+        "url": rule.url,
+        "enabled": rule.enabled,
+    }
+
+
 def run_state(run) -> dict:
     return {
         "script": f"{run.script_owner}/{run.script_name}",
@@ -727,6 +766,15 @@ ACTIONS = (
     "token.personal_create",
     "run.submit",
     "run.cancel",
+    "schedule.create",
+    "schedule.update",
+    "schedule.pause",
+    "schedule.resume",
+    "schedule.delete",
+    "notification_rule.create",
+    "notification_rule.update",
+    "notification_rule.new_secret",
+    "notification_rule.delete",
     "admin.add",
     "admin.change",
     "admin.delete",

@@ -41,6 +41,7 @@ from django.utils import timezone
 from scripts_app import roles
 from scripts_app.errors import ErrorCode, NotFound, OmlError, PermissionDenied, Unavailable
 from scripts_app.models import NotificationDelivery, NotificationRule, Run, Schedule, Script, run_finished
+from scripts_app.services import audit
 
 logger = logging.getLogger(__name__)
 
@@ -139,27 +140,37 @@ def rule_create(
     )
     if rule.channel == Channel.WEBHOOK:
         rule.secret = new_secret()
-    rule.save()
+    with transaction.atomic():
+        rule.save()
+        audit.record("notification_rule.create", obj=rule, actor=owner, after=audit.notification_rule_state(rule))
     return rule
 
 
 def rule_update(*, rule: NotificationRule, **changes) -> NotificationRule:
     """Change the given fields of the rule, checked as when it was created."""
+    before = audit.notification_rule_state(NotificationRule.objects.get(pk=rule.pk))
     _apply(rule, **changes)
     if rule.channel == Channel.WEBHOOK and not rule.secret:
         rule.secret = new_secret()
-    rule.save()
+    with transaction.atomic():
+        rule.save()
+        if (after := audit.notification_rule_state(rule)) != before:
+            audit.record("notification_rule.update", obj=rule, before=before, after=after)
     return rule
 
 
 def rule_rotate_secret(*, rule: NotificationRule) -> NotificationRule:
     rule.secret = new_secret()
-    rule.save(update_fields=["secret", "updated_at"])
+    with transaction.atomic():
+        rule.save(update_fields=["secret", "updated_at"])
+        audit.record("notification_rule.new_secret", obj=rule)
     return rule
 
 
 def rule_delete(*, rule: NotificationRule) -> None:
-    rule.delete()
+    with transaction.atomic():
+        audit.record("notification_rule.delete", obj=rule, before=audit.notification_rule_state(rule))
+        rule.delete()
 
 
 def new_secret() -> str:

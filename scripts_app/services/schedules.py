@@ -29,7 +29,7 @@ from django.utils import timezone
 from scripts_app import roles
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
 from scripts_app.models import Run, Schedule
-from scripts_app.services import environments, pipeline, retries
+from scripts_app.services import audit, environments, pipeline, retries
 from scripts_app.services.pipeline import RunRequest
 
 logger = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ EDITABLE = (
 )
 
 
+@transaction.atomic
 def schedule_save(*, user, schedule: Schedule | None = None, **fields) -> Schedule:
     """Create (schedule None) or change a schedule after checking every field; its next run is computed anew."""
     check_writer(user)
@@ -261,16 +262,24 @@ def schedule_save(*, user, schedule: Schedule | None = None, **fields) -> Schedu
         schedule.next_run_at = dataclasses.replace(timing, anchor=now).after(now)
     schedule.full_clean(exclude=["owner", "script", "version", "last_run", "parameters"])
     schedule.save()
+    after = audit.schedule_state(schedule)
+    if before is None:
+        audit.record("schedule.create", obj=schedule, actor=user, after=after)
+    elif (earlier := audit.schedule_state(before)) != after:
+        audit.record("schedule.update", obj=schedule, actor=user, before=earlier, after=after)
     return schedule
 
 
+@transaction.atomic
 def schedule_pause(*, schedule: Schedule) -> Schedule:
     schedule.enabled = False
     schedule.pending_for = None
     schedule.save(update_fields=["enabled", "pending_for", "updated_at"])
+    audit.record("schedule.pause", obj=schedule)
     return schedule
 
 
+@transaction.atomic
 def schedule_resume(*, schedule: Schedule) -> Schedule:
     """Runs again from now on: occurrences that fell while it was paused are not missed runs."""
     now = timezone.now()
@@ -279,12 +288,15 @@ def schedule_resume(*, schedule: Schedule) -> Schedule:
         schedule.anchor_at = now
     schedule.next_run_at = Timing.of(schedule).after(now)
     schedule.save(update_fields=["enabled", "anchor_at", "next_run_at", "updated_at"])
+    audit.record("schedule.resume", obj=schedule)
     return schedule
 
 
 def schedule_delete(*, schedule: Schedule) -> None:
     """Delete the schedule; the runs it started stay (their `schedule` becomes empty)."""
-    schedule.delete()
+    with transaction.atomic():
+        audit.record("schedule.delete", obj=schedule, before=audit.schedule_state(schedule))
+        schedule.delete()
 
 
 def preview(*, cron: str, interval_seconds: int | None, time_zone: str) -> dict:
