@@ -13,15 +13,14 @@ from uuid import UUID
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.db.models import Q, TextField
-from django.db.models.functions import Cast
+from django.db.models import Q
 from django.http import HttpResponse
 from django.shortcuts import render
-from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from scripts_app import roles
 from scripts_app.models import Run
+from scripts_app.services import exports
 from scripts_app.services import shares as share_services
 from scripts_app.views.base import HtmxHttpRequest
 
@@ -88,38 +87,26 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
     user = request.user
     sees_all = roles.sees_everything(user)
     filters = {key: request.GET.get(key, "").strip() for key in RUN_FILTERS}
-    runs = roles.runs_visible_to(user, Run.objects.all())
-    if filters["script"]:
-        runs = runs.filter(script_name__icontains=filters["script"])
-    if filters["params"]:
-        # The parameters as their JSON text: a value, a key or "key": value, wherever it is nested.
-        runs = runs.annotate(parameters_text=Cast("parameters", TextField())).filter(
-            parameters_text__icontains=filters["params"]
+    # The same filters as the history's exports (CSV, JSON Lines) apply.
+    runs = (
+        exports.runs_for(user=user, filters=filters)
+        .select_related("user", "script_version")
+        .only(
+            "id",
+            "script_name",
+            "script_owner",
+            "status",
+            "mode",
+            "kind",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "client_address",
+            "parameters",
+            "user__username",
+            "script_version__number",
+            "script_version__script_id",
         )
-    if filters["user"] and sees_all:
-        runs = runs.filter(user__username=filters["user"])
-    if filters["status"] in Run.Status.values:
-        runs = runs.filter(status=filters["status"])
-    since, until = _date(filters["since"]), _date(filters["until"])
-    if since:
-        runs = runs.filter(created_at__gte=_start_of(since))
-    if until:
-        runs = runs.filter(created_at__lt=_start_of(until + dt.timedelta(days=1)))
-    runs = runs.select_related("user", "script_version").only(
-        "id",
-        "script_name",
-        "script_owner",
-        "status",
-        "mode",
-        "kind",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "client_address",
-        "parameters",
-        "user__username",
-        "script_version__number",
-        "script_version__script_id",
     )
     page = keyset_page(runs, after=request.GET.get("after", ""), before=request.GET.get("before", ""))
     template = "runs/list.html"
@@ -143,14 +130,3 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             "storage": None if request.htmx else share_services.storage_summary(user=request.user),
         },
     )
-
-
-def _date(value: str) -> dt.date | None:
-    try:
-        return dt.date.fromisoformat(value) if value else None
-    except ValueError:
-        return None
-
-
-def _start_of(day: dt.date) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time.min, tzinfo=timezone.get_current_timezone())
