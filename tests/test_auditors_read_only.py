@@ -173,6 +173,8 @@ def candidates(name: str, param: str, objects: dict) -> list:
             return [u.pk for u in objects["users"]]
         if name.startswith("web:notification"):
             return [r.pk for r in objects["rules"]]
+        if name.startswith("web:schedule"):
+            return [schedule.pk for schedule in objects["schedules"]]
     if param == "rule_id":
         return [str(r.pk) for r in objects["rules"]]
     if param == "run_pk":
@@ -181,8 +183,6 @@ def candidates(name: str, param: str, objects: dict) -> list:
         return [uuid.UUID(int=1)]
     if param == "preset":
         return ["probe"]
-        if name.startswith("web:schedule"):
-            return [schedule.pk for schedule in objects["schedules"]]
     if param == "schedule_id":
         return [str(schedule.pk) for schedule in objects["schedules"]]
     if param in {"user_id", "id"}:

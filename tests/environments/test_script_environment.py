@@ -56,7 +56,8 @@ def test_the_pages_set_a_scripts_environment_and_the_run_form_starts_there(
     )
     assert response.status_code == 302
     assert Script.objects.get(pk=script.pk).env_name == "probe"
-    assert "<dd>probe</dd>" in client.get(reverse("web:script_detail", args=[script.pk])).content.decode()
+    # The script page names its environment in the line under its title (the workspace layout).
+    assert "environment probe" in client.get(reverse("web:script_detail", args=[script.pk])).content.decode()
     form = client.get(reverse("web:run_script", args=[script.pk])).context["form"]
     assert form["env_name"].value() == "probe"
     bad = client.post(reverse("web:script_edit", args=[script.pk]), {"name": "probe", "source": PROBE, "env_name": "x"})
