@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
+from scripts_app.roles import ADMINS, ANALYSTS, AUDITORS
 from scripts_app.services.tokens import token_issue
 from tests.factories import UserFactory
 
@@ -47,3 +49,29 @@ def bob_api(bob) -> APIClient:
 @pytest.fixture
 def admin_api(admin_user) -> APIClient:
     return client_for(admin_user)
+
+
+# Roles
+
+
+def in_group(user, name: str):
+    """Put the user in a role's group (forgetting the groups roles.py cached on the object)."""
+    user.groups.add(Group.objects.get_or_create(name=name)[0])
+    user.__dict__.pop("_omlweb_groups", None)
+    return user
+
+
+@pytest.fixture
+def analyst(alice):
+    return in_group(alice, ANALYSTS)
+
+
+@pytest.fixture
+def auditor(db):
+    return in_group(UserFactory(username="audrey"), AUDITORS)
+
+
+@pytest.fixture
+def group_admin(db):
+    """An admin by role (the admins group), not a superuser."""
+    return in_group(UserFactory(username="adam"), ADMINS)

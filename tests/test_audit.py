@@ -18,7 +18,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from scripts_app.models import AccessToken, AuditEvent, Dataset, Environment, GroupLimits, Run, Script
-from scripts_app.roles import ADMINS, ANALYSTS, AUDITORS
+from scripts_app.roles import ANALYSTS, AUDITORS
 from scripts_app.services import audit
 from scripts_app.services.jobs import submission
 from tests.conftest import client_for
@@ -28,25 +28,10 @@ SOURCE = "def add(a=1, b=1):\n    return a + b\n"
 SOURCE_2 = "def add(a=1, b=2):\n    return a + b\n"
 
 
-def in_group(user, name):
-    user.groups.add(Group.objects.get_or_create(name=name)[0])
-    user.__dict__.pop("_omlweb_groups", None)
-    return user
-
-
 @pytest.fixture
-def analyst(alice):
-    return in_group(alice, ANALYSTS)
-
-
-@pytest.fixture
-def admin(db):
-    return in_group(UserFactory(username="adam"), ADMINS)
-
-
-@pytest.fixture
-def auditor(db):
-    return in_group(UserFactory(username="audrey"), AUDITORS)
+def admin(group_admin):
+    """An admin by role (tests/conftest.py's group_admin)."""
+    return group_admin
 
 
 def web(user, **extra) -> Client:

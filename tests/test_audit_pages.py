@@ -10,13 +10,11 @@ import json
 import tracemalloc
 
 import pytest
-from django.contrib.auth.models import Group
 from django.http import StreamingHttpResponse
 from django.test import Client
 from django.utils import timezone
 
 from scripts_app.models import AuditEvent, Run
-from scripts_app.roles import ADMINS, ANALYSTS, AUDITORS
 from scripts_app.services import audit, exports
 from scripts_app.services.pipeline import RunRequest, record_run
 from tests.conftest import client_for
@@ -25,24 +23,10 @@ from tests.factories import UserFactory, make_script
 SOURCE = "def add(a=1, b=1):\n    return a + b\n"
 
 
-def in_group(user, name):
-    user.groups.add(Group.objects.get_or_create(name=name)[0])
-    return user
-
-
 @pytest.fixture
-def analyst(alice):
-    return in_group(alice, ANALYSTS)
-
-
-@pytest.fixture
-def auditor(db):
-    return in_group(UserFactory(username="audrey"), AUDITORS)
-
-
-@pytest.fixture
-def admin(db):
-    return in_group(UserFactory(username="adam"), ADMINS)
+def admin(group_admin):
+    """An admin by role (tests/conftest.py's group_admin)."""
+    return group_admin
 
 
 def web(user) -> Client:

@@ -9,9 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts_app.models import Run, WorkerHeartbeat
-from tests.conftest import client_for
+from tests.conftest import client_for, in_group
 from tests.factories import UserFactory, make_script
-from tests.web.conftest import in_group
 from tests.worker.conftest import wait_for, wait_status
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
