@@ -96,13 +96,14 @@ def main() -> None:
         print("(run ms: claim to outcome inside the worker; slot ms/job: wall time per job per worker process)")
 
 
-def run_child(**config) -> dict:
+def run_child(*, script: str = __file__, timeout: float = 1800, **config) -> dict:
+    """Run `script --child <config>` in a fresh interpreter; its last line of output is the result."""
     output = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(config)],
+        [sys.executable, script, "--child", json.dumps(config)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=timeout,
     )
     if output.returncode:
         sys.stderr.write(output.stderr[-5000:])

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
+import jobs  # noqa: E402
 from jobs import drop_postgres_database, drop_queues, fresh_postgres_database, start_workers  # noqa: E402
 
 TRIVIAL = "def trivial():\n    return 1\n"
@@ -105,17 +106,7 @@ def main() -> None:
 
 
 def run_child(**config) -> dict:
-    output = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if output.returncode:
-        sys.stderr.write(output.stderr[-5000:])
-        raise SystemExit(f"benchmark child failed for {config}")
-    return json.loads(output.stdout.strip().splitlines()[-1])
+    return jobs.run_child(script=__file__, timeout=3600, **config)
 
 
 def child(config: dict) -> dict:
