@@ -85,7 +85,7 @@ def fill(count: int) -> None:
             insert into {table} (id, script_version_id, script_name, script_owner, user_id, status, mode, kind,
                 parameters, result, stdout, stderr, error_message, traceback, graphics, env_name, service,
                 client_address, created_at, started_at, finished_at, comments, pieces, input_query,
-                apply_options, stored_bytes, attempts, worker)
+                apply_options, stored_bytes, attempts, worker, retry_number)
             select gen_random_uuid(),
                    (%(versions)s::uuid[])[1 + g %% {len(versions)}],
                    (%(names)s::text[])[1 + g %% {len(versions)}],
@@ -101,7 +101,7 @@ def fill(count: int) -> None:
                    now() - (g || ' seconds')::interval * 3,
                    now() - (g || ' seconds')::interval * 3 + interval '1 second',
                    now() - (g || ' seconds')::interval * 3 + interval '2 seconds',
-                   '', '[]'::jsonb, '', '{{}}'::jsonb, 100, 1, ''
+                   '', '[]'::jsonb, '', '{{}}'::jsonb, 100, 1, '', 0
             from generate_series(%(start)s, %(stop)s) as g
             """,
             {
