@@ -234,7 +234,7 @@ def preset_delete(request: HtmxHttpRequest, pk: UUID, preset_pk: UUID) -> HttpRe
 
 def _back_to_run_form(request: HtmxHttpRequest, script: Script, preset: str | None) -> HttpResponse:
     """To the run page the preset form was posted from, at its version, filled from the preset if any."""
-    query = {"version": run_views.chosen_version(request, script).number}
+    query: dict[str, str | int] = {"version": run_views.chosen_version(request, script).number}
     if preset:
         query["preset"] = preset
     return redirect(f"{reverse('web:run_script', args=[script.pk])}?{urlencode(query)}")
