@@ -159,6 +159,11 @@ def main() -> None:
         ("history, user=user3", "/runs/", {"user": "user3"}),
         ("history, script contains 's1'", "/runs/", {"script": "s1"}),
         ("history, parameters contain APAC", "/runs/", {"params": "APAC"}),
+        # Rare and absent values: without an index these read every run (the count finds too few to stop).
+        ("history, parameters contain 96", "/runs/", {"params": "96"}),
+        ("history, parameters contain 'nowhere'", "/runs/", {"params": "nowhere"}),
+        ("history, script contains 'S7'", "/runs/", {"script": "S7"}),
+        ("history, script contains 'zz'", "/runs/", {"script": "zz"}),
         ("history, from the deep run's day", "/runs/", {"since": str(deep.created_at.date())}),
         ("compare two runs", "/runs/compare/", {"a": str(old.pk), "b": str(new.pk)}),
     ]
