@@ -16,8 +16,8 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
-from django.db.models import Q, QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models import Expression, Q, QuerySet, TextField, Value
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from scripts_app import roles
@@ -102,9 +102,13 @@ def runs_for(*, user, filters: dict) -> QuerySet[Run]:
         else:
             runs = runs.filter(script_name__in=names)
     if filters.get("params"):
-        runs = runs.annotate(parameters_text=Cast("parameters", TextField())).filter(
-            parameters_text__icontains=filters["params"]
-        )
+        text: Expression = Cast("parameters", TextField())
+        if len(filters["params"]) < TRIGRAM:
+            # The same text in an expression the trigram index (migration 0015) does not match: a value
+            # shorter than a trigram makes that index return every run (700 ms on a million), while the
+            # history's newest-first scan stops at the page's 51st match.
+            text = Concat(text, Value(""), output_field=TextField())
+        runs = runs.annotate(parameters_text=text).filter(parameters_text__icontains=filters["params"])
     if filters.get("user") and sees_all:
         runs = runs.filter(user__username=filters["user"])
     if filters.get("status") in Run.Status.values:
@@ -117,6 +121,8 @@ def runs_for(*, user, filters: dict) -> QuerySet[Run]:
     return runs
 
 
+# pg_trgm indexes three characters at a time: a shorter value cannot use its index.
+TRIGRAM = 3
 # Beyond this many distinct script names the name filter is a plain `icontains` on every run.
 NAMES_FIRST_MAX = 2000
 

@@ -36,7 +36,7 @@ SEARCH_COUNT_CAP = 1_000
 # And counting stops after this long (PostgreSQL): a search no index serves (a value of one or two
 # characters, which trigrams cannot hold) may read every run before it finds enough to stop. The page
 # then says it did not count, rather than taking a second. docs/ui.md, "Numbers".
-COUNT_TIMEOUT_MS = 100
+COUNT_TIMEOUT_MS = 60
 
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
