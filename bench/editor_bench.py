@@ -11,7 +11,8 @@ Prints, side by side:
   and the wall time of a real key press sent through the browser (includes Playwright's round trip);
 - syntax check: from a real key press to the check's answer shown under the editor (debounce, request,
   server, swap), and the server's part alone (POST /scripts/check/ timed in-process), for a script
-  that parses and one with an error on its last line.
+  that parses and one with an error on its last line; beside them the check's own work, the former
+  way (the whole ast tree) and now (scripts_app/source_check.py: symtable, then the entry header).
 """
 
 from __future__ import annotations
@@ -149,11 +150,34 @@ def main() -> None:
         server_ms[label] = statistics.median(times)
     import ast
 
+    from scripts_app.runner.source import ScriptSourceError, entry_function_in, top_level_functions
+    from scripts_app.signature import signature_in
+    from scripts_app.source_check import _check
+
+    def former_check(text: str) -> None:
+        # The check as it was: the whole tree with ast.parse, then the entry function and its signature.
+        try:
+            functions = top_level_functions(text)
+            signature_in(functions, entry_function_in(functions, text, "big"))
+        except ScriptSourceError:
+            pass
+
     parses = []
-    for _ in range(10):
-        start = time.perf_counter()
-        ast.parse(source)
-        parses.append((time.perf_counter() - start) * 1000)
+    function_ms: dict[str, tuple[float, float]] = {}
+    for label, text in (("parses", source), ("error on the last line", source + "    return (\n")):
+        former, now = [], []
+        for i in range(10):
+            changed = f"# {i}\n" + text
+            start = time.perf_counter()
+            former_check(changed)
+            former.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            _check(changed, "big")  # uncached: the cache would answer a repeated source at once
+            now.append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            ast.parse(source)
+            parses.append((time.perf_counter() - start) * 1000)
+        function_ms[label] = (statistics.median(former), statistics.median(now))
     parse_ms = statistics.median(parses)
 
     server = LiveServerThread("127.0.0.1", StaticFilesHandler, port=0)
@@ -214,11 +238,13 @@ def main() -> None:
         f"{'  a real key press, wall time incl. Playwright':48} {statistics.median(presses):10.2f} "
         f"{percentile(presses, 0.95):8.2f}"
     )
-    print(f"\n{'syntax check':48} {'key to answer ms':>17} {'server ms':>10}")
+    print(f"\n{'syntax check':48} {'key to answer ms':>17} {'server ms':>10} {'former ms':>10} {'now ms':>8}")
     for label in checks:
-        print(f"{'  ' + label:48} {checks[label]:17.1f} {server_ms[label]:10.1f}")
-    print(f"{'  floor: ast.parse of the source alone':48} {'':17} {parse_ms:10.1f}")
-    print("  (before: a 600 ms debounce in front of a request that parsed the source twice)")
+        former, now = function_ms[label]
+        print(f"{'  ' + label:48} {checks[label]:17.1f} {server_ms[label]:10.1f} {former:10.1f} {now:8.1f}")
+    print(f"{'  ast.parse of the source alone':48} {'':17} {parse_ms:10.1f}")
+    print("  server ms: POST /scripts/check/ in-process (Django, the check, the template)")
+    print("  former ms / now ms: the check's own work, the whole ast tree (as before) / symtable + the header")
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -85,7 +85,7 @@ def fill(count: int) -> None:
             insert into {table} (id, script_version_id, script_name, script_owner, user_id, status, mode, kind,
                 parameters, result, stdout, stderr, error_message, traceback, graphics, env_name, service,
                 client_address, created_at, started_at, finished_at, comments, pieces, input_query,
-                apply_options, stored_bytes, attempts, worker)
+                apply_options, stored_bytes, attempts, worker, retry_number)
             select gen_random_uuid(),
                    (%(versions)s::uuid[])[1 + g %% {len(versions)}],
                    (%(names)s::text[])[1 + g %% {len(versions)}],
@@ -101,7 +101,7 @@ def fill(count: int) -> None:
                    now() - (g || ' seconds')::interval * 3,
                    now() - (g || ' seconds')::interval * 3 + interval '1 second',
                    now() - (g || ' seconds')::interval * 3 + interval '2 seconds',
-                   '', '[]'::jsonb, '', '{{}}'::jsonb, 100, 1, ''
+                   '', '[]'::jsonb, '', '{{}}'::jsonb, 100, 1, '', 0
             from generate_series(%(start)s, %(stop)s) as g
             """,
             {
@@ -159,6 +159,11 @@ def main() -> None:
         ("history, user=user3", "/runs/", {"user": "user3"}),
         ("history, script contains 's1'", "/runs/", {"script": "s1"}),
         ("history, parameters contain APAC", "/runs/", {"params": "APAC"}),
+        # Rare and absent values: without an index these read every run (the count finds too few to stop).
+        ("history, parameters contain 96", "/runs/", {"params": "96"}),
+        ("history, parameters contain 'nowhere'", "/runs/", {"params": "nowhere"}),
+        ("history, script contains 'S7'", "/runs/", {"script": "S7"}),
+        ("history, script contains 'zz'", "/runs/", {"script": "zz"}),
         ("history, from the deep run's day", "/runs/", {"since": str(deep.created_at.date())}),
         ("compare two runs", "/runs/compare/", {"a": str(old.pk), "b": str(new.pk)}),
     ]

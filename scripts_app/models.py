@@ -411,6 +411,9 @@ class Run(models.Model):
             models.Index(fields=["user", "-created_at"]),
             models.Index(fields=["status", "-created_at"]),
             models.Index(fields=["script_name", "-created_at"]),
+            # An analyst's history filtered by script name (and its capped count) from the index alone;
+            # with PostgreSQL, migration 0015 adds a trigram index for "parameters contain" (no model index).
+            models.Index(fields=["user", "script_name", "-created_at"], name="run_user_script_created"),
             models.Index(fields=["user", "mode", "-created_at"], name="run_jobs_of_user"),
             models.Index(fields=["mode", "status", "service"], name="run_jobs_by_status"),
             models.Index(fields=["finished_at"], name="run_finished_at"),

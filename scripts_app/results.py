@@ -46,16 +46,23 @@ def _groups_table(groups: dict) -> Table | None:
     return None
 
 
+_NUMBER_TYPES = frozenset({int, float, type(None)})
+
+
 def numeric_columns(table: Table) -> list[bool]:
-    """Columns whose values are all numbers (or null): right-aligned and shown at a sensible precision."""
-    return [
-        any(row[i] is not None for row in table.rows) and all(_number_or_null(row[i]) for row in table.rows)
-        for i in range(len(table.columns))
-    ]
+    """Columns whose values are all numbers (or null): right-aligned and shown at a sensible precision.
 
-
-def _number_or_null(value: Any) -> bool:
-    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    By the set of each column's value types (a decoded JSON value is exactly int, float, bool, str, list,
+    dict or None; bool is not a number here): a C-speed pass, where a test per cell cost ~300 ms for a
+    5,000 x 31 table (bench/grid_bench.py).
+    """
+    if not table.rows:
+        return [False] * len(table.columns)
+    numeric = []
+    for column in zip(*table.rows, strict=True):
+        types = set(map(type, column))
+        numeric.append(types <= _NUMBER_TYPES and types != {type(None)})
+    return numeric
 
 
 def filtered(table: Table, text: str) -> Table:

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.db import OperationalError, connections, transaction
 from django.db.models import Q
 from django.http import HttpResponse
 from django.shortcuts import render
@@ -29,6 +30,13 @@ RUN_FILTERS = ("script", "params", "user", "status", "since", "until")
 # The total is counted up to here; beyond it the page says "more than". Counting a million rows on
 # every page view would cost more than the page itself (bench/pages_bench.py).
 COUNT_CAP = 10_000
+# With a "parameters contain" search the count reads each matching run's parameters (no index holds
+# them whole): counted up to here, so the page stays within its 150 ms on a million runs.
+SEARCH_COUNT_CAP = 1_000
+# And counting stops after this long (PostgreSQL): a search no index serves (a value of one or two
+# characters, which trigrams cannot hold) may read every run before it finds enough to stop. The page
+# then says it did not count, rather than taking a second. docs/ui.md, "Numbers".
+COUNT_TIMEOUT_MS = 60
 
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -51,19 +59,33 @@ def decode_cursor(value: str) -> tuple[dt.datetime, UUID] | None:
 class KeysetPage:
     """One page of runs, with the cursors of its neighbours (what the template's links need)."""
 
-    def __init__(self, rows: list[Run], *, has_next: bool, has_previous: bool, total: int) -> None:
+    def __init__(
+        self, rows: list[Run], *, has_next: bool, has_previous: bool, total: int | None, count_cap: int = COUNT_CAP
+    ) -> None:
         self.object_list = rows
         self.has_next = has_next and bool(rows)
         self.has_previous = has_previous and bool(rows)
         self.next_cursor = encode_cursor(rows[-1]) if rows else ""
         self.previous_cursor = encode_cursor(rows[0]) if rows else ""
         self.total = total
-        self.total_capped = total > COUNT_CAP
+        # None: not counted (the count took longer than COUNT_TIMEOUT_MS).
+        self.total_capped = total is not None and total > count_cap
 
 
-def keyset_page(runs, *, after: str, before: str, per_page: int = RUNS_PER_PAGE) -> KeysetPage:
-    """The page of `runs` (any filtered queryset) after or before a cursor, newest first."""
-    total = runs.order_by()[: COUNT_CAP + 1].count()
+def keyset_page(
+    runs,
+    *,
+    after: str,
+    before: str,
+    per_page: int = RUNS_PER_PAGE,
+    count_cap: int | None = None,
+    count_timeout: bool = False,
+) -> KeysetPage:
+    """The page of `runs` (any filtered queryset) after or before a cursor, newest first; with
+    count_timeout the total is None when counting takes longer than COUNT_TIMEOUT_MS."""
+    count_cap = COUNT_CAP if count_cap is None else count_cap
+    counted = runs.order_by()[: count_cap + 1]
+    total = bounded_count(counted) if count_timeout else counted.count()
     cursor = decode_cursor(before) if before else decode_cursor(after) if after else None
     if cursor and before:
         moment, pk = cursor
@@ -73,12 +95,37 @@ def keyset_page(runs, *, after: str, before: str, per_page: int = RUNS_PER_PAGE)
         rows = list(newer.order_by("created_at", "id")[: per_page + 1])
         has_previous = len(rows) > per_page
         rows = rows[:per_page][::-1]
-        return KeysetPage(rows, has_next=True, has_previous=has_previous, total=total)
+        return KeysetPage(rows, has_next=True, has_previous=has_previous, total=total, count_cap=count_cap)
     if cursor:
         moment, pk = cursor
         runs = runs.filter(created_at__lte=moment).exclude(Q(created_at=moment, pk__gte=pk))
     rows = list(runs.order_by("-created_at", "-id")[: per_page + 1])
-    return KeysetPage(rows[:per_page], has_next=len(rows) > per_page, has_previous=cursor is not None, total=total)
+    return KeysetPage(
+        rows[:per_page],
+        has_next=len(rows) > per_page,
+        has_previous=cursor is not None,
+        total=total,
+        count_cap=count_cap,
+    )
+
+
+def bounded_count(runs) -> int | None:
+    """runs.count(), or None when it takes longer than COUNT_TIMEOUT_MS (PostgreSQL; elsewhere it counts)."""
+    connection = connections[runs.db]
+    if connection.vendor != "postgresql":
+        return runs.count()
+    try:
+        # A savepoint (or a transaction): a cancelled count rolls back with it, the setting too.
+        with transaction.atomic(using=runs.db), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL statement_timeout = {int(COUNT_TIMEOUT_MS)}")
+            total = runs.count()
+            # Back to the connection's own (its settings or the server's) for the rest of a transaction.
+            cursor.execute("SET LOCAL statement_timeout TO DEFAULT")
+            return total
+    except OperationalError as error:
+        if getattr(error.__cause__, "sqlstate", None) == "57014":  # query_canceled
+            return None
+        raise
 
 
 @require_GET
@@ -108,7 +155,14 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             "script_version__script_id",
         )
     )
-    page = keyset_page(runs, after=request.GET.get("after", ""), before=request.GET.get("before", ""))
+    page = keyset_page(
+        runs,
+        after=request.GET.get("after", ""),
+        before=request.GET.get("before", ""),
+        count_cap=min(COUNT_CAP, SEARCH_COUNT_CAP) if filters["params"] else COUNT_CAP,
+        # The one filter no index fully serves (see SEARCH_COUNT_CAP and COUNT_TIMEOUT_MS).
+        count_timeout=bool(filters["params"]),
+    )
     template = "runs/list.html"
     if request.htmx and not request.htmx.boosted:
         template += "#results"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from uuid import UUID
 
 from django.contrib import messages
@@ -23,6 +24,7 @@ from scripts_app.services import datasets as dataset_services
 from scripts_app.services import environments as environment_services
 from scripts_app.services import live as live_services
 from scripts_app.services import pipeline
+from scripts_app.services import presets as preset_services
 from scripts_app.services import retries as retry_services
 from scripts_app.services.jobs.submission import job_attempt, job_cancel
 from scripts_app.services.queries import sql_name
@@ -51,7 +53,7 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     script = visible_script_or_404(request, pk)
     if not roles.can_run_script(request.user, script):
         raise PermissionDenied("You may not run this script.")
-    version = _chosen_version(request, script)
+    version = chosen_version(request, script)
     try:
         signature = entry_signature(version.source, version.entry_function)
     except ScriptSourceError:
@@ -74,6 +76,13 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
         earlier = Run.objects.filter(pk=earlier_pk).first() if earlier_pk else None
         if earlier is not None and roles.can_view_run(request.user, earlier):
             form.set_from_run(earlier)
+    # The caller's named presets of this script: the picker fills the fields (run-form.js), `?preset=`
+    # fills them on the server (the presets list's Use links, and without scripts).
+    presets = presets_context(request, script)
+    chosen = request.GET.get("preset") if request.method == "GET" else request.POST.get("preset")
+    chosen_preset = next((row["preset"] for row in presets if row["preset"].name == chosen), None)
+    if request.method == "GET" and chosen_preset is not None:
+        form.set_parameters(dict(chosen_preset.parameters))
     if request.method == "POST" and form.is_valid():
         run_request = form.run_request(
             script=script,
@@ -95,9 +104,19 @@ def run_script(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             "versions": script.versions.only("number").order_by("-number"),
             "signature": signature,
             "form": form,
+            "presets": presets,
+            "chosen_preset": chosen_preset,
         },
         status=422 if form.errors else 200,
     )
+
+
+def presets_context(request: HtmxHttpRequest, script: Script) -> list[dict]:
+    """The caller's presets of the script with their parameters as JSON (the picker's data-parameters)."""
+    return [
+        {"preset": preset, "json": json.dumps(preset.parameters)}
+        for preset in preset_services.presets_of(script=script, user=request.user)
+    ]
 
 
 def dataset_choices(user) -> list[tuple[str, str]]:
@@ -109,7 +128,8 @@ def dataset_choices(user) -> list[tuple[str, str]]:
     ]
 
 
-def _chosen_version(request: HtmxHttpRequest, script: Script) -> ScriptVersion:
+def chosen_version(request: HtmxHttpRequest, script: Script) -> ScriptVersion:
+    """The version a run form runs: `version` in the query or the form, else the current one."""
     number = request.GET.get("version") or request.POST.get("version")
     if number:
         try:

@@ -8,7 +8,6 @@ what the run page runs; this module only turns its answer into a fragment.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +17,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.http.response import HttpResponseRedirectBase
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, resolve, reverse
+from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from scripts_app import results, roles
@@ -163,9 +163,19 @@ def preset_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
     script = visible_script_or_404(request, pk)
     if not roles.can_run_script(request.user, script):
         raise PermissionDenied("You may not run this script.")
+    # The run page posts the version it runs (its signature may differ from the current one's).
+    back_to_run = request.POST.get("back") == "run"
+    if back_to_run:
+        version = run_views.chosen_version(request, script)
+        try:
+            signature = entry_signature(version.source, version.entry_function)
+        except ScriptSourceError:
+            signature = None
+    else:
+        signature = run_panel_form(request, script).signature
     form = RunForm(
         request.POST,
-        signature=run_panel_form(request, script).signature,
+        signature=signature,
         environments=[request.POST.get("env_name") or "default"],
         datasets=[(request.POST.get("dataset", ""), "")],
     )
@@ -189,8 +199,16 @@ def preset_save(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
             messages.error(request, problem)
         else:
             messages.success(request, f"Preset {preset.name} {'saved' if created else 'replaced'}.")
+        if back_to_run:
+            return _back_to_run_form(request, script, None if problem else preset.name)
         return redirect("web:script_detail", script.pk)
-    context: dict[str, Any] = {"script": script, "problem": problem, "presets": _presets(request, script)}
+    context: dict[str, Any] = {
+        "script": script,
+        "problem": problem,
+        "presets": _presets(request, script),
+        "back_to_run": back_to_run,
+        "version": run_views.chosen_version(request, script) if back_to_run else None,
+    }
     if not problem:
         context["saved"] = preset
         context["created"] = created
@@ -209,14 +227,21 @@ def preset_delete(request: HtmxHttpRequest, pk: UUID, preset_pk: UUID) -> HttpRe
         messages.error(request, error.message)
     else:
         messages.success(request, f"Preset {preset.name} deleted.")
+    if request.POST.get("back") == "run":
+        return _back_to_run_form(request, script, None)
     return redirect("web:script_detail", script.pk)
 
 
+def _back_to_run_form(request: HtmxHttpRequest, script: Script, preset: str | None) -> HttpResponse:
+    """To the run page the preset form was posted from, at its version, filled from the preset if any."""
+    query: dict[str, str | int] = {"version": run_views.chosen_version(request, script).number}
+    if preset:
+        query["preset"] = preset
+    return redirect(f"{reverse('web:run_script', args=[script.pk])}?{urlencode(query)}")
+
+
 def _presets(request: HtmxHttpRequest, script: Script) -> list[dict]:
-    return [
-        {"preset": preset, "json": json.dumps(preset.parameters)}
-        for preset in preset_services.presets_of(script=script, user=request.user)
-    ]
+    return run_views.presets_context(request, script)
 
 
 def workspace_context(request: HtmxHttpRequest, script: Script) -> dict:

@@ -62,8 +62,22 @@
       // While typing, htmx asks the server to check the source (see the form's hx-post on the box).
       // The textarea is filled when the check's request is made (htmx:confirm comes before htmx reads
       // the form), not on every key: copying a long source per key is work for nothing.
+      // No debounce: a key is checked at once when no check is on its way, else once that one is back
+      // (one request at a time, the last text always checked): the answer comes a round trip after the
+      // key, and fast typing costs the server no more than one check per round trip.
+      var checking = false, pending = false;
+      function check() {
+        checking = true; pending = false;
+        window.htmx.trigger(box, "checksource");
+      }
       cm.on("change", function () {
-        if (window.htmx) { window.htmx.trigger(box, "checksource"); }
+        if (!window.htmx) { return; }
+        if (checking) { pending = true; } else { check(); }
+      });
+      box.addEventListener("htmx:afterRequest", function (event) {
+        if (event.detail.elt !== box) { return; }
+        checking = false;
+        if (pending) { check(); }
       });
       box.addEventListener("htmx:confirm", function () { cm.save(); });
       document.body.addEventListener("htmx:afterSwap", function (event) {

@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from scripts_app.models import Run, Script
+from scripts_app.services.presets import preset_save
 from scripts_app.services.scripts import script_update
 from tests.e2e.conftest import assert_accessible, sign_in
 from tests.factories import PASSWORD, UserFactory, make_script
@@ -63,6 +64,7 @@ def workspace(live_server, page: Page):
     script_update(script=script, by=alice, source=REPORT, message="A year of months by default")
     make_script(alice, "cleanup", "def cleanup():\n    return 'ok'\n", description="Tidies the staging tables.")
     make_script(alice, "forecast", "def forecast(h: int = 3):\n    return list(range(h))\n")
+    preset_save(script=script, user=alice, name="APAC half year", parameters={"rows": 6, "region": "APAC"})
     sign_in(page, live_server, "alice", PASSWORD)
     page.goto(f"{live_server.url}/scripts/{script.pk}/")
     run_from_panel(page, "12", "EU")
@@ -127,6 +129,12 @@ def test_screenshots_of_the_main_pages(live_server, page: Page, workspace):
             page.goto(pages[name])
             page.wait_for_load_state("load")
             page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+        # The run form with a preset picked: the fields it filled.
+        page.goto(pages["run-form"])
+        page.get_by_label("Preset", exact=True).select_option("APAC half year")
+        expect(page.get_by_label("region", exact=True)).to_have_value("APAC")
+        assert_accessible(page, f"run form with a preset at {width} px")
+        page.screenshot(path=str(SHOTS / f"run-form-{width}.png"), full_page=True)
         # The script page as it is used: a result under the editor and the run panel.
         page.goto(pages["script"])
         run_from_panel(page, "12", "APAC")

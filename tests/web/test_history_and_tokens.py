@@ -252,3 +252,37 @@ def test_the_list_refreshes_itself_while_runs_are_active(client, alice, scripts)
     assert b'hx-trigger="every 3s"' not in client.get(reverse("web:run_list")).content
     make_runs(scripts[0], alice, 1, status=Run.Status.QUEUED)
     assert b'hx-trigger="every 3s"' in client.get(reverse("web:run_list")).content
+
+
+def test_a_parameter_search_counts_up_to_a_lower_cap(client, alice, scripts, monkeypatch):
+    """ "Parameters contain" reads each matching run's parameters to count: it stops at SEARCH_COUNT_CAP."""
+    from scripts_app.views import history
+
+    monkeypatch.setattr(history, "SEARCH_COUNT_CAP", 4)
+    make_runs(scripts[0], alice, 6, parameters={"region": "EU"})
+    client = logged_in(client, alice)
+    assert b"More than 4 runs match these filters." in client.get(reverse("web:run_list"), {"params": "region"}).content
+    assert b"6 runs match these filters." in client.get(reverse("web:run_list"), {"script": scripts[0].name}).content
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_count_that_takes_too_long_is_not_shown(alice):
+    """On PostgreSQL the history's count stops after COUNT_TIMEOUT_MS and the page says it did not count;
+    the connection is usable afterwards, with its own statement timeout back."""
+    from django.db import connection
+    from django.db.models.expressions import RawSQL
+
+    from scripts_app.views import history
+
+    if connection.vendor != "postgresql":
+        pytest.skip("statement_timeout is PostgreSQL's; SQLite counts in full (docs/ui.md, Numbers)")
+    sleepy = "SELECT id FROM scripts_app_run WHERE (SELECT true FROM pg_sleep(0.5))"
+    slow = Run.objects.filter(pk__in=RawSQL(sleepy, []))
+    assert history.bounded_count(slow) is None
+    assert history.bounded_count(Run.objects.all()) == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone()[0] == "0"
+    page = history.KeysetPage([], has_next=False, has_previous=False, total=None)
+    assert page.total is None
+    assert not page.total_capped
