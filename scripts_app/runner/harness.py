@@ -160,8 +160,16 @@ def load_input(data: dict):
     """The rows of OML's table/row/group apply as the function's first argument, per oml_input_type."""
     import pyarrow.parquet as pq
 
-    # One thread: the run is bounded in processes and threads, and its piece is small.
-    frame = pq.read_table(io.BytesIO(base64.b64decode(data["parquet"])), use_threads=False).to_pandas()
+    if "arrow" in data:
+        # A piece of a multi-piece child (serve_pieces): raw Arrow IPC bytes, read without a copy.
+        import pyarrow as pa
+
+        with pa.ipc.open_stream(pa.py_buffer(data["arrow"])) as reader:
+            table = reader.read_all()
+    else:
+        # One thread: the run is bounded in processes and threads, and its piece is small.
+        table = pq.read_table(io.BytesIO(base64.b64decode(data["parquet"])), use_threads=False)
+    frame = table.to_pandas()
     if data.get("na_omit"):
         frame = frame.dropna().reset_index(drop=True)
     input_type = data.get("input_type", "default")
@@ -178,6 +186,7 @@ def load_input(data: dict):
 
 def call_user_function(job: dict):
     source = job["source"]
+    # A fresh module per call: a piece of a multi-piece child (serve_pieces) sees no global of the last.
     linecache.cache[SCRIPT_FILENAME] = (len(source), None, source.splitlines(True), SCRIPT_FILENAME)
     module = types.ModuleType("__main__")
     module.__dict__["__builtins__"] = builtins
@@ -377,8 +386,12 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n[... cut at {limit} characters ...]"
 
 
-def execute(job: dict, result_fd: int) -> None:
-    """Run the job and write its result document to `result_fd`."""
+def execute(job: dict, result_fd: int, *, seq: int | None = None) -> None:
+    """Run the job and write its result document to `result_fd`.
+
+    `seq`: the job is piece number `seq` of a multi-piece child (serve_pieces): the document goes
+    out as one frame (PIECE_RESULT: seq, length) and the pipe stays open for the next piece.
+    """
     limits = job["limits"]
     pid = os.getpid()
     meta = {"outcome": "SUCCEEDED", "failure": None, "error_message": "", "traceback": ""}
@@ -409,8 +422,73 @@ def execute(job: dict, result_fd: int) -> None:
     # Three lines: the outcome, the value's JSON text as is (so the service can pass it on without
     # decoding and encoding it again), the figures. JSON text holds no raw newline.
     document = json.dumps(meta, ensure_ascii=False) + "\n" + value_text + "\n" + json.dumps(figures)
-    _write_all(result_fd, document.encode("utf-8", "surrogatepass"))
+    encoded = document.encode("utf-8", "surrogatepass")
+    if seq is not None:
+        _write_all(result_fd, PIECE_RESULT.pack(seq, len(encoded)) + encoded)
+        return
+    _write_all(result_fd, encoded)
     os.close(result_fd)
+
+
+# Multi-piece children (apply runs): frames on the job pipe and the result pipe.
+FRAME = struct.Struct(">Q")  # a job-pipe frame: its length, then its bytes
+PIECE_RESULT = struct.Struct(">QQ")  # a result frame: the piece's number and the document's length
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    """`size` bytes from `fd`, or None at a clean end of file before the first byte."""
+    parts, left = [], size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            if left == size:
+                return None
+            raise EOFError("the job pipe ended inside a frame")
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def read_frame(fd: int) -> bytes | None:
+    header = _read_exact(fd, FRAME.size)
+    if header is None:
+        return None
+    (length,) = FRAME.unpack(header)
+    return _read_exact(fd, length) if length else b""
+
+
+def _between_pieces() -> None:
+    """What one piece leaves in the interpreter that the next must not see: open figures, the
+    script's module, garbage. Files in /tmp and imported modules stay (docs/runner.md)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        with contextlib.suppress(Exception):
+            plt.close("all")
+    sys.modules.pop("__main__", None)
+    gc.collect()
+
+
+def serve_pieces(job: dict, job_r: int, result_fd: int) -> None:
+    """Run pieces of one apply run until the parent closes the job pipe.
+
+    Each piece is a frame with its JSON header {"seq", "args", "data"}, followed, when "data" is
+    true, by a frame of the piece's rows as Arrow IPC. The parent sends the next piece only after
+    it has this one's result, so what a piece prints before its result is that piece's output.
+    """
+    # The input's options (oml_input_type, oml_na_omit): the same for every piece that has rows.
+    options = job.pop("data", None) or {}
+    while (frame := read_frame(job_r)) is not None:
+        piece = json.loads(frame)
+        piece_job = {**job, "args": piece.get("args", [])}
+        if piece.get("data"):
+            rows = read_frame(job_r)
+            if rows is None:
+                raise EOFError("the job pipe ended before a piece's rows")
+            piece_job["data"] = {**options, "arrow": rows}
+            del rows
+        execute(piece_job, result_fd, seq=int(piece["seq"]))
+        del piece_job
+        _between_pieces()
 
 
 def apply_rlimits(limits: dict, *, nproc: bool) -> None:
@@ -795,11 +873,19 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
         os.dup2(res_w, 3)
         keep = {job_r, 3, *(fd for _, fd in cgroups)}
         _close_other_fds(keep)
-        chunks = []
-        while chunk := os.read(job_r, 1 << 20):
-            chunks.append(chunk)
-        os.close(job_r)
-        job = json.loads(b"".join(chunks))
+        pieces = bool(header.get("pieces"))
+        if pieces:
+            # A multi-piece child: the common job is the first frame; the pieces follow (serve_pieces).
+            first = read_frame(job_r)
+            if first is None:
+                raise EOFError("the job pipe ended before the job")
+            job = json.loads(first)
+        else:
+            chunks = []
+            while chunk := os.read(job_r, 1 << 20):
+                chunks.append(chunk)
+            os.close(job_r)
+            job = json.loads(b"".join(chunks))
         limits = job["limits"]
         limit_cgroups(cgroups, limits)
         limits["tmp_bytes"] = tmp_bytes
@@ -830,7 +916,10 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
             io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
         )
         gc.enable()
-        execute(job, 3)
+        if pieces:
+            serve_pieces(job, job_r, 3)
+        else:
+            execute(job, 3)
         _flush_std_streams()
         # Closing stdout and stderr lets the parent answer now, while this process is torn down.
         for fd in (1, 2):
