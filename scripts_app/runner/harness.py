@@ -169,7 +169,7 @@ def load_input(data: dict):
     else:
         # One thread: the run is bounded in processes and threads, and its piece is small.
         table = pq.read_table(io.BytesIO(base64.b64decode(data["parquet"])), use_threads=False)
-    frame = table.to_pandas()
+    frame = table.to_pandas(use_threads=False)
     if data.get("na_omit"):
         frame = frame.dropna().reset_index(drop=True)
     input_type = data.get("input_type", "default")
@@ -435,26 +435,27 @@ FRAME = struct.Struct(">Q")  # a job-pipe frame: its length, then its bytes
 PIECE_RESULT = struct.Struct(">QQ")  # a result frame: the piece's number and the document's length
 
 
-def _read_exact(fd: int, size: int) -> bytes | None:
-    """`size` bytes from `fd`, or None at a clean end of file before the first byte."""
-    parts, left = [], size
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            if left == size:
+def _read_exact(fd: int, size: int) -> bytearray | None:
+    """`size` bytes from `fd`, read into one buffer, or None at a clean end of file before the first byte."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        count = os.readv(fd, [view[got:]])
+        if not count:
+            if got == 0:
                 return None
             raise EOFError("the job pipe ended inside a frame")
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
+        got += count
+    view.release()
+    return buffer
 
 
-def read_frame(fd: int) -> bytes | None:
+def read_frame(fd: int) -> bytearray | None:
     header = _read_exact(fd, FRAME.size)
     if header is None:
         return None
     (length,) = FRAME.unpack(header)
-    return _read_exact(fd, length) if length else b""
+    return _read_exact(fd, length) if length else bytearray()
 
 
 def _between_pieces() -> None:
@@ -563,6 +564,19 @@ def _warm_up() -> None:
         frame["s"].to_json(orient="values")
         frame.describe()
         frame.groupby("s")["n"].sum()
+        pa = sys.modules.get("pyarrow")
+        if pa is not None:
+            # An apply piece's rows arrive as Arrow IPC (serve_pieces): the reader and the conversion.
+            with contextlib.suppress(Exception):
+                import pyarrow.ipc
+
+                sink = pa.BufferOutputStream()
+                # One thread: no pool of Arrow's may exist in a process that forks.
+                table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+                with pyarrow.ipc.new_stream(sink, table.schema) as writer:
+                    writer.write_table(table)
+                with pyarrow.ipc.open_stream(sink.getvalue()) as reader:
+                    reader.read_all().to_pandas(use_threads=False)
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
         figure, axes = plt.subplots()
