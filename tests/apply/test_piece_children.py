@@ -77,7 +77,10 @@ def test_a_piece_that_kills_its_child_fails_the_run_naming_it(alice, alice_api):
 def test_a_piece_killed_by_a_signal_in_a_parallel_run_is_named(alice, alice_api):
     """A segfault of one child while the other keeps taking pieces: the run fails naming the piece.
     (A signal the child sends itself is no test: in its PID namespace it is init, which ignores it.)"""
-    source = "import ctypes, time\n\ndef f(i):\n    time.sleep(0.05)\n    if i == 5:\n        ctypes.string_at(0)\n    return i\n"
+    source = (
+        "import ctypes, time\n\ndef f(i):\n    time.sleep(0.05)\n    if i == 5:\n        ctypes.string_at(0)\n"
+        "    return i\n"
+    )
     make_script(alice, "f", source)
     response = apply(alice_api, "index-apply", "f", {"times": 12, "parallelFlag": True, "service": "LOW"})
     assert response.status_code == 400

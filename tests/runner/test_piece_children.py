@@ -92,7 +92,9 @@ def test_a_forged_verdict_is_refused_as_for_a_one_job_run():
 
 def test_a_forged_huge_frame_length_costs_the_parent_nothing():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    source = "import os, struct\n\ndef f(i):\n    os.write(3, struct.pack('>QQ', i, 1 << 60) + b'x' * 65536)\n    return i\n"
+    source = (
+        "import os, struct\n\ndef f(i):\n    os.write(3, struct.pack('>QQ', i, 1 << 60) + b'x' * 65536)\n    return i\n"
+    )
     _, given = _serve(source, 3)
     [(seq, result)] = given
     assert (seq, result.failure) == (1, Failure.RESULT_TOO_LARGE)
@@ -123,8 +125,9 @@ def test_the_child_ending_between_pieces_fails_the_next_piece():
         "    return i\n"
     )
     taken, given = _serve(source, 4)
-    outcomes = {seq: result for seq, result in given}
-    assert outcomes[1].succeeded and outcomes[2].succeeded
+    outcomes = dict(given)
+    assert outcomes[1].succeeded
+    assert outcomes[2].succeeded
     assert outcomes[3].failure is Failure.CRASHED
     assert "exited with code 5" in outcomes[3].error_message
     assert taken == [1, 2, 3]
@@ -141,4 +144,3 @@ def test_serve_pieces_refuses_in_cold_mode():
         assert taken == []
     finally:
         runner.configure(mode="zygote")
-
