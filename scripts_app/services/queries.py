@@ -34,8 +34,9 @@ from scripts_app.models import Dataset
 from scripts_app.services.datasets import datasets_readable_by
 
 MAX_QUERY_CHARS = 100_000
-# Rows per Arrow batch of a query's result: a result passes its byte limit by one batch at most.
-FETCH_BATCH_ROWS = 2048
+# Rows per Arrow batch of a query's result: a result passes its byte limit by one batch at most. 2048-row
+# batches made half the time of fetching a million rows (apply_bench); 16384 halves the fetch.
+FETCH_BATCH_ROWS = 16384
 
 
 @dataclass(frozen=True)
