@@ -433,6 +433,7 @@ def execute(job: dict, result_fd: int, *, seq: int | None = None) -> None:
 # Multi-piece children (apply runs): frames on the job pipe and the result pipe.
 FRAME = struct.Struct(">Q")  # a job-pipe frame: its length, then its bytes
 PIECE_RESULT = struct.Struct(">QQ")  # a result frame: the piece's number and the document's length
+PIECE_CPU_EXIT = 128 + signal.SIGXCPU  # a piece went over its CPU seconds (serve_pieces)
 
 
 def _read_exact(fd: int, size: int) -> bytearray | None:
@@ -470,6 +471,17 @@ def _between_pieces() -> None:
     sys.modules.pop("__main__", None)
 
 
+def _piece_cpu_limit(per_piece: int) -> None:
+    """Each piece gets its own CPU seconds: the soft limit (SIGXCPU) is moved to what this process
+    used so far plus a piece's; the hard limit, set once for the child, bounds all its pieces."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime) + per_piece
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def serve_pieces(job: dict, job_r: int, result_fd: int) -> None:
     """Run pieces of one apply run until the parent closes the job pipe.
 
@@ -479,7 +491,12 @@ def serve_pieces(job: dict, job_r: int, result_fd: int) -> None:
     """
     # The input's options (oml_input_type, oml_na_omit): the same for every piece that has rows.
     options = job.pop("data", None) or {}
+    per_piece = max(1, int(job["limits"]["cpu_seconds"]))
+    # A piece past its CPU seconds gets SIGXCPU; as PID 1 of its namespace the child would ignore it
+    # by default, so the harness ends the child with an exit code the parent reads as that signal.
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(PIECE_CPU_EXIT))
     while (frame := read_frame(job_r)) is not None:
+        _piece_cpu_limit(per_piece)
         piece = json.loads(frame)
         piece_job = {**job, "args": piece.get("args", [])}
         if piece.get("data"):
@@ -493,9 +510,9 @@ def serve_pieces(job: dict, job_r: int, result_fd: int) -> None:
         _between_pieces()
 
 
-def apply_rlimits(limits: dict, *, nproc: bool) -> None:
+def apply_rlimits(limits: dict, *, nproc: bool, cpu_hard: int | None = None) -> None:
     cpu = max(1, int(limits["cpu_seconds"]))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu_hard or cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_bytes"], limits["max_file_bytes"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_LIMIT, NOFILE_LIMIT))
@@ -918,7 +935,12 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
         os.environ.update(header["env"])
         os.environ.update(HOME=workdir, TMPDIR=workdir, MPLCONFIGDIR=os.path.join(workdir, ".matplotlib"))
         tempfile.tempdir = None
-        apply_rlimits(limits, nproc=uid is not None)
+        cpu_hard = None
+        if pieces:
+            # The child's pieces together; each piece's own bound is the soft limit, moved per piece
+            # (serve_pieces). Set once, before privileges go: a hard limit is never raised later.
+            cpu_hard = max(1, int(limits["cpu_seconds"]), int(job.get("child_cpu_seconds") or 0)) + 1
+        apply_rlimits(limits, nproc=uid is not None, cpu_hard=cpu_hard)
         _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if uid is not None:
             _drop_to(uid)

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import selectors
+import signal
 import socket
 import struct
 import time
@@ -49,6 +50,7 @@ from scripts_app.runner.types import Job, Result, RunnerUnavailable
 
 FRAME = struct.Struct(">Q")  # a job-pipe frame: its length, then its bytes (harness.read_frame)
 PIECE_RESULT = struct.Struct(">QQ")  # a result frame: the piece's number, the document's length
+PIECE_CPU_EXIT = 128 + signal.SIGXCPU  # harness.PIECE_CPU_EXIT: a piece went over its CPU seconds
 
 
 @dataclasses.dataclass
@@ -61,8 +63,9 @@ class PieceJob:
     tap: Tap | None = None
 
 
-def _job_document(job: Job, data_options: dict | None) -> bytes:
+def _job_document(job: Job, data_options: dict | None, child_cpu_seconds: int | None) -> bytes:
     document: dict[str, Any] = {
+        "child_cpu_seconds": child_cpu_seconds,
         "source": job.source,
         "function": job.function,
         "args": [],
@@ -189,6 +192,18 @@ class _PieceWatch(_Watch):
                     break
 
 
+def _cpu_verdict(ending: _Ending, child_cpu_seconds: int) -> None:
+    """The child's CPU time is its pieces' together: a piece over its own CPU seconds is the
+    harness's exit code for SIGXCPU; past the child's hard limit it is SIGKILL at that much CPU.
+    Read either as SIGXCPU; any other CPU figure says nothing of the piece's."""
+    status = ending.status
+    if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == PIECE_CPU_EXIT:
+        ending.status = signal.SIGXCPU  # a wait status "killed by SIGXCPU"
+    elif ending.cpu_seconds is not None and ending.cpu_seconds >= child_cpu_seconds:
+        ending.status = signal.SIGXCPU if status is not None and os.WIFSIGNALED(status) else status
+    ending.cpu_seconds = None
+
+
 def serve_pieces(
     job: Job,
     take: Callable[[], PieceJob | None],
@@ -196,13 +211,16 @@ def serve_pieces(
     *,
     data_options: dict | None = None,
     is_cancelled: Callable[[], bool] | None = None,
+    child_cpu_seconds: int | None = None,
 ) -> bool:
     """Serve pieces of one run in one child until `take()` gives None; `give()` gets each result.
 
     `job` is what all pieces share (its `data` and `args` are ignored; `data_options` holds
     oml_input_type and oml_na_omit); its wall clock bounds the child, so it is what is left of the
-    run's. Returns False, having taken no piece, when no warm template can run it (the cold mode,
-    or "auto" isolation with no template): the caller then runs its pieces one job each.
+    run's. `job.limits.cpu_seconds` is each piece's; `child_cpu_seconds` bounds the child's pieces
+    together (the run's pieces times that, say). Returns False, having taken no piece, when no warm
+    template can run it (the cold mode, or "auto" isolation with no template): the caller then runs
+    its pieces one job each.
     The caller holds the run's slot (`runner.slot()`).
     """
     settings = config.current()
@@ -221,7 +239,7 @@ def serve_pieces(
                 raise
             return False
         try:
-            _serve_warm(job, template, take, give, data_options, is_cancelled)
+            _serve_warm(job, template, take, give, data_options, is_cancelled, child_cpu_seconds)
             return True
         except _TemplateLost:
             registry.discard(template)
@@ -237,6 +255,7 @@ def _serve_warm(
     give: Callable[[PieceJob, Result], None],
     data_options: dict | None,
     is_cancelled: Callable[[], bool] | None,
+    child_cpu_seconds: int | None,
 ) -> None:
     started = time.monotonic()
     job_r, job_w = _pipe()
@@ -267,7 +286,7 @@ def _serve_warm(
                 os.close(fd)
             ctl_child.close()
         watch.add(ctl, "ctl")
-        writer.send(FRAME.pack(len(document := _job_document(job, data_options))), document)
+        writer.send(FRAME.pack(len(document := _job_document(job, data_options, child_cpu_seconds))), document)
 
         def kill(reason: str) -> None:
             nonlocal killed
@@ -356,7 +375,8 @@ def _serve_warm(
                 watch.begin(current.seq, current.tap)
         if current is not None:
             watch.drain(time.monotonic() + DRAIN_GRACE_SECONDS)
-            # A crash, a kill (time, cancel, memory), or the template's death: the piece is named.
+            # A crash, a kill (time, cancel, memory, CPU), or the template's death: the piece is named.
+            _cpu_verdict(ending, child_cpu_seconds or job.limits.cpu_seconds)
             give(current, _memory_limit_from_cgroup(_conclude(job, watch, ending, piece_started), job, ending))
             current = None
     except BaseException:

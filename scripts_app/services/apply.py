@@ -331,7 +331,16 @@ def _run_pieces(
                 stop.set()
                 return
             options = {"input_type": input_type, "na_omit": na_omit} if has_data else None
-            if runner.serve_pieces(job(remaining), take, give, data_options=options, is_cancelled=stopped):
+            served = runner.serve_pieces(
+                job(remaining),
+                take,
+                give,
+                data_options=options,
+                is_cancelled=stopped,
+                # Each piece has its CPU seconds, as when each piece was a child of its own.
+                child_cpu_seconds=limits.cpu_seconds * len(pieces),
+            )
+            if served:
                 return
             one_job_each()
         except (runner.RunnerBusy, runner.RunnerUnavailable) as error:

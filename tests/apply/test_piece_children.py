@@ -179,3 +179,27 @@ def test_without_a_warm_template_each_piece_is_one_job(alice, alice_api, alice_i
         runner.configure(mode="zygote")
     assert response.status_code == 200, response.json()
     assert response.json() == {"result": [8, 8, len(iris) - 16]}
+
+
+BURN = """
+import time
+
+def burn(i):
+    end = time.process_time() + (60 if i == 4 else 0.8)
+    while time.process_time() < end:
+        pass
+    return i
+"""
+
+
+def test_each_piece_has_its_own_cpu_seconds_in_a_shared_child(alice, alice_api, settings):
+    """The CPU limit stays each piece's: three pieces of 0.8 s in one child pass a 2-second limit
+    together; the fourth, which burns on, is named with the CPU limit."""
+    settings.OMLWEB_RUN_CPU_SECONDS = 2
+    settings.OMLWEB_RUN_WALL_SECONDS = 60.0
+    make_script(alice, "burn", BURN)
+    response = apply(alice_api, "index-apply", "burn", {"times": 4})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["errorMessage"].startswith("Index 4 failed: The run used more than its CPU time limit of 2 seconds")
+    assert [p["status"] for p in Run.objects.get().pieces] == ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED", "TIMED_OUT"]
