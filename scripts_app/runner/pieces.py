@@ -143,6 +143,10 @@ class _PieceWatch(_Watch):
         self.result_overflow = False
         self.ready = False
         self.expect = seq
+        if self.discard:
+            # The pipe was flooded between two pieces: nothing more is read from this child.
+            self.result_overflow = self.ready = True
+            return
         self._parse()
 
     def _read(self, fd: int, sink) -> None:
@@ -161,6 +165,10 @@ class _PieceWatch(_Watch):
             if not self.discard:
                 self.raw += data
                 self._parse()
+                if len(self.raw) > self.result_cap + PIECE_RESULT.size:
+                    # Written while no piece waits for it (a thread of the script): never kept.
+                    self.discard = True
+                    self.raw = bytearray()
         else:
             (self.stdout if fd == self.out_fd else self.stderr).feed(data)
 
