@@ -15,12 +15,13 @@ from scripts_app.services.pipeline import ApplyInput, RunRequest, record_run
 from tests.apply.test_endpoints import apply
 from tests.factories import make_script
 
-# Each child writes a token of its own in its /tmp the first time; every piece answers the token it finds.
+# Each child writes a token of its own in its working directory (its own /tmp when confined, its own
+# TMPDIR at the process level) the first time; every piece answers the token it finds.
 TOKEN = """
 import os, uuid
 
 def token(i):
-    path = "/tmp/omlweb-test-token" if os.path.isdir("/tmp") else "token"
+    path = os.path.join(os.getcwd(), "omlweb-test-token")
     if not os.path.exists(path):
         with open(path, "w") as file:
             file.write(uuid.uuid4().hex)
