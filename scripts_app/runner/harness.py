@@ -160,8 +160,16 @@ def load_input(data: dict):
     """The rows of OML's table/row/group apply as the function's first argument, per oml_input_type."""
     import pyarrow.parquet as pq
 
-    # One thread: the run is bounded in processes and threads, and its piece is small.
-    frame = pq.read_table(io.BytesIO(base64.b64decode(data["parquet"])), use_threads=False).to_pandas()
+    if "arrow" in data:
+        # A piece of a multi-piece child (serve_pieces): raw Arrow IPC bytes, read without a copy.
+        import pyarrow as pa
+
+        with pa.ipc.open_stream(pa.py_buffer(data["arrow"])) as reader:
+            table = reader.read_all()
+    else:
+        # One thread: the run is bounded in processes and threads, and its piece is small.
+        table = pq.read_table(io.BytesIO(base64.b64decode(data["parquet"])), use_threads=False)
+    frame = table.to_pandas(use_threads=False)
     if data.get("na_omit"):
         frame = frame.dropna().reset_index(drop=True)
     input_type = data.get("input_type", "default")
@@ -178,6 +186,7 @@ def load_input(data: dict):
 
 def call_user_function(job: dict):
     source = job["source"]
+    # A fresh module per call: a piece of a multi-piece child (serve_pieces) sees no global of the last.
     linecache.cache[SCRIPT_FILENAME] = (len(source), None, source.splitlines(True), SCRIPT_FILENAME)
     module = types.ModuleType("__main__")
     module.__dict__["__builtins__"] = builtins
@@ -377,8 +386,12 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"\n[... cut at {limit} characters ...]"
 
 
-def execute(job: dict, result_fd: int) -> None:
-    """Run the job and write its result document to `result_fd`."""
+def execute(job: dict, result_fd: int, *, seq: int | None = None) -> None:
+    """Run the job and write its result document to `result_fd`.
+
+    `seq`: the job is piece number `seq` of a multi-piece child (serve_pieces): the document goes
+    out as one frame (PIECE_RESULT: seq, length) and the pipe stays open for the next piece.
+    """
     limits = job["limits"]
     pid = os.getpid()
     meta = {"outcome": "SUCCEEDED", "failure": None, "error_message": "", "traceback": ""}
@@ -409,13 +422,97 @@ def execute(job: dict, result_fd: int) -> None:
     # Three lines: the outcome, the value's JSON text as is (so the service can pass it on without
     # decoding and encoding it again), the figures. JSON text holds no raw newline.
     document = json.dumps(meta, ensure_ascii=False) + "\n" + value_text + "\n" + json.dumps(figures)
-    _write_all(result_fd, document.encode("utf-8", "surrogatepass"))
+    encoded = document.encode("utf-8", "surrogatepass")
+    if seq is not None:
+        _write_all(result_fd, PIECE_RESULT.pack(seq, len(encoded)) + encoded)
+        return
+    _write_all(result_fd, encoded)
     os.close(result_fd)
 
 
-def apply_rlimits(limits: dict, *, nproc: bool) -> None:
+# Multi-piece children (apply runs): frames on the job pipe and the result pipe.
+FRAME = struct.Struct(">Q")  # a job-pipe frame: its length, then its bytes
+PIECE_RESULT = struct.Struct(">QQ")  # a result frame: the piece's number and the document's length
+PIECE_CPU_EXIT = 128 + signal.SIGXCPU  # a piece went over its CPU seconds (serve_pieces)
+
+
+def _read_exact(fd: int, size: int) -> bytearray | None:
+    """`size` bytes from `fd`, read into one buffer, or None at a clean end of file before the first byte."""
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        count = os.readv(fd, [view[got:]])
+        if not count:
+            if got == 0:
+                return None
+            raise EOFError("the job pipe ended inside a frame")
+        got += count
+    view.release()
+    return buffer
+
+
+def read_frame(fd: int) -> bytearray | None:
+    header = _read_exact(fd, FRAME.size)
+    if header is None:
+        return None
+    (length,) = FRAME.unpack(header)
+    return _read_exact(fd, length) if length else bytearray()
+
+
+def _between_pieces() -> None:
+    """What one piece leaves in the interpreter that the next must not see: open figures and the
+    script's module. Files in /tmp and imported modules stay (docs/runner.md). The piece's rows and
+    values go by reference counting; cycles are left to the collector (a full collection per piece
+    costs more than a light piece's work)."""
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        with contextlib.suppress(Exception):
+            plt.close("all")
+    sys.modules.pop("__main__", None)
+
+
+def _piece_cpu_limit(per_piece: int) -> None:
+    """Each piece gets its own CPU seconds: the soft limit (SIGXCPU) is moved to what this process
+    used so far plus a piece's; the hard limit, set once for the child, bounds all its pieces."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime) + per_piece
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def serve_pieces(job: dict, job_r: int, result_fd: int) -> None:
+    """Run pieces of one apply run until the parent closes the job pipe.
+
+    Each piece is a frame with its JSON header {"seq", "args", "data"}, followed, when "data" is
+    true, by a frame of the piece's rows as Arrow IPC. The parent sends the next piece only after
+    it has this one's result, so what a piece prints before its result is that piece's output.
+    """
+    # The input's options (oml_input_type, oml_na_omit): the same for every piece that has rows.
+    options = job.pop("data", None) or {}
+    per_piece = max(1, int(job["limits"]["cpu_seconds"]))
+    # A piece past its CPU seconds gets SIGXCPU; as PID 1 of its namespace the child would ignore it
+    # by default, so the harness ends the child with an exit code the parent reads as that signal.
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(PIECE_CPU_EXIT))
+    while (frame := read_frame(job_r)) is not None:
+        _piece_cpu_limit(per_piece)
+        piece = json.loads(frame)
+        piece_job = {**job, "args": piece.get("args", [])}
+        if piece.get("data"):
+            rows = read_frame(job_r)
+            if rows is None:
+                raise EOFError("the job pipe ended before a piece's rows")
+            piece_job["data"] = {**options, "arrow": rows}
+            del rows
+        execute(piece_job, result_fd, seq=int(piece["seq"]))
+        del piece_job
+        _between_pieces()
+
+
+def apply_rlimits(limits: dict, *, nproc: bool, cpu_hard: int | None = None) -> None:
     cpu = max(1, int(limits["cpu_seconds"]))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu_hard or cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_bytes"], limits["max_file_bytes"]))
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_LIMIT, NOFILE_LIMIT))
@@ -485,6 +582,19 @@ def _warm_up() -> None:
         frame["s"].to_json(orient="values")
         frame.describe()
         frame.groupby("s")["n"].sum()
+        pa = sys.modules.get("pyarrow")
+        if pa is not None:
+            # An apply piece's rows arrive as Arrow IPC (serve_pieces): the reader and the conversion.
+            with contextlib.suppress(Exception):
+                import pyarrow.ipc
+
+                sink = pa.BufferOutputStream()
+                # One thread: no pool of Arrow's may exist in a process that forks.
+                table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+                with pyarrow.ipc.new_stream(sink, table.schema) as writer:
+                    writer.write_table(table)
+                with pyarrow.ipc.open_stream(sink.getvalue()) as reader:
+                    reader.read_all().to_pandas(use_threads=False)
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None:
         figure, axes = plt.subplots()
@@ -795,11 +905,19 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
         os.dup2(res_w, 3)
         keep = {job_r, 3, *(fd for _, fd in cgroups)}
         _close_other_fds(keep)
-        chunks = []
-        while chunk := os.read(job_r, 1 << 20):
-            chunks.append(chunk)
-        os.close(job_r)
-        job = json.loads(b"".join(chunks))
+        pieces = bool(header.get("pieces"))
+        if pieces:
+            # A multi-piece child: the common job is the first frame; the pieces follow (serve_pieces).
+            first = read_frame(job_r)
+            if first is None:
+                raise EOFError("the job pipe ended before the job")
+            job = json.loads(first)
+        else:
+            chunks = []
+            while chunk := os.read(job_r, 1 << 20):
+                chunks.append(chunk)
+            os.close(job_r)
+            job = json.loads(b"".join(chunks))
         limits = job["limits"]
         limit_cgroups(cgroups, limits)
         limits["tmp_bytes"] = tmp_bytes
@@ -817,7 +935,12 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
         os.environ.update(header["env"])
         os.environ.update(HOME=workdir, TMPDIR=workdir, MPLCONFIGDIR=os.path.join(workdir, ".matplotlib"))
         tempfile.tempdir = None
-        apply_rlimits(limits, nproc=uid is not None)
+        cpu_hard = None
+        if pieces:
+            # The child's pieces together; each piece's own bound is the soft limit, moved per piece
+            # (serve_pieces). Set once, before privileges go: a hard limit is never raised later.
+            cpu_hard = max(1, int(limits["cpu_seconds"]), int(job.get("child_cpu_seconds") or 0)) + 1
+        apply_rlimits(limits, nproc=uid is not None, cpu_hard=cpu_hard)
         _check(libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
         if uid is not None:
             _drop_to(uid)
@@ -830,7 +953,10 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
             io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
         )
         gc.enable()
-        execute(job, 3)
+        if pieces:
+            serve_pieces(job, job_r, 3)
+        else:
+            execute(job, 3)
         _flush_std_streams()
         # Closing stdout and stderr lets the parent answer now, while this process is torn down.
         for fd in (1, 2):

@@ -229,8 +229,12 @@ def build_pieces(run: Run) -> list[Piece]:
     return pieces
 
 
-class _Stop(Exception):
-    pass
+def _arrow(table: pa.Table) -> pa.Buffer:
+    """A piece's rows as Arrow IPC, written once from its zero-copy slice; sent to the child as is."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
 
 
 def _run_pieces(
@@ -244,7 +248,8 @@ def _run_pieces(
     python: str | None = None,
     live: LiveRun | None = None,
 ) -> Piece | None:
-    """Run every piece, `degree` at once; returns the first piece that failed, if any."""
+    """Run every piece in `degree` children, each taking the next piece until none are left
+    (runner.serve_pieces); returns the first piece that failed, if any."""
     version = run.script_version
     input_type, na_omit = control_arguments(run.parameters)
     kwargs = function_kwargs(run.parameters)
@@ -252,85 +257,142 @@ def _run_pieces(
     stop = threading.Event()
     lock = threading.Lock()
     failed: list[Piece] = []
+    queue = iter(enumerate(pieces))
+    timed_out = threading.Event()
+    has_data = any(piece.data is not None for piece in pieces)
 
     def stopped() -> bool:
         return stop.is_set()
 
-    def work(piece: Piece) -> None:
-        try:
-            run_piece(piece)
-        except _Stop:
-            raise
-        except Exception as error:
-            logger.exception("Run %s: %s failed in the service", run.pk, piece.label)
-            piece.result = runner.Result(
-                outcome=runner.Outcome.FAILED, error_message=f"The service failed to run it: {error}"
-            )
-            piece.status = "FAILED"
-            with lock:
-                if not failed:
-                    failed.append(piece)
-                stop.set()
-
-    def run_piece(piece: Piece) -> None:
-        if stopped():
-            piece.status = "SKIPPED"
-            return
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            piece.status = "SKIPPED"
+    def fail(piece: Piece) -> None:
+        with lock:
+            # A piece that fails first is the run's failure; it is recorded before the others
+            # are stopped, so a piece killed because of it is never taken for the cause.
+            if not failed:
+                failed.append(piece)
             stop.set()
-            raise _Stop
-        data = None
-        if piece.data is not None:
-            data = runner.DataInput(parquet=_parquet(piece.data), input_type=input_type, na_omit=na_omit)
-        job = runner.Job(
+
+    def next_piece() -> tuple[int, Piece] | None:
+        with lock:
+            if stop.is_set():
+                return None
+            if deadline - time.monotonic() <= 0:
+                timed_out.set()
+                stop.set()
+                return None
+            taken = next(queue, None)
+            if taken is not None:
+                taken[1].status = "RUNNING"
+                taken[1].started_at = time.time()
+            return taken
+
+    def finished(piece: Piece, result: runner.Result, status: str | None = None) -> None:
+        piece.finished_at = time.time()
+        piece.data = None  # the rows are not needed any more
+        piece.result = result
+        piece.status = status or result.outcome.value
+        if piece.status != "SUCCEEDED":
+            fail(piece)
+
+    def job(wall_seconds: float, data: runner.DataInput | None = None, args: tuple = ()) -> runner.Job:
+        return runner.Job(
             source=version.source,
             function=version.entry_function,
             kwargs=kwargs,
-            args=piece.args,
+            args=args,
             graphics=run.graphics,
-            limits=dataclasses.replace(limits, wall_seconds=remaining),
+            limits=dataclasses.replace(limits, wall_seconds=wall_seconds),
             data=data,
             frame_orient=frame_orient,
             python=python,
         )
-        piece.status = "RUNNING"
-        piece.started_at = time.time()
-        try:
+
+    def work() -> None:
+        """One child: takes pieces until none are left."""
+        held: dict[int, Piece] = {}
+
+        def take() -> runner.PieceJob | None:
+            taken = next_piece()
+            if taken is None:
+                return None
+            seq, piece = taken
+            held[seq] = piece
+            arrow = _arrow(piece.data) if piece.data is not None else None
             tap = live.tap(piece.label) if live is not None else None
-            piece.result = runner.run(job, is_cancelled=stopped, in_slot=True, tap=tap)
-        except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
-            piece.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
-            piece.status = "BUSY"
-        finally:
-            piece.finished_at = time.time()
-            piece.data = None  # the rows are not needed any more
-        if piece.status != "BUSY":
-            piece.status = piece.result.outcome.value
-        if piece.status != "SUCCEEDED":
-            with lock:
-                # A piece that fails first is the run's failure; it is recorded before the others
-                # are stopped, so a piece killed because of it is never taken for the cause.
-                if not failed:
-                    failed.append(piece)
+            return runner.PieceJob(seq=seq, args=piece.args, arrow=arrow, tap=tap)
+
+        def give(piece_job: runner.PieceJob, result: runner.Result) -> None:
+            finished(held.pop(piece_job.seq), result)
+
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out.set()
                 stop.set()
+                return
+            options = {"input_type": input_type, "na_omit": na_omit} if has_data else None
+            served = runner.serve_pieces(
+                job(remaining),
+                take,
+                give,
+                data_options=options,
+                is_cancelled=stopped,
+                # Each piece has its CPU seconds, as when each piece was a child of its own.
+                child_cpu_seconds=limits.cpu_seconds * len(pieces),
+            )
+            if served:
+                return
+            one_job_each()
+        except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
+            piece = _held_or_next(held)
+            if piece is not None:
+                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error)), "BUSY")
+        except Exception as error:
+            piece = _held_or_next(held)
+            logger.exception("Run %s: %s failed in the service", run.pk, piece.label if piece else "a piece")
+            if piece is not None:
+                message = f"The service failed to run it: {error}"
+                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=message))
+
+    def _held_or_next(held: dict[int, Piece]) -> Piece | None:
+        if held:
+            return next(iter(held.values()))
+        with lock:
+            taken = next(queue, None)
+        return taken[1] if taken is not None else None
+
+    def one_job_each() -> None:
+        """No warm template here (the cold mode): each piece is one runner job, as before."""
+        while (taken := next_piece()) is not None:
+            piece = taken[1]
+            data = None
+            if piece.data is not None:
+                data = runner.DataInput(parquet=_parquet(piece.data), input_type=input_type, na_omit=na_omit)
+            tap = live.tap(piece.label) if live is not None else None
+            try:
+                result = runner.run(
+                    job(deadline - time.monotonic(), data, piece.args), is_cancelled=stopped, in_slot=True, tap=tap
+                )
+            except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
+                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error)), "BUSY")
+                continue
+            finished(piece, result)
 
     with ThreadPoolExecutor(max_workers=degree, thread_name_prefix=f"apply-{run.pk}") as pool:
-        futures = [pool.submit(work, piece) for piece in pieces]
+        futures = [pool.submit(work) for _ in range(degree)]
         # The caller's cancel check may query the database: it is asked here, in the caller's thread.
         while wait(futures, timeout=CANCEL_CHECK_SECONDS).not_done:
             if is_cancelled is not None and not stop.is_set() and is_cancelled():
                 stop.set()
-    timed_out = False
     for future in futures:
-        try:
-            future.result()
-        except _Stop:
-            timed_out = True
+        future.result()
+    for piece in pieces:
+        if piece.status == "PENDING":
+            piece.status = "SKIPPED"
+            piece.data = None
     if failed:
         return failed[0]
-    if timed_out:
+    if timed_out.is_set():
         late = next(piece for piece in pieces if piece.status == "SKIPPED")
         late.status = "TIMED_OUT"
         late.result = runner.Result(

@@ -15,6 +15,7 @@ names with '-' or '.' are written in double quotes (`"my-data"`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -33,8 +34,9 @@ from scripts_app.models import Dataset
 from scripts_app.services.datasets import datasets_readable_by
 
 MAX_QUERY_CHARS = 100_000
-# Rows per Arrow batch of a query's result: a result passes its byte limit by one batch at most.
-FETCH_BATCH_ROWS = 2048
+# Rows per Arrow batch of a query's result: a result passes its byte limit by one batch at most. 2048-row
+# batches made half the time of fetching a million rows (apply_bench); 16384 halves the fetch.
+FETCH_BATCH_ROWS = 16384
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,16 @@ def _split_qualified(text: str) -> list[str]:
 
 def query_check(query: str) -> list[TableName]:
     """The table names of a single SELECT; anything else is a BadRequest saying why."""
-    if not isinstance(query, str) or not query.strip():
+    if not isinstance(query, str):
+        raise BadRequest("input: the query is empty.")
+    # A function of the text alone: a run's query is checked when recorded and again when it runs,
+    # and each check opens a DuckDB connection (tens of ms).
+    return list(_query_check(query))
+
+
+@functools.lru_cache(maxsize=256)
+def _query_check(query: str) -> tuple[TableName, ...]:
+    if not query.strip():
         raise BadRequest("input: the query is empty.")
     if len(query) > MAX_QUERY_CHARS:
         raise BadRequest(f"input: the query is longer than {MAX_QUERY_CHARS} characters.")
@@ -128,7 +139,7 @@ def query_check(query: str) -> list[TableName]:
         if len(parts) > 2:
             raise BadRequest(f"input: {raw} is not a dataset name; write NAME or owner.NAME.")
         names.append(TableName(parts[0], parts[1]) if len(parts) == 2 else TableName(None, parts[0]))
-    return names
+    return tuple(names)
 
 
 def resolve_names(*, caller, names: list[TableName]) -> dict[TableName, Dataset]:
