@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
 from typing import Any
 
@@ -375,7 +376,9 @@ class Run(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    result = models.JSONField(null=True, blank=True)
+    # The value as JSON text, exactly as the run's process checked it (runner/validation.py): kept and
+    # answered without being decoded and encoded again. Read it as a Python value through `result`.
+    result_json = models.TextField(null=True, blank=True)
     stdout = models.TextField(blank=True)
     stderr = models.TextField(blank=True)
     error_code = models.PositiveIntegerField(null=True, blank=True)
@@ -442,6 +445,37 @@ class Run(models.Model):
         return self.status in self.FINISHED
 
     @property
+    def result(self) -> Any:
+        """The run's value (None when it has none), decoded from `result_json` on first use and kept."""
+        text = self.result_json
+        if text is None:
+            return None
+        cached = self.__dict__.get("_result_cache")
+        if cached is not None and cached[0] is text:
+            return cached[1]
+        value = json.loads(text)
+        self.__dict__["_result_cache"] = (text, value)
+        return value
+
+    @result.setter
+    def result(self, value: Any) -> None:
+        """Encode a value the service built itself (an apply run's assembled pieces; a test's row)."""
+        if value is None:
+            self.result_json = None
+            return
+        self.result_json = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        self.__dict__["_result_cache"] = (self.result_json, value)
+
+    def set_result_json(self, text: str, value: Any = None) -> None:
+        """Keep a value's JSON text as a run's process checked it, with its decoded `value` when at hand
+        (so a page or a receiver in this process does not decode it again)."""
+        self.result_json = text
+        if value is not None:
+            self.__dict__["_result_cache"] = (text, value)
+        else:
+            self.__dict__.pop("_result_cache", None)
+
+    @property
     def duration_seconds(self) -> float | None:
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
@@ -470,7 +504,7 @@ class Run(models.Model):
             error_code=error_code,
             error_message=self.error_message,
             traceback=self.traceback,
-            result=self.result,
+            result_json=self.result_json,
             stdout=self.stdout,
             stderr=self.stderr,
             pieces=self.pieces,

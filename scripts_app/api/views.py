@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.signals import user_logged_in
 from django.db import transaction
+from django.http import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -144,7 +145,7 @@ class DoEvalView(APIView):
         parameters=[JOB_LOCATION],
         summary="Run a script's function with no input data (OML do-eval)",
     )
-    def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
+    def post(self, request: Request, version: str, name: str, owner: str | None = None) -> HttpResponseBase:
         return execute(request, version, name, owner, ExecutionRequestSerializer, Run.Kind.DO_EVAL)
 
 
@@ -155,7 +156,7 @@ def execute(
     owner: str | None,
     serializer_class: type[ExecutionRequestSerializer],
     kind: str,
-) -> Response:
+) -> HttpResponseBase:
     """What every execution endpoint does: check the body, then start the run (services.pipeline) and
     answer its result, or the job's Location."""
     body = serializer_class(data=request.data)
@@ -164,7 +165,7 @@ def execute(
     run_request = body.run_request(kind=kind, script=script, user=request.user, client_address=client_address(request))
     run = pipeline.start_run(run_request)
     if not run_request.asynchronous:
-        return Response(wire.oml_result(run))
+        return wire.oml_result_response(run)
     # Oracle: 201, no body, and the job's absolute URL in Location, which clients poll as it is.
     return Response(status=201, headers={"Location": job_url(request, version, run)})
 
@@ -222,14 +223,11 @@ class JobResultView(APIView):
         summary="A finished async job's result (the run's error body if it failed; 404 until it finishes)",
         operation_id="jobResult",
     )
-    def get(self, request: Request, version: str, job_id: str) -> Response:
+    def get(self, request: Request, version: str, job_id: str) -> HttpResponseBase:
         run = submission.job_get(user=request.user, job_id=job_id)
         if not run.is_finished:
             raise NotFound("The job has not finished: its result is not ready.")
-        body = wire.oml_result(run)
-        if version == "v2" and run.comments:
-            body["comments"] = run.comments
-        return Response(body)
+        return wire.oml_result_response(run, comments=run.comments if version == "v2" else "")
 
 
 class JobListView(APIView):
@@ -304,7 +302,7 @@ class ApplyView(APIView):
     kind: str
     serializer_class: type[ExecutionRequestSerializer]
 
-    def post(self, request: Request, version: str, name: str, owner: str | None = None) -> Response:
+    def post(self, request: Request, version: str, name: str, owner: str | None = None) -> HttpResponseBase:
         return execute(request, version, name, owner, self.serializer_class, self.kind)
 
 

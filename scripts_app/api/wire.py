@@ -8,8 +8,9 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any, NotRequired, TypedDict
+from typing import Any, TypedDict
 
+from django.http import HttpResponse
 from django.utils import timezone
 
 from scripts_app.errors import ErrorCode, OmlError
@@ -25,13 +26,6 @@ class ImageRecord(TypedDict):
     DATA: str
     TITLE: str | None
     ID: int
-
-
-class OmlResult(TypedDict):
-    """A finished run's body: {"result": ...}; v2 adds a job's comments."""
-
-    result: Any
-    comments: NotRequired[str]
 
 
 class JobStatus(TypedDict):
@@ -73,23 +67,36 @@ def elapsed(run: Run, now: datetime | None = None) -> timedelta:
     return max(end - run.created_at, timedelta(0))
 
 
-def oml_result(run: Run) -> OmlResult:
-    """The body OML answers for a finished run: {"result": ...}, or raises the run's error."""
+def oml_result_response(run: Run, *, comments: str = "") -> HttpResponse:
+    """The body OML answers for a finished run, {"result": ...}, or raises the run's error.
+
+    The run's stored JSON text is spliced in as it is: the value the run's process checked is never
+    decoded and encoded again on its way out (docs/runner.md). `comments`: v2's job result adds the
+    job's comments."""
     if run.status != Run.Status.SUCCEEDED:
         raise run_error(run)
     if not run.graphics:
-        return {"result": run.result}
-    if run.kind != Run.Kind.DO_EVAL:
-        return {"result": apply_image_records(run)}
-    data = json.dumps(run.result)
+        result = run.result_json if run.result_json is not None else "null"
+    elif run.kind != Run.Kind.DO_EVAL:
+        result = dumps(apply_image_records(run))
+    else:
+        result = dumps(do_eval_image_records(run))
+    tail = f',"comments":{dumps(comments)}}}' if comments else "}"
+    return HttpResponse(f'{{"result":{result}{tail}'.encode(), content_type="application/json")
+
+
+def dumps(value: Any) -> str:
+    """JSON as the API's renderer writes it (DRF's JSONRenderer: compact, UTF-8, strict)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def do_eval_image_records(run: Run) -> list[ImageRecord]:
+    """A do-eval run with graphicsFlag: one record per figure, each with the value's JSON text as DATA."""
+    data = run.result_json if run.result_json is not None else "null"
     images = list(run.images.all())
     if not images:
-        return {"result": [ImageRecord(IMAGE=None, DATA=data, TITLE=None, ID=1)]}
-    return {
-        "result": [
-            ImageRecord(IMAGE=_base64(image), DATA=data, TITLE=image.title, ID=image.position) for image in images
-        ]
-    }
+        return [ImageRecord(IMAGE=None, DATA=data, TITLE=None, ID=1)]
+    return [ImageRecord(IMAGE=_base64(image), DATA=data, TITLE=image.title, ID=image.position) for image in images]
 
 
 def apply_image_records(run: Run) -> list[ImageRecord] | dict[str, list[ImageRecord]]:

@@ -428,8 +428,13 @@ def rules_for_run(run: Run) -> QuerySet[NotificationRule]:
     )
 
 
+# What a notification never reads of a run: it runs after every run, so it does not fetch the value
+# (up to OMLWEB_RUN_MAX_RESULT_MB of JSON) nor the streams.
+UNREAD_FIELDS = ("result_json", "stdout", "stderr", "traceback", "pieces")
+
+
 def notify_finished(*, run_id) -> list[NotificationDelivery]:
-    run = Run.objects.select_related("script_version", "user").filter(pk=run_id).first()
+    run = Run.objects.select_related("script_version", "user").defer(*UNREAD_FIELDS).filter(pk=run_id).first()
     if run is None or not run.is_finished:
         return []
     if run.status in (Run.Status.FAILED, Run.Status.TIMED_OUT):

@@ -100,7 +100,8 @@ def run_record_result(*, run: Run, result: runner.Result) -> None:
         run.stdout = result.stdout
         run.stderr = result.stderr
         if result.succeeded:
-            run.result = result.value
+            # The JSON text the run's process checked, kept as it is (and its value, for this process).
+            run.set_result_json(result.value_json, result.value)
             run.finish(Run.Status.SUCCEEDED)
         else:
             code = FAILURE_CODES.get(result.failure, ErrorCode.INTERNAL)

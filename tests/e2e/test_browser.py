@@ -92,7 +92,7 @@ def test_a_queued_run_turns_finished_without_reloading(live_server, page: Page, 
     screenshot(page, "06-run-queued")
     # What a worker does when it finishes the run.
     Run.objects.filter(pk=run.pk).update(
-        status=Run.Status.SUCCEEDED, started_at=timezone.now(), finished_at=timezone.now(), result={"done": True}
+        status=Run.Status.SUCCEEDED, started_at=timezone.now(), finished_at=timezone.now(), result_json='{"done":true}'
     )
     expect(page.locator(".status")).to_have_text("Succeeded", timeout=10_000)
     expect(page.locator("pre.json")).to_contain_text('"done": true')

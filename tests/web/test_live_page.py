@@ -92,7 +92,7 @@ def test_output_of_an_earlier_attempt_is_not_shown(client, alice, running):
 
 def test_once_finished_the_poll_answers_the_whole_run_and_stops(client, alice, running):
     Run.objects.filter(pk=running.pk).update(
-        status=Run.Status.SUCCEEDED, finished_at=timezone.now(), stdout="all of it\n", result={"a": 1}
+        status=Run.Status.SUCCEEDED, finished_at=timezone.now(), stdout="all of it\n", result_json='{"a":1}'
     )
     answer = logged_in(client, alice).get(live_url(running), **HX)
     assert answer.status_code == 286

@@ -353,7 +353,7 @@ def test_an_apply_run_shows_its_input_and_pieces(alice_client, alice, typed_scri
         input_query="SELECT * FROM iris",
         apply_options={"rows": 50},
         status=Run.Status.SUCCEEDED,
-        result=[{"n": 1}],
+        result_json='[{"n":1}]',
         pieces=[
             {"label": "rows 1-50", "rows": 50, "status": "SUCCEEDED", "seconds": 0.12, "figures": []},
             {"label": "rows 51-<100>", "rows": 50, "status": "SUCCEEDED", "seconds": 0.1, "figures": [1]},
@@ -437,7 +437,7 @@ def test_a_group_apply_result_is_one_table_keyed_by_group(alice_client, alice):
     script = make_script(alice, "g", "def g():\n    return 1\n")
     run = start_run(RunRequest(script=script, user=alice, parameters={}))
     result = {"setosa": [{"n": 50}], "virginica": [{"n": 49}, {"n": 1}]}
-    Run.objects.filter(pk=run.pk).update(kind=Run.Kind.GROUP_APPLY, result=result)
+    Run.objects.filter(pk=run.pk).update(kind=Run.Kind.GROUP_APPLY, result_json=json.dumps(result))
     response = alice_client.get(reverse("web:run_detail", args=[run.pk]))
     assert response.context["table"].columns == ["group", "n"]
     assert response.context["table"].rows == [["setosa", 50], ["virginica", 49], ["virginica", 1]]
