@@ -83,7 +83,7 @@ def fill(count: int) -> None:
         cursor.execute(
             f"""
             insert into {table} (id, script_version_id, script_name, script_owner, user_id, status, mode, kind,
-                parameters, result, stdout, stderr, error_message, traceback, graphics, env_name, service,
+                parameters, result_json, stdout, stderr, error_message, traceback, graphics, env_name, service,
                 client_address, created_at, started_at, finished_at, comments, pieces, input_query,
                 apply_options, stored_bytes, attempts, worker, retry_number)
             select gen_random_uuid(),
@@ -96,7 +96,7 @@ def fill(count: int) -> None:
                    jsonb_build_object('n', g %% 97, 'region', (array['EU','US','APAC'])[1 + g %% 3]),
                    jsonb_build_object('columns', jsonb_build_array('k','v'),
                                       'data', jsonb_build_array(jsonb_build_array(0, g %% 11),
-                                                                jsonb_build_array(1, g %% 7))),
+                                                                jsonb_build_array(1, g %% 7)))::text,
                    '', '', '', '', false, 'default', 'LOW', '10.0.0.1',
                    now() - (g || ' seconds')::interval * 3,
                    now() - (g || ' seconds')::interval * 3 + interval '1 second',

@@ -80,7 +80,7 @@ def fill(count: int) -> None:
         cursor.execute(
             f"""
             insert into {table} (id, script_version_id, script_name, script_owner, user_id, status, mode, kind,
-                parameters, result, stdout, stderr, error_message, traceback, graphics, env_name, service,
+                parameters, result_json, stdout, stderr, error_message, traceback, graphics, env_name, service,
                 client_address, created_at, started_at, finished_at, comments, pieces, input_query,
                 apply_options, stored_bytes, attempts, worker, retry_number)
             with recursive g(i) as (select %s union all select i + 1 from g where i < %s)

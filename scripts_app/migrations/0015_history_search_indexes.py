@@ -44,7 +44,7 @@ def drop_trigram_index(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("scripts_app", "0013_worker_heartbeats"),
+        ("scripts_app", "0014_run_result_json"),
     ]
 
     operations = [
