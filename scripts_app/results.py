@@ -5,14 +5,25 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scripts_app.models import Run
 
 
 @dataclass(frozen=True)
 class Table:
     columns: list[str]
     rows: list[list[Any]]
+
+    @cached_property
+    def numeric(self) -> list[bool]:
+        """numeric_columns, worked out once per table."""
+        return numeric_columns(self)
 
 
 def as_table(value: Any, *, kind: str = "do-eval") -> Table | None:
@@ -35,6 +46,30 @@ def as_table(value: Any, *, kind: str = "do-eval") -> Table | None:
         columns = [str(key) for key in value]
         return Table(columns, [list(row) for row in zip(*value.values(), strict=True)])
     return None
+
+
+# The DATA tables of the runs this process showed last. A finished run's value never changes, so sorting,
+# filtering and paging a large table (each an htmx request of its own) decode and convert it only once.
+TABLES_KEPT = 4
+_tables: OrderedDict[tuple, Table | None] = OrderedDict()
+_tables_lock = threading.Lock()
+
+
+def run_table(run: Run) -> Table | None:
+    """A succeeded run's value as a table (as_table), or None; kept for the last few runs shown."""
+    if run.status != "SUCCEEDED":
+        return None
+    key = (run.pk, run.finished_at, len(run.result_json or ""))
+    with _tables_lock:
+        if key in _tables:
+            _tables.move_to_end(key)
+            return _tables[key]
+    table = as_table(run.result, kind=run.kind)
+    with _tables_lock:
+        _tables[key] = table
+        while len(_tables) > TABLES_KEPT:
+            _tables.popitem(last=False)
+    return table
 
 
 def _groups_table(groups: dict) -> Table | None:

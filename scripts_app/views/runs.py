@@ -168,7 +168,7 @@ def run_detail(request: HtmxHttpRequest, pk: UUID) -> HttpResponse:
 
 
 def _run_context(request: HtmxHttpRequest, run: Run) -> dict:
-    table = results.as_table(run.result, kind=run.kind) if run.status == Run.Status.SUCCEEDED else None
+    table = results.run_table(run)
     grid = _data_grid(request, table) if table else None
     script = run.script_version.script
     return {
@@ -219,7 +219,7 @@ def _data_grid(request: HtmxHttpRequest, table: results.Table) -> dict:
         shown = results.sorted_by(shown, sort, descending=descending)
     else:
         sort = ""
-    numeric = results.numeric_columns(table)
+    numeric = table.numeric
     page = paginate(request, shown.rows, TABLE_ROWS_PER_PAGE)
     return {
         "page": page,
@@ -280,7 +280,7 @@ def run_data(request: HtmxHttpRequest, pk: UUID, fmt: str) -> HttpResponse:
         raise Http404("The run returned no data.")
     filename = f"{run.script_name}-{str(run.pk)[:8]}.{fmt}"
     if fmt in ("csv", "parquet"):
-        table = results.as_table(run.result, kind=run.kind)
+        table = results.run_table(run)
         if table is None:
             raise Http404("The data is not a table.")
         if fmt == "csv":

@@ -139,10 +139,10 @@ def script_run_result(request: HtmxHttpRequest, pk: UUID, run_pk: UUID) -> HttpR
 
 
 def _result_context(run: Run) -> dict:
-    table = results.as_table(run.result, kind=run.kind) if run.status == Run.Status.SUCCEEDED else None
+    table = results.run_table(run)
     context = {"run": run, "images": list(run.images.all()) if run.is_finished else [], "table": table}
     if table is not None:
-        numeric = results.numeric_columns(table)
+        numeric = table.numeric
         context["columns"] = list(zip(table.columns, numeric, strict=True))
         context["rows"] = [list(zip(row, numeric, strict=True)) for row in table.rows[:PANEL_ROWS]]
         context["more_rows"] = max(0, len(table.rows) - PANEL_ROWS)
