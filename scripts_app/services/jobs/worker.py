@@ -93,6 +93,7 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
         return None
     now = timezone.now()
     with transaction.atomic():
+        _commit_without_waiting_for_disk()
         # Counted and claimed under the user's lock, so two workers cannot both take the last share.
         if not shares.job_may_start(user_id=run.user_id, service=run.service):
             raise JobDeferred(run_id)
@@ -104,6 +105,17 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
     run.status, run.started_at, run.heartbeat_at, run.worker = Run.Status.RUNNING, now, now, worker
     run.attempts += 1
     return run
+
+
+def _commit_without_waiting_for_disk() -> None:
+    """PostgreSQL: this transaction's commit does not wait for its WAL to reach the disk (3-4 ms of every job).
+
+    Safe for the claim alone: losing it takes a crash of the database server itself, and then the run is
+    QUEUED again and runs again (the worker's outcome cannot be recorded without that server either). The
+    outcome's commit waits for the disk as always, and flushes the claim's WAL with its own."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 def job_defer(*, run_id: str) -> None:
