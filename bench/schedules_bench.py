@@ -106,7 +106,7 @@ def main() -> None:
 
 
 def run_child(**config) -> dict:
-    return jobs.run_child(script=__file__, timeout=3600, **config)
+    return jobs.run_child(child_script=__file__, timeout=3600, **config)
 
 
 def child(config: dict) -> dict:

@@ -264,6 +264,11 @@ CELERY_BROKER_HEARTBEAT = 0
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Unset, Celery's Django fix-up closes every database connection before and after each task: a new
+# PostgreSQL connection (a backend process) per job, 5 to 50 ms of each job's slot. Set, it leaves them
+# be, and tasks.py applies Django's own rule around each task instead, as around a web request
+# (CONN_MAX_AGE, CONN_HEALTH_CHECKS; a connection that failed is closed).
+CELERY_DB_REUSE_MAX = 1_000_000_000
 
 # Async jobs. Each service level has its own Celery queue and its own workers, so a flood of LOW jobs
 # never takes the slots HIGH jobs run in. Concurrency is the worker processes `manage.py serve` starts

@@ -291,12 +291,15 @@ class RunQuerySet(models.QuerySet):
         error_code: int | None = None,
         error_message: str = "",
         traceback: str = "",
+        pks: list | None = None,
         **fields: Any,
     ) -> int:
         """QUEUED or RUNNING -> a final status, with its error (none for SUCCEEDED) and any other fields.
-        The one write that ends runs, so the one place that sends `run_finished`."""
+        The one write that ends runs, so the one place that sends `run_finished`. `pks`: the ids the
+        queryset can hold, when the caller knows them (one run: its own), saving the query that finds them."""
         active = self.filter(status__in=Run.ACTIVE)
-        pks = list(active.values_list("pk", flat=True))
+        if pks is None:
+            pks = list(active.values_list("pk", flat=True))
         if not pks:
             return 0
         finished = active.filter(pk__in=pks).update(
@@ -527,6 +530,7 @@ class Run(models.Model):
         self.stderr = storable_text(self.stderr)
         finished = Run.objects.held_by(self).finish(
             status,
+            pks=[self.pk],
             now=self.finished_at,
             error_code=error_code,
             error_message=self.error_message,

@@ -84,4 +84,9 @@ def _busy(task=None, **kwargs) -> None:
 
 @signals.task_postrun.connect
 def _idle(task=None, **kwargs) -> None:
+    if not getattr(task.request, "is_eager", False):
+        # The next job reuses this process's database connection while Django's rule allows, as a web
+        # request would (settings.CELERY_DB_REUSE_MAX): closed once older than CONN_MAX_AGE or after an
+        # error. Not for a task run eagerly, in its caller's process (and transaction).
+        close_old_connections()
     supervision.mark_idle(task.request.hostname or "")

@@ -434,6 +434,10 @@ UNREAD_FIELDS = ("result_json", "stdout", "stderr", "traceback", "pieces")
 
 
 def notify_finished(*, run_id) -> list[NotificationDelivery]:
+    owner = Run.objects.filter(pk=run_id).values("user_id")
+    if not NotificationRule.objects.filter(owner_id__in=owner, enabled=True).exists():
+        # Most runs' users have no rule: one query, and the run is not read (every job ends here).
+        return []
     run = Run.objects.select_related("script_version", "user").defer(*UNREAD_FIELDS).filter(pk=run_id).first()
     if run is None or not run.is_finished:
         return []

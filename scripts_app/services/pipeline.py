@@ -13,11 +13,11 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from scripts_app import roles
-from scripts_app.errors import BadRequest, PermissionDenied
+from scripts_app.errors import BadRequest, PermissionDenied, QuotaExceeded, TooManyRuns
 from scripts_app.models import Run, Schedule, Script, ScriptVersion, ServiceLevel
 from scripts_app.services import apply, audit, environments, live, shares
 from scripts_app.services.execution import execute_run
@@ -101,44 +101,109 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
     # A run that names no environment runs in its script's own (the default one when it has none).
     environment = environments.environment_for_run(request.env_name or script.env_name or None)
     mode = Run.Mode.ASYNC if request.asynchronous else Run.Mode.SYNC
+    now = timezone.now()
+    fields = {
+        "script_version": version,
+        "script_name": script.name,
+        "script_owner": script.owner.get_username(),
+        "client_address": request.client_address,
+        "parameters": request.parameters,
+        "graphics": request.graphics,
+        "env_name": environment.name if environment else environments.DEFAULT_ENVIRONMENT,
+        "environment": environment,
+        "env_lock": environment.lock if environment else environments.default_lock(),
+        "service": request.service,
+        "kind": request.kind,
+        "timeout_seconds": (request.timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS)
+        if request.asynchronous
+        else request.timeout_seconds,
+        "comments": request.comments,
+        "schedule": request.schedule,
+        "scheduled_for": request.scheduled_for,
+        "created_at": now,
+        "enqueued_at": now if request.asynchronous else None,
+        "status": Run.Status.RUNNING if started else Run.Status.QUEUED,
+        "started_at": now if started else None,
+        **apply_fields,
+    }
+    return _record_checked(user=user, mode=mode, fields=fields, live_id=request.live_id)
+
+
+def _record_checked(*, user, mode: str, fields: dict, live_id: uuid.UUID | None = None, audited: dict | None = None):
+    """Record a run after the user's share checks, and audit its submission in the same transaction:
+    what every run goes through, a new one (`record_run`) or a retry (`record_retry`).
+
+    Over the user's runs at once (a sync run) or their queued jobs (a job): TooManyRuns (429); over their
+    storage quota: QuotaExceeded. `audited`: more of the run's state for the audit event."""
     limits = shares.limits_for(user.pk)
     shares.quota_check(user=user, limits=limits)
-    now = timezone.now()
     with transaction.atomic():
         # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
         shares.share_check(user=user, mode=mode, limits=limits)
         # The id a watching page chose, unless it is taken (then the page simply sees no live output).
-        taken = request.live_id is not None and Run.objects.filter(pk=request.live_id).exists()
+        taken = live_id is not None and Run.objects.filter(pk=live_id).exists()
         run = Run.objects.create(
-            id=request.live_id if request.live_id is not None and not taken else uuid.uuid4(),
-            script_version=version,
-            script_name=script.name,
-            script_owner=script.owner.get_username(),
-            user=user,
-            client_address=request.client_address,
-            parameters=request.parameters,
-            graphics=request.graphics,
-            env_name=environment.name if environment else environments.DEFAULT_ENVIRONMENT,
-            environment=environment,
-            env_lock=environment.lock if environment else environments.default_lock(),
-            service=request.service,
-            mode=mode,
-            kind=request.kind,
-            timeout_seconds=(request.timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS)
-            if request.asynchronous
-            else request.timeout_seconds,
-            comments=request.comments,
-            schedule=request.schedule,
-            scheduled_for=request.scheduled_for,
-            created_at=now,
-            enqueued_at=now if request.asynchronous else None,
-            status=Run.Status.RUNNING if started else Run.Status.QUEUED,
-            started_at=now if started else None,
-            **apply_fields,
+            id=live_id if live_id is not None and not taken else uuid.uuid4(), user=user, mode=mode, **fields
         )
         # The submission is audited in the transaction that records the run (services.audit).
-        audit.record("run.submit", obj=run, actor=user, after=audit.run_state(run))
+        audit.record("run.submit", obj=run, actor=user, after={**audit.run_state(run), **(audited or {})})
         return run
+
+
+# What a retry copies from the attempt it retries; everything else starts afresh.
+RETRY_COPIED = (
+    "script_version",
+    "script_name",
+    "script_owner",
+    "client_address",
+    "parameters",
+    "graphics",
+    "env_name",
+    "environment",
+    "env_lock",
+    "service",
+    "timeout_seconds",
+    "comments",
+    "kind",
+    "input_query",
+    "apply_options",
+    "schedule",
+    "scheduled_for",
+)
+
+
+def record_retry(attempt: Run, *, delay: float) -> Run | None:
+    """Record the retry of a failed job's attempt (services.retries), as any new run is recorded: the
+    user's queued-jobs share and storage quota are checked, and its submission is audited.
+
+    Returns the retry QUEUED, to be published `delay` seconds from now. A retry the user's share or quota
+    refuses (or an auditor's) is recorded too, FAILED at once with the refusal as its error, so the chain
+    of attempts shows why it stops; the attempt keeps its own failure. None when the attempt already has
+    its retry (one per attempt: a unique constraint)."""
+    now = timezone.now()
+    number = attempt.retry_number + 1
+    fields = {name: getattr(attempt, name) for name in RETRY_COPIED}
+    fields.update(retry_of=attempt, retry_number=number, created_at=now, status=Run.Status.QUEUED)
+    audited = {"retry_of": str(attempt.pk), "retry_number": number}
+    try:
+        try:
+            if roles.is_read_only(attempt.user):
+                raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
+            # In the future: the reaper must not publish it again before its backoff is over.
+            queued = {**fields, "enqueued_at": now + datetime.timedelta(seconds=delay)}
+            return _record_checked(user=attempt.user, mode=Run.Mode.ASYNC, fields=queued, audited=audited)
+        except (TooManyRuns, QuotaExceeded, PermissionDenied) as refusal:
+            with transaction.atomic():
+                run = Run.objects.create(user=attempt.user, mode=Run.Mode.ASYNC, **fields)
+                message = f"Retry {number} was not started: {refusal.message}"
+                Run.objects.filter(pk=run.pk).finish(
+                    Run.Status.FAILED, now=now, error_code=refusal.code, error_message=message
+                )
+                run.refresh_from_db()
+                audit.record("run.submit", obj=run, actor=attempt.user, after={**audit.run_state(run), **audited})
+            return run
+    except IntegrityError:
+        return None  # already retried (the reaper and the worker both saw the attempt end)
 
 
 def _apply_fields(request: RunRequest) -> dict:

@@ -13,13 +13,10 @@ to OMLWEB_RUN_MAX_ATTEMPTS times (jobs.submission.job_attempt). Under a policy t
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-
-from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from scripts_app.errors import BadRequest, ErrorCode
 from scripts_app.models import Run, Schedule, ScriptRetryPolicy
+from scripts_app.services import pipeline
 from scripts_app.services.jobs import submission
 
 logger = logging.getLogger(__name__)
@@ -39,28 +36,6 @@ INFRASTRUCTURE_CODES = frozenset(
 NEVER_RETRIED = frozenset({ErrorCode.CANCELLED, ErrorCode.QUOTA_EXCEEDED})
 MAX_RETRIES = 10
 MAX_BACKOFF_SECONDS = 24 * 3600
-# What a retry copies from the attempt it retries; everything else starts afresh.
-COPIED = (
-    "script_version",
-    "script_name",
-    "script_owner",
-    "user",
-    "client_address",
-    "parameters",
-    "graphics",
-    "env_name",
-    "environment",
-    "env_lock",
-    "service",
-    "mode",
-    "timeout_seconds",
-    "comments",
-    "kind",
-    "input_query",
-    "apply_options",
-    "schedule",
-    "scheduled_for",
-)
 
 
 def check_policy(*, max_retries, backoff_seconds, backoff_factor) -> None:
@@ -123,7 +98,10 @@ def after_finish(run: Run) -> Run | None:
 
     Safe to call twice: an attempt is retried at most once (a unique constraint on `retry_of`).
     """
-    current = Run.objects.select_related("script_version").filter(pk=run.pk).first()
+    if run.status in (Run.Status.SUCCEEDED, Run.Status.CANCELLED):
+        # Recorded so by this process (a finished run never changes status): nothing to retry, nothing to read.
+        return None
+    current = Run.objects.select_related("script_version", "user").filter(pk=run.pk).first()
     if current is None or current.status not in (Run.Status.FAILED, Run.Status.TIMED_OUT):
         return None
     if current.error_code in NEVER_RETRIED:
@@ -134,19 +112,20 @@ def after_finish(run: Run) -> Run | None:
     if not (is_infrastructure(current) or policy.retry_user_errors):
         return None
     delay = backoff(policy, current.retry_number)
-    now = timezone.now()
-    retry = Run(**{name: getattr(current, name) for name in COPIED})
-    retry.retry_of = current
-    retry.retry_number = current.retry_number + 1
-    retry.status = Run.Status.QUEUED
-    retry.created_at = now
-    # In the future: the reaper must not publish it again before its backoff is over.
-    retry.enqueued_at = now + timedelta(seconds=delay)
-    try:
-        with transaction.atomic():
-            retry.save(force_insert=True)
-    except IntegrityError:
-        return None  # already retried (the reaper and the worker both saw it end)
+    # Recorded by the run pipeline, as every run is: the user's share and quota, the audited submission.
+    retry = pipeline.record_retry(current, delay=delay)
+    if retry is None:
+        return None
+    if retry.status != Run.Status.QUEUED:
+        logger.warning(
+            "Run %s failed (code %s); retry %s of %s was refused: %s",
+            current.pk,
+            current.error_code,
+            retry.retry_number,
+            policy.max_retries,
+            retry.error_message,
+        )
+        return retry
     logger.warning(
         "Run %s failed (code %s); retry %s of %s is run %s in %.0f s",
         current.pk,

@@ -82,18 +82,40 @@ class JobDeferred(Exception):
 
 def job_claim(*, run_id: str, worker: str) -> Run | None:
     """Mark a queued run RUNNING for this worker; None when it is not queued any more. Raises
-    JobDeferred, claiming nothing, when its user already has their share of jobs running."""
+    JobDeferred, claiming nothing, when its user already has their share of jobs running.
+
+    The row is read once, before the claim; the claim is conditional on the attempt read, so the run
+    returned is the row as claimed without reading it again."""
     queued = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True)
-    with transaction.atomic():
-        owner = queued.values_list("user_id", "service").first()
-        # Counted and claimed under the user's lock, so two workers cannot both take the last share.
-        if owner is not None and not shares.job_may_start(user_id=owner[0], service=owner[1]):
-            raise JobDeferred(run_id)
-        claimed = queued.claim(worker=worker, now=timezone.now())
-    if not claimed:
+    run = queued.select_related("script_version").first()
+    if run is None:
         logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
         return None
-    return Run.objects.select_related("script_version").filter(pk=run_id).first()
+    now = timezone.now()
+    with transaction.atomic():
+        _commit_without_waiting_for_disk()
+        # Counted and claimed under the user's lock, so two workers cannot both take the last share.
+        if not shares.job_may_start(user_id=run.user_id, service=run.service):
+            raise JobDeferred(run_id)
+        claimed = queued.filter(attempts=run.attempts).claim(worker=worker, now=now)
+    if not claimed:
+        logger.info("Run %s: not queued any more (claimed by another worker, or deleted); skipped", run_id)
+        return None
+    # What `RunQuerySet.claim` wrote.
+    run.status, run.started_at, run.heartbeat_at, run.worker = Run.Status.RUNNING, now, now, worker
+    run.attempts += 1
+    return run
+
+
+def _commit_without_waiting_for_disk() -> None:
+    """PostgreSQL: this transaction's commit does not wait for its WAL to reach the disk (3-4 ms of every job).
+
+    Safe for the claim alone: losing it takes a crash of the database server itself, and then the run is
+    QUEUED again and runs again (the worker's outcome cannot be recorded without that server either). The
+    outcome's commit waits for the disk as always, and flushes the claim's WAL with its own."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
 def job_defer(*, run_id: str) -> None:
