@@ -13,6 +13,8 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
@@ -225,6 +227,7 @@ def _data_grid(request: HtmxHttpRequest, table: results.Table) -> dict:
         "page": page,
         # Each cell with whether its column is numeric (templates cannot zip).
         "rows": [list(zip(row, numeric, strict=True)) for row in page.object_list],
+        "body": _rows_html(page.object_list, numeric),
         "matching": len(shown.rows),
         "find": find,
         "columns": [
@@ -232,6 +235,21 @@ def _data_grid(request: HtmxHttpRequest, table: results.Table) -> dict:
             for name, is_number in zip(table.columns, numeric, strict=True)
         ],
     }
+
+
+def _rows_html(rows: list[list], numeric: list[bool]) -> SafeString:
+    """A page of the grid as table rows, built here: its 1,550 cells through template tags and filters took
+    about 100 ms a page. Numbers show at a readable precision, the exact value in the cell's title."""
+    html = []
+    for row in rows:
+        cells = [
+            f'<td class="num" title="{escape(results.cell_text(value))}">{escape(results.number_text(value))}</td>'
+            if is_number
+            else f"<td>{escape(results.cell_text(value))}</td>"
+            for value, is_number in zip(row, numeric, strict=True)
+        ]
+        html.append(f"<tr>{''.join(cells)}</tr>")
+    return mark_safe("\n".join(html))  # noqa: S308 - every cell's text is escaped above
 
 
 def piece_timeline(run: Run) -> list[dict]:

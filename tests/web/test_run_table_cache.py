@@ -70,3 +70,25 @@ def test_sorting_a_kept_table_on_the_page_gives_the_sorted_rows(client, alice):
     rows = response.context["grid"]["rows"]
     assert [cells[0][0] for cells in rows[:3]] == [59, 58, 57]
     assert len(results._tables) == 1
+
+
+def test_the_grid_escapes_what_a_run_returned(client, alice):
+    script = make_script(alice, "hostile", "def hostile():\n    return 1\n")
+    now = timezone.now()
+    run = Run.objects.create(
+        script_version=script.current_version,
+        script_name=script.name,
+        script_owner="alice",
+        user=alice,
+        status=Run.Status.SUCCEEDED,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+        result=[{"n": 1.5, "text": '<script>alert("x")</script>', "nested": {"a": "<b>"}}],
+    )
+    logged_in(client, alice)
+    html = client.get(reverse("web:run_detail", args=[run.pk])).content.decode()
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert "&lt;b&gt;" in html
+    assert '<td class="num" title="1.5">1.5</td>' in html
