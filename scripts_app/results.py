@@ -59,7 +59,8 @@ def run_table(run: Run) -> Table | None:
     """A succeeded run's value as a table (as_table), or None; kept for the last few runs shown."""
     if run.status != "SUCCEEDED":
         return None
-    key = (run.pk, run.finished_at, len(run.result_json or ""))
+    # A run's value and finished_at are written once, together (RunQuerySet.finish).
+    key = (run.pk, run.finished_at)
     with _tables_lock:
         if key in _tables:
             _tables.move_to_end(key)

@@ -65,8 +65,9 @@ def editable_script_or_404(request: HttpRequest, pk: Any) -> Script:
     return script
 
 
-def visible_run_or_404(request: HttpRequest, pk: Any) -> Run:
-    run = Run.objects.select_related("user", "script_version__script__owner").filter(pk=pk).first()
+def visible_run_or_404(request: HttpRequest, pk: Any, *, defer: tuple[str, ...] = ()) -> Run:
+    """The run if this user may see it; `defer` names large fields read only when used."""
+    run = Run.objects.select_related("user", "script_version__script__owner").defer(*defer).filter(pk=pk).first()
     if run is None or not roles.can_view_run(request.user, run):
         raise Http404("No such run.")
     return run
