@@ -1,49 +1,35 @@
 """OML's table-apply, row-apply, group-apply and index-apply: a function fed with data, in pieces.
 
 The input query's rows are split into pieces (the whole table, chunks of `rows` rows, one group per
-distinct `groupBy` value, or the indexes 1..times); each piece is one runner job. With parallelism,
-up to the service level's degree of pieces run at once, each in its own runner process. The first
-piece that fails fails the run, with a message naming the piece, and stops the others.
+distinct `groupBy` value, or the indexes 1..times). This module checks an apply request, splits a run
+into its pieces, says how many run at once and assembles OML's answer from their values;
+services.execution runs the pieces (a do-eval run is its one-piece case) and records them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import io
 import logging
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from django.conf import settings
-from django.db import transaction
 
 from scripts_app import runner
-from scripts_app.errors import FAILURE_CODES, BadRequest, Busy, ErrorCode, OmlError
+from scripts_app.errors import BadRequest, ErrorCode
 from scripts_app.models import SERVICE_LEVEL_DEGREE, Run, ServiceLevel
 from scripts_app.runner.validation import storable_text
-from scripts_app.services import environments, queries, shares
-from scripts_app.services.runs import function_kwargs, limits_from_settings, save_figures
-
-if TYPE_CHECKING:
-    from scripts_app.services.live import LiveRun
+from scripts_app.services import queries
 
 logger = logging.getLogger(__name__)
 
 DATA_KINDS = (Run.Kind.TABLE_APPLY, Run.Kind.ROW_APPLY, Run.Kind.GROUP_APPLY)
 INPUT_TYPES = ("default", "pandas.DataFrame", "numpy.recarray")
-CANCEL_CHECK_SECONDS = 0.5
 
 
 @dataclasses.dataclass
 class Piece:
-    """One runner job of an apply run."""
+    """One runner job of a run: an apply run's piece, or a do-eval run's one (`whole`)."""
 
     label: str  # names the piece in timings and errors: "chunk 2 (rows 5-8)", "group 'setosa'", "index 3"
     key: str | int | None = None  # group key, or index
@@ -56,6 +42,11 @@ class Piece:
     started_at: float | None = None
     finished_at: float | None = None
     result: runner.Result | None = None
+    # A do-eval run's one piece: the run itself, recorded as a do-eval run always was (no timeline).
+    whole: bool = False
+    # A fault of the service, not of the run (a do-eval run's): its code, and what is raised once recorded.
+    error_code: ErrorCode | None = None
+    error: BaseException | None = None
 
 
 def parse_columns(text: str | None, *, field: str) -> list[str]:
@@ -95,6 +86,22 @@ def degree_for(*, service: str, parallel_flag: bool, parallel: int | None, piece
 def level_degree(service: str) -> int:
     """A service level's degree of parallelism (LOW 2, MEDIUM 4, HIGH 8), or less if the operator said so."""
     return min(SERVICE_LEVEL_DEGREE[ServiceLevel(service)], settings.OMLWEB_APPLY_MAX_DEGREE)
+
+
+def plan_degree(run: Run, pieces: int) -> int:
+    """How many of the run's pieces run at once, noted in its `apply_options` (with what lowered it)."""
+    options = run.apply_options
+    degree = degree_for(
+        service=run.service,
+        parallel_flag=options.get("parallelFlag", False),
+        parallel=options.get("parallel"),
+        pieces=pieces,
+    )
+    run.apply_options = {**options, "degree": degree}
+    if level_degree(run.service) < SERVICE_LEVEL_DEGREE[ServiceLevel(run.service)]:
+        # The record says when the operator's setting, not the request, lowered the level's degree.
+        run.apply_options["degreeLimitedBy"] = f"OMLWEB_APPLY_MAX_DEGREE={settings.OMLWEB_APPLY_MAX_DEGREE}"
+    return degree
 
 
 def degree_report() -> dict:
@@ -137,12 +144,6 @@ def check_request(
         "parallel": parallel,
     }
     return {key: value for key, value in options.items() if value not in (None, [])}
-
-
-def _parquet(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="lz4")
-    return buffer.getvalue()
 
 
 def _check_piece_count(count: int, what: str) -> None:
@@ -227,318 +228,6 @@ def build_pieces(run: Run) -> list[Piece]:
         label = f"chunk {number} (rows {offset + 1}-{offset + chunk.num_rows})"
         pieces.append(Piece(label=label, key=number, data=chunk, rows=chunk.num_rows))
     return pieces
-
-
-def _arrow(table: pa.Table) -> pa.Buffer:
-    """A piece's rows as Arrow IPC, written once from its zero-copy slice; sent to the child as is."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
-
-
-def _run_pieces(
-    run: Run,
-    pieces: list[Piece],
-    *,
-    degree: int,
-    deadline: float,
-    is_cancelled: Callable[[], bool] | None,
-    limits: runner.Limits,
-    python: str | None = None,
-    live: LiveRun | None = None,
-) -> Piece | None:
-    """Run every piece in `degree` children, each taking the next piece until none are left
-    (runner.serve_pieces); returns the first piece that failed, if any."""
-    version = run.script_version
-    input_type, na_omit = control_arguments(run.parameters)
-    kwargs = function_kwargs(run.parameters)
-    frame_orient = "columns" if run.kind == Run.Kind.GROUP_APPLY else "records"
-    stop = threading.Event()
-    lock = threading.Lock()
-    failed: list[Piece] = []
-    queue = iter(enumerate(pieces))
-    timed_out = threading.Event()
-    has_data = any(piece.data is not None for piece in pieces)
-
-    def stopped() -> bool:
-        return stop.is_set()
-
-    def fail(piece: Piece) -> None:
-        with lock:
-            # A piece that fails first is the run's failure; it is recorded before the others
-            # are stopped, so a piece killed because of it is never taken for the cause.
-            if not failed:
-                failed.append(piece)
-            stop.set()
-
-    def next_piece() -> tuple[int, Piece] | None:
-        with lock:
-            if stop.is_set():
-                return None
-            if deadline - time.monotonic() <= 0:
-                timed_out.set()
-                stop.set()
-                return None
-            taken = next(queue, None)
-            if taken is not None:
-                taken[1].status = "RUNNING"
-                taken[1].started_at = time.time()
-            return taken
-
-    def finished(piece: Piece, result: runner.Result, status: str | None = None) -> None:
-        piece.finished_at = time.time()
-        piece.data = None  # the rows are not needed any more
-        piece.result = result
-        piece.status = status or result.outcome.value
-        if piece.status != "SUCCEEDED":
-            fail(piece)
-
-    def job(wall_seconds: float, data: runner.DataInput | None = None, args: tuple = ()) -> runner.Job:
-        return runner.Job(
-            source=version.source,
-            function=version.entry_function,
-            kwargs=kwargs,
-            args=args,
-            graphics=run.graphics,
-            limits=dataclasses.replace(limits, wall_seconds=wall_seconds),
-            data=data,
-            frame_orient=frame_orient,
-            python=python,
-        )
-
-    def work() -> None:
-        """One child: takes pieces until none are left."""
-        held: dict[int, Piece] = {}
-
-        def take() -> runner.PieceJob | None:
-            taken = next_piece()
-            if taken is None:
-                return None
-            seq, piece = taken
-            held[seq] = piece
-            arrow = _arrow(piece.data) if piece.data is not None else None
-            tap = live.tap(piece.label) if live is not None else None
-            return runner.PieceJob(seq=seq, args=piece.args, arrow=arrow, tap=tap)
-
-        def give(piece_job: runner.PieceJob, result: runner.Result) -> None:
-            finished(held.pop(piece_job.seq), result)
-
-        try:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out.set()
-                stop.set()
-                return
-            options = {"input_type": input_type, "na_omit": na_omit} if has_data else None
-            served = runner.serve_pieces(
-                job(remaining),
-                take,
-                give,
-                data_options=options,
-                is_cancelled=stopped,
-                # Each piece has its CPU seconds, as when each piece was a child of its own.
-                child_cpu_seconds=limits.cpu_seconds * len(pieces),
-            )
-            if served:
-                return
-            one_job_each()
-        except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
-            piece = _held_or_next(held)
-            if piece is not None:
-                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error)), "BUSY")
-        except Exception as error:
-            piece = _held_or_next(held)
-            logger.exception("Run %s: %s failed in the service", run.pk, piece.label if piece else "a piece")
-            if piece is not None:
-                message = f"The service failed to run it: {error}"
-                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=message))
-
-    def _held_or_next(held: dict[int, Piece]) -> Piece | None:
-        if held:
-            return next(iter(held.values()))
-        with lock:
-            taken = next(queue, None)
-        return taken[1] if taken is not None else None
-
-    def one_job_each() -> None:
-        """No warm template here (the cold mode): each piece is one runner job, as before."""
-        while (taken := next_piece()) is not None:
-            piece = taken[1]
-            data = None
-            if piece.data is not None:
-                data = runner.DataInput(parquet=_parquet(piece.data), input_type=input_type, na_omit=na_omit)
-            tap = live.tap(piece.label) if live is not None else None
-            try:
-                result = runner.run(
-                    job(deadline - time.monotonic(), data, piece.args), is_cancelled=stopped, in_slot=True, tap=tap
-                )
-            except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
-                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error)), "BUSY")
-                continue
-            finished(piece, result)
-
-    with ThreadPoolExecutor(max_workers=degree, thread_name_prefix=f"apply-{run.pk}") as pool:
-        futures = [pool.submit(work) for _ in range(degree)]
-        # The caller's cancel check may query the database: it is asked here, in the caller's thread.
-        while wait(futures, timeout=CANCEL_CHECK_SECONDS).not_done:
-            if is_cancelled is not None and not stop.is_set() and is_cancelled():
-                stop.set()
-    for future in futures:
-        future.result()
-    for piece in pieces:
-        if piece.status == "PENDING":
-            piece.status = "SKIPPED"
-            piece.data = None
-    if failed:
-        return failed[0]
-    if timed_out.is_set():
-        late = next(piece for piece in pieces if piece.status == "SKIPPED")
-        late.status = "TIMED_OUT"
-        late.result = runner.Result(
-            outcome=runner.Outcome.TIMED_OUT,
-            failure=runner.Failure.TIMEOUT,
-            error_message=f"The run exceeded its time limit of {_wall_seconds(run):g} seconds",
-        )
-        return late
-    return None
-
-
-def _wall_seconds(run: Run) -> float:
-    return float(run.timeout_seconds or settings.OMLWEB_RUN_WALL_SECONDS)
-
-
-def apply_execute(
-    *,
-    run: Run,
-    is_cancelled: Callable[[], bool] | None = None,
-    limits: runner.Limits | None = None,
-    live: LiveRun | None = None,
-) -> Run:
-    """Run a RUNNING apply run to its end and record the outcome, with each piece's timings
-    (execution.execute_run).
-
-    `limits` are each piece's (the wall clock is what is left of the run's). Recording an outcome of an
-    async run that was taken from this attempt raises RunTakenAway (Run.finish).
-    """
-    deadline = time.monotonic() + _wall_seconds(run)
-    try:
-        # The run's environment (issue 6); this host builds its copy first if it has none.
-        python = environments.python_for_run(run)
-        pieces = build_pieces(run)
-    except OmlError as error:
-        run.finish(Run.Status.FAILED, error_code=error.code, error_message=error.message)
-        return run
-    except Exception as error:
-        logger.exception("Run %s: preparing the input failed", run.pk)
-        message = f"The service failed to prepare the input: {error}"
-        run.finish(Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
-        raise
-    options = run.apply_options
-    degree = degree_for(
-        service=run.service,
-        parallel_flag=options.get("parallelFlag", False),
-        parallel=options.get("parallel"),
-        pieces=len(pieces),
-    )
-    run.apply_options = {**options, "degree": degree}
-    if level_degree(run.service) < SERVICE_LEVEL_DEGREE[ServiceLevel(run.service)]:
-        # The record says when the operator's setting, not the request, lowered the level's degree.
-        run.apply_options["degreeLimitedBy"] = f"OMLWEB_APPLY_MAX_DEGREE={settings.OMLWEB_APPLY_MAX_DEGREE}"
-    base = limits or limits_from_settings()
-    if live is not None:
-        live.follow_pieces(pieces)
-    try:
-        with runner.slot() if pieces else contextlib.nullcontext():
-            failed = _run_pieces(
-                run,
-                pieces,
-                degree=degree,
-                deadline=deadline,
-                is_cancelled=is_cancelled,
-                limits=base,
-                python=python,
-                live=live,
-            )
-    except runner.RunnerBusy as error:
-        failed = pieces[0]
-        failed.status = "BUSY"
-        failed.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
-    _record(run, pieces, failed)
-    if failed is not None and failed.status == "BUSY":
-        raise Busy(Busy.busy_message)
-    return run
-
-
-def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
-    size = sum(shares.result_size(piece.result) for piece in pieces if piece.result is not None)
-    refusal = shares.quota_refusal(run=run, size=size)
-    if refusal is not None:
-        # Nothing of the pieces is kept (values, figures, streams): it would all count against the quota.
-        run.pieces = [{"label": p.label, "key": p.key, "rows": p.rows, "status": p.status} for p in pieces]
-        run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
-        return
-    run.stored_bytes = size
-    entries, stdout, stderr, position = [], [], [], 0
-    with transaction.atomic():
-        for piece in pieces:
-            entry: dict[str, Any] = {
-                "label": piece.label,
-                "key": piece.key,
-                "rows": piece.rows,
-                "status": piece.status,
-                "started_at": _iso(piece.started_at),
-                "finished_at": _iso(piece.finished_at),
-                "seconds": (
-                    round(piece.finished_at - piece.started_at, 6)
-                    if piece.finished_at is not None and piece.started_at is not None
-                    else None
-                ),
-                "figures": [],
-            }
-            result = piece.result
-            if result is not None:
-                if result.stdout:
-                    stdout.append(f"--- {piece.label} ---\n{result.stdout}")
-                if result.stderr:
-                    stderr.append(f"--- {piece.label} ---\n{result.stderr}")
-                if not result.succeeded:
-                    entry["error_message"] = result.error_message
-                if result.succeeded and run.graphics:
-                    entry["value"] = result.value
-                    entry["figures"] = save_figures(run, result.figures, after=position)
-                    position += len(entry["figures"])
-            entries.append(entry)
-        run.pieces = entries
-        run.stdout = "".join(stdout)
-        run.stderr = "".join(stderr)
-        if failed is None:
-            run.result = assemble(run.kind, pieces)
-            run.finish(Run.Status.SUCCEEDED)
-            return
-        result = failed.result
-        assert result is not None, "a failed piece always carries its result (a BUSY one too)"
-        if failed.status == "BUSY":
-            code, status = ErrorCode.BUSY, Run.Status.FAILED
-        else:
-            code, status = FAILURE_CODES.get(result.failure, ErrorCode.INTERNAL), Run.Status(result.outcome.value)
-        where = failed.label[0].upper() + failed.label[1:]
-        message = result.error_message
-        if result.failure is runner.Failure.TIMEOUT:
-            # The piece's own limit was what was left of the run's: name the run's.
-            message = f"The run exceeded its time limit of {_wall_seconds(run):g} seconds"
-        run.finish(
-            status,
-            error_code=code,
-            error_message=f"{where} failed: {message}",
-            traceback=f"{where} failed:\n{result.traceback}" if result.traceback else "",
-        )
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat()
 
 
 def assemble(kind: str, pieces: list[Piece]) -> object:

@@ -1,18 +1,47 @@
-"""Running a recorded run to its end: do-eval or apply, in this process (a sync run, or a job's worker)."""
+"""Running a recorded run to its end, in this process (a sync run, or a job's worker): one loop for
+every kind of run and one recorder of its pieces, figures, streams and value.
+
+A run is split into pieces (services.apply.build_pieces); a do-eval run is the one-piece case: no
+data, the function's keyword arguments, run as runner.run's one-job child (the fastest way to run
+one job) and recorded as a do-eval run always was (its value's JSON text as its process checked it,
+no piece timeline). An apply run's pieces run in up to its degree of children at once, each child
+taking the next piece until none are left (runner.serve_pieces); the first piece that fails fails
+the run, with a message naming the piece, and stops the others.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime
+import io
+import logging
+import threading
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
 from django.utils import timezone
 
 from scripts_app import runner
-from scripts_app.models import Run
-from scripts_app.services import apply, runs
+from scripts_app.errors import FAILURE_CODES, Busy, ErrorCode, OmlError
+from scripts_app.models import Run, RunImage
+from scripts_app.services import environments, shares
+from scripts_app.services.apply import Piece, assemble, build_pieces, control_arguments, plan_degree
+from scripts_app.services.runs import function_kwargs, limits_from_settings
 
 if TYPE_CHECKING:
     from scripts_app.services.live import LiveRun
+
+logger = logging.getLogger(__name__)
+
+CANCEL_CHECK_SECONDS = 0.5
 
 
 def execute_run(
@@ -25,13 +54,410 @@ def execute_run(
     """Run a recorded run to its end, do-eval or apply, and record the outcome.
 
     A QUEUED run is marked RUNNING first; a sync run recorded RUNNING, or a job its worker claimed, is
-    not. `limits` replace the settings' (an async job's service level and timeout); `live` writes what
-    it prints as it prints it (services.live). Recording the
-    outcome of a run taken from this attempt raises RunTakenAway."""
+    not. `limits` replace the settings' (an async job's service level and timeout; an apply piece's wall
+    clock is what is left of the run's); `live` writes what it prints as it prints it (services.live).
+    A do-eval run the runner has no room for is recorded FAILED and raises Busy, as does an apply run's;
+    a do-eval run this host cannot run raises OmlError (500), and a fault of the service is re-raised,
+    each once recorded. Recording the outcome of a run taken from this attempt raises RunTakenAway.
+    """
     if run.status == Run.Status.QUEUED:
         run.started_at = timezone.now()
         Run.objects.filter(pk=run.pk).start(now=run.started_at)
         run.status = Run.Status.RUNNING
-    if run.kind == Run.Kind.DO_EVAL:
-        return runs.run_execute(run=run, is_cancelled=is_cancelled, limits=limits, live=live)
-    return apply.apply_execute(run=run, is_cancelled=is_cancelled, limits=limits, live=live)
+    whole = run.kind == Run.Kind.DO_EVAL
+    deadline = time.monotonic() + _wall_seconds(run)
+    try:
+        # The run's environment (issue 6); this host builds its copy first if it has none.
+        python = environments.python_for_run(run)
+        pieces = [Piece(label="run", whole=True)] if whole else build_pieces(run)
+    except OmlError as error:
+        run.finish(Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        return run
+    except Exception as error:
+        if whole:
+            raise
+        logger.exception("Run %s: preparing the input failed", run.pk)
+        message = f"The service failed to prepare the input: {error}"
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
+        raise
+    if whole:
+        failed = _run_whole(
+            run,
+            pieces[0],
+            limits=limits or limits_from_settings(wall_seconds=run.timeout_seconds),
+            python=python,
+            is_cancelled=is_cancelled,
+            live=live,
+        )
+    else:
+        degree = plan_degree(run, len(pieces))
+        if live is not None:
+            live.follow_pieces(pieces)
+        try:
+            with runner.slot() if pieces else contextlib.nullcontext():
+                failed = _run_pieces(
+                    run,
+                    pieces,
+                    degree=degree,
+                    deadline=deadline,
+                    is_cancelled=is_cancelled,
+                    limits=limits or limits_from_settings(),
+                    python=python,
+                    live=live,
+                )
+        except runner.RunnerBusy as error:
+            failed = pieces[0]
+            failed.status = "BUSY"
+            failed.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
+    _record(run, pieces, failed)
+    if failed is not None and failed.error is not None:
+        raise failed.error
+    if failed is not None and failed.status == "BUSY":
+        raise Busy(Busy.busy_message)
+    return run
+
+
+def _job(run: Run, *, limits: runner.Limits, python: str | None, **fields: Any) -> runner.Job:
+    version = run.script_version
+    return runner.Job(
+        source=version.source,
+        function=version.entry_function,
+        kwargs=function_kwargs(run.parameters),
+        graphics=run.graphics,
+        limits=limits,
+        python=python,
+        **fields,
+    )
+
+
+def _run_whole(
+    run: Run,
+    piece: Piece,
+    *,
+    limits: runner.Limits,
+    python: str | None,
+    is_cancelled: Callable[[], bool] | None,
+    live: LiveRun | None,
+) -> Piece | None:
+    """A do-eval run's one piece, as runner.run's one-job child in this thread; returns it if it failed."""
+    piece.status = "RUNNING"
+    piece.started_at = time.time()
+    try:
+        result = runner.run(
+            _job(run, limits=limits, python=python),
+            is_cancelled=is_cancelled,
+            tap=live.tap() if live is not None else None,
+        )
+    except runner.RunnerBusy:
+        return _service_fault(piece, ErrorCode.BUSY, Busy.busy_message, Busy(Busy.busy_message))
+    except runner.RunnerUnavailable as error:
+        # A fault of this host's set-up (say, OMLWEB_RUNNER_ISOLATION names a level it lacks), not of the run.
+        logger.error("The runner cannot start runs: %s", error)
+        message = f"The service cannot run scripts on this host: {error}"
+        raised = OmlError(message, code=ErrorCode.RUNNER_UNAVAILABLE, status=500)
+        return _service_fault(piece, ErrorCode.RUNNER_UNAVAILABLE, message, raised)
+    except Exception as error:
+        # A fault of the service: the run must not stay RUNNING until the reaper finds it.
+        logger.exception("Run %s: the runner failed", run.pk)
+        return _service_fault(piece, ErrorCode.INTERNAL, "The service failed to run it.", error)
+    piece.finished_at = time.time()
+    piece.result = result
+    piece.status = result.outcome.value
+    return None if result.succeeded else piece
+
+
+def _service_fault(piece: Piece, code: ErrorCode, message: str, error: BaseException) -> Piece:
+    piece.finished_at = time.time()
+    piece.status = "FAILED"
+    piece.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=message)
+    piece.error_code, piece.error = code, error
+    return piece
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="lz4")
+    return buffer.getvalue()
+
+
+def _arrow(table: pa.Table) -> pa.Buffer:
+    """A piece's rows as Arrow IPC, written once from its zero-copy slice; sent to the child as is."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _run_pieces(
+    run: Run,
+    pieces: list[Piece],
+    *,
+    degree: int,
+    deadline: float,
+    is_cancelled: Callable[[], bool] | None,
+    limits: runner.Limits,
+    python: str | None = None,
+    live: LiveRun | None = None,
+) -> Piece | None:
+    """Run every piece in `degree` children, each taking the next piece until none are left
+    (runner.serve_pieces); returns the first piece that failed, if any."""
+    input_type, na_omit = control_arguments(run.parameters)
+    frame_orient = "columns" if run.kind == Run.Kind.GROUP_APPLY else "records"
+    stop = threading.Event()
+    lock = threading.Lock()
+    failed: list[Piece] = []
+    queue = iter(enumerate(pieces))
+    timed_out = threading.Event()
+    has_data = any(piece.data is not None for piece in pieces)
+
+    def stopped() -> bool:
+        return stop.is_set()
+
+    def fail(piece: Piece) -> None:
+        with lock:
+            # A piece that fails first is the run's failure; it is recorded before the others
+            # are stopped, so a piece killed because of it is never taken for the cause.
+            if not failed:
+                failed.append(piece)
+            stop.set()
+
+    def next_piece() -> tuple[int, Piece] | None:
+        with lock:
+            if stop.is_set():
+                return None
+            if deadline - time.monotonic() <= 0:
+                timed_out.set()
+                stop.set()
+                return None
+            taken = next(queue, None)
+            if taken is not None:
+                taken[1].status = "RUNNING"
+                taken[1].started_at = time.time()
+            return taken
+
+    def finished(piece: Piece, result: runner.Result, status: str | None = None) -> None:
+        piece.finished_at = time.time()
+        piece.data = None  # the rows are not needed any more
+        piece.result = result
+        piece.status = status or result.outcome.value
+        if piece.status != "SUCCEEDED":
+            fail(piece)
+
+    def job(wall_seconds: float, data: runner.DataInput | None = None, args: tuple = ()) -> runner.Job:
+        return _job(
+            run,
+            limits=dataclasses.replace(limits, wall_seconds=wall_seconds),
+            python=python,
+            args=args,
+            data=data,
+            frame_orient=frame_orient,
+        )
+
+    def work() -> None:
+        """One child: takes pieces until none are left."""
+        held: dict[int, Piece] = {}
+
+        def take() -> runner.PieceJob | None:
+            taken = next_piece()
+            if taken is None:
+                return None
+            seq, piece = taken
+            held[seq] = piece
+            arrow = _arrow(piece.data) if piece.data is not None else None
+            tap = live.tap(piece.label) if live is not None else None
+            return runner.PieceJob(seq=seq, args=piece.args, arrow=arrow, tap=tap)
+
+        def give(piece_job: runner.PieceJob, result: runner.Result) -> None:
+            finished(held.pop(piece_job.seq), result)
+
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out.set()
+                stop.set()
+                return
+            options = {"input_type": input_type, "na_omit": na_omit} if has_data else None
+            served = runner.serve_pieces(
+                job(remaining),
+                take,
+                give,
+                data_options=options,
+                is_cancelled=stopped,
+                # Each piece has its CPU seconds, as when each piece was a child of its own.
+                child_cpu_seconds=limits.cpu_seconds * len(pieces),
+            )
+            if served:
+                return
+            one_job_each()
+        except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
+            piece = _held_or_next(held)
+            if piece is not None:
+                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error)), "BUSY")
+        except Exception as error:
+            piece = _held_or_next(held)
+            logger.exception("Run %s: %s failed in the service", run.pk, piece.label if piece else "a piece")
+            if piece is not None:
+                message = f"The service failed to run it: {error}"
+                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=message))
+
+    def _held_or_next(held: dict[int, Piece]) -> Piece | None:
+        if held:
+            return next(iter(held.values()))
+        with lock:
+            taken = next(queue, None)
+        return taken[1] if taken is not None else None
+
+    def one_job_each() -> None:
+        """No warm template here (the cold mode): each piece is one runner job, as before."""
+        while (taken := next_piece()) is not None:
+            piece = taken[1]
+            data = None
+            if piece.data is not None:
+                data = runner.DataInput(parquet=_parquet(piece.data), input_type=input_type, na_omit=na_omit)
+            tap = live.tap(piece.label) if live is not None else None
+            try:
+                result = runner.run(
+                    job(deadline - time.monotonic(), data, piece.args), is_cancelled=stopped, in_slot=True, tap=tap
+                )
+            except (runner.RunnerBusy, runner.RunnerUnavailable) as error:
+                finished(piece, runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error)), "BUSY")
+                continue
+            finished(piece, result)
+
+    with ThreadPoolExecutor(max_workers=degree, thread_name_prefix=f"apply-{run.pk}") as pool:
+        futures = [pool.submit(work) for _ in range(degree)]
+        # The caller's cancel check may query the database: it is asked here, in the caller's thread.
+        while wait(futures, timeout=CANCEL_CHECK_SECONDS).not_done:
+            if is_cancelled is not None and not stop.is_set() and is_cancelled():
+                stop.set()
+    for future in futures:
+        future.result()
+    for piece in pieces:
+        if piece.status == "PENDING":
+            piece.status = "SKIPPED"
+            piece.data = None
+    if failed:
+        return failed[0]
+    if timed_out.is_set():
+        late = next(piece for piece in pieces if piece.status == "SKIPPED")
+        late.status = "TIMED_OUT"
+        late.result = runner.Result(
+            outcome=runner.Outcome.TIMED_OUT,
+            failure=runner.Failure.TIMEOUT,
+            error_message=f"The run exceeded its time limit of {_wall_seconds(run):g} seconds",
+        )
+        return late
+    return None
+
+
+def _wall_seconds(run: Run) -> float:
+    return float(run.timeout_seconds or settings.OMLWEB_RUN_WALL_SECONDS)
+
+
+def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
+    """Keep what the run's pieces brought back: the one place a run's value, figures (numbered from 1,
+    OML's ID), streams, stored bytes and outcome are recorded. A do-eval run's one piece keeps its
+    value's JSON text as its process checked it and its streams as printed, with no piece timeline."""
+    if failed is not None and failed.error_code is not None:
+        # A fault of the service, not of the run: nothing came back to keep.
+        assert failed.result is not None
+        run.finish(Run.Status.FAILED, error_code=failed.error_code, error_message=failed.result.error_message)
+        return
+    whole = len(pieces) == 1 and pieces[0].whole
+    size = sum(shares.result_size(piece.result) for piece in pieces if piece.result is not None)
+    refusal = shares.quota_refusal(run=run, size=size)
+    if refusal is not None:
+        # Nothing of the pieces is kept (values, figures, streams): it would all count against the quota.
+        if not whole:
+            run.pieces = [{"label": p.label, "key": p.key, "rows": p.rows, "status": p.status} for p in pieces]
+        run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
+        return
+    run.stored_bytes = size
+    entries, stdout, stderr, position = [], [], [], 0
+    with transaction.atomic():
+        for piece in pieces:
+            result = piece.result
+            if whole:
+                assert result is not None, "a do-eval run's piece always carries its result"
+                # All its figures, even a failed run's: what it drew before it failed.
+                save_figures(run, result.figures)
+                stdout.append(result.stdout)
+                stderr.append(result.stderr)
+                continue
+            entry: dict[str, Any] = {
+                "label": piece.label,
+                "key": piece.key,
+                "rows": piece.rows,
+                "status": piece.status,
+                "started_at": _iso(piece.started_at),
+                "finished_at": _iso(piece.finished_at),
+                "seconds": (
+                    round(piece.finished_at - piece.started_at, 6)
+                    if piece.finished_at is not None and piece.started_at is not None
+                    else None
+                ),
+                "figures": [],
+            }
+            if result is not None:
+                if result.stdout:
+                    stdout.append(f"--- {piece.label} ---\n{result.stdout}")
+                if result.stderr:
+                    stderr.append(f"--- {piece.label} ---\n{result.stderr}")
+                if not result.succeeded:
+                    entry["error_message"] = result.error_message
+                if result.succeeded and run.graphics:
+                    entry["value"] = result.value
+                    entry["figures"] = save_figures(run, result.figures, after=position)
+                    position += len(entry["figures"])
+            entries.append(entry)
+        if not whole:
+            run.pieces = entries
+        run.stdout = "".join(stdout)
+        run.stderr = "".join(stderr)
+        if failed is None:
+            if whole:
+                result = pieces[0].result
+                assert result is not None
+                # The JSON text the run's process checked, kept as it is (and its value, for this process).
+                run.set_result_json(result.value_json, result.value)
+            else:
+                run.result = assemble(run.kind, pieces)
+            run.finish(Run.Status.SUCCEEDED)
+            return
+        result = failed.result
+        assert result is not None, "a failed piece always carries its result (a BUSY one too)"
+        if failed.status == "BUSY":
+            code, status = ErrorCode.BUSY, Run.Status.FAILED
+        else:
+            code, status = FAILURE_CODES.get(result.failure, ErrorCode.INTERNAL), Run.Status(result.outcome.value)
+        if whole:
+            run.finish(status, error_code=code, error_message=result.error_message, traceback=result.traceback)
+            return
+        where = failed.label[0].upper() + failed.label[1:]
+        message = result.error_message
+        if result.failure is runner.Failure.TIMEOUT:
+            # The piece's own limit was what was left of the run's: name the run's.
+            message = f"The run exceeded its time limit of {_wall_seconds(run):g} seconds"
+        run.finish(
+            status,
+            error_code=code,
+            error_message=f"{where} failed: {message}",
+            traceback=f"{where} failed:\n{result.traceback}" if result.traceback else "",
+        )
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat()
+
+
+def save_figures(run: Run, figures: list[runner.Figure], *, after: int = 0) -> list[int]:
+    """Keep figures as the run's images, numbered on from `after` (OML's ID); returns their positions."""
+    positions = []
+    for position, figure in enumerate(figures, start=after + 1):
+        image = RunImage(run=run, position=position, title=figure.title)
+        image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
+        image.save()
+        positions.append(position)
+    return positions

@@ -136,7 +136,7 @@ class LiveRun:
 
 
 def piece_progress(piece) -> dict:
-    """An apply piece as the run's `pieces` hold it while the run goes on (apply._record writes the last)."""
+    """An apply piece as the run's `pieces` hold it while the run goes on (execution._record writes the last)."""
 
     def iso(timestamp: float | None) -> str | None:
         return None if timestamp is None else dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).isoformat()

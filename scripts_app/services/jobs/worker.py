@@ -50,7 +50,7 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
         logger.warning("Run %s: taken from this attempt while it ran; its outcome is dropped", run.pk)
         return None
     except Busy:
-        # Recorded FAILED with the busy code by run_execute: a worker process runs one job at a time,
+        # Recorded FAILED with the busy code by execution.execute_run: a worker process runs one job at a time,
         # so its runner slots are only ever taken by this job's own pieces.
         pass
     except Exception as error:
