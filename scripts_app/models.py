@@ -291,15 +291,22 @@ class RunQuerySet(models.QuerySet):
         error_code: int | None = None,
         error_message: str = "",
         traceback: str = "",
+        pk: Any = None,
         **fields: Any,
     ) -> int:
         """QUEUED or RUNNING -> a final status, with its error (none for SUCCEEDED) and any other fields.
-        The one write that ends runs, so the one place that sends `run_finished`."""
+        The one write that ends runs, so the one place that sends `run_finished`. `pk`: the one run the
+        queryset is narrowed to, when the caller knows it (no SELECT of the ids first)."""
         active = self.filter(status__in=Run.ACTIVE)
-        pks = list(active.values_list("pk", flat=True))
-        if not pks:
-            return 0
-        finished = active.filter(pk__in=pks).update(
+        if pk is not None:
+            pks = [pk]
+            active = active.filter(pk=pk)
+        else:
+            pks = list(active.values_list("pk", flat=True))
+            if not pks:
+                return 0
+            active = active.filter(pk__in=pks)
+        finished = active.update(
             status=status,
             finished_at=now or timezone.now(),
             error_code=error_code,
@@ -467,6 +474,10 @@ class Run(models.Model):
     def __str__(self) -> str:
         return f"{self.script_name} {self.status} {self.created_at:%Y-%m-%d %H:%M:%S}"
 
+    # Not a field: the submitter's limits (services.shares.UserLimits) read when this request recorded the
+    # run, so that recording its outcome checks the quota without reading them again.
+    share_limits: Any = None
+
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
@@ -527,6 +538,7 @@ class Run(models.Model):
         self.stderr = storable_text(self.stderr)
         finished = Run.objects.held_by(self).finish(
             status,
+            pk=self.pk,
             now=self.finished_at,
             error_code=error_code,
             error_message=self.error_message,

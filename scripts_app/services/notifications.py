@@ -434,6 +434,9 @@ UNREAD_FIELDS = ("result_json", "stdout", "stderr", "traceback", "pieces")
 
 
 def notify_finished(*, run_id) -> list[NotificationDelivery]:
+    # Most users keep no rule: one statement finds that, before the run is read.
+    if not NotificationRule.objects.filter(owner__runs=run_id, enabled=True).exists():
+        return []
     run = Run.objects.select_related("script_version", "user").defer(*UNREAD_FIELDS).filter(pk=run_id).first()
     if run is None or not run.is_finished:
         return []

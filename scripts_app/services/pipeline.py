@@ -95,13 +95,14 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
     version = request.version or script.current_version
     if version is None:
         raise BadRequest(f"Script {script.name!r} has no version to run.")
+    # The user's limits, and their groups for the role check just below, in one statement.
+    limits = shares.limits_of(user)
     if roles.is_read_only(user):
         raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
     apply_fields = _apply_fields(request) if request.kind != Run.Kind.DO_EVAL else {}
     # A run that names no environment runs in its script's own (the default one when it has none).
     environment = environments.environment_for_run(request.env_name or script.env_name or None)
     mode = Run.Mode.ASYNC if request.asynchronous else Run.Mode.SYNC
-    limits = shares.limits_for(user.pk)
     shares.quota_check(user=user, limits=limits)
     now = timezone.now()
     with transaction.atomic():
@@ -138,7 +139,9 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
         )
         # The submission is audited in the transaction that records the run (services.audit).
         audit.record("run.submit", obj=run, actor=user, after=audit.run_state(run))
-        return run
+    # This request's limits, for the quota check when the run's outcome is recorded (shares.quota_refusal).
+    run.share_limits = limits
+    return run
 
 
 def _apply_fields(request: RunRequest) -> dict:
