@@ -186,7 +186,7 @@ def result_size(result) -> int:
 def quota_refusal(*, run: Run, size: int) -> str | None:
     """Why the run may not keep `size` bytes of results and figures, or None when it may."""
     # The limits read when the run was recorded, in this request (services.pipeline), else read now.
-    limits = getattr(run, "share_limits", None) or limits_for(run.user_id)
+    limits = run.share_limits or limits_for(run.user_id)
     quota = limits.quota_bytes
     used = storage_used(run.user_id, excluding=run)
     if used + size <= quota:
