@@ -470,6 +470,10 @@ class Run(models.Model):
     def __str__(self) -> str:
         return f"{self.script_name} {self.status} {self.created_at:%Y-%m-%d %H:%M:%S}"
 
+    # Not a field: the submitter's limits (services.shares.UserLimits) read when this request recorded the
+    # run, so that recording its outcome checks the quota without reading them again.
+    share_limits: Any = None
+
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED

@@ -108,6 +108,12 @@ def can_cancel_run(user, run) -> bool:
     return not is_read_only(user) and (run.user_id == user.pk or is_admin(user))
 
 
+def remember_groups(user, names) -> None:
+    """Keep the user's group names read by another query of this request (services.shares reads them
+    with the groups' limits), so that asking a role reads nothing more."""
+    user._omlweb_groups = set(names)
+
+
 def _in_group(user, name: str) -> bool:
     # Cached per user object: one query per request, however often it is asked.
     cache = getattr(user, "_omlweb_groups", None)

@@ -95,6 +95,8 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
     version = request.version or script.current_version
     if version is None:
         raise BadRequest(f"Script {script.name!r} has no version to run.")
+    # The user's limits, and their groups for the role check just below, in one statement.
+    limits = shares.limits_of(user)
     if roles.is_read_only(user):
         raise PermissionDenied("Auditors have read-only access: they do not run scripts.")
     apply_fields = _apply_fields(request) if request.kind != Run.Kind.DO_EVAL else {}
@@ -126,16 +128,26 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
         "started_at": now if started else None,
         **apply_fields,
     }
-    return _record_checked(user=user, mode=mode, fields=fields, live_id=request.live_id)
+    return _record_checked(user=user, mode=mode, fields=fields, live_id=request.live_id, limits=limits)
 
 
-def _record_checked(*, user, mode: str, fields: dict, live_id: uuid.UUID | None = None, audited: dict | None = None):
+def _record_checked(
+    *,
+    user,
+    mode: str,
+    fields: dict,
+    live_id: uuid.UUID | None = None,
+    audited: dict | None = None,
+    limits: shares.UserLimits | None = None,
+):
     """Record a run after the user's share checks, and audit its submission in the same transaction:
     what every run goes through, a new one (`record_run`) or a retry (`record_retry`).
 
     Over the user's runs at once (a sync run) or their queued jobs (a job): TooManyRuns (429); over their
-    storage quota: QuotaExceeded. `audited`: more of the run's state for the audit event."""
-    limits = shares.limits_for(user.pk)
+    storage quota: QuotaExceeded. `audited`: more of the run's state for the audit event; `limits`: the
+    user's, when the caller has read them already."""
+    if limits is None:
+        limits = shares.limits_for(user.pk)
     shares.quota_check(user=user, limits=limits)
     with transaction.atomic():
         # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
@@ -147,7 +159,9 @@ def _record_checked(*, user, mode: str, fields: dict, live_id: uuid.UUID | None 
         )
         # The submission is audited in the transaction that records the run (services.audit).
         audit.record("run.submit", obj=run, actor=user, after={**audit.run_state(run), **(audited or {})})
-        return run
+    # This request's limits, for the quota check when the run's outcome is recorded (shares.quota_refusal).
+    run.share_limits = limits
+    return run
 
 
 # What a retry copies from the attempt it retries; everything else starts afresh.

@@ -281,3 +281,26 @@ def test_a_global_set_by_one_run_is_gone_in_the_next(alice, alice_api):
     make_script(alice, "f", source)
     assert do_eval(alice_api, "f").json() == {"result": False}
     assert do_eval(alice_api, "f").json() == {"result": False}
+
+
+def test_a_trivial_sync_run_reads_few_statements(alice, alice_api, django_capture_on_commit_callbacks):
+    """A trivial sync do-eval keeps its promises in at most 14 SQL statements, what reacts after its
+    commit included (was 26 before issue #11's sync path work): the token, the script, the user's groups
+    with their limits (once a run), their storage before the run and when recording it (one statement
+    each), the share count under the user's lock, the environment's lock, the Run row, the audit chain
+    (three statements; two on PostgreSQL), the finishing UPDATE and the notifications check. The
+    transaction's own savepoints (the test's wrapping) are not counted."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from scripts_app.models import AuditEvent
+
+    make_script(alice, "trivial", "def trivial():\n    return {'a': 1}\n")
+    assert do_eval(alice_api, "trivial").json() == {"result": {"a": 1}}
+    with CaptureQueriesContext(connection) as queries, django_capture_on_commit_callbacks(execute=True):
+        response = do_eval(alice_api, "trivial")
+    assert response.json() == {"result": {"a": 1}}
+    statements = [query["sql"] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]]
+    assert len(statements) <= 14, "\n".join(statements)
+    assert Run.objects.filter(status=Run.Status.SUCCEEDED).count() == 2
+    assert AuditEvent.objects.filter(action="run.submit").count() == 2
