@@ -176,8 +176,8 @@ def test_queries_do_not_grow_with_runs_or_users(client, admin_user, scripts, dja
         make_runs(scripts[0], user, 10)
     client = logged_in(client, admin_user)
     # session, user, groups, count, page, usernames for the filter; the caller's group limits and the
-    # two sums of their storage (runs, datasets)
-    with django_assert_num_queries(9):
+    # sum of their storage (runs and datasets in one statement)
+    with django_assert_num_queries(8):
         response = client.get(reverse("web:run_list"))
     assert len(response.context["page"].object_list) == 50
     with django_assert_num_queries(5):
