@@ -205,12 +205,18 @@ class _Watch:
             self.open_fds.discard(fd)
             return
         if sink == "result":
-            if len(self.result) + len(data) > self.result_cap:
-                self.result_overflow = True
-            else:
-                self.result += data
+            self._keep_result(data)
         else:
-            sink.feed(data)
+            self._keep_output(fd, sink, data)
+
+    def _keep_result(self, data: bytes) -> None:
+        if len(self.result) + len(data) > self.result_cap:
+            self.result_overflow = True
+        else:
+            self.result += data
+
+    def _keep_output(self, fd: int, sink, data: bytes) -> None:
+        sink.feed(data)
 
     def complete_document(self) -> bool:
         """Whether every pipe is closed and the result document is whole and valid."""

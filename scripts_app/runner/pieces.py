@@ -33,7 +33,6 @@ from scripts_app.runner.execution import (
     BACKSTOP_SECONDS,
     DRAIN_GRACE_SECONDS,
     POLL_SECONDS,
-    READ_CHUNK,
     _Capture,
     _conclude,
     _Ending,
@@ -149,28 +148,19 @@ class _PieceWatch(_Watch):
             return
         self._parse()
 
-    def _read(self, fd: int, sink) -> None:
-        try:
-            data = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
+    def _keep_result(self, data: bytes) -> None:
+        if self.discard:
             return
-        except OSError:
-            data = b""
-        if not data:
-            self.selector.unregister(fd)
-            os.close(fd)
-            self.open_fds.discard(fd)
-            return
-        if sink == "result":
-            if not self.discard:
-                self.raw += data
-                self._parse()
-                if len(self.raw) > self.result_cap + PIECE_RESULT.size:
-                    # Written while no piece waits for it (a thread of the script): never kept.
-                    self.discard = True
-                    self.raw = bytearray()
-        else:
-            (self.stdout if fd == self.out_fd else self.stderr).feed(data)
+        self.raw += data
+        self._parse()
+        if len(self.raw) > self.result_cap + PIECE_RESULT.size:
+            # Written while no piece waits for it (a thread of the script): never kept.
+            self.discard = True
+            self.raw = bytearray()
+
+    def _keep_output(self, fd: int, sink, data: bytes) -> None:
+        # The captures are this piece's, not the ones registered when the child started.
+        (self.stdout if fd == self.out_fd else self.stderr).feed(data)
 
     def _parse(self) -> None:
         if self.ready or self.expect is None or len(self.raw) < PIECE_RESULT.size:
