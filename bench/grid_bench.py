@@ -29,14 +29,7 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 os.environ["DJANGO_ALLOWED_HOSTS"] = "127.0.0.1,localhost,testserver"
 
 
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as connection:
-        if not connection.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
-            connection.execute(f'create database "{name}"')
-
+from bench_database import ensure_database  # noqa: E402 - the bench folder is on the path
 
 ensure_database(os.environ["DATABASE_URL"])
 

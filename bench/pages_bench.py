@@ -26,15 +26,7 @@ os.environ["DJANGO_ALLOWED_HOSTS"] = "testserver"
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/omlweb_bench_pages")
 
 
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        if not connection.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
-            connection.execute(f'create database "{name}"')
-
+from bench_database import ensure_database  # noqa: E402 - the bench folder is on the path
 
 ensure_database(os.environ["DATABASE_URL"])
 
