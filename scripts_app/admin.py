@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.models import Group
+from django.db import transaction
 
 from scripts_app.models import (
     AccessToken,
@@ -16,6 +17,7 @@ from scripts_app.models import (
     ScriptRetryPolicy,
     ScriptVersion,
 )
+from scripts_app.services import datasets, shares
 
 
 class ScriptVersionInline(admin.TabularInline):
@@ -69,6 +71,14 @@ class RunAdmin(admin.ModelAdmin):
     readonly_fields = [field.name for field in Run._meta.fields]
     inlines = (RunImageInline,)
 
+    # Deleted as the services delete runs: what they kept comes off their users' storage counters.
+    def delete_model(self, request, obj) -> None:
+        self.delete_queryset(request, Run.objects.filter(pk=obj.pk))
+
+    @transaction.atomic
+    def delete_queryset(self, request, queryset) -> None:
+        shares.delete_runs(Run.objects.filter(pk__in=list(queryset.values_list("pk", flat=True))))
+
 
 @admin.register(AccessToken)
 class AccessTokenAdmin(admin.ModelAdmin):
@@ -100,6 +110,18 @@ class DatasetAdmin(admin.ModelAdmin):
         "updated_at",
     )
     inlines = (DatasetGrantInline,)
+
+    def get_readonly_fields(self, request, obj=None):
+        # Its size counts against its owner's quota, and its file lives in the owner's folder.
+        return (*self.readonly_fields, "owner") if obj is not None else self.readonly_fields
+
+    # Deleted as the services delete datasets: audited, its size off its owner's storage counter.
+    def delete_model(self, request, obj) -> None:
+        datasets.dataset_delete(dataset=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for dataset in queryset:
+            datasets.dataset_delete(dataset=dataset)
 
 
 @admin.register(Environment)

@@ -354,6 +354,11 @@ def _has_float_beyond_int64(value: Any) -> bool:
     return False
 
 
+# A run QUEUED or RUNNING, written as an OR of equalities: SQLite matches a query's `status = ?` (and
+# this very OR) to the partial index run_active_of_user, but never a `status IN (?, ?)`.
+ACTIVE_RUNS = models.Q(status="QUEUED") | models.Q(status="RUNNING")
+
+
 class Run(models.Model):
     class Status(models.TextChoices):
         QUEUED = "QUEUED"
@@ -450,9 +455,13 @@ class Run(models.Model):
             models.Index(fields=["user", "mode", "-created_at"], name="run_jobs_of_user"),
             models.Index(fields=["mode", "status", "service"], name="run_jobs_by_status"),
             models.Index(fields=["finished_at"], name="run_finished_at"),
-            # Covers the storage quota's sum: without it each run's check reads every row of the user's
-            # runs, results included (SQLite stores stored_bytes after the large result column).
-            models.Index(fields=["user", "stored_bytes"], name="run_storage_of_user"),
+            # What the shares count (services.shares: share_check, job_may_start): only the active runs
+            # are in it, so a count reads the user's few active runs, however long their history.
+            models.Index(
+                fields=["user", "mode", "service"],
+                name="run_active_of_user",
+                condition=ACTIVE_RUNS,
+            ),
         ]
         constraints = [
             # Two scheduler processes can never both start the same occurrence of a schedule.
@@ -532,22 +541,53 @@ class Run(models.Model):
         self.traceback = storable_text(traceback)
         self.stdout = storable_text(self.stdout)
         self.stderr = storable_text(self.stderr)
-        finished = Run.objects.held_by(self).finish(
-            status,
-            pks=[self.pk],
-            now=self.finished_at,
-            error_code=error_code,
-            error_message=self.error_message,
-            traceback=self.traceback,
-            result_json=self.result_json,
-            stdout=self.stdout,
-            stderr=self.stderr,
-            pieces=self.pieces,
-            apply_options=self.apply_options,
-            stored_bytes=self.stored_bytes,
-        )
+        # One transaction with the counter of what the user keeps (the caller's, holding the user's lock:
+        # services.execution): what the run keeps counts against their quota from its commit on.
+        with transaction.atomic(savepoint=False):
+            finished = Run.objects.held_by(self).finish(
+                status,
+                pks=[self.pk],
+                now=self.finished_at,
+                error_code=error_code,
+                error_message=self.error_message,
+                traceback=self.traceback,
+                result_json=self.result_json,
+                stdout=self.stdout,
+                stderr=self.stderr,
+                pieces=self.pieces,
+                apply_options=self.apply_options,
+                stored_bytes=self.stored_bytes,
+            )
+            if finished:
+                StorageUsage.objects.add(self.user_id, self.stored_bytes)
         if not finished:
             raise RunTakenAway(f"Run {self.pk} was deleted or taken from attempt {self.attempts} while it ran")
+
+
+class StorageUsageQuerySet(models.QuerySet):
+    def add(self, user_id: int, delta: int) -> None:
+        """Add `delta` bytes (negative: fewer) to what the user keeps. Call in the transaction that
+        changes what they keep, under their lock (services.shares.lock_user): the lock makes the missing
+        row's insert safe, and the row is then exact at every commit."""
+        if delta and not self.filter(user=user_id).update(used_bytes=F("used_bytes") + delta):
+            self.create(user_id=user_id, used_bytes=delta)
+
+
+class StorageUsage(models.Model):
+    """What one user keeps on the server, in bytes: their runs' stored_bytes and their datasets'
+    size_bytes, summed. Kept in step with every change of those, in its transaction, so that the storage
+    quota reads one row instead of summing the user's history (services.shares); `recount_storage`
+    rebuilds it from the runs and datasets."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="storage_usage"
+    )
+    used_bytes = models.BigIntegerField(default=0)
+
+    objects = StorageUsageQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.used_bytes} bytes"
 
 
 class RunOutput(models.Model):

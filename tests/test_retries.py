@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from scripts_app.errors import ErrorCode
 from scripts_app.models import AuditEvent, Run, ScriptRetryPolicy
-from scripts_app.services import audit, retries
+from scripts_app.services import audit, retries, shares
 from scripts_app.services.jobs import reaper, submission
 from scripts_app.services.pipeline import RunRequest, start_run
 from tests.factories import UserFactory, make_script
@@ -122,6 +122,7 @@ def test_a_retry_over_the_users_quota_is_recorded_refused(script, published, set
     first_retry = retry_of(attempt)
     # Meanwhile the user's runs filled their quota.
     Run.objects.filter(pk=first_retry.pk).update(stored_bytes=2 * 1024**2)
+    shares.recount_storage()
     Run.objects.filter(pk=first_retry.pk).finish(
         Run.Status.FAILED, error_code=ErrorCode.WORKER_LOST, error_message="lost again"
     )

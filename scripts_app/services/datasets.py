@@ -105,7 +105,7 @@ def _store(dataset: Dataset, upload: IO[bytes], *, filename: str, file_format: s
         path, dataset.source_format = _to_parquet(upload, filename=filename, file_format=file_format, workdir=workdir)
         described = _describe(path)
         # Datasets count against the owner's storage quota, with their runs' results and figures.
-        shares.dataset_quota_check(dataset=dataset, size=described["size_bytes"])
+        shares.dataset_size_change(dataset=dataset, size=described["size_bytes"])
         for field, value in described.items():
             setattr(dataset, field, value)
         old = dataset.file.name if dataset.file else None
@@ -139,6 +139,8 @@ def dataset_create(
     if is_global and not is_admin(owner):
         raise PermissionDenied("Only admins may make a dataset global.")
     with transaction.atomic():
+        # The owner's lock before the dataset's row, in the order a deletion takes them.
+        shares.lock_user(owner.pk)
         existing = Dataset.objects.select_for_update().filter(owner=owner, name__iexact=name).first()
         if existing is not None:
             if not overwrite:
@@ -198,6 +200,8 @@ def dataset_update(*, dataset: Dataset, by, description: str | None = None, is_g
 def dataset_delete(*, dataset: Dataset) -> None:
     name = dataset.file.name
     storage = dataset.file.storage
+    # The owner's lock before the audit chain's, in the order a run's recording takes them.
+    shares.dataset_deleted(dataset=dataset)
     audit.record("dataset.delete", obj=dataset, before=audit.dataset_state(dataset))
     dataset.delete()
     if name:

@@ -365,16 +365,17 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
         return
     whole = len(pieces) == 1 and pieces[0].whole
     size = sum(shares.result_size(piece.result) for piece in pieces if piece.result is not None)
-    refusal = shares.quota_refusal(run=run, size=size)
-    if refusal is not None:
-        # Nothing of the pieces is kept (values, figures, streams): it would all count against the quota.
-        if not whole:
-            run.pieces = [{"label": p.label, "key": p.key, "rows": p.rows, "status": p.status} for p in pieces]
-        run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
-        return
-    run.stored_bytes = size
     entries, stdout, stderr, position = [], [], [], 0
+    # The quota is checked, and what the run keeps counted (Run.finish), under the user's lock.
     with transaction.atomic():
+        refusal = shares.quota_refusal(run=run, size=size)
+        if refusal is not None:
+            # Nothing of the pieces is kept (values, figures, streams): it would all count against the quota.
+            if not whole:
+                run.pieces = [{"label": p.label, "key": p.key, "rows": p.rows, "status": p.status} for p in pieces]
+            run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
+            return
+        run.stored_bytes = size
         for piece in pieces:
             result = piece.result
             if whole:

@@ -148,9 +148,8 @@ def _record_checked(
     user's, when the caller has read them already."""
     if limits is None:
         limits = shares.limits_for(user.pk)
-    shares.quota_check(user=user, limits=limits)
     with transaction.atomic():
-        # Counted and recorded under the user's lock: two requests at once cannot both take the last share.
+        # Checked and recorded under the user's lock: two requests at once cannot both take the last share.
         shares.share_check(user=user, mode=mode, limits=limits)
         # The id a watching page chose, unless it is taken (then the page simply sees no live output).
         taken = live_id is not None and Run.objects.filter(pk=live_id).exists()

@@ -7,8 +7,9 @@
   `max_running_jobs` running at that service level hands it back to the queue for a few seconds
   instead of running it, so the user's other jobs wait in the queue, not in other users' slots.
   A user may have at most `max_queued_jobs` jobs queued or running; one more is a 429 at submission.
-- The results and figures a user's runs keep, and their datasets, count against `quota_bytes`; see
-  `quota_check`.
+- The results and figures a user's runs keep, and their datasets, count against `quota_bytes`. What
+  a user keeps is one counter (StorageUsage), changed in the transaction of every change of a run's
+  stored bytes or a dataset's size, under the user's lock; `recount_storage` rebuilds it from them.
 
 Each limit is a setting, which an admin may override per group (`GroupLimits`, in Django's admin on
 the group's page); a user in several groups gets the most generous override.
@@ -21,14 +22,14 @@ import dataclasses
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db.models import BigIntegerField, ExpressionWrapper, Max, Subquery, Sum
+from django.db import transaction
+from django.db.models import Max, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from scripts_app import roles
 from scripts_app.errors import QuotaExceeded, TooManyRuns
-from scripts_app.models import Dataset, GroupLimits, Run
+from scripts_app.models import ACTIVE_RUNS, Dataset, GroupLimits, Run, StorageUsage
 
-ACTIVE = (Run.Status.QUEUED, Run.Status.RUNNING)
 # A sync run over the share is refused at once; its client may try again after about this long.
 SYNC_RETRY_AFTER_SECONDS = 5
 QUEUE_RETRY_AFTER_SECONDS = 30
@@ -79,22 +80,38 @@ def _limits(overrides: dict) -> UserLimits:
     )
 
 
-def lock_user(user_id: int) -> None:
-    """Serialise this user's share checks until the transaction ends.
+def lock_user(user_id: int) -> int:
+    """Serialise this user's share checks, and every change of what they keep, until the transaction
+    ends; returns the bytes they keep, read under the lock.
 
-    A row lock on the user (PostgreSQL); SQLite's IMMEDIATE transactions serialise every writer
-    anyway. Counting and then inserting under the lock is what makes the share hold across processes.
+    The lock is a row lock on the user's StorageUsage (PostgreSQL); SQLite's IMMEDIATE transactions
+    serialise every writer anyway. Counting and then inserting under the lock is what makes the share
+    hold across processes, and what keeps the counter exact (`storage_add`). That row, not the user's:
+    PostgreSQL returns a row locked FOR UPDATE as the last transaction that held it left it, which a
+    value read through a join or a subquery of the locked statement is not.
     """
-    list(get_user_model().objects.select_for_update().filter(pk=user_id).values_list("pk", flat=True))
+    locked = StorageUsage.objects.select_for_update().filter(user=user_id).values_list("used_bytes", flat=True)
+    used = next(iter(locked), None)
+    if used is None:
+        # The user's first lock: their row first (a concurrent first lock waits on this insert).
+        StorageUsage.objects.bulk_create([StorageUsage(user_id=user_id)], ignore_conflicts=True)
+        used = next(iter(locked.all()))
+    return used
 
 
 def share_check(*, user, mode: str, limits: UserLimits | None = None) -> None:
-    """Refuse a new run the user has no share left for (429, TooManyRuns). Call inside a transaction
-    that then records the run, so that the count and the insert happen under the user's lock."""
+    """Refuse a new run when what the user keeps already fills their quota (QuotaExceeded), or when they
+    have no share left for it (429, TooManyRuns). Call inside a transaction that then records the run,
+    so that the checks and the insert happen under the user's lock."""
     limits = limits or limits_for(user.pk)
-    lock_user(user.pk)
+    used = lock_user(user.pk)
+    if used >= limits.quota_bytes:
+        raise QuotaExceeded(
+            f"You keep {megabytes(used)} (results and figures of your runs, and your datasets), your quota "
+            f"is {megabytes(limits.quota_bytes)}: delete some runs or datasets to free space."
+        )
     if mode == Run.Mode.SYNC:
-        running = Run.objects.filter(user=user, mode=Run.Mode.SYNC, status__in=ACTIVE).count()
+        running = active_runs(user.pk, mode=mode).count()
         if running >= limits.max_sync_runs:
             raise TooManyRuns(
                 f"You already have {running} synchronous run{_s(running)} running, your share of runs at once "
@@ -102,13 +119,25 @@ def share_check(*, user, mode: str, limits: UserLimits | None = None) -> None:
                 retry_after=SYNC_RETRY_AFTER_SECONDS,
             )
         return
-    waiting = Run.objects.filter(user=user, mode=Run.Mode.ASYNC, status__in=ACTIVE).count()
+    waiting = active_runs(user.pk, mode=mode).count()
     if waiting >= limits.max_queued_jobs:
         raise TooManyRuns(
             f"You already have {waiting} async job{_s(waiting)} queued or running, the most you may have "
             f"({limits.max_queued_jobs}). Wait for some to finish, or cancel some.",
             retry_after=QUEUE_RETRY_AFTER_SECONDS,
         )
+
+
+def active_runs(user_id: int, *, mode: str, service: str | None = None, status: str | None = None) -> QuerySet[Run]:
+    """The user's QUEUED or RUNNING runs of this mode (and service level, and status): what the shares
+    count, read from the partial index that holds only active runs (run_active_of_user), so a count
+    never reads the user's history."""
+    runs = Run.objects.filter(ACTIVE_RUNS, user=user_id, mode=mode)
+    if service is not None:
+        runs = runs.filter(service=service)
+    if status is not None:
+        runs = runs.filter(status=status)
+    return runs.order_by()
 
 
 def _s(count: int) -> str:
@@ -124,27 +153,55 @@ def job_may_start(*, user_id: int, service: str) -> bool:
     """
     limits = limits_for(user_id)
     lock_user(user_id)
-    running = Run.objects.filter(user=user_id, mode=Run.Mode.ASYNC, service=service, status=Run.Status.RUNNING).count()
+    running = active_runs(user_id, mode=Run.Mode.ASYNC, service=service, status=Run.Status.RUNNING).count()
     return running < limits.max_running_jobs
 
 
 # Storage quota
 
 
-def storage_used(user_id: int, *, excluding: Run | Dataset | None = None) -> int:
+def storage_used(user_id: int) -> int:
     """Bytes the user keeps on the server: their runs' results, streams and figures, and their datasets."""
-    runs = Run.objects.filter(user=user_id)
-    datasets = Dataset.objects.filter(owner=user_id)
-    if isinstance(excluding, Run):
-        runs = runs.exclude(pk=excluding.pk)
-    elif isinstance(excluding, Dataset):
-        datasets = datasets.exclude(pk=excluding.pk)
-    # One statement (it runs twice a run): the datasets' sum is a subquery of the runs' aggregate.
-    dataset_total = datasets.order_by().values("owner").annotate(total=Sum("size_bytes")).values("total")
-    total = ExpressionWrapper(
-        Coalesce(Sum("stored_bytes"), 0) + Coalesce(Subquery(dataset_total), 0), output_field=BigIntegerField()
-    )
-    return runs.aggregate(total=total)["total"] or 0
+    return StorageUsage.objects.filter(user=user_id).values_list("used_bytes", flat=True).first() or 0
+
+
+def storage_add(user_id: int, delta: int) -> None:
+    """Count `delta` more bytes (negative: fewer) against the user's quota. Call in the transaction that
+    changes what they keep, after `lock_user`."""
+    StorageUsage.objects.add(user_id, delta)
+
+
+def delete_runs(runs: QuerySet[Run]) -> None:
+    """Delete these runs and take what they kept off their users' counters. Call inside a transaction.
+
+    Their users are locked first: a run that finishes meanwhile (its outcome is recorded under the lock)
+    is either counted before the sum here, or finds itself deleted and keeps nothing."""
+    users = sorted(set(runs.order_by().values_list("user", flat=True)))
+    if not users:
+        return
+    # lock_user for each of them, in one order so that two deletions never wait on each other.
+    StorageUsage.objects.bulk_create([StorageUsage(user_id=user) for user in users], ignore_conflicts=True)
+    list(StorageUsage.objects.select_for_update().filter(user__in=users).order_by("user").values_list("user"))
+    kept = list(runs.order_by().values("user").annotate(total=Sum("stored_bytes")).values_list("user", "total"))
+    runs.delete()
+    for user_id, total in kept:
+        storage_add(user_id, -(total or 0))
+
+
+def recount_storage() -> dict[int, tuple[int, int]]:
+    """Rebuild every user's counter from their runs and datasets (the truth), each under the user's lock.
+    Returns the users whose counter was wrong: {user id: (counted, true)}."""
+    corrected = {}
+    for user_id in get_user_model().objects.order_by("pk").values_list("pk", flat=True):
+        with transaction.atomic():
+            counted = lock_user(user_id)
+            runs = Run.objects.filter(user=user_id).aggregate(total=Coalesce(Sum("stored_bytes"), 0))["total"]
+            datasets = Dataset.objects.filter(owner=user_id).aggregate(total=Coalesce(Sum("size_bytes"), 0))["total"]
+            true = runs + datasets
+            if counted != true:
+                StorageUsage.objects.update_or_create(user_id=user_id, defaults={"used_bytes": true})
+                corrected[user_id] = (counted, true)
+    return corrected
 
 
 def megabytes(size: int) -> str:
@@ -164,17 +221,6 @@ def storage_summary(*, user) -> dict:
     }
 
 
-def quota_check(*, user, limits: UserLimits | None = None) -> None:
-    """Refuse a new run up front when what the user keeps already fills their quota."""
-    quota = (limits or limits_for(user.pk)).quota_bytes
-    used = storage_used(user.pk)
-    if used >= quota:
-        raise QuotaExceeded(
-            f"You keep {megabytes(used)} (results and figures of your runs, and your datasets), your quota "
-            f"is {megabytes(quota)}: delete some runs or datasets to free space."
-        )
-
-
 def result_size(result) -> int:
     """Bytes a runner result would keep on the server: its value's JSON, streams, traceback, figures."""
     size = len(result.stdout.encode()) + len(result.stderr.encode()) + len(result.traceback.encode())
@@ -184,11 +230,14 @@ def result_size(result) -> int:
 
 
 def quota_refusal(*, run: Run, size: int) -> str | None:
-    """Why the run may not keep `size` bytes of results and figures, or None when it may."""
+    """Why the run may not keep `size` bytes of results and figures, or None when it may. Call inside the
+    transaction that records its outcome: the user's lock taken here holds until then, so two runs
+    finishing at once cannot both take the last of the quota."""
     # The limits read when the run was recorded, in this request (services.pipeline), else read now.
     limits = run.share_limits or limits_for(run.user_id)
     quota = limits.quota_bytes
-    used = storage_used(run.user_id, excluding=run)
+    # A run keeps nothing until its outcome is recorded: what the user keeps is all else.
+    used = lock_user(run.user_id)
     if used + size <= quota:
         return None
     return (
@@ -198,12 +247,24 @@ def quota_refusal(*, run: Run, size: int) -> str | None:
     )
 
 
-def dataset_quota_check(*, dataset: Dataset, size: int) -> None:
-    """Refuse a dataset upload (or replacement) whose Parquet file would take its owner past their quota."""
+def dataset_size_change(*, dataset: Dataset, size: int) -> None:
+    """Count a dataset's new Parquet file of `size` bytes (a new dataset, or a replacement) against its
+    owner's quota, or refuse it (QuotaExceeded). Call inside the transaction that saves the dataset."""
     quota = limits_for(dataset.owner_id).quota_bytes
-    used = storage_used(dataset.owner_id, excluding=dataset)
-    if used + size > quota:
+    used = lock_user(dataset.owner_id)
+    # Read again under the lock: what this dataset counted for until now (0: a new one).
+    kept = Dataset.objects.filter(pk=dataset.pk).values_list("size_bytes", flat=True).first() or 0
+    if used - kept + size > quota:
         raise QuotaExceeded(
             f"The dataset ({megabytes(size)} as Parquet) would exceed your storage quota of {megabytes(quota)}: "
-            f"you already keep {megabytes(used)} (runs and datasets). Delete some runs or datasets to free space."
+            f"you already keep {megabytes(used - kept)} (runs and datasets). Delete some runs or datasets to free "
+            "space."
         )
+    storage_add(dataset.owner_id, size - kept)
+
+
+def dataset_deleted(*, dataset: Dataset) -> None:
+    """Take a dataset off its owner's quota. Call inside the transaction that deletes it, before."""
+    lock_user(dataset.owner_id)
+    kept = Dataset.objects.filter(pk=dataset.pk).values_list("size_bytes", flat=True).first() or 0
+    storage_add(dataset.owner_id, -kept)

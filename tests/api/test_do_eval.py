@@ -286,9 +286,10 @@ def test_a_global_set_by_one_run_is_gone_in_the_next(alice, alice_api):
 def test_a_trivial_sync_run_reads_few_statements(alice, alice_api, django_capture_on_commit_callbacks):
     """A trivial sync do-eval keeps its promises in at most 14 SQL statements, what reacts after its
     commit included (was 26 before issue #11's sync path work): the token, the script, the user's groups
-    with their limits (once a run), their storage before the run and when recording it (one statement
-    each), the share count under the user's lock, the environment's lock, the Run row, the audit chain
-    (three statements; two on PostgreSQL), the finishing UPDATE and the notifications check. The
+    with their limits (once a run), the user's lock with their storage counter (before the run and when
+    recording it), the share count under that lock, the environment's lock, the Run row, the audit chain
+    (three statements; two on PostgreSQL), the finishing UPDATE with the counter's, and the
+    notifications check. None reads the user's history (issue #11's 100,000-run measure). The
     transaction's own savepoints (the test's wrapping) are not counted."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from scripts_app.errors import ErrorCode
 from scripts_app.models import Run, RunImage
-from scripts_app.services import retries
+from scripts_app.services import retries, shares
 from scripts_app.services.jobs import broker, submission
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,6 @@ def prune_runs(*, now: datetime | None = None, batch: int = 1000) -> int:
             return deleted
         with transaction.atomic():
             images = list(RunImage.objects.filter(run_id__in=ids))
-            Run.objects.filter(pk__in=ids).delete()
+            shares.delete_runs(Run.objects.filter(pk__in=ids))
             transaction.on_commit(functools.partial(submission.delete_image_files, images))
         deleted += len(ids)

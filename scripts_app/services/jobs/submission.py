@@ -19,7 +19,7 @@ from scripts_app.errors import (
     Unavailable,
 )
 from scripts_app.models import Run, RunImage
-from scripts_app.services import audit
+from scripts_app.services import audit, shares
 from scripts_app.services.jobs.broker import queue_name
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def job_delete(*, run: Run) -> None:
     """Delete a job and its images; a worker running it notices the row is gone and kills the run."""
     with transaction.atomic():
         images = list(RunImage.objects.filter(run=run))
-        Run.objects.filter(pk=run.pk).delete()
+        shares.delete_runs(Run.objects.filter(pk=run.pk))
         transaction.on_commit(lambda: delete_image_files(images))
 
 
