@@ -229,7 +229,12 @@ def script_resolve(*, caller, name: str, owner_name: str | None = None) -> Scrip
     """
     scripts = Script.objects.select_related("owner", "current_version").filter(name=name)
     if owner_name is None:
-        script = scripts.filter(owner=caller).first() or scripts.filter(is_global=True).order_by("created_at").first()
+        # The caller's own script (the common case, once a run) without reading its owner: the caller is.
+        script = Script.objects.select_related("current_version").filter(name=name, owner=caller).first()
+        if script is not None:
+            script.owner = caller
+            return script
+        script = scripts.filter(is_global=True).order_by("created_at").first()
         if script is None:
             raise NotFound(f"Script {name!r} not found.")
         return script
