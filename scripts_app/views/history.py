@@ -174,6 +174,8 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             # Queued or running runs on the page: the list refreshes itself until they end.
             "has_active": any(not run.is_finished for run in page.object_list),
             "filtered": any(filters.values()),
+            # A value of one or two characters is matched whole, not as a part: the page says so.
+            "params_whole_word": bool(filters["params"]) and exports.is_short_word(filters["params"]),
             "filters": filters,
             "sees_all": sees_all,
             "statuses": Run.Status.choices,
