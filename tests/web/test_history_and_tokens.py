@@ -194,6 +194,57 @@ def test_a_short_search_keeps_visibility_keyset_and_the_capped_count(client, ali
     assert b"3 runs match these filters." in client.get(url, {"params": "96", "user": "bob"}).content
 
 
+def test_on_sqlite_a_parameter_search_reads_a_window_and_says_so(client, alice, scripts, monkeypatch):
+    """SQLite has no index of the parameters: a search reads the newest SQLITE_SEARCH_WINDOW runs the other
+    filters leave, finds what they hold, and says where it stopped; narrowing by date moves the window."""
+    from django.db import connection
+
+    from scripts_app.views import history
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL finds the runs by its indexes and reads no window")
+    monkeypatch.setattr(history, "SQLITE_SEARCH_WINDOW", 5)
+    now = timezone.now()
+    for i in range(6):  # the newest: 96 in every other one
+        make_runs(
+            scripts[0], alice, 1, parameters={"n": 96 if i % 2 == 0 else 196}, created_at=now - dt.timedelta(seconds=i)
+        )
+    old = now - dt.timedelta(days=10)
+    make_runs(scripts[0], alice, 3, parameters={"n": 96, "old": True}, created_at=old)
+    client = logged_in(client, alice)
+    url = reverse("web:run_list")
+    for value in ("96", "n"):  # a whole word and a part of the text alike
+        response = client.get(url, {"params": value})
+        runs = response.context["page"].object_list
+        assert len(runs) == (3 if value == "96" else 5)
+        assert all("old" not in run.parameters for run in runs)
+        assert b"Searched the parameters of the newest 5 runs, back to" in response.content
+    assert b"3 runs match these filters." in client.get(url, {"params": "96"}).content
+    # The older runs, once a date leaves fewer than the window: all found, nothing to say.
+    until = (old + dt.timedelta(days=1)).date().isoformat()
+    response = client.get(url, {"params": "96", "until": until})
+    assert [run.parameters for run in response.context["page"].object_list] == [{"n": 96, "old": True}] * 3
+    assert b'id="search-window"' not in response.content
+    # Without a parameter search there is no window.
+    assert len(client.get(url).context["page"].object_list) == 9
+
+
+def test_a_search_whose_first_page_holds_every_match_is_counted_from_it(client, alice, scripts):
+    """A rare value's count would read again every run the page read: a lone first page is the total;
+    past one page the capped count runs as before."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_runs(scripts[0], alice, 3, parameters={"n": 96})
+    make_runs(scripts[0], alice, 60, parameters={"n": 7})
+    client = logged_in(client, alice)
+    for value, total, counted in (("96", b"3 runs match", False), ("7", b"60 runs match", True), ("zz", b"", False)):
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(reverse("web:run_list"), {"params": value})
+        assert total in response.content
+        assert any("COUNT(" in query["sql"].upper() for query in queries.captured_queries) == counted, value
+
+
 def test_a_short_search_is_answered_by_its_index_on_postgresql(alice, admin_user, scripts):
     """The query's expression is the one migration 0017 indexes, so PostgreSQL can take the index (were
     they to differ, a short search would read every run again)."""
