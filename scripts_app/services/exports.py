@@ -198,7 +198,7 @@ class HasShortParameterWord(Func):
             values.append(self.number)
         return sql + ")", tuple(values)
 
-    def as_sql(self, compiler, connection, **extra_context):
+    def as_sql(self, compiler, connection, function=None, template=None, arg_joiner=None, **extra_context):
         raise NotSupportedError(f"Searching parameters for a short word is not written for {connection.vendor}.")
 
 
