@@ -142,14 +142,18 @@ def bounded_count(runs) -> int | None:
         raise
 
 
-def sqlite_search_edge(*, user, filters: dict) -> Run | None:
-    """The oldest run a parameter search may read on SQLite, when the other filters leave more than
-    SQLITE_SEARCH_WINDOW runs; None when it reads them all (or on PostgreSQL, whose indexes find them)."""
+def sqlite_search_edge(*, user, filters: dict) -> dt.datetime | None:
+    """When the other filters leave more than SQLITE_SEARCH_WINDOW runs, the moment of the oldest one a
+    parameter search reads on SQLite; None when it reads them all (or on PostgreSQL, whose indexes find them).
+
+    Read as created_at alone, which the indexes on (created_at), (user, created_at), (status, created_at)...
+    hold, so finding it walks an index; the window takes that moment's ties whole."""
     if not filters["params"] or connections[Run.objects.db].vendor != "sqlite":
         return None
     others = exports.runs_for(user=user, filters={**filters, "params": ""})
-    edge = others.order_by("-created_at", "-id").only("id", "created_at")[SQLITE_SEARCH_WINDOW - 1 :]
-    return edge.first()
+    moments = others.order_by("-created_at").values_list("created_at", flat=True)
+    edge = list(moments[SQLITE_SEARCH_WINDOW - 1 : SQLITE_SEARCH_WINDOW])
+    return edge[0] if edge else None
 
 
 @require_GET
@@ -181,9 +185,8 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
     )
     search_edge = sqlite_search_edge(user=user, filters=filters)
     if search_edge:
-        # From the edge on (the keyset's order), so the page and its count read at most the window.
-        edge_moment = search_edge.created_at
-        runs = runs.filter(created_at__gte=edge_moment).exclude(Q(created_at=edge_moment, pk__lt=search_edge.pk))
+        # So the page and its count read at most the window.
+        runs = runs.filter(created_at__gte=search_edge)
     page = keyset_page(
         runs,
         after=request.GET.get("after", ""),
