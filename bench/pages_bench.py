@@ -154,6 +154,9 @@ def main() -> None:
         # Rare and absent values: without an index these read every run (the count finds too few to stop).
         ("history, parameters contain 96", "/runs/", {"params": "96"}),
         ("history, parameters contain 'nowhere'", "/runs/", {"params": "nowhere"}),
+        # One or two characters, matched as whole values and names: common, and nowhere.
+        ("history, parameters contain EU", "/runs/", {"params": "EU"}),
+        ("history, parameters contain 'zz'", "/runs/", {"params": "zz"}),
         ("history, script contains 'S7'", "/runs/", {"script": "S7"}),
         ("history, script contains 'zz'", "/runs/", {"script": "zz"}),
         ("history, from the deep run's day", "/runs/", {"since": str(deep.created_at.date())}),

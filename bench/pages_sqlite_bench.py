@@ -116,6 +116,8 @@ def main() -> None:
         ("history, parameters contain APAC", {"params": "APAC"}),
         ("history, parameters contain 96", {"params": "96"}),
         ("history, parameters contain 'nowhere'", {"params": "nowhere"}),
+        ("history, parameters contain EU", {"params": "EU"}),
+        ("history, parameters contain 'zz'", {"params": "zz"}),
     ]
     print(
         f"\n{Run.objects.count():,} runs in SQLite; median of 5 requests in-process; "

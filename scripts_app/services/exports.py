@@ -10,14 +10,16 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection
-from django.db.models import Expression, Q, QuerySet, TextField, Value
-from django.db.models.functions import Cast, Concat
+from django.db import NotSupportedError, connection
+from django.db.models import BooleanField, F, Func, Q, QuerySet, TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from scripts_app import roles
@@ -102,13 +104,11 @@ def runs_for(*, user, filters: dict) -> QuerySet[Run]:
         else:
             runs = runs.filter(script_name__in=names)
     if filters.get("params"):
-        text: Expression = Cast("parameters", TextField())
-        if len(filters["params"]) < TRIGRAM:
-            # The same text in an expression the trigram index (migration 0015) does not match: a value
-            # shorter than a trigram makes that index return every run (700 ms on a million), while the
-            # history's newest-first scan stops at the page's 51st match.
-            text = Concat(text, Value(""), output_field=TextField())
-        runs = runs.annotate(parameters_text=text).filter(parameters_text__icontains=filters["params"])
+        if is_short_word(filters["params"]):
+            runs = runs.filter(HasShortParameterWord("parameters", filters["params"]))
+        else:
+            text = Cast("parameters", TextField())
+            runs = runs.annotate(parameters_text=text).filter(parameters_text__icontains=filters["params"])
     if filters.get("user") and sees_all:
         runs = runs.filter(user__username=filters["user"])
     if filters.get("status") in Run.Status.values:
@@ -123,6 +123,85 @@ def runs_for(*, user, filters: dict) -> QuerySet[Run]:
 
 # pg_trgm indexes three characters at a time: a shorter value cannot use its index.
 TRIGRAM = 3
+
+
+def is_short_word(text: str) -> bool:
+    """A "parameters contain" value no trigram holds: matched as a whole value or name, not as a part."""
+    return len(text) < TRIGRAM
+
+
+# The run's parameter words: its scalar values and object keys at any depth, as one jsonb array. Migration
+# 0017 indexes exactly this expression (GIN), with the bare column name where this has `{parameters}`.
+PARAMETER_WORDS = (
+    '(jsonb_path_query_array({parameters}, \'strict $.** ? (@.type() != "object" && @.type() != "array")\')'
+    " || jsonb_path_query_array({parameters}, 'strict $.** ? (@.type() == \"object\").keyvalue().key'))"
+)
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class HasShortParameterWord(Func):
+    """The run's parameters hold `word` (one or two characters) as a whole value or name, at any depth: a
+    string or an object key equal to it ignoring case, or a number equal to it. "96" matches {"n": 96} and
+    {"ids": ["96"]}, not {"n": 196}; "eu" matches {"region": "EU"}. On PostgreSQL from the GIN index of
+    migration 0017; on SQLite with json_tree, reading the runs.
+
+    Why not a part of a value, as longer searches are: no index finds two characters inside a text (a
+    trigram holds three), so "96" read the runs newest first until it had a page, every run of a user whose
+    runs rarely hold it; and a part that short matches nearly anything ("9" is in most dates and ids).
+    """
+
+    output_field = BooleanField()
+
+    def __init__(self, parameters: str, word: str) -> None:
+        super().__init__(F(parameters))
+        # Every spelling that equals the word ignoring case (at most four for two letters): the index holds
+        # the values as they were written. Only one-character case forms, as SQL's UPPER() maps them.
+        forms = [{char, *(form for form in (char.lower(), char.upper()) if len(form) == 1)} for char in word]
+        self.spellings = sorted("".join(letters) for letters in itertools.product(*forms))
+        self.number = int(word) if re.fullmatch(r"-?[0-9]+", word) and str(int(word)) == word else None
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        parameters, params = compiler.compile(self.source_expressions[0])
+        words = PARAMETER_WORDS.format(parameters=parameters)
+        # ?| : any of these strings is an element of the array; @> [n]: the number is (96 = 96.0, as jsonb
+        # compares numbers). Both are jsonb_ops operators the GIN index answers.
+        sql = f"({words} ?| %s::text[]"
+        values = [*params, *params, self.spellings]
+        if self.number is not None:
+            sql += f" OR {words} @> %s::jsonb"
+            values += [*params, *params, f"[{self.number}]"]
+        return sql + ")", tuple(values)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        parameters, params = compiler.compile(self.source_expressions[0])
+        # First a LIKE on the JSON text, cheap, which every match passes: the word as Django's json.dumps
+        # writes it (ensure_ascii: é as \u00e9, a quote as \") or as it is (SQLite's own json()). LIKE
+        # ignores ASCII case, so the spellings reduce to a few texts.
+        forms = {form for spelling in self.spellings for form in (spelling, json.dumps(spelling)[1:-1])}
+        texts = sorted({"".join(c.lower() if c.isascii() else c for c in form): form for form in forms}.values())
+        likes = " OR ".join([f"{parameters} LIKE %s ESCAPE '\\'"] * len(texts))
+        # Then the words themselves: scalar atoms (a string without its quotes) and the keys of objects
+        # (an array element's key is its index, an integer).
+        marks = ", ".join(["%s"] * len(self.spellings))
+        sql = (
+            f"({likes}) AND EXISTS (SELECT 1 FROM json_tree({parameters}) AS item WHERE "
+            f"(item.type = 'text' AND item.atom IN ({marks})) "
+            f"OR (typeof(item.key) = 'text' AND item.key IN ({marks}))"
+        )
+        values = [*(value for text in texts for value in (*params, f"%{_like_escaped(text)}%"))]
+        values += [*params, *self.spellings, *self.spellings]
+        if self.number is not None:
+            sql += " OR (item.type IN ('integer', 'real') AND item.atom = %s)"
+            values.append(self.number)
+        return sql + ")", tuple(values)
+
+    def as_sql(self, compiler, connection, function=None, template=None, arg_joiner=None, **extra_context):
+        raise NotSupportedError(f"Searching parameters for a short word is not written for {connection.vendor}.")
+
+
 # Beyond this many distinct script names the name filter is a plain `icontains` on every run.
 NAMES_FIRST_MAX = 2000
 

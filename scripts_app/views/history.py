@@ -37,6 +37,11 @@ SEARCH_COUNT_CAP = 1_000
 # characters, which trigrams cannot hold) may read every run before it finds enough to stop. The page
 # then says it did not count, rather than taking a second. docs/ui.md, "Numbers".
 COUNT_TIMEOUT_MS = 60
+# SQLite has no index of the parameters (PostgreSQL has two, migrations 0015 and 0017): there a parameter
+# search reads only the newest this many runs the other filters leave, and the page says so. Reading them
+# all took a second on a million (bench/pages_sqlite_bench.py); narrowing by script, user, status or date
+# moves the window.
+SQLITE_SEARCH_WINDOW = 50_000
 
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -84,8 +89,11 @@ def keyset_page(
     """The page of `runs` (any filtered queryset) after or before a cursor, newest first; with
     count_timeout the total is None when counting takes longer than COUNT_TIMEOUT_MS."""
     count_cap = COUNT_CAP if count_cap is None else count_cap
-    counted = runs.order_by()[: count_cap + 1]
-    total = bounded_count(counted) if count_timeout else counted.count()
+
+    def total() -> int | None:
+        counted = runs.order_by()[: count_cap + 1]
+        return bounded_count(counted) if count_timeout else counted.count()
+
     cursor = decode_cursor(before) if before else decode_cursor(after) if after else None
     if cursor and before:
         moment, pk = cursor
@@ -95,16 +103,22 @@ def keyset_page(
         rows = list(newer.order_by("created_at", "id")[: per_page + 1])
         has_previous = len(rows) > per_page
         rows = rows[:per_page][::-1]
-        return KeysetPage(rows, has_next=True, has_previous=has_previous, total=total, count_cap=count_cap)
+        return KeysetPage(rows, has_next=True, has_previous=has_previous, total=total(), count_cap=count_cap)
     if cursor:
         moment, pk = cursor
-        runs = runs.filter(created_at__lte=moment).exclude(Q(created_at=moment, pk__gte=pk))
-    rows = list(runs.order_by("-created_at", "-id")[: per_page + 1])
+        older = runs.filter(created_at__lte=moment).exclude(Q(created_at=moment, pk__gte=pk))
+    else:
+        older = runs
+    rows = list(older.order_by("-created_at", "-id")[: per_page + 1])
+    has_next = len(rows) > per_page
+    # A search's first page that holds every match is its count: a rare value's count would read again
+    # every run the page just read (on SQLite, or a search no index serves).
+    lone_page = count_timeout and cursor is None and not has_next
     return KeysetPage(
         rows[:per_page],
-        has_next=len(rows) > per_page,
+        has_next=has_next,
         has_previous=cursor is not None,
-        total=total,
+        total=min(len(rows), count_cap + 1) if lone_page else total(),  # what the capped count says
         count_cap=count_cap,
     )
 
@@ -126,6 +140,20 @@ def bounded_count(runs) -> int | None:
         if getattr(error.__cause__, "sqlstate", None) == "57014":  # query_canceled
             return None
         raise
+
+
+def sqlite_search_edge(*, user, filters: dict) -> dt.datetime | None:
+    """When the other filters leave more than SQLITE_SEARCH_WINDOW runs, the moment of the oldest one a
+    parameter search reads on SQLite; None when it reads them all (or on PostgreSQL, whose indexes find them).
+
+    Read as created_at alone, which the indexes on (created_at), (user, created_at), (status, created_at)...
+    hold, so finding it walks an index; the window takes that moment's ties whole."""
+    if not filters["params"] or connections[Run.objects.db].vendor != "sqlite":
+        return None
+    others = exports.runs_for(user=user, filters={**filters, "params": ""})
+    moments = others.order_by("-created_at").values_list("created_at", flat=True)
+    edge = list(moments[SQLITE_SEARCH_WINDOW - 1 : SQLITE_SEARCH_WINDOW])
+    return edge[0] if edge else None
 
 
 @require_GET
@@ -155,6 +183,10 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             "script_version__script_id",
         )
     )
+    search_edge = sqlite_search_edge(user=user, filters=filters)
+    if search_edge:
+        # So the page and its count read at most the window.
+        runs = runs.filter(created_at__gte=search_edge)
     page = keyset_page(
         runs,
         after=request.GET.get("after", ""),
@@ -174,6 +206,10 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
             # Queued or running runs on the page: the list refreshes itself until they end.
             "has_active": any(not run.is_finished for run in page.object_list),
             "filtered": any(filters.values()),
+            # A value of one or two characters is matched whole, not as a part: the page says so.
+            "params_whole_word": bool(filters["params"]) and exports.is_short_word(filters["params"]),
+            "search_window": f"{SQLITE_SEARCH_WINDOW:,}" if search_edge else "",
+            "search_edge": search_edge,
             "filters": filters,
             "sees_all": sees_all,
             "statuses": Run.Status.choices,

@@ -101,6 +101,170 @@ def test_it_finds_runs_by_part_of_a_name_or_a_parameter_value(client, alice):
     assert names(client.get(url, {"params": "nowhere"})) == []
 
 
+def test_a_value_of_one_or_two_characters_matches_whole_values_and_names(client, alice):
+    """A short search matches a whole value or name, at any depth, ignoring case, and the page says so;
+    a value that merely contains it does not match (no index finds two characters inside a text)."""
+    script = make_script(alice, "tally", "def tally():\n    return 1\n")
+    shapes = {
+        "number": {"n": 96},
+        "float": {"deep": {"x": 96.0}},
+        "in a list": {"ids": [1, "96"]},
+        "longer number": {"n": 196},
+        "inside a text": {"note": "96 apples"},
+        "upper": {"region": "EU"},
+        "key": {"Eu": 1},
+        "negative": {"t": -5},
+        "accent": {"city": "É"},
+        "quote": {"q": '"'},
+        "percent": {"p": "%"},
+        "apostrophe": {"a": "'"},
+        "backslash": {"b": "\\"},
+        "true": {"flag": True},
+        "leading zero": {"code": "05"},
+    }
+    for label, parameters in shapes.items():
+        make_runs(script, alice, 1, parameters={"label": label, **parameters})
+    client = logged_in(client, alice)
+
+    def found(value):
+        response = client.get(reverse("web:run_list"), {"params": value})
+        assert response.status_code == 200
+        return sorted(run.parameters["label"] for run in response.context["page"].object_list)
+
+    assert found("96") == ["float", "in a list", "number"]
+    assert found("eu") == ["key", "upper"]
+    assert found("-5") == ["negative"]
+    assert found("é") == ["accent"]
+    assert found('"') == ["quote"]
+    assert found("%") == ["percent"]
+    assert found("_") == []
+    assert found("'") == ["apostrophe"]
+    assert found("\\") == ["backslash"]
+    assert found("tr") == []
+    assert found("05") == ["leading zero"]
+    assert found("5") == []
+    assert found("x") == ["float"]  # a key deep inside
+    response = client.get(reverse("web:run_list"), {"params": "96"})
+    assert b'id="params-whole-word"' in response.content
+    assert "“96” has fewer than three characters" in response.content.decode()
+    # Three characters: a part of a value again, and no such note.
+    response = client.get(reverse("web:run_list"), {"params": "96 "})  # stripped: still short
+    assert b'id="params-whole-word"' in response.content
+    response = client.get(reverse("web:run_list"), {"params": "196"})
+    assert [run.parameters["label"] for run in response.context["page"].object_list] == ["longer number"]
+    assert b'id="params-whole-word"' not in response.content
+    # With nothing found the page still says why.
+    response = client.get(reverse("web:run_list"), {"params": "zz"})
+    assert b"No runs match these filters." in response.content
+    assert b'id="params-whole-word"' in response.content
+
+
+def test_a_short_search_keeps_visibility_keyset_and_the_capped_count(client, alice, bob, auditor, scripts, monkeypatch):
+    """A short search sees only what the caller may see, walks its pages by keyset, and when its count
+    hits the cap the page says so, while every match is still found page by page."""
+    from scripts_app.views import history
+
+    monkeypatch.setattr(history, "SEARCH_COUNT_CAP", 40)
+    start = timezone.now()
+    # 60 of Alice's runs hold 96, interleaved with 60 that hold 196; Bob's 96 is not hers to see.
+    for i in range(120):
+        make_runs(
+            scripts[0], alice, 1, parameters={"n": 96 if i % 2 else 196}, created_at=start - dt.timedelta(seconds=i)
+        )
+    make_runs(scripts[1], bob, 3, parameters={"n": 96})
+    client = logged_in(client, alice)
+    url = reverse("web:run_list")
+    first = client.get(url, {"params": "96"})
+    assert b"More than 40 runs match these filters." in first.content
+    page = first.context["page"]
+    pages = [page]
+    while page.has_next:
+        page = client.get(url, {"params": "96", "after": page.next_cursor}).context["page"]
+        pages.append(page)
+    assert [len(page.object_list) for page in pages] == [50, 10]
+    runs = [run for page in pages for run in page.object_list]
+    assert {run.user_id for run in runs} == {alice.pk}
+    assert all(run.parameters == {"n": 96} for run in runs)
+    assert [run.created_at for run in runs] == sorted((run.created_at for run in runs), reverse=True)
+    back = client.get(url, {"params": "96", "before": pages[1].previous_cursor}).context["page"]
+    assert [run.pk for run in back.object_list] == [run.pk for run in pages[0].object_list]
+    # An auditor sees everyone's (Bob's three too); the user filter narrows them.
+    client = logged_in(client, auditor)
+    assert b"More than 40 runs match these filters." in client.get(url, {"params": "96"}).content
+    assert b"3 runs match these filters." in client.get(url, {"params": "96", "user": "bob"}).content
+
+
+def test_on_sqlite_a_parameter_search_reads_a_window_and_says_so(client, alice, scripts, monkeypatch):
+    """SQLite has no index of the parameters: a search reads the newest SQLITE_SEARCH_WINDOW runs the other
+    filters leave, finds what they hold, and says where it stopped; narrowing by date moves the window."""
+    from django.db import connection
+
+    from scripts_app.views import history
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL finds the runs by its indexes and reads no window")
+    monkeypatch.setattr(history, "SQLITE_SEARCH_WINDOW", 5)
+    now = timezone.now()
+    for i in range(6):  # the newest: 96 in every other one
+        make_runs(
+            scripts[0], alice, 1, parameters={"n": 96 if i % 2 == 0 else 196}, created_at=now - dt.timedelta(seconds=i)
+        )
+    old = now - dt.timedelta(days=10)
+    make_runs(scripts[0], alice, 3, parameters={"n": 96, "old": True}, created_at=old)
+    client = logged_in(client, alice)
+    url = reverse("web:run_list")
+    for value in ("96", "n"):  # a whole word and a part of the text alike
+        response = client.get(url, {"params": value})
+        runs = response.context["page"].object_list
+        assert len(runs) == (3 if value == "96" else 5)
+        assert all("old" not in run.parameters for run in runs)
+        assert b"Searched the parameters of the newest 5 runs, back to" in response.content
+    assert b"3 runs match these filters." in client.get(url, {"params": "96"}).content
+    # The older runs, once a date leaves fewer than the window: all found, nothing to say.
+    until = (old + dt.timedelta(days=1)).date().isoformat()
+    response = client.get(url, {"params": "96", "until": until})
+    assert [run.parameters for run in response.context["page"].object_list] == [{"n": 96, "old": True}] * 3
+    assert b'id="search-window"' not in response.content
+    # Without a parameter search there is no window.
+    assert len(client.get(url).context["page"].object_list) == 9
+
+
+def test_a_search_whose_first_page_holds_every_match_is_counted_from_it(client, alice, scripts):
+    """A rare value's count would read again every run the page read: a lone first page is the total;
+    past one page the capped count runs as before."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_runs(scripts[0], alice, 3, parameters={"n": 96})
+    make_runs(scripts[0], alice, 60, parameters={"n": 7})
+    client = logged_in(client, alice)
+    for value, total, counted in (("96", b"3 runs match", False), ("7", b"60 runs match", True), ("zz", b"", False)):
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(reverse("web:run_list"), {"params": value})
+        assert total in response.content
+        assert any("COUNT(" in query["sql"].upper() for query in queries.captured_queries) == counted, value
+
+
+def test_a_short_search_is_answered_by_its_index_on_postgresql(alice, admin_user, scripts):
+    """The query's expression is the one migration 0017 indexes, so PostgreSQL can take the index (were
+    they to differ, a short search would read every run again)."""
+    from django.db import connection
+
+    from scripts_app.services import exports
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the index of parameter words is PostgreSQL's (SQLite reads the runs)")
+    make_runs(scripts[0], alice, 3, parameters={"n": 96})
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_indexscan = off")
+    for value in ("96", "eu"):
+        # Every run (an admin's view): no other index narrows them, so the plan names the words' index.
+        plan = exports.runs_for(user=admin_user, filters={"params": value}).explain()
+        assert "run_parameter_words" in plan, plan
+    assert exports.runs_for(user=alice, filters={"params": "96"}).count() == 3
+
+
 def test_it_shows_the_total_and_links_each_run_to_its_script(client, alice, scripts):
     """The list says how many runs match and links each row's script name to the script's page."""
     make_runs(scripts[0], alice, 3)
