@@ -38,7 +38,7 @@ def drop_words_index(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("scripts_app", "0015_history_search_indexes"),
+        ("scripts_app", "0016_storage_usage_and_active_runs_index"),
     ]
 
     operations = [
