@@ -338,6 +338,21 @@ def _figure_title(figure) -> str | None:
     return None
 
 
+# zlib's fastest level for a figure's PNG: about 2.5 ms less than Pillow's default (6) for a 640x480
+# line plot here, for a file about a fifth larger (27 KB -> 33 KB); the pixels are the same.
+PNG_COMPRESS_LEVEL = 1
+
+
+def _save_png(figure, buffer) -> None:
+    try:
+        figure.savefig(buffer, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    except TypeError:
+        # A matplotlib older than 3.3 (an environment's own) has no pil_kwargs.
+        buffer.seek(0)
+        buffer.truncate()
+        figure.savefig(buffer, format="png")
+
+
 def collect_figures(limits: dict) -> list[dict]:
     """Every figure still open, in figure-number order, as PNG with its title."""
     plt = sys.modules.get("matplotlib.pyplot")
@@ -353,7 +368,7 @@ def collect_figures(limits: dict) -> list[dict]:
         figure = plt.figure(number)
         buffer = io.BytesIO()
         try:
-            figure.savefig(buffer, format="png")
+            _save_png(figure, buffer)
         except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is the script's error
             raise RunFailure(
                 "script_error", f"Figure {position} could not be saved as PNG: {_error_message(exc)}"
@@ -420,14 +435,19 @@ def execute(job: dict, result_fd: int, *, seq: int | None = None) -> None:
         figures = []
     _flush_std_streams()
     # Three lines: the outcome, the value's JSON text as is (so the service can pass it on without
-    # decoding and encoding it again), the figures. JSON text holds no raw newline.
-    document = json.dumps(meta, ensure_ascii=False) + "\n" + value_text + "\n" + json.dumps(figures)
-    encoded = document.encode("utf-8", "surrogatepass")
+    # decoding and encoding it again), the figures. JSON text holds no raw newline. Written part by
+    # part: a large value is encoded once and never copied into one document.
+    parts = [
+        json.dumps(meta, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n",
+        value_text.encode("utf-8", "surrogatepass"),
+        b"\n" + json.dumps(figures).encode(),
+    ]
     if seq is not None:
-        _write_all(result_fd, PIECE_RESULT.pack(seq, len(encoded)) + encoded)
-        return
-    _write_all(result_fd, encoded)
-    os.close(result_fd)
+        parts.insert(0, PIECE_RESULT.pack(seq, sum(map(len, parts))))
+    for part in parts:
+        _write_all(result_fd, part)
+    if seq is None:
+        os.close(result_fd)
 
 
 # Multi-piece children (apply runs): frames on the job pipe and the result pipe.
