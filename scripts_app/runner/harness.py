@@ -158,8 +158,6 @@ def _classify(exc: BaseException, limits: dict) -> RunFailure:
 
 def load_input(data: dict):
     """The rows of OML's table/row/group apply as the function's first argument, per oml_input_type."""
-    import pyarrow.parquet as pq
-
     if "arrow" in data:
         # A piece of a multi-piece child (serve_pieces): raw Arrow IPC bytes, read without a copy.
         import pyarrow as pa
@@ -167,6 +165,10 @@ def load_input(data: dict):
         with pa.ipc.open_stream(pa.py_buffer(data["arrow"])) as reader:
             table = reader.read_all()
     else:
+        # Imported only here: pyarrow.parquet brings pyarrow.fs and its cloud file systems (ssl and
+        # all), some 30 ms that a piece child's first piece paid for rows that come as Arrow IPC.
+        import pyarrow.parquet as pq
+
         # One thread: the run is bounded in processes and threads, and its piece is small.
         table = pq.read_table(io.BytesIO(base64.b64decode(data["parquet"])), use_threads=False)
     frame = table.to_pandas(use_threads=False)
