@@ -183,3 +183,21 @@ def test_query_connections_see_no_python_objects_and_no_files(db):
             connection.sql(query).fetchall()
     with pytest.raises(duckdb.Error, match="locked"):
         connection.execute("SET enable_external_access = true")
+
+
+def test_a_database_made_ahead_of_time_follows_the_settings_and_serves_one_query(alice, settings):
+    """The next query's DuckDB database is made ahead of time: one made with other settings is never
+    handed out, and no two queries get the same one."""
+    from scripts_app.services import queries
+
+    settings.OMLWEB_QUERY_THREADS = 1
+    text = "select current_setting('threads') as threads"
+    assert queries.query_table(caller=alice, text=text).column(0).to_pylist() == [1]
+    settings.OMLWEB_QUERY_THREADS = 3  # the spare made after the first query has 1 thread
+    assert queries.query_table(caller=alice, text=text).column(0).to_pylist() == [3]
+    seen = []
+    for _ in range(3):
+        query = queries.Query(caller=alice, text=text)
+        with query.open():
+            seen.append(query.connection)
+    assert len({id(connection) for connection in seen}) == 3
