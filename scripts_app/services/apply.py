@@ -194,15 +194,35 @@ def _group_pieces(query: queries.Query, options: dict) -> list[Piece]:
     pieces, offset, seen = [], 0, set()
     count_column = counts.column("omlweb_rows").to_pylist()
     group_values = [counts.column(i).to_pylist() for i in range(len(group_by))]
+    if sum(count_column) != table.num_rows:
+        raise _changed_rows()
     for position, size in enumerate(count_column):
         key = _group_key([values[position] for values in group_values])
         while key in seen:
             key += "_"
         seen.add(key)
         piece_table = table.slice(offset, size)
+        # The rows are sorted by group: the slice's first and last rows are its group's, or the query
+        # read differently the second time and slicing by the counts would mix groups.
+        for column, values in zip(group_by, group_values, strict=True):
+            found = piece_table.column(column)
+            if not (_same(found[0].as_py(), values[position]) and _same(found[-1].as_py(), values[position])):
+                raise _changed_rows()
         pieces.append(Piece(label=f"group {key!r}", key=key, data=piece_table, rows=size))
         offset += size
     return pieces
+
+
+def _same(found, expected) -> bool:
+    return found == expected or (found != found and expected != expected)  # NaN is its own group
+
+
+def _changed_rows() -> BadRequest:
+    return BadRequest(
+        "input: the query gave other rows when read again to split them into groups; a query whose "
+        "rows change from one reading to the next (random(), or LIMIT without ORDER BY) cannot be "
+        "grouped."
+    )
 
 
 def build_pieces(run: Run) -> list[Piece]:
