@@ -1,11 +1,13 @@
 """Benchmark: group-apply and row-apply through omlweb against pandas doing the same in one process.
 
     /work/main/.venv/bin/python bench/apply_bench.py [--rows 1000000] [--groups 100] [--chunks 10]
+        [--reps 0 200] [--repeat 1] [--medium-only]
 
 Sets up a throwaway data dir (SQLite, media), uploads one dataset, and runs each workload through
 the same services the REST API calls (query in DuckDB, pieces in runner processes), sequentially
 and in parallel at LOW (2) and MEDIUM (4), then the same function with pandas in this process.
-Prints seconds and the ratios omlweb / pandas (below 1 is faster than pandas).
+Prints seconds and the ratios omlweb / pandas (below 1 is faster than pandas); with --repeat N,
+each figure is the median of N runs (pandas' too), which a shared machine needs.
 """
 
 from __future__ import annotations
@@ -94,6 +96,12 @@ def timed(function):
     return time.perf_counter() - started, value
 
 
+def median_of(count: int, function):
+    """The median time of `count` calls, and the value of the call that took it."""
+    results = sorted((timed(function) for _ in range(count)), key=lambda result: result[0])
+    return results[len(results) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -102,6 +110,8 @@ def main() -> None:
     parser.add_argument(
         "--reps", type=int, nargs="+", default=[0, 200], help="work per piece: bootstrap refits / SVDs (0 = light)"
     )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per figure; the median is printed")
+    parser.add_argument("--medium-only", action="store_true", help="only MEDIUM (degree 4), the issue's targets")
     args = parser.parse_args()
     setup(tempfile.mkdtemp(prefix="omlweb-bench-"))
 
@@ -167,10 +177,13 @@ def main() -> None:
             (f"row-apply, {args.chunks} chunks", Run.Kind.ROW_APPLY, "score", pandas_rows, {"rows": size}),
         ):
             omlweb(kind, script, "LOW", True, reps, **options)  # warm the templates and the file cache
-            base, _ = timed(functools.partial(reference, reps))
+            base = median_of(args.repeat, functools.partial(reference, reps))[0]
             print(f"\n{label}, work {reps}: pandas in one process {base:.2f} s")
-            for service, parallel in (("LOW", False), ("LOW", True), ("MEDIUM", True)):
-                seconds, run = timed(functools.partial(omlweb, kind, script, service, parallel, reps, **options))
+            levels = (("MEDIUM", True),) if args.medium_only else (("LOW", False), ("LOW", True), ("MEDIUM", True))
+            for service, parallel in levels:
+                seconds, run = median_of(
+                    args.repeat, functools.partial(omlweb, kind, script, service, parallel, reps, **options)
+                )
                 pieces = sum(p["seconds"] for p in run.pieces)
                 print(
                     f"  omlweb {service:<6} degree {run.apply_options['degree']}: {seconds:6.2f} s"
