@@ -42,11 +42,12 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
         return None
     if run is None:
         return None
-    watch = RunWatch(run=run)
-    watch.start()
+    # One thread beside the runner per job: it heartbeats, polls for a cancel and writes live output.
     live_run = live.maybe_live(run)
     if live_run is not None:
-        live_run.start()
+        live_run.start(flushed_by_caller=True)
+    watch = RunWatch(run=run, live=live_run)
+    watch.start()
     try:
         execution.execute_run(run, is_cancelled=watch.is_cancelled, limits=job_limits(run), live=live_run)
     except RunTakenAway:
@@ -133,11 +134,10 @@ def _lock_user_for_claim(user_id: int) -> None:
     if connection.vendor != "postgresql":
         return
     users = get_user_model()._meta
+    table, pk = (connection.ops.quote_name(name) for name in (users.db_table, users.pk.attname))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT set_config('synchronous_commit', 'off', true) FROM {connection.ops.quote_name(users.db_table)}"
-            f" WHERE {connection.ops.quote_name(users.pk.column)} = %s FOR UPDATE",
-            [user_id],
+            f"SELECT set_config('synchronous_commit', 'off', true) FROM {table} WHERE {pk} = %s FOR UPDATE", [user_id]
         )
 
 
@@ -160,14 +160,16 @@ def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
 
 
 class RunWatch:
-    """A thread beside the runner: heartbeats the run and turns a cancel request into `is_cancelled()`.
+    """A thread beside the runner: heartbeats the run, turns a cancel request into `is_cancelled()` and
+    writes the run's live output (`live`, flushed every its interval: no thread of its own per job).
 
     It reads the row at most every OMLWEB_CANCEL_POLL_SECONDS, whatever the runner polls. The run counts
     as cancelled when a cancel was requested, or the row was deleted or taken away from this attempt.
     """
 
-    def __init__(self, *, run: Run) -> None:
+    def __init__(self, *, run: Run, live: live.LiveRun | None = None) -> None:
         self.run = run
+        self.live = live
         self._cancelled = threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watch-{run.pk}", daemon=True)
@@ -185,12 +187,21 @@ class RunWatch:
     def _loop(self) -> None:
         beat_every = settings.OMLWEB_HEARTBEAT_SECONDS
         poll_every = min(settings.OMLWEB_CANCEL_POLL_SECONDS, beat_every)
-        next_beat = 0.0
+        flush_every = self.live.interval if self.live is not None else poll_every
+        next_beat = next_poll = 0.0
+        next_flush = time.monotonic() + flush_every
         try:
-            while not self._stopped.wait(poll_every):
+            while not self._stopped.wait(min(poll_every, flush_every)):
+                now = time.monotonic()
+                if self.live is not None and now >= next_flush:
+                    next_flush = now + flush_every
+                    self.live.flush_quietly()
+                if now < next_poll:
+                    continue
+                next_poll = now + poll_every
                 try:
-                    if time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + beat_every
+                    if now >= next_beat:
+                        next_beat = now + beat_every
                         if not Run.objects.held_by(self.run).update(heartbeat_at=timezone.now()):
                             self._cancelled.set()
                     if Run.objects.held_by(self.run).filter(cancel_requested_at__isnull=False).exists():
