@@ -86,7 +86,7 @@ def _shutdown(sender=None, **kwargs) -> None:
 def _busy(task=None, **kwargs) -> None:
     request = task.request
     if time.monotonic() - _last_task_ended < HEALTH_CHECK_AFTER_IDLE_SECONDS:
-        connection.health_check_done = True
+        connection.health_check_done = True  # type: ignore[attr-defined]  # Django's flag (db/backends/base), not in the stubs
     hard_limit = (request.timelimit or (None, None))[0]
     supervision.mark_busy(request.hostname or "", limit_seconds=hard_limit)
 
