@@ -161,7 +161,7 @@ def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
 
 class RunWatch:
     """A thread beside the runner: heartbeats the run, turns a cancel request into `is_cancelled()` and
-    writes the run's live output (`live`, flushed every its interval: no thread of its own per job).
+    writes the run's live output (`live`, flushed every `live.interval`: no thread of its own per job).
 
     It reads the row at most every OMLWEB_CANCEL_POLL_SECONDS, whatever the runner polls. The run counts
     as cancelled when a cancel was requested, or the row was deleted or taken away from this attempt.
