@@ -61,7 +61,9 @@ class LiveRun:
     def follow_pieces(self, pieces: list) -> None:
         self._pieces = pieces
 
-    def start(self) -> LiveRun:
+    def start(self, *, flushed_by_caller: bool = False) -> LiveRun:
+        """Start writing. `flushed_by_caller`: no thread of its own; the caller calls `flush_quietly()`
+        every `interval` from a thread it runs anyway (a job's RunWatch) and stops calling before `stop()`."""
         if self.attempt > 1:
             # What an earlier attempt printed before its worker was lost is not this attempt's.
             try:
@@ -69,7 +71,8 @@ class LiveRun:
             except Exception:
                 # Live output is a view of the run, never a reason for it not to run.
                 logger.exception("Run %s: removing an earlier attempt's live output failed", self.run_id)
-        self._thread.start()
+        if not flushed_by_caller:
+            self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -94,14 +97,17 @@ class LiveRun:
     def _loop(self) -> None:
         try:
             while not self._stopped.wait(self.interval):
-                try:
-                    self.flush()
-                except Exception:
-                    # A locked or unreachable database must not stop the run; the next flush tries again.
-                    logger.exception("Run %s: writing its live output failed", self.run_id)
-                    close_old_connections()
+                self.flush_quietly()
         finally:
             connection.close()
+
+    def flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            # A locked or unreachable database must not stop the run; the next flush tries again.
+            logger.exception("Run %s: writing its live output failed", self.run_id)
+            close_old_connections()
 
     def flush(self) -> int:
         """Write what is new; returns how many rows were written."""

@@ -25,7 +25,7 @@ BASE = "http://testserver/oml/api/py-scripts"
 class InlineWatch:
     """RunWatch in the calling thread: a thread of its own can't see the test's uncommitted rows."""
 
-    def __init__(self, *, run: Run) -> None:
+    def __init__(self, *, run: Run, live=None) -> None:
         self.run = run
 
     def start(self) -> None:

@@ -200,6 +200,31 @@ def test_a_job_over_the_users_share_goes_back_to_the_queue(
     assert (done.status, done.attempts, done.result) == (Run.Status.SUCCEEDED, 1, 2)
 
 
+def test_a_groups_share_of_running_jobs_holds_at_the_claim(
+    alice, bob, alice_api, bob_api, admin_user, published, run_job
+):
+    """The claim's one statement counts against the user's own share: Alice's group allows 2 running LOW
+    jobs, so her second runs and her third waits; Bob (the default, 1) waits at his first running one;
+    running jobs at another level or of another user do not count."""
+    script = make_script(admin_user, "add", ADD, is_global=True)
+    crew = Group.objects.create(name="crew")
+    GroupLimits.objects.create(group=crew, max_running_jobs=2)
+    alice.groups.add(crew)
+    [first] = hold(alice, script, 1, mode=Run.Mode.ASYNC)
+    hold(alice, script, 3, mode=Run.Mode.ASYNC, service="HIGH")
+    hold(alice, script, 2, mode=Run.Mode.SYNC)
+    hold(bob, script, 1, mode=Run.Mode.ASYNC)
+    second = job_of(submit(alice_api, "add"))
+    bobs = job_of(submit(bob_api, "add"))
+
+    assert run_job(bobs).status == Run.Status.QUEUED
+    hold(alice, script, 1, mode=Run.Mode.ASYNC)  # another worker took her second share meanwhile
+    assert run_job(second).status == Run.Status.QUEUED
+    Run.objects.filter(pk=first.pk).update(status=Run.Status.SUCCEEDED, finished_at=timezone.now())
+    done = run_job(second)
+    assert (done.status, done.attempts, done.result) == (Run.Status.SUCCEEDED, 1, 2)
+
+
 def test_the_reaper_does_not_republish_a_job_that_is_being_deferred(alice, alice_api, published, run_job, settings):
     """A deferred job renewed its enqueued_at: no lost message, so the reaper publishes no copy."""
     settings.OMLWEB_REQUEUE_AFTER_SECONDS = 60

@@ -9,7 +9,10 @@ import threading
 import time
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import close_old_connections, connection, transaction
+from django.db.models import Func, IntegerField, Subquery
+from django.db.models.lookups import LessThan
 from django.utils import timezone
 
 from scripts_app import runner
@@ -39,11 +42,12 @@ def job_execute(*, run_id: str, worker: str) -> Run | None:
         return None
     if run is None:
         return None
-    watch = RunWatch(run=run)
-    watch.start()
+    # One thread beside the runner per job: it heartbeats, polls for a cancel and writes live output.
     live_run = live.maybe_live(run)
     if live_run is not None:
-        live_run.start()
+        live_run.start(flushed_by_caller=True)
+    watch = RunWatch(run=run, live=live_run)
+    watch.start()
     try:
         execution.execute_run(run, is_cancelled=watch.is_cancelled, limits=job_limits(run), live=live_run)
     except RunTakenAway:
@@ -85,37 +89,56 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
     JobDeferred, claiming nothing, when its user already has their share of jobs running.
 
     The row is read once, before the claim; the claim is conditional on the attempt read, so the run
-    returned is the row as claimed without reading it again."""
+    returned is the row as claimed without reading it again. The user's limits are read once too: the
+    share here, the storage quota when the outcome is recorded (`Run.share_limits`)."""
     queued = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True)
     run = queued.select_related("script_version").first()
     if run is None:
         logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
         return None
+    limits = shares.limits_for(run.user_id)
+    this_attempt = queued.filter(attempts=run.attempts)
     now = timezone.now()
     with transaction.atomic():
-        _commit_without_waiting_for_disk()
-        # Counted and claimed under the user's lock, so two workers cannot both take the last share.
-        if not shares.job_may_start(user_id=run.user_id, service=run.service):
+        _lock_user_for_claim(run.user_id)
+        # Counted and claimed in one statement, under the user's lock: two workers cannot both take the
+        # last share (shares.job_may_start's rule: running jobs of the user at the run's level).
+        running = (
+            Run.objects.filter(user=run.user_id, mode=Run.Mode.ASYNC, service=run.service, status=Run.Status.RUNNING)
+            .order_by()
+            .annotate(count=Func("pk", function="COUNT", output_field=IntegerField()))
+        )
+        under_share = LessThan(Subquery(running.values("count")), limits.max_running_jobs)
+        claimed = this_attempt.filter(under_share).claim(worker=worker, now=now)
+        if not claimed and this_attempt.exists():
             raise JobDeferred(run_id)
-        claimed = queued.filter(attempts=run.attempts).claim(worker=worker, now=now)
     if not claimed:
         logger.info("Run %s: not queued any more (claimed by another worker, or deleted); skipped", run_id)
         return None
     # What `RunQuerySet.claim` wrote.
     run.status, run.started_at, run.heartbeat_at, run.worker = Run.Status.RUNNING, now, now, worker
     run.attempts += 1
+    run.share_limits = limits
     return run
 
 
-def _commit_without_waiting_for_disk() -> None:
-    """PostgreSQL: this transaction's commit does not wait for its WAL to reach the disk (3-4 ms of every job).
+def _lock_user_for_claim(user_id: int) -> None:
+    """Serialise the user's claims until the transaction ends, as shares.lock_user does for runs recorded.
 
-    Safe for the claim alone: losing it takes a crash of the database server itself, and then the run is
-    QUEUED again and runs again (the worker's outcome cannot be recorded without that server either). The
-    outcome's commit waits for the disk as always, and flushes the claim's WAL with its own."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    PostgreSQL: a row lock on the user, taken in the statement that also lets this transaction's commit
+    not wait for its WAL to reach the disk (3-4 ms of every job). That is safe for the claim alone: losing
+    it takes a crash of the database server itself, and then the run is QUEUED again and runs again (the
+    worker's outcome cannot be recorded without that server either); the outcome's commit waits for the
+    disk as always and flushes the claim's WAL with its own. SQLite: the transaction is IMMEDIATE, so it
+    holds the database's one write lock from its start: nothing to add."""
+    if connection.vendor != "postgresql":
+        return
+    users = get_user_model()._meta
+    table, pk = (connection.ops.quote_name(name) for name in (users.db_table, users.pk.attname))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT set_config('synchronous_commit', 'off', true) FROM {table} WHERE {pk} = %s FOR UPDATE", [user_id]
+        )
 
 
 def job_defer(*, run_id: str) -> None:
@@ -137,14 +160,16 @@ def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
 
 
 class RunWatch:
-    """A thread beside the runner: heartbeats the run and turns a cancel request into `is_cancelled()`.
+    """A thread beside the runner: heartbeats the run, turns a cancel request into `is_cancelled()` and
+    writes the run's live output (`live`, flushed every `live.interval`: no thread of its own per job).
 
     It reads the row at most every OMLWEB_CANCEL_POLL_SECONDS, whatever the runner polls. The run counts
     as cancelled when a cancel was requested, or the row was deleted or taken away from this attempt.
     """
 
-    def __init__(self, *, run: Run) -> None:
+    def __init__(self, *, run: Run, live: live.LiveRun | None = None) -> None:
         self.run = run
+        self.live = live
         self._cancelled = threading.Event()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watch-{run.pk}", daemon=True)
@@ -162,12 +187,21 @@ class RunWatch:
     def _loop(self) -> None:
         beat_every = settings.OMLWEB_HEARTBEAT_SECONDS
         poll_every = min(settings.OMLWEB_CANCEL_POLL_SECONDS, beat_every)
-        next_beat = 0.0
+        flush_every = self.live.interval if self.live is not None else poll_every
+        next_beat = next_poll = 0.0
+        next_flush = time.monotonic() + flush_every
         try:
-            while not self._stopped.wait(poll_every):
+            while not self._stopped.wait(min(poll_every, flush_every)):
+                now = time.monotonic()
+                if self.live is not None and now >= next_flush:
+                    next_flush = now + flush_every
+                    self.live.flush_quietly()
+                if now < next_poll:
+                    continue
+                next_poll = now + poll_every
                 try:
-                    if time.monotonic() >= next_beat:
-                        next_beat = time.monotonic() + beat_every
+                    if now >= next_beat:
+                        next_beat = now + beat_every
                         if not Run.objects.held_by(self.run).update(heartbeat_at=timezone.now()):
                             self._cancelled.set()
                     if Run.objects.held_by(self.run).filter(cancel_requested_at__isnull=False).exists():
