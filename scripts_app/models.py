@@ -455,7 +455,7 @@ class Run(models.Model):
             models.Index(fields=["user", "mode", "-created_at"], name="run_jobs_of_user"),
             models.Index(fields=["mode", "status", "service"], name="run_jobs_by_status"),
             models.Index(fields=["finished_at"], name="run_finished_at"),
-            # What the shares count (services.shares: share_check, job_may_start): only the active runs
+            # What the shares count (services.shares: share_check, and the worker's claim): only the active runs
             # are in it, so a count reads the user's few active runs, however long their history.
             models.Index(
                 fields=["user", "mode", "service"],

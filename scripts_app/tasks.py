@@ -10,7 +10,7 @@ import logging
 import time
 
 from celery import shared_task, signals
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from scripts_app.environments.tasks import build_environment
 from scripts_app.services import heartbeats, notifications, supervision
@@ -24,13 +24,6 @@ logger = logging.getLogger(__name__)
 # While the database is down a job can be neither claimed nor recorded: the worker waits for it (it could
 # run nothing else anyway) rather than drop the message and leave the run to the reaper's slower path.
 DATABASE_RETRY_DELAYS = (1, 2, 4, 8, 15, 30)
-
-# A connection the last task left open less than this long ago is not pinged before the next task
-# (Django's CONN_HEALTH_CHECKS: a round trip per job, of jobs that follow each other). After a pause it
-# is; and a connection that died within the second fails the task's first statement, which
-# `execute_job` retries on a new connection.
-HEALTH_CHECK_AFTER_IDLE_SECONDS = 1.0
-_last_task_ended = float("-inf")
 
 
 @shared_task(name="omlweb.execute_job", bind=True, acks_late=True, ignore_result=True)
@@ -85,8 +78,6 @@ def _shutdown(sender=None, **kwargs) -> None:
 @signals.task_prerun.connect
 def _busy(task=None, **kwargs) -> None:
     request = task.request
-    if time.monotonic() - _last_task_ended < HEALTH_CHECK_AFTER_IDLE_SECONDS:
-        connection.health_check_done = True  # type: ignore[attr-defined]  # Django's flag (db/backends/base), not in the stubs
     hard_limit = (request.timelimit or (None, None))[0]
     supervision.mark_busy(request.hostname or "", limit_seconds=hard_limit)
 
@@ -98,6 +89,4 @@ def _idle(task=None, **kwargs) -> None:
         # request would (settings.CELERY_DB_REUSE_MAX): closed once older than CONN_MAX_AGE or after an
         # error. Not for a task run eagerly, in its caller's process (and transaction).
         close_old_connections()
-        global _last_task_ended
-        _last_task_ended = time.monotonic()
     supervision.mark_idle(task.request.hostname or "")

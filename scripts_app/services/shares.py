@@ -144,19 +144,6 @@ def _s(count: int) -> str:
     return "" if count == 1 else "s"
 
 
-def job_may_start(*, user_id: int, service: str) -> bool:
-    """Whether a worker may start one more async job of this user at this service level now.
-
-    Per level, because each level has its own workers: a user's LOW jobs never hold back their HIGH
-    one. Call inside the transaction that claims the job: the count and the claim happen under the
-    user's lock.
-    """
-    limits = limits_for(user_id)
-    lock_user(user_id)
-    running = active_runs(user_id, mode=Run.Mode.ASYNC, service=service, status=Run.Status.RUNNING).count()
-    return running < limits.max_running_jobs
-
-
 # Storage quota
 
 

@@ -9,7 +9,6 @@ import threading
 import time
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import close_old_connections, connection, transaction
 from django.db.models import Func, IntegerField, Subquery
 from django.db.models.lookups import LessThan
@@ -17,7 +16,7 @@ from django.utils import timezone
 
 from scripts_app import runner
 from scripts_app.errors import Busy, ErrorCode
-from scripts_app.models import Run, RunTakenAway
+from scripts_app.models import Run, RunTakenAway, StorageUsage
 from scripts_app.services import execution, live, retries, runs, shares
 from scripts_app.services.jobs import submission
 
@@ -102,12 +101,10 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
     with transaction.atomic():
         _lock_user_for_claim(run.user_id)
         # Counted and claimed in one statement, under the user's lock: two workers cannot both take the
-        # last share (shares.job_may_start's rule: running jobs of the user at the run's level).
-        running = (
-            Run.objects.filter(user=run.user_id, mode=Run.Mode.ASYNC, service=run.service, status=Run.Status.RUNNING)
-            .order_by()
-            .annotate(count=Func("pk", function="COUNT", output_field=IntegerField()))
-        )
+        # last share (running async jobs of the user at the run's level).
+        running = shares.active_runs(
+            run.user_id, mode=Run.Mode.ASYNC, service=run.service, status=Run.Status.RUNNING
+        ).annotate(count=Func("pk", function="COUNT", output_field=IntegerField()))
         under_share = LessThan(Subquery(running.values("count")), limits.max_running_jobs)
         claimed = this_attempt.filter(under_share).claim(worker=worker, now=now)
         if not claimed and this_attempt.exists():
@@ -123,22 +120,26 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
 
 
 def _lock_user_for_claim(user_id: int) -> None:
-    """Serialise the user's claims until the transaction ends, as shares.lock_user does for runs recorded.
+    """Take the user's lock (shares.lock_user's row) until the transaction ends, serialising their claims.
 
-    PostgreSQL: a row lock on the user, taken in the statement that also lets this transaction's commit
-    not wait for its WAL to reach the disk (3-4 ms of every job). That is safe for the claim alone: losing
-    it takes a crash of the database server itself, and then the run is QUEUED again and runs again (the
-    worker's outcome cannot be recorded without that server either); the outcome's commit waits for the
-    disk as always and flushes the claim's WAL with its own. SQLite: the transaction is IMMEDIATE, so it
-    holds the database's one write lock from its start: nothing to add."""
+    PostgreSQL: in the statement that also lets this transaction's commit not wait for its WAL to reach
+    the disk (3-4 ms of every job). That is safe for the claim alone: losing it takes a crash of the
+    database server itself, and then the run is QUEUED again and runs again (the worker's outcome cannot
+    be recorded without that server either); the outcome's commit waits for the disk as always and
+    flushes the claim's WAL with its own. A user without the row yet (never locked) gets it from
+    shares.lock_user. SQLite: the transaction is IMMEDIATE, so it holds the database's one write lock
+    from its start: nothing to add."""
     if connection.vendor != "postgresql":
         return
-    users = get_user_model()._meta
-    table, pk = (connection.ops.quote_name(name) for name in (users.db_table, users.pk.attname))
+    usage = StorageUsage._meta
+    table, key = connection.ops.quote_name(usage.db_table), connection.ops.quote_name(usage.pk.attname)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT set_config('synchronous_commit', 'off', true) FROM {table} WHERE {pk} = %s FOR UPDATE", [user_id]
+            f"SELECT set_config('synchronous_commit', 'off', true) FROM {table} WHERE {key} = %s FOR UPDATE", [user_id]
         )
+        locked = cursor.fetchone() is not None
+    if not locked:
+        shares.lock_user(user_id)
 
 
 def job_defer(*, run_id: str) -> None:
