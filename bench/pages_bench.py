@@ -42,6 +42,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from scripts_app.models import Run  # noqa: E402
 from scripts_app.services.scripts import script_create  # noqa: E402
+from scripts_app.services.shares import recount_storage  # noqa: E402
 from scripts_app.views.history import encode_cursor  # noqa: E402
 
 ANALYSTS, SCRIPTS = 50, 20
@@ -104,14 +105,16 @@ def fill(count: int) -> None:
                 "stop": count,
             },
         )
-    # Outside a transaction: VACUUM sets the visibility map, so index-only scans (the storage line's
-    # sum per user) stay index-only, as autovacuum would leave a long-lived table.
+    # Outside a transaction: VACUUM sets the visibility map, so index-only scans stay index-only, as
+    # autovacuum would leave a long-lived table.
     connection.ensure_connection()
     previous = connection.connection.autocommit
     connection.connection.autocommit = True
     with connection.connection.cursor() as raw:
         raw.execute(f"vacuum analyze {table}")
     connection.connection.autocommit = previous
+    # The runs went in by SQL, past the storage counters: rebuild them (the quota and the runs page read them).
+    recount_storage()
     print(f"filled in {time.perf_counter() - start:.0f} s", flush=True)
 
 
