@@ -186,7 +186,7 @@ def recount_storage() -> dict[int, tuple[int, int]]:
             datasets = Dataset.objects.filter(owner=user_id).aggregate(total=Coalesce(Sum("size_bytes"), 0))["total"]
             true = runs + datasets
             if counted != true:
-                StorageUsage.objects.update_or_create(user_id=user_id, defaults={"used_bytes": true})
+                StorageUsage.objects.filter(user=user_id).update(used_bytes=true)  # lock_user made the row
                 corrected[user_id] = (counted, true)
     return corrected
 
@@ -239,8 +239,7 @@ def dataset_size_change(*, dataset: Dataset, size: int) -> None:
     owner's quota, or refuse it (QuotaExceeded). Call inside the transaction that saves the dataset."""
     quota = limits_for(dataset.owner_id).quota_bytes
     used = lock_user(dataset.owner_id)
-    # Read again under the lock: what this dataset counted for until now (0: a new one).
-    kept = Dataset.objects.filter(pk=dataset.pk).values_list("size_bytes", flat=True).first() or 0
+    kept = _counted_for(dataset)
     if used - kept + size > quota:
         raise QuotaExceeded(
             f"The dataset ({megabytes(size)} as Parquet) would exceed your storage quota of {megabytes(quota)}: "
@@ -253,5 +252,9 @@ def dataset_size_change(*, dataset: Dataset, size: int) -> None:
 def dataset_deleted(*, dataset: Dataset) -> None:
     """Take a dataset off its owner's quota. Call inside the transaction that deletes it, before."""
     lock_user(dataset.owner_id)
-    kept = Dataset.objects.filter(pk=dataset.pk).values_list("size_bytes", flat=True).first() or 0
-    storage_add(dataset.owner_id, -kept)
+    storage_add(dataset.owner_id, -_counted_for(dataset))
+
+
+def _counted_for(dataset: Dataset) -> int:
+    """What the dataset counts for in its owner's counter (0: a new one), read again under their lock."""
+    return Dataset.objects.filter(pk=dataset.pk).values_list("size_bytes", flat=True).first() or 0
