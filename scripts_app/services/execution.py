@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECONDS = 0.5
+# An apply run starts as many children as the machine has cores (up to its degree) at once; each
+# further child of its degree starts once the pieces left would keep the running ones busy this long
+# (estimated from the pieces done so far), or the run has lasted this long: a child's start and first
+# piece cost more than a light piece (docs/runner.md, "Light pieces: children past the cores").
+EXTRA_CHILD_SECONDS = 0.25
+EXTRA_CHILD_POLL_SECONDS = 0.01
 
 
 def execute_run(
@@ -208,7 +215,10 @@ def _run_pieces(
     failed: list[Piece] = []
     queue = iter(enumerate(pieces))
     timed_out = threading.Event()
+    cancelled = threading.Event()  # the caller's is_cancelled said so
     has_data = any(piece.data is not None for piece in pieces)
+    taken_count = [0]
+    begun = time.monotonic()
 
     def stopped() -> bool:
         return stop.is_set()
@@ -231,6 +241,7 @@ def _run_pieces(
                 return None
             taken = next(queue, None)
             if taken is not None:
+                taken_count[0] += 1
                 taken[1].status = "RUNNING"
                 taken[1].started_at = time.time()
             return taken
@@ -253,9 +264,30 @@ def _run_pieces(
             frame_orient=frame_orient,
         )
 
-    def work() -> None:
-        """One child: takes pieces until none are left."""
+    def needed(eager: int) -> bool:
+        """Whether a child past the first `eager` is worth starting: pieces are left that the running
+        children would take longer than EXTRA_CHILD_SECONDS over. Waits for a first piece's time (or
+        that long); False when no piece is left to take or the run stopped."""
+        while not stop.wait(EXTRA_CHILD_POLL_SECONDS):
+            with lock:
+                left = len(pieces) - taken_count[0]
+                times = [p.finished_at - p.started_at for p in pieces if p.finished_at and p.started_at]
+                # The fastest piece: a child's first piece also pays for the child's start.
+            if left <= 0:
+                return False
+            if time.monotonic() - begun >= EXTRA_CHILD_SECONDS:
+                return True
+            if times and left * min(times) / eager >= EXTRA_CHILD_SECONDS:
+                return True
+        return False
+
+    def work(number: int) -> None:
+        """One child: takes pieces until none are left. Children past the machine's cores start
+        only when the pieces are long enough to be worth one more process (`needed`)."""
         held: dict[int, Piece] = {}
+        eager = min(degree, _cores())
+        if number >= eager and not needed(eager):
+            return
 
         def take() -> runner.PieceJob | None:
             taken = next_piece()
@@ -325,10 +357,11 @@ def _run_pieces(
             finished(piece, result)
 
     with ThreadPoolExecutor(max_workers=degree, thread_name_prefix=f"apply-{run.pk}") as pool:
-        futures = [pool.submit(work) for _ in range(degree)]
+        futures = [pool.submit(work, number) for number in range(degree)]
         # The caller's cancel check may query the database: it is asked here, in the caller's thread.
         while wait(futures, timeout=CANCEL_CHECK_SECONDS).not_done:
             if is_cancelled is not None and not stop.is_set() and is_cancelled():
+                cancelled.set()
                 stop.set()
     for future in futures:
         future.result()
@@ -338,6 +371,15 @@ def _run_pieces(
             piece.data = None
     if failed:
         return failed[0]
+    if cancelled.is_set() and any(piece.status == "SKIPPED" for piece in pieces):
+        # Cancelled between two pieces (no child was running one to be killed): the first piece
+        # left is the cancelled one; a run with pieces never run must not read as SUCCEEDED.
+        late = next(piece for piece in pieces if piece.status == "SKIPPED")
+        late.status = "CANCELLED"
+        late.result = runner.Result(
+            outcome=runner.Outcome.CANCELLED, failure=runner.Failure.CANCELLED, error_message="The run was cancelled"
+        )
+        return late
     if timed_out.is_set():
         late = next(piece for piece in pieces if piece.status == "SKIPPED")
         late.status = "TIMED_OUT"
@@ -348,6 +390,14 @@ def _run_pieces(
         )
         return late
     return None
+
+
+def _cores() -> int:
+    """The cores this process may run on: more children than that only share them."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _wall_seconds(run: Run) -> float:
