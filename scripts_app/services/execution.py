@@ -44,9 +44,9 @@ logger = logging.getLogger(__name__)
 
 CANCEL_CHECK_SECONDS = 0.5
 # An apply run starts as many children as the machine has cores (up to its degree) at once; each
-# further child of its degree starts once the pieces left would keep the running ones busy this long
-# (estimated from the pieces done so far), or the run has lasted this long: a child's start and first
-# piece cost more than a light piece (docs/runner.md, "Light pieces: children past the cores").
+# further child of its degree starts once a running piece has taken this long, or the pieces left
+# would keep the running children busy this long (from the fastest piece done): a child's start and
+# first piece cost more than a light piece (docs/runner.md, "Light pieces: children past the cores").
 EXTRA_CHILD_SECONDS = 0.25
 EXTRA_CHILD_POLL_SECONDS = 0.01
 
@@ -217,8 +217,11 @@ def _run_pieces(
     timed_out = threading.Event()
     cancelled = threading.Event()  # the caller's is_cancelled said so
     has_data = any(piece.data is not None for piece in pieces)
+    # For the children past the cores (`needed`): pieces taken, when each running one was taken,
+    # the fastest piece done.
     taken_count = [0]
-    begun = time.monotonic()
+    running: dict[int, float] = {}
+    progress: dict[str, float | None] = {"fastest": None}
 
     def stopped() -> bool:
         return stop.is_set()
@@ -242,12 +245,18 @@ def _run_pieces(
             taken = next(queue, None)
             if taken is not None:
                 taken_count[0] += 1
+                running[id(taken[1])] = time.monotonic()
                 taken[1].status = "RUNNING"
                 taken[1].started_at = time.time()
             return taken
 
     def finished(piece: Piece, result: runner.Result, status: str | None = None) -> None:
         piece.finished_at = time.time()
+        with lock:
+            since = running.pop(id(piece), None)
+            if since is not None:
+                took = time.monotonic() - since
+                progress["fastest"] = min(took, progress["fastest"] or took)
         piece.data = None  # the rows are not needed any more
         piece.result = result
         piece.status = status or result.outcome.value
@@ -265,19 +274,21 @@ def _run_pieces(
         )
 
     def needed(eager: int) -> bool:
-        """Whether a child past the first `eager` is worth starting: pieces are left that the running
-        children would take longer than EXTRA_CHILD_SECONDS over. Waits for a first piece's time (or
-        that long); False when no piece is left to take or the run stopped."""
+        """Whether a child past the first `eager` is worth starting: pieces are left, and either a
+        running piece has taken EXTRA_CHILD_SECONDS already (long pieces, or pieces that wait), or
+        the pieces left would keep the running children busy that long. False, having started
+        nothing, when no piece is left to take or the run stopped."""
         while not stop.wait(EXTRA_CHILD_POLL_SECONDS):
             with lock:
                 left = len(pieces) - taken_count[0]
-                times = [p.finished_at - p.started_at for p in pieces if p.finished_at and p.started_at]
-                # The fastest piece: a child's first piece also pays for the child's start.
+                oldest = min(running.values(), default=None)
+                fastest = progress["fastest"]
             if left <= 0:
                 return False
-            if time.monotonic() - begun >= EXTRA_CHILD_SECONDS:
+            if oldest is not None and time.monotonic() - oldest >= EXTRA_CHILD_SECONDS:
                 return True
-            if times and left * min(times) / eager >= EXTRA_CHILD_SECONDS:
+            # The fastest piece done: a child's first piece also pays for the child's start.
+            if fastest is not None and left * fastest / eager >= EXTRA_CHILD_SECONDS:
                 return True
         return False
 

@@ -95,6 +95,19 @@ def test_the_pieces_left_start_further_children_before_the_time_bound(alice, ali
     assert most_at_once([[0, start, end] for _, start, end in result]) == 4
 
 
+def test_a_long_piece_after_fast_ones_starts_the_others(alice, alice_api, cores):
+    """Two instant pieces, then four of 1.5 s, on one core: the fastest piece says the work left is
+    light, but a piece running past the bound starts the other children: the long four overlap."""
+    cores(1)
+    source = STAMPED.replace("time.sleep(3)", "time.sleep(1.5 if i > 2 else 0)")
+    make_script(alice, "stamped", source)
+    response = apply(alice_api, "index-apply", "stamped", {"times": 6, "parallelFlag": True, "service": "MEDIUM"})
+    assert response.status_code == 200, response.content
+    result = response.json()["result"]
+    assert [piece[0] for piece in result] == list(range(1, 7))
+    assert most_at_once(result[2:]) == 4
+
+
 def test_a_failing_piece_ends_the_run_while_further_children_wait(alice, alice_api, cores, monkeypatch):
     """Piece 3 raises while the children past the core wait (for a minute, here): the run fails at
     once naming it, and no waiting child starts a piece."""
