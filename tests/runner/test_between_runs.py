@@ -529,3 +529,128 @@ def test_run_cgroups_are_removed_and_a_stopped_template_leaves_none(cgroup):
     runner.shutdown()
     assert _eventually_gone(folders) == []
     assert_runner_still_works()
+
+
+# Network namespaces: the template keeps one a run left untouched (no socket, nothing sent on lo)
+# for a later run (harness._NetNamespaces). Each attack below leaves something in its namespace;
+# the runs after it, from both spares, must find a namespace as new.
+NET_LEFT_BEHIND = """
+import array, os, socket
+def f(port, name):
+    # A TCP connection over lo, closed: TIME_WAIT stays in the kernel after the run.
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen()
+    client = socket.create_connection(("127.0.0.1", port))
+    peer, _ = server.accept()
+    client.sendall(b"secret of alice")
+    peer.recv(100)
+    client.close(); peer.close(); server.close()
+    # A datagram to a port nobody listens on, and one to itself.
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.sendto(b"x", ("127.0.0.1", port + 1))
+    # An abstract Unix socket holding a descriptor of itself in flight: it outlives its process
+    # until the kernel's garbage collector finds the cycle.
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unix.bind(name)
+    unix.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [unix.fileno()]))], 0, name)
+    # A listening socket left open in a grandchild that detached from the run's session.
+    if os.fork() == 0:
+        os.setsid()
+        keep = socket.socket()
+        keep.bind(("127.0.0.1", port + 2))
+        keep.listen()
+        os.write(1, b"")
+        import time
+        time.sleep(30)
+    return os.stat("/proc/self/ns/net").st_ino
+"""
+
+NET_LOOKED_FOR = """
+import os, socket
+def f(port, name):
+    seen = {}
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "unix"):
+        with open(f"/proc/self/net/{table}") as listing:
+            seen[table] = listing.read().splitlines()[1:]
+    with open("/proc/self/net/dev") as devices:
+        seen["dev"] = [line.split() for line in devices.read().splitlines()[2:]]
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        unix.sendto(b"hello", name)
+        seen["abstract_reached"] = True
+    except OSError:
+        seen["abstract_reached"] = False
+    bound = []
+    for offset in (0, 2):
+        server = socket.socket()
+        server.bind(("127.0.0.1", port + offset))  # no SO_REUSEADDR: TIME_WAIT or a listener would refuse it
+        bound.append(port + offset)
+        server.close()
+    seen["bound"] = bound
+    seen["ns"] = os.stat("/proc/self/ns/net").st_ino
+    return seen
+"""
+
+
+def _template_net_namespaces() -> set[int]:
+    """The network namespace of each running template's own process (not of its spares)."""
+    found = set()
+    for template in registry.templates.values():
+        assert template.process is not None
+        pid = template.process.pid
+        # bwrap, then bwrap's PID 1 in the sandbox, then the template: the first that is no bwrap.
+        while True:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if not cmdline.read().split(b"\0")[0].endswith(b"bwrap"):
+                    break
+            with open(f"/proc/{pid}/task/{pid}/children") as children:
+                pid = int(children.read().split()[0])
+        found.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+    return found
+
+
+@pytest.mark.parametrize("graphics", [False, True], ids=["light", "preloaded"])
+def test_a_network_namespace_a_run_used_is_never_handed_to_the_next(isolated, graphics):
+    """Sockets in TIME_WAIT, traffic counters, an abstract Unix socket kept alive by a descriptor
+    of itself in flight, a listener in a detached grandchild: none is seen by the runs after it."""
+    name = f"\0omlweb-leak-{os.getpid()}"
+    limits = Limits(wall_seconds=10)
+    quiet = make_job(NET_LOOKED_FOR, kwargs={"port": PORT, "name": name}, graphics=graphics, limits=limits)
+    every = []
+    for _ in range(2):
+        left = runner.run(
+            make_job(NET_LEFT_BEHIND, kwargs={"port": PORT, "name": name}, graphics=graphics, limits=limits)
+        )
+        assert left.succeeded, left.error_message + left.stderr
+        # Back to back, then concurrently: each spare in turn, and namespaces given back meanwhile.
+        results = [runner.run(quiet) for _ in range(SPARES + 3)]
+        threads = [threading.Thread(target=lambda into=results: into.append(runner.run(quiet))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for result in results:
+            assert result.succeeded, result.error_message + result.stderr
+            seen = result.value
+            assert all(not seen[table] for table in ("tcp", "tcp6", "udp", "udp6", "raw", "unix")), seen
+            assert [device[0] for device in seen["dev"]] == ["lo:"], seen
+            assert all(value == "0" for value in seen["dev"][0][1:]), seen
+            assert not seen["abstract_reached"], seen
+            assert seen["bound"] == [PORT, PORT + 2], seen
+        every += results
+    templates = _template_net_namespaces()
+    assert templates
+    assert all(result.value["ns"] not in templates for result in every)
+
+
+def test_untouched_network_namespaces_are_reused(isolated):
+    """The saving is real: runs that open no socket go through a few namespaces, not one each."""
+    [template] = [t for t in registry.templates.values() if not t.network and t.preload == ()] or [None]
+    if template is None or not template.info.get("net_namespaces_kept"):
+        pytest.skip("this template makes each run's network namespace in its spare")
+    source = "import os\ndef f():\n    return os.stat('/proc/self/ns/net').st_ino\n"
+    inodes = [runner.run(make_job(source)).value for _ in range(20)]
+    # About SPARES + 3 in turn (the spares', the running one's, those kept); one each without reuse.
+    assert len(set(inodes)) <= 10, inodes

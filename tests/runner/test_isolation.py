@@ -297,3 +297,48 @@ def f():
     after = run("import os\ndef f():\n    return os.listdir('/tmp') + os.listdir('/dev/shm')\n")
     assert after.succeeded, after.error_message + after.stderr
     assert "omlweb-escape" not in after.value
+
+
+ENV_PROBE = """
+import os
+def f():
+    before = dict(os.environ)
+    os.environ["LEAKED_BY_A_RUN"] = "1"
+    os.putenv("LEAKED_BY_PUTENV", "1")
+    os.environ["PATH"] = "/nowhere"
+    return before
+"""
+
+
+@pytest.mark.parametrize("graphics", [False, True], ids=["light", "preloaded"])
+def test_the_run_environment_is_exactly_the_allow_list_and_nothing_of_the_last_run(run, isolated, graphics):
+    """The child changes only what differs from the template's environment instead of rebuilding
+    it: the result must still be exactly the allow-list plus the run's own folders, from either
+    template, and what one run sets is not in the next."""
+    from scripts_app.runner.templates import base_env
+
+    first = run(ENV_PROBE, graphics=graphics)
+    second = run(ENV_PROBE, graphics=graphics)
+    for result in (first, second):
+        assert result.succeeded, result.error_message + result.stderr
+        workdir = result.value["HOME"]
+        expected = {**base_env(), "HOME": workdir, "TMPDIR": workdir, "MPLCONFIGDIR": f"{workdir}/.matplotlib"}
+        assert result.value == expected
+
+
+FD_PROBE = """
+import os
+def f():
+    # The listing's own descriptor is closed by the time each entry is checked.
+    return sorted(int(fd) for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+"""
+
+
+@pytest.mark.parametrize("graphics", [False, True], ids=["light", "preloaded"])
+def test_a_run_holds_only_its_stdin_stdout_stderr_and_result_descriptors(run, isolated, graphics):
+    """Every descriptor of the template (its control socket, its cgroup folders, the spare's own
+    socket, the job pipe) is closed before the user's code runs, in several runs in a row."""
+    for _ in range(3):
+        result = run(FD_PROBE, graphics=graphics)
+        assert result.succeeded, result.error_message + result.stderr
+        assert result.value == [0, 1, 2, 3]
