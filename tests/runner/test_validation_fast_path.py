@@ -6,6 +6,9 @@ get the same verdict from `read_document` every way: forged, hostile and fuzzed 
 import json
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -414,3 +417,20 @@ def test_check_value_still_refuses_what_it_refused():
         check_value([float("nan")])
     with pytest.raises(NestedTooDeeply):
         check_value(json.loads("[" * 129 + "]" * 129))
+
+
+def test_without_pysimdjson_the_parent_checks_with_orjson():
+    """An environment where pysimdjson cannot be imported still checks every run (with orjson)."""
+    code = (
+        "import sys; sys.modules['simdjson'] = None\n"
+        "from scripts_app.runner import Limits\n"
+        "from scripts_app.runner import validation\n"
+        "assert validation.simdjson is None\n"
+        f"meta = {META!r}\n"
+        "document = validation.read_document(bytearray(meta + b'\\n[{\"a\": 1}]\\n[]'), Limits())\n"
+        "assert document.value == [{'a': 1}] and document.value_json == '[{\"a\": 1}]'\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
