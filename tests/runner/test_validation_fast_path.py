@@ -434,3 +434,11 @@ def test_without_pysimdjson_the_parent_checks_with_orjson():
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.skipif(validation.simdjson is None, reason="pysimdjson is not installed")
+def test_the_kept_parser_serves_text_after_text():
+    """A thread's parser reads one text after another, a refused one and one over 1 MB between them."""
+    big = b"[" + b"1," * 800_000 + b"1]"
+    for line, count in [(b"[1, 2]", 2), (b"[1,]", None), (big, 800_001), (b'{"a": 1}', 1), (b"[[]]", 1)]:
+        assert _count_fast(memoryview(line), "records") == count
