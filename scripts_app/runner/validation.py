@@ -154,7 +154,7 @@ _KEPT_PARSER_BYTES = 1024**2
 
 
 def _count_fast(line: memoryview, frame_orient: str) -> int | None:
-    """`_items` of a value whose text holds no \u0000 or surrogate escape, checked by simdjson without
+    """`_items` of a value whose text holds no \\u0000 or surrogate escape, checked by simdjson without
     building it; None when the standard path must read it (its verdict stands).
 
     simdjson refuses what JSON refuses, and more: NaN, Infinity, a number beyond a float's range or beyond
@@ -441,6 +441,7 @@ def _value(document: Document, line: memoryview, limits: Limits, frame_orient: s
             # The text is the value: stored and answered as it is, decoded only when something reads it.
             document.value_json = text
             return None
+    # orjson reads the UTF-8 bytes themselves: given the str, it would keep a UTF-8 copy inside it.
     value = _ASK_STANDARD if suspect else _read_fast(line)
     try:
         if value is _ASK_STANDARD:
