@@ -279,8 +279,7 @@ def _conclude(job: Job, watch: _Watch, ending: _Ending, started: float) -> Resul
         result.failure = document.failure
         result.error_message = document.error_message
         result.traceback = document.traceback
-        result.value = document.value
-        result.value_json = document.value_json
+        result.take_value(document)
         result.figures = document.figures
     elif watch.result_overflow:
         result.failure = Failure.RESULT_TOO_LARGE

@@ -3,8 +3,9 @@
 A run's child is the user's code: it can write anything on its result pipe (`os.write(3, ...)`),
 patch the harness before it encodes, or exit half-way through. `read_document` therefore checks the
 whole result document against what the harness can write, and gives either a `Document` or an
-`InvalidResult` saying what is wrong. It runs on every result, so it parses the value once, with orjson
-where orjson reads the text as the standard library does, and walks only its containers (docs/runner.md).
+`InvalidResult` saying what is wrong. It runs on every result, so it checks the value's text with simdjson
+without building it where simdjson takes only what the standard library takes, else parses it once with
+orjson where orjson reads it as the standard library does (docs/runner.md "What the parent accepts").
 
 The same rules serve requests (`loads_strict`): PostgreSQL cannot store NUL in text nor `\\u0000` in
 jsonb, no database driver can encode a lone UTF-16 surrogate, and JSON has no NaN or Infinity.
@@ -18,12 +19,19 @@ import json
 import math
 import re
 import reprlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
-from scripts_app.runner.types import Failure, Figure, Limits, Outcome
+from scripts_app.runner.types import UNDECODED, Failure, Figure, LazyValue, Limits, Outcome
+
+try:
+    import simdjson
+except ImportError:  # pragma: no cover - an environment without the wheel checks with orjson (_read_fast)
+    simdjson = None  # type: ignore[assignment]
 
 # The harness refuses values nested deeper than 100 levels; a little room for its own wrapping.
 MAX_DEPTH = 128
@@ -73,16 +81,16 @@ class NestedTooDeeply(ValueError):
 
 
 @dataclass
-class Document:
-    """A checked result document."""
+class Document(LazyValue):
+    """A checked result document. Its `value` is decoded from `value_json` only when read (LazyValue)."""
 
     outcome: Outcome
     failure: Failure | None = None
     error_message: str = ""
     traceback: str = ""
-    value: Any = None
     value_json: str = "null"
     figures: list[Figure] = field(default_factory=list)
+    _value: Any = field(default=UNDECODED, init=False, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,6 +139,91 @@ def check_value(value: Any, *, max_depth: int = MAX_DEPTH) -> None:
                     raise UnsupportedValue("a number that is not finite (NaN, Infinity or beyond a float's range)")
             elif item_kind is dict or item_kind is list:
                 stack.append((item, depth + 1))
+
+
+# Every byte but JSON's quote and brackets, deleted before the nesting is measured.
+_NOT_STRUCTURE = bytes(byte for byte in range(256) if byte not in b'"[]{}')
+_STEP = np.zeros(256, dtype=np.int16)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+_BOM = b"\xef\xbb\xbf"
+# Each thread's simdjson parser, kept for values up to this size: its buffers stay as large as the
+# largest value it read, about 13 times the text at worst (a 1 MB "[1,1,...]" keeps 13 MB resident).
+_PARSERS = threading.local()
+_KEPT_PARSER_BYTES = 1024**2
+
+
+def _count_fast(line: memoryview, frame_orient: str) -> int | None:
+    """`_items` of a value whose text holds no \\u0000 or surrogate escape, checked by simdjson without
+    building it; None when the standard path must read it (its verdict stands).
+
+    simdjson refuses what JSON refuses, and more: NaN, Infinity, a number beyond a float's range or beyond
+    64-bit integers, a surrogate escape not in a pair (a test holds it against the standard library). It
+    takes a leading BOM, which json.loads refuses, and a member repeated in an object, which the standard
+    reading keeps once: the first goes to the standard path, the second can only make the count here larger
+    (a count over the limit goes to the standard path too). The nesting is measured on the text itself.
+    """
+    if simdjson is None:
+        return None
+    data = bytes(line)
+    if data.startswith(_BOM):
+        return None
+    # A parser must not parse again while proxies of its document live: none outlive _count_parsed.
+    # A thread's parser keeps its buffers (allocating them again takes longer than the parse of a
+    # 0.8 MB text), for values up to _KEPT_PARSER_BYTES (1 MB); a larger value gets a parser of its own.
+    parser = _PARSERS.__dict__.get("parser") if len(data) <= _KEPT_PARSER_BYTES else None
+    if parser is None:
+        parser = simdjson.Parser()
+        if len(data) <= _KEPT_PARSER_BYTES:
+            _PARSERS.parser = parser
+    try:
+        count = _count_parsed(parser.parse(data), frame_orient)
+    except Exception:  # noqa: BLE001 - whatever simdjson refuses, json.loads gives the verdict
+        _PARSERS.__dict__.pop("parser", None)
+        return None
+    if count is None:
+        return None
+    # No deeper than its opening brackets: a small value needs no count. Measured once the parser's
+    # buffers are freed (with them alive it takes four times as long).
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _nesting(data) > MAX_DEPTH:
+        return None
+    return count
+
+
+def _count_parsed(document: Any, frame_orient: str) -> int | None:
+    """`_items` of simdjson's proxy of a value; None when an object repeats a member of a column."""
+    if isinstance(document, simdjson.Array):
+        return len(document)
+    if not isinstance(document, simdjson.Object):
+        return 0
+    count = len(document)
+    if frame_orient != "columns" or not count:
+        return count
+    keys = list(document.keys())
+    if len(set(keys)) != count:
+        return None
+    columns = [column for column in (document[key] for key in keys) if isinstance(column, simdjson.Object)]
+    if len(columns) == count:
+        count = max(count, *(len(column) for column in columns))
+    return count
+
+
+def _nesting(data: bytes) -> int:
+    """How deeply the containers of valid JSON text nest (check_value's depth + 1), without decoding it:
+    escaped backslashes and quotes dropped, then everything but quotes and brackets, then the brackets
+    outside strings counted up and down."""
+    if b"\\" in data:
+        # A run of backslashes inside a string starts with an escape: pairs from the left are escapes.
+        data = data.replace(b"\\\\", b"")
+    if b"\\" in data:
+        data = data.replace(b'\\"', b"")
+    kept = np.frombuffer(data.translate(None, _NOT_STRUCTURE), dtype=np.uint8)
+    if not kept.size:
+        return 0
+    steps = _STEP[kept]
+    # An odd count of quotes so far: inside a string, where a bracket is text.
+    steps[np.cumsum(kept == ord('"'), dtype=np.int64) & 1 == 1] = 0
+    return int(np.cumsum(steps, dtype=np.int64).max())
 
 
 # orjson reads an integer beyond 64 bits as a float; the standard library keeps it an int.
@@ -342,6 +435,12 @@ def _value(document: Document, line: memoryview, limits: Limits, frame_orient: s
             raise InvalidResult("its value is not UTF-8") from None
         raw_surrogates = True
     suspect = raw_surrogates or _suspect(text)
+    if not suspect:
+        items = _count_fast(line, frame_orient)
+        if items is not None and items <= limits.max_output_items:
+            # The text is the value: stored and answered as it is, decoded only when something reads it.
+            document.value_json = text
+            return None
     # orjson reads the UTF-8 bytes themselves: given the str, it would keep a UTF-8 copy inside it.
     value = _ASK_STANDARD if suspect else _read_fast(line)
     try:

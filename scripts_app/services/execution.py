@@ -480,8 +480,9 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
             if whole:
                 result = pieces[0].result
                 assert result is not None
-                # The JSON text the run's process checked, kept as it is (and its value, for this process).
-                run.set_result_json(result.value_json, result.value)
+                # The JSON text the run's process checked, kept as it is (and its value, if something in
+                # this process decoded it already: a do-eval DataFrame is answered as text, never decoded).
+                run.set_result_json(result.value_json, result.decoded_value)
             else:
                 run.result = assemble(run.kind, pieces)
             run.finish(Run.Status.SUCCEEDED)

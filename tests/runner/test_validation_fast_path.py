@@ -1,19 +1,27 @@
-"""The parent reads a run's value with orjson where it can (runner/validation.py `_read_fast`). A value it
-takes must be exactly the value the standard library's path takes (json.loads and check_value), and a
-document must get the same verdict from `read_document` either way: forged, hostile and fuzzed texts."""
+"""The parent checks a run's value with simdjson where it can, without building it (runner/validation.py
+`_count_fast`), else reads it with orjson (`_read_fast`). A text either takes must be one the standard
+library's path takes (json.loads and check_value), orjson's reading exactly its reading, and a document must
+get the same verdict from `read_document` every way: forged, hostile and fuzzed texts."""
 
 import json
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from scripts_app.runner import Failure, Limits, Outcome
+from scripts_app.runner import Failure, Limits, Outcome, validation
 from scripts_app.runner.validation import (
     _ASK_STANDARD,
+    MAX_DEPTH,
     InvalidResult,
     NestedTooDeeply,
     UnsupportedValue,
+    _count_fast,
+    _items,
+    _nesting,
     _read_fast,
     check_value,
     read_document,
@@ -77,6 +85,54 @@ HOSTILE = [
     "   ",
     "\u2028",
     '"\u2028\u2029"',
+    # Around what simdjson reads differently or refuses.
+    " \ufeff[1]",
+    "[1]\ufeff",
+    '"\ufeff"',
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775807",
+    "[18446744073709551615, -18446744073709551615, 18446744073709551617]",
+    "1.7976931348623157e308",
+    "1.7976931348623158e308",
+    "1.7976931348623159e308",
+    "-1e999",
+    "[-0, -0.0, 0e999, 1e-999]",
+    '"\x00"',
+    '"\x1f"',
+    '"\x7f"',
+    '"a\tb"',
+    '"\\t"',
+    '"\ud800\udc00"',
+    '"\udbff\udfff"',
+    '"\ud800\u0041"',
+    '"\ud800\ud800"',
+    '"\udc00"',
+    '"\ud800"',
+    '{"\u0000": 1}',
+    '{"a": 1, "a": {"0": 1, "1": 2, "2": 3, "3": 4, "4": 5, "5": 6}}',
+    '{"a": {"0": 1, "1": 2, "2": 3, "3": 4, "4": 5, "5": 6}, "a": 1}',
+    '{"a": {"0": 1, "0": 2, "0": 3, "0": 4, "0": 5, "0": 6}}',
+    '{"a": {"0": 1}, "b": [1, 2, 3, 4, 5, 6, 7]}',
+    '{"a": {"0": 1, "1": 2, "2": 3, "3": 4, "4": 5, "5": 6}, "b": {"0": 1}}',
+    '{"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "a": 6}',
+    "[1, 2, 3, 4, 5]",
+    "[1, 2, 3, 4, 5, 6]",
+    "[1]\r",
+    "\r\n [1]\t",
+    "[1]\u00a0",
+    "[" * 127 + '"]]]]"' + "]" * 127,
+    "[" * 128 + '"]]]]"' + "]" * 128,
+    "[" * 129 + '"]]]]"' + "]" * 129,
+    "[" * 128 + '"[[[["' + "]" * 128,
+    "[" * 127 + '"\\"]' + "]" * 127,
+    "[" * 128 + '"\\"]' + "]" * 128,
+    "[" * 128 + '"\\\\", "\\\\\\"]"' + "]" * 128,
+    "[" * 129 + '"\\\\", "\\\\\\"]"' + "]" * 129,
+    '[{"a": "[\\"{{"}, ' * 64 + "1" + "}]" * 64,
+    '[{"a": "[\\"{{"}, ' * 65 + "1" + "}]" * 65,
+    "[" * 127 + '{"a": [[]], "a": 1}' + "]" * 127,
+    "[" * 126 + '{"a": [[]], "a": 1}' + "]" * 126,
 ]
 
 
@@ -118,14 +174,123 @@ def test_orjson_takes_only_what_the_standard_library_takes_as_it_does(text):
     assert_fast_agrees(text)
 
 
-def verdict(text: str):
+def verdict(text: str | bytes, frame_orient: str = "records"):
     """What read_document makes of a document carrying `text` as its value."""
-    raw = bytearray(META + b"\n" + text.encode("utf-8", "surrogatepass") + b"\n[]")
+    line = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    raw = bytearray(META + b"\n" + line + b"\n[]")
     try:
-        document = read_document(raw, Limits(max_output_items=5))
+        document = read_document(raw, Limits(max_output_items=5), frame_orient=frame_orient)
     except InvalidResult as error:
         return ("invalid", error.message)
     return (document.outcome, document.failure, document.error_message, document.value_json, document.value)
+
+
+def verdict_without_simdjson(text: str | bytes, frame_orient: str = "records"):
+    """The verdict of the orjson and standard paths alone, as where pysimdjson cannot be imported."""
+    kept = validation.simdjson
+    validation.simdjson = None
+    try:
+        return verdict(text, frame_orient)
+    finally:
+        validation.simdjson = kept
+
+
+def assert_simdjson_agrees(text: str | bytes) -> None:
+    """simdjson's check gives the verdict the other paths give, in both orientations; a count it gives is
+    one the standard reading holds to (never smaller than `_items`, the same for a list)."""
+    for orient in ("records", "columns"):
+        assert same_verdict(verdict(text, orient), verdict_without_simdjson(text, orient)), (text[:80], orient)
+        line = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+        count = _count_fast(memoryview(line), orient)
+        if count is None:
+            continue
+        expected = standard(line.decode("utf-8"))
+        assert not isinstance(expected, type), f"simdjson took {text[:80]!r}, which the standard library refuses"
+        assert count >= _items(expected, orient), text[:80]
+        if isinstance(expected, list):
+            assert count == len(expected)
+
+
+def same_verdict(a, b) -> bool:
+    return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.skipif(validation.simdjson is None, reason="pysimdjson is not installed")
+@pytest.mark.parametrize("text", HOSTILE, ids=range(len(HOSTILE)))
+def test_simdjson_takes_only_what_the_standard_library_takes(text):
+    assert_simdjson_agrees(text)
+
+
+INVALID_UTF8 = [
+    b'"\xff"',
+    b'["\xc0\x80"]',
+    b'"\xed\xa0\x80"',  # a raw surrogate, as "surrogatepass" writes it
+    b'"\xed\xa0\xbd\xed\xb8\x80"',  # a raw surrogate pair
+    b'"\xf4\x90\x80\x80"',  # beyond U+10FFFF
+    b'"\xe2\x82"',
+    b"\xef\xbb\xbf[1]",
+    b"[1]\xef\xbb\xbf",
+]
+
+
+@pytest.mark.skipif(validation.simdjson is None, reason="pysimdjson is not installed")
+@pytest.mark.parametrize("line", INVALID_UTF8, ids=range(len(INVALID_UTF8)))
+def test_simdjson_and_bytes_that_are_not_utf8(line):
+    for orient in ("records", "columns"):
+        assert same_verdict(verdict(line, orient), verdict_without_simdjson(line, orient))
+
+
+def test_nesting_is_check_values_depth():
+    """_nesting counts the brackets outside strings, whatever the strings hold (brackets, escaped quotes and
+    backslashes); a text nested more than MAX_DEPTH levels is one check_value refuses. (A repeated member
+    can only make the text nest deeper than its value: `{"a": [[]], "a": 1}`, which goes to the standard
+    path when it is too deep.)"""
+    assert _nesting(b'{"a": [[]], "a": 1}') == 3
+    rng = random.Random(7)
+    for _ in range(2000):
+        text = nested_text(rng)
+        value = json.loads(text)
+        assert _nesting(text.encode()) == depth(value), text[:80]
+        refused = False
+        try:
+            check_value(value)
+        except NestedTooDeeply:
+            refused = True
+        assert refused == (depth(value) > MAX_DEPTH)
+
+
+def depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max((depth(item) for item in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((depth(item) for item in value.values()), default=0)
+    return 0
+
+
+def nested_text(rng: random.Random) -> str:
+    parts = ["[", "]", "{", "}", '\\"', "\\\\", "\\n", "\\u005b", "x", ":", ","]
+
+    def string() -> str:
+        return '"' + "".join(rng.choice(parts) for _ in range(rng.randrange(5))) + '"'
+
+    target = rng.choice((1, 5, 127, 128, 129, 130))
+    keys = iter(range(1_000_000))
+
+    def key() -> str:
+        # Unique: a repeated member keeps only its last value, and the text may nest deeper than that.
+        return f'"{next(keys)}' + string()[1:]
+
+    def value(level: int) -> str:
+        if level >= target:
+            return string() if rng.random() < 0.7 else rng.choice(["1", "null", "[]", "{}"])
+        # Siblings hold strings full of brackets, and shallower containers.
+        siblings = [string() if rng.random() < 0.8 else "[" + string() + "]" for _ in range(rng.randrange(3))]
+        if rng.random() < 0.5:
+            return "[" + ",".join(siblings + [value(level + 1)] + siblings) + "]"
+        members = [f"{key()}:{item}" for item in siblings]
+        return "{" + ",".join([*members, key() + ":" + value(level + 1)]) + "}"
+
+    return value(0)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +333,23 @@ def test_nul_and_lone_surrogates_are_still_cleaned():
     assert json.loads(value_json) == value
 
 
-STRING_PARTS = ["a", "é", '\\"', "\\\\", "\\n", "\\u00e9", "\\u0000", "\\ud83d\\ude00", "\\ud800", "\\/", "𝄞"]
+STRING_PARTS = [
+    "a",
+    "é",
+    '\\"',
+    "\\\\",
+    "\\n",
+    "\\u00e9",
+    "\\u0000",
+    "\\ud83d\\ude00",
+    "\\ud800",
+    "\\/",
+    "𝄞",
+    "[",
+    "}",
+    "\ufeff",
+    "\\udbff\\udfff",
+]
 
 
 def fuzzed(rng: random.Random) -> str:
@@ -211,9 +392,53 @@ def test_fuzzed_texts_get_the_same_reading():
         assert_fast_agrees(text)
 
 
+@pytest.mark.skipif(validation.simdjson is None, reason="pysimdjson is not installed")
+def test_fuzzed_texts_get_the_same_verdict_with_simdjson():
+    rng = random.Random(12)
+    for _ in range(3000):
+        assert_simdjson_agrees(fuzzed(rng))
+
+
+@pytest.mark.skipif(validation.simdjson is None, reason="pysimdjson is not installed")
+def test_a_checked_value_is_decoded_only_when_read():
+    """A value simdjson checked stays text until something reads `value`, which decodes it as json does."""
+    text = '[{"id": 18446744073709551615, "x": 0.5, "name": "row\\ud83d\\ude00"}, {"big": -9223372036854775808}]'
+    raw = bytearray(META + b"\n" + text.encode() + b"\n[]")
+    document = read_document(raw, LIMITS)
+    assert document.decoded_value is None
+    assert document.value_json == text
+    assert same(document.value, json.loads(text))
+    assert document.decoded_value is document.value
+
+
 def test_check_value_still_refuses_what_it_refused():
     """The standard path's own checks are unchanged (loads_strict and the fallback use them)."""
     with pytest.raises(UnsupportedValue):
         check_value([float("nan")])
     with pytest.raises(NestedTooDeeply):
         check_value(json.loads("[" * 129 + "]" * 129))
+
+
+def test_without_pysimdjson_the_parent_checks_with_orjson():
+    """An environment where pysimdjson cannot be imported still checks every run (with orjson)."""
+    code = (
+        "import sys; sys.modules['simdjson'] = None\n"
+        "from scripts_app.runner import Limits\n"
+        "from scripts_app.runner import validation\n"
+        "assert validation.simdjson is None\n"
+        f"meta = {META!r}\n"
+        "document = validation.read_document(bytearray(meta + b'\\n[{\"a\": 1}]\\n[]'), Limits())\n"
+        "assert document.value == [{'a': 1}] and document.value_json == '[{\"a\": 1}]'\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.skipif(validation.simdjson is None, reason="pysimdjson is not installed")
+def test_the_kept_parser_serves_text_after_text():
+    """A thread's parser reads one text after another, a refused one and one over 1 MB between them."""
+    big = b"[" + b"1," * 800_000 + b"1]"
+    for line, count in [(b"[1, 2]", 2), (b"[1,]", None), (big, 800_001), (b'{"a": 1}', 1), (b"[[]]", 1)]:
+        assert _count_fast(memoryview(line), "records") == count
