@@ -113,7 +113,7 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
         "graphics": request.graphics,
         "env_name": environment.name if environment else environments.DEFAULT_ENVIRONMENT,
         "environment": environment,
-        "env_lock": environment.lock if environment else environments.default_lock(),
+        "env_lock_id": environment.lock_id if environment else environments.default_lock_id(),
         "service": request.service,
         "kind": request.kind,
         "timeout_seconds": (request.timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS)

@@ -55,7 +55,9 @@ def limits_for(user_id: int) -> UserLimits:
 def limits_of(user) -> UserLimits:
     """`limits_for` a signed-in user object, in the one statement that also reads their group names for
     the role checks of this request (scripts_app.roles)."""
-    rows = Group.objects.filter(user=user.pk).values_list("name", *(f"omlweb_limits__{name}" for name in LIMIT_FIELDS))
+    with connection.cursor() as cursor:
+        cursor.execute(_hot("groups_and_limits"), [user.pk])
+        rows = cursor.fetchall()
     names = []
     overrides: dict[str, int | None] = dict.fromkeys(LIMIT_FIELDS)
     for name, *values in rows:
@@ -143,7 +145,7 @@ def active_runs(user_id: int, *, mode: str, service: str | None = None, status: 
 # The statements every run makes under the user's lock, written once per database as plain SQL: built
 # through the ORM, each cost the web process more CPU than SQLite takes to run it (issue #11). They read
 # and write exactly what the querysets above do: `lock_user`'s row (FOR UPDATE where the database locks
-# rows) and `active_runs(...).count()`, through the same partial index.
+# rows) and `active_runs(...).count()`, through the same partial index; and `limits_of`'s groups.
 _hot_statements: dict[str, dict[str, str]] = {}
 
 
@@ -156,7 +158,14 @@ def _hot(name: str) -> str:
         lock = f"SELECT {used} FROM {usage} WHERE {user} = %s"
         if connection.features.has_select_for_update:
             lock += " FOR UPDATE"
+        groups, members = quote(Group._meta.db_table), quote(get_user_model().groups.through._meta.db_table)
+        limits = quote(GroupLimits._meta.db_table)
+        limit_columns = ", ".join(f"l.{quote(name)}" for name in LIMIT_FIELDS)
         statements = {
+            # Group.objects.filter(user=...).values_list("name", "omlweb_limits__<each limit>").
+            "groups_and_limits": f"SELECT g.{quote('name')}, {limit_columns} FROM {groups} g "
+            f"INNER JOIN {members} m ON g.{quote('id')} = m.{quote('group_id')} "
+            f"LEFT OUTER JOIN {limits} l ON g.{quote('id')} = l.{quote('group_id')} WHERE m.{user} = %s",
             "lock": lock,
             # The OR of equalities, as ACTIVE_RUNS: SQLite matches it to run_active_of_user's condition.
             "count_active": f"SELECT COUNT(*) FROM {runs} WHERE ({status} = %s OR {status} = %s) "
