@@ -227,12 +227,12 @@ def script_resolve(*, caller, name: str, owner_name: str | None = None) -> Scrip
     Without an owner: the caller's own script first, then a global one. With an owner: that owner's
     script when it is global or granted to the caller (or the caller's own).
     """
-    scripts = Script.objects.select_related("owner", "current_version").filter(name=name)
     if owner_name is None:
         # The caller's own script (the common case, once a run) without reading its owner: the caller is.
         script = _own_script_with_version(caller, name)
         if script is not None:
             return script
+        scripts = Script.objects.select_related("owner", "current_version").filter(name=name)
         script = scripts.filter(is_global=True).order_by("created_at").first()
         if script is None:
             raise NotFound(f"Script {name!r} not found.")
@@ -240,6 +240,7 @@ def script_resolve(*, caller, name: str, owner_name: str | None = None) -> Scrip
     owner = get_user_model().objects.filter(username=owner_name).first()
     if owner is None:
         raise NotFound(f"Owner {owner_name!r} not found.")
+    scripts = Script.objects.select_related("owner", "current_version").filter(name=name)
     script = scripts.filter(owner=owner).first()
     if script is None or not (
         script.owner_id == caller.pk or script.is_global or script.grants.filter(grantee=caller).exists()
