@@ -94,7 +94,7 @@ def test_the_groups_limits_are_the_most_generous_override(alice, settings):
 
 def test_the_share_count_reads_the_partial_index(alice, bob):
     script = make_script(alice, "s", "def s():\n    return 1\n")
-    finished = hold(alice, script, 200)
+    finished = hold(alice, script, 300)
     Run.objects.filter(pk__in=[run.pk for run in finished]).update(status=Run.Status.SUCCEEDED)
     hold(alice, script, 2)
     hold(alice, script, 1, mode=Run.Mode.ASYNC)
@@ -107,7 +107,9 @@ def test_the_share_count_reads_the_partial_index(alice, bob):
     assert shares._count_active(alice.pk, Run.Mode.SYNC) == 3
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE scripts_app_run")
+            # On a table this small PostgreSQL counts by a scan: what matters is that the statement's
+            # condition matches the partial index, so that it can use it once the table is large.
+            cursor.execute("SET LOCAL enable_seqscan = off")
     explain = "EXPLAIN QUERY PLAN " if connection.vendor == "sqlite" else "EXPLAIN "
     with connection.cursor() as cursor:
         cursor.execute(explain + shares._hot("count_active"), ["QUEUED", "RUNNING", "SYNC", alice.pk])
