@@ -327,11 +327,14 @@ class RunQuerySet(models.QuerySet):
             field = Run._meta.get_field(name)
             assert isinstance(field, models.Field), name
             assert field.concrete, name
+            assert field.column, name
             columns.append(f"{quote(field.column)} = %s")
             params.append(field.get_db_prep_save(value, db))
         where = [("id", run.pk), ("status", Run.Status.RUNNING), ("worker", run.worker), ("attempts", run.attempts)]
         for name, value in where:
-            params.append(Run._meta.get_field(name).get_db_prep_value(value, db))
+            condition = Run._meta.get_field(name)
+            assert isinstance(condition, models.Field), name
+            params.append(condition.get_db_prep_value(value, db))
         sql = f"UPDATE {quote(Run._meta.db_table)} SET {', '.join(columns)} WHERE " + " AND ".join(
             f"{quote(name)} = %s" for name, _ in where
         )

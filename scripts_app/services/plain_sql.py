@@ -21,7 +21,7 @@ def columns(model: type[models.Model], alias: str) -> str:
     text = _columns.get(key)
     if text is None:
         quote = connection.ops.quote_name
-        text = ", ".join(f"{quote(alias)}.{quote(field.column)}" for field in model._meta.concrete_fields)
+        text = ", ".join(f"{quote(alias)}.{quote(_column(field))}" for field in model._meta.concrete_fields)
         _columns[key] = text
     return text
 
@@ -85,7 +85,7 @@ def insert(instance: models.Model) -> None:
         quote = wrapper.ops.quote_name
         fields = model._meta.concrete_fields
         sql = _inserts[key] = (
-            f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
+            f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(_column(field)) for field in fields)}) "
             f"VALUES ({', '.join(['%s'] * len(fields))})"
         )
     params = [field.get_db_prep_save(field.pre_save(instance, True), wrapper) for field in model._meta.concrete_fields]
@@ -96,3 +96,8 @@ def insert(instance: models.Model) -> None:
 
 
 _inserts: dict[tuple[str, type[models.Model]], str] = {}
+
+
+def _column(field: models.Field) -> str:
+    assert field.column, field.name  # a concrete field always has its column
+    return field.column

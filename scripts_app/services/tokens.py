@@ -129,13 +129,14 @@ def _token_with_user(hashed: str) -> AccessToken | None:
     sql = (
         f"SELECT {plain_sql.columns(AccessToken, 't')}, {plain_sql.columns(user_model, 'u')} "
         f"FROM {quote(AccessToken._meta.db_table)} t INNER JOIN {quote(user_model._meta.db_table)} u "
-        f"ON t.{quote('user_id')} = u.{quote(user_model._meta.pk.column)} WHERE t.{quote('token_hash')} = %s"
+        f"ON t.{quote('user_id')} = u.{quote(user_model._meta.pk.column or 'id')} WHERE t.{quote('token_hash')} = %s"
     )
     found = plain_sql.row_of(sql, [hashed], AccessToken, user_model)
     if found is None:
         return None
     token, user = found
     assert isinstance(token, AccessToken)
+    assert isinstance(user, user_model)
     token.user = user
     return token
 
