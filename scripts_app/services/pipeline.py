@@ -19,7 +19,7 @@ from django.utils import timezone
 from scripts_app import roles
 from scripts_app.errors import BadRequest, PermissionDenied, QuotaExceeded, TooManyRuns
 from scripts_app.models import Run, Schedule, Script, ScriptVersion, ServiceLevel
-from scripts_app.services import apply, audit, environments, live, shares
+from scripts_app.services import apply, audit, environments, live, plain_sql, shares
 from scripts_app.services.execution import execute_run
 from scripts_app.services.jobs.submission import job_publish_submitted
 
@@ -113,7 +113,7 @@ def record_run(request: RunRequest, *, started: bool = False) -> Run:
         "graphics": request.graphics,
         "env_name": environment.name if environment else environments.DEFAULT_ENVIRONMENT,
         "environment": environment,
-        "env_lock": environment.lock if environment else environments.default_lock(),
+        "env_lock_id": environment.lock_id if environment else environments.default_lock_id(),
         "service": request.service,
         "kind": request.kind,
         "timeout_seconds": (request.timeout_seconds or settings.OMLWEB_ASYNC_TIMEOUT_SECONDS)
@@ -153,9 +153,9 @@ def _record_checked(
         shares.share_check(user=user, mode=mode, limits=limits)
         # The id a watching page chose, unless it is taken (then the page simply sees no live output).
         taken = live_id is not None and Run.objects.filter(pk=live_id).exists()
-        run = Run.objects.create(
-            id=live_id if live_id is not None and not taken else uuid.uuid4(), user=user, mode=mode, **fields
-        )
+        run = Run(id=live_id if live_id is not None and not taken else uuid.uuid4(), user=user, mode=mode, **fields)
+        # Run.objects.create, as one plain INSERT (services.plain_sql): every run is recorded here.
+        plain_sql.insert(run)
         # The submission is audited in the transaction that records the run (services.audit).
         audit.record("run.submit", obj=run, actor=user, after={**audit.run_state(run), **(audited or {})})
     # This request's limits, for the quota check when the run's outcome is recorded (shares.quota_refusal).

@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Q, QuerySet
 
 from scripts_app.errors import BadRequest, ErrorCode, NotFound, OmlError, PermissionDenied
 from scripts_app.models import SCRIPT_NAME_PATTERN, VERSION_MESSAGE_MAX, Script, ScriptGrant, ScriptVersion
 from scripts_app.roles import is_admin, is_read_only, sees_everything
 from scripts_app.runner import ScriptSourceError, entry_function
-from scripts_app.services import audit
+from scripts_app.services import audit, plain_sql
 
 
 class InvalidScript(OmlError):
@@ -227,13 +227,12 @@ def script_resolve(*, caller, name: str, owner_name: str | None = None) -> Scrip
     Without an owner: the caller's own script first, then a global one. With an owner: that owner's
     script when it is global or granted to the caller (or the caller's own).
     """
-    scripts = Script.objects.select_related("owner", "current_version").filter(name=name)
     if owner_name is None:
         # The caller's own script (the common case, once a run) without reading its owner: the caller is.
-        script = Script.objects.select_related("current_version").filter(name=name, owner=caller).first()
+        script = _own_script_with_version(caller, name)
         if script is not None:
-            script.owner = caller
             return script
+        scripts = Script.objects.select_related("owner", "current_version").filter(name=name)
         script = scripts.filter(is_global=True).order_by("created_at").first()
         if script is None:
             raise NotFound(f"Script {name!r} not found.")
@@ -241,12 +240,37 @@ def script_resolve(*, caller, name: str, owner_name: str | None = None) -> Scrip
     owner = get_user_model().objects.filter(username=owner_name).first()
     if owner is None:
         raise NotFound(f"Owner {owner_name!r} not found.")
+    scripts = Script.objects.select_related("owner", "current_version").filter(name=name)
     script = scripts.filter(owner=owner).first()
     if script is None or not (
         script.owner_id == caller.pk or script.is_global or script.grants.filter(grantee=caller).exists()
     ):
         # The same answer for "missing" and "private": a private script's name is not disclosed.
         raise NotFound(f"Script {name!r} of owner {owner_name!r} not found.")
+    return script
+
+
+def _own_script_with_version(caller, name: str) -> Script | None:
+    """`Script.objects.select_related("current_version").get(name=name, owner=caller)` (None: none), in one
+    plain statement (services.plain_sql), with its owner set to the caller: every run of one's own
+    script starts here."""
+    quote = connection.ops.quote_name
+    script_table, version_table = quote(Script._meta.db_table), quote(ScriptVersion._meta.db_table)
+    sql = (
+        f"SELECT {plain_sql.columns(Script, 's')}, {plain_sql.columns(ScriptVersion, 'v')} FROM {script_table} s "
+        f"LEFT OUTER JOIN {version_table} v ON s.{quote('current_version_id')} = v.{quote('id')} "
+        f"WHERE s.{quote('name')} = %s AND s.{quote('owner_id')} = %s"
+    )
+    found = plain_sql.row_of(sql, [name, caller.pk], Script, ScriptVersion)
+    if found is None:
+        return None
+    script, version = found
+    assert isinstance(script, Script)
+    assert isinstance(version, ScriptVersion)
+    script.owner = caller
+    if script.current_version_id is not None:
+        assert version.pk == script.current_version_id
+        script.current_version = version
     return script
 
 

@@ -22,7 +22,7 @@ import dataclasses
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
@@ -55,7 +55,9 @@ def limits_for(user_id: int) -> UserLimits:
 def limits_of(user) -> UserLimits:
     """`limits_for` a signed-in user object, in the one statement that also reads their group names for
     the role checks of this request (scripts_app.roles)."""
-    rows = Group.objects.filter(user=user.pk).values_list("name", *(f"omlweb_limits__{name}" for name in LIMIT_FIELDS))
+    with connection.cursor() as cursor:
+        cursor.execute(_hot("groups_and_limits"), [user.pk])
+        rows = cursor.fetchall()
     names = []
     overrides: dict[str, int | None] = dict.fromkeys(LIMIT_FIELDS)
     for name, *values in rows:
@@ -90,12 +92,12 @@ def lock_user(user_id: int) -> int:
     PostgreSQL returns a row locked FOR UPDATE as the last transaction that held it left it, which a
     value read through a join or a subquery of the locked statement is not.
     """
-    locked = StorageUsage.objects.select_for_update().filter(user=user_id).values_list("used_bytes", flat=True)
-    used = next(iter(locked), None)
+    used = _locked_bytes(user_id)
     if used is None:
         # The user's first lock: their row first (a concurrent first lock waits on this insert).
         StorageUsage.objects.bulk_create([StorageUsage(user_id=user_id)], ignore_conflicts=True)
-        used = next(iter(locked.all()))
+        used = _locked_bytes(user_id)
+        assert used is not None, "the row was just made, or another transaction made it"
     return used
 
 
@@ -111,7 +113,7 @@ def share_check(*, user, mode: str, limits: UserLimits | None = None) -> None:
             f"is {megabytes(limits.quota_bytes)}: delete some runs or datasets to free space."
         )
     if mode == Run.Mode.SYNC:
-        running = active_runs(user.pk, mode=mode).count()
+        running = _count_active(user.pk, mode)
         if running >= limits.max_sync_runs:
             raise TooManyRuns(
                 f"You already have {running} synchronous run{_s(running)} running, your share of runs at once "
@@ -119,7 +121,7 @@ def share_check(*, user, mode: str, limits: UserLimits | None = None) -> None:
                 retry_after=SYNC_RETRY_AFTER_SECONDS,
             )
         return
-    waiting = active_runs(user.pk, mode=mode).count()
+    waiting = _count_active(user.pk, mode)
     if waiting >= limits.max_queued_jobs:
         raise TooManyRuns(
             f"You already have {waiting} async job{_s(waiting)} queued or running, the most you may have "
@@ -138,6 +140,53 @@ def active_runs(user_id: int, *, mode: str, service: str | None = None, status: 
     if status is not None:
         runs = runs.filter(status=status)
     return runs.order_by()
+
+
+# The statements every run makes under the user's lock, written once per database as plain SQL: built
+# through the ORM, each cost the web process more CPU than SQLite takes to run it (issue #11). They read
+# and write exactly what the querysets above do: `lock_user`'s row (FOR UPDATE where the database locks
+# rows) and `active_runs(...).count()`, through the same partial index; and `limits_of`'s groups.
+_hot_statements: dict[str, dict[str, str]] = {}
+
+
+def _hot(name: str) -> str:
+    statements = _hot_statements.get(connection.vendor)
+    if statements is None:
+        quote = connection.ops.quote_name
+        usage, runs = quote(StorageUsage._meta.db_table), quote(Run._meta.db_table)
+        used, user, status = quote("used_bytes"), quote("user_id"), quote("status")
+        lock = f"SELECT {used} FROM {usage} WHERE {user} = %s"
+        if connection.features.has_select_for_update:
+            lock += " FOR UPDATE"
+        groups, members = quote(Group._meta.db_table), quote(get_user_model().groups.through._meta.db_table)
+        limits = quote(GroupLimits._meta.db_table)
+        limit_columns = ", ".join(f"l.{quote(name)}" for name in LIMIT_FIELDS)
+        statements = {
+            # Group.objects.filter(user=...).values_list("name", "omlweb_limits__<each limit>").
+            "groups_and_limits": f"SELECT g.{quote('name')}, {limit_columns} FROM {groups} g "
+            f"INNER JOIN {members} m ON g.{quote('id')} = m.{quote('group_id')} "
+            f"LEFT OUTER JOIN {limits} l ON g.{quote('id')} = l.{quote('group_id')} WHERE m.{user} = %s",
+            "lock": lock,
+            # The OR of equalities, as ACTIVE_RUNS: SQLite matches it to run_active_of_user's condition.
+            "count_active": f"SELECT COUNT(*) FROM {runs} WHERE ({status} = %s OR {status} = %s) "
+            f"AND {quote('mode')} = %s AND {user} = %s",
+        }
+        _hot_statements[connection.vendor] = statements
+    return statements[name]
+
+
+def _locked_bytes(user_id: int) -> int | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_hot("lock"), [user_id])
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def _count_active(user_id: int, mode: str) -> int:
+    """`active_runs(user_id, mode=mode).count()`, as one plain statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(_hot("count_active"), [Run.Status.QUEUED, Run.Status.RUNNING, mode, user_id])
+        return cursor.fetchone()[0]
 
 
 def _s(count: int) -> str:

@@ -7,12 +7,13 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
 from django.utils import timezone
 
 from scripts_app.errors import ErrorCode, NotAuthenticated
 from scripts_app.models import AccessToken
-from scripts_app.services import audit
+from scripts_app.services import audit, plain_sql
 
 # Writing last_used_at on every request would serialise all API calls on the database's write lock.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -119,8 +120,29 @@ def token_authenticate(raw: str) -> AccessToken:
     return token
 
 
+def _token_with_user(hashed: str) -> AccessToken | None:
+    """`AccessToken.objects.select_related("user").filter(token_hash=hashed).first()` in one plain
+    statement (services.plain_sql): every API request reads it, and revocation, expiry and an inactive
+    user take effect at once because it is read every time."""
+    user_model = get_user_model()
+    quote = connection.ops.quote_name
+    sql = (
+        f"SELECT {plain_sql.columns(AccessToken, 't')}, {plain_sql.columns(user_model, 'u')} "
+        f"FROM {quote(AccessToken._meta.db_table)} t INNER JOIN {quote(user_model._meta.db_table)} u "
+        f"ON t.{quote('user_id')} = u.{quote(user_model._meta.pk.column or 'id')} WHERE t.{quote('token_hash')} = %s"
+    )
+    found = plain_sql.row_of(sql, [hashed], AccessToken, user_model)
+    if found is None:
+        return None
+    token, user = found
+    assert isinstance(token, AccessToken)
+    assert isinstance(user, user_model)
+    token.user = user
+    return token
+
+
 def _live_token(raw: str) -> AccessToken:
-    token = AccessToken.objects.select_related("user").filter(token_hash=token_hash(raw)).first()
+    token = _token_with_user(token_hash(raw))
     if token is None:
         raise NotAuthenticated("Invalid token.")
     if token.revoked_at is not None:
