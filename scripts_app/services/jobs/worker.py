@@ -161,55 +161,137 @@ def job_fail(*, run: Run, message: str, code: int = ErrorCode.INTERNAL) -> None:
 
 
 class RunWatch:
-    """A thread beside the runner: heartbeats the run, turns a cancel request into `is_cancelled()` and
-    writes the run's live output (`live`, flushed every `live.interval`: no thread of its own per job).
+    """What a job's watch does beside the runner: heartbeats the run, turns a cancel request into
+    `is_cancelled()` and writes the run's live output (`live`, flushed every `live.interval`).
 
-    It reads the row at most every OMLWEB_CANCEL_POLL_SECONDS, whatever the runner polls. The run counts
-    as cancelled when a cancel was requested, or the row was deleted or taken away from this attempt.
+    The work is done by the worker process's one watch thread (`_Watcher`), started with its first job
+    and reused by every job after it: starting and stopping a watch starts, wakes and joins no thread (a
+    `Thread.start` and its `join` cost 0.3 to 2 ms of every job). It reads the row at most every
+    OMLWEB_CANCEL_POLL_SECONDS, whatever the runner polls. The run counts as cancelled when a cancel was
+    requested, or the row was deleted or taken away from this attempt. Once `stop()` returns, nothing
+    more is done for the run: a poll or flush under way is waited for, and none starts after.
     """
 
     def __init__(self, *, run: Run, live: live.LiveRun | None = None) -> None:
         self.run = run
         self.live = live
         self._cancelled = threading.Event()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"watch-{run.pk}", daemon=True)
+        self._stopped = False
+        # Held by the watch thread while it works for this run; `stop()` takes it to end the watch.
+        self._busy = threading.Lock()
+        self._next_beat = self._next_poll = 0.0
+        self._next_flush = time.monotonic() + self.flush_every()
 
     def start(self) -> None:
-        self._thread.start()
+        self._next_poll = time.monotonic() + self.poll_every()
+        _watcher().watch(self)
 
     def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=10)
+        taken = self._busy.acquire(timeout=10)
+        self._stopped = True
+        if taken:
+            self._busy.release()
+        _watcher().forget(self)
 
     def is_cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-    def _loop(self) -> None:
-        beat_every = settings.OMLWEB_HEARTBEAT_SECONDS
-        poll_every = min(settings.OMLWEB_CANCEL_POLL_SECONDS, beat_every)
-        flush_every = self.live.interval if self.live is not None else poll_every
-        next_beat = next_poll = 0.0
-        next_flush = time.monotonic() + flush_every
-        try:
-            while not self._stopped.wait(min(poll_every, flush_every)):
-                now = time.monotonic()
-                if self.live is not None and now >= next_flush:
-                    next_flush = now + flush_every
-                    self.live.flush_quietly()
-                if now < next_poll:
-                    continue
-                next_poll = now + poll_every
-                try:
-                    if now >= next_beat:
-                        next_beat = now + beat_every
-                        if not Run.objects.held_by(self.run).update(heartbeat_at=timezone.now()):
-                            self._cancelled.set()
-                    if Run.objects.held_by(self.run).filter(cancel_requested_at__isnull=False).exists():
+    @staticmethod
+    def poll_every() -> float:
+        return min(settings.OMLWEB_CANCEL_POLL_SECONDS, settings.OMLWEB_HEARTBEAT_SECONDS)
+
+    def flush_every(self) -> float:
+        return self.live.interval if self.live is not None else self.poll_every()
+
+    def tick(self) -> None:
+        """Called by the watch thread every `min(poll_every, flush_every)` or sooner: do what is due."""
+        with self._busy:
+            if self._stopped:
+                return
+            now = time.monotonic()
+            if self.live is not None and now >= self._next_flush:
+                self._next_flush = now + self.flush_every()
+                self.live.flush_quietly()
+            if now < self._next_poll:
+                return
+            self._next_poll = now + self.poll_every()
+            try:
+                if now >= self._next_beat:
+                    self._next_beat = now + settings.OMLWEB_HEARTBEAT_SECONDS
+                    if not Run.objects.held_by(self.run).update(heartbeat_at=timezone.now()):
                         self._cancelled.set()
+                if Run.objects.held_by(self.run).filter(cancel_requested_at__isnull=False).exists():
+                    self._cancelled.set()
+            except Exception:
+                # A locked or unreachable database must not kill the run; the next poll tries again.
+                logger.exception("Run %s: heartbeat failed", self.run.pk)
+                close_old_connections()
+
+
+class _Watcher:
+    """The worker process's one watch thread: ticks the watch of the job running now, if any.
+
+    A worker process runs one job at a time (`--pool solo`), but watches are a set so that a caller
+    running several at once (tests, an eager task) is served too. Between jobs it wakes every
+    OMLWEB_CANCEL_POLL_SECONDS and does nothing. It opens its database connection only for a job that
+    runs past its first poll and closes it once idle, as the thread of each job did before: a job
+    shorter than a poll touches the database from this thread not at all.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: list[RunWatch] = []
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="run-watch", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def watch(self, run_watch: RunWatch) -> None:
+        with self._lock:
+            self._watches.append(run_watch)
+        if run_watch.flush_every() < RunWatch.poll_every():
+            # Its live output is flushed more often than the thread wakes by itself.
+            self._wake.set()
+
+    def forget(self, run_watch: RunWatch) -> None:
+        with self._lock:
+            if run_watch in self._watches:
+                self._watches.remove(run_watch)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                watches = list(self._watches)
+            wait = min([RunWatch.poll_every(), *(w.flush_every() for w in watches)])
+            if watches:
+                now = time.monotonic()
+                due = min(min(w._next_poll, w._next_flush if w.live is not None else w._next_poll) for w in watches)
+                wait = max(0.0, min(wait, due - now))
+            self._wake.wait(wait)
+            self._wake.clear()
+            for run_watch in watches:
+                try:
+                    run_watch.tick()
                 except Exception:
-                    # A locked or unreachable database must not kill the run; the next poll tries again.
-                    logger.exception("Run %s: heartbeat failed", self.run.pk)
-                    close_old_connections()
-        finally:
-            connection.close()
+                    logger.exception("Run %s: its watch failed", run_watch.run.pk)
+            if not watches and connection.connection is not None:
+                # Idle: its connection (opened by a job longer than a poll) is not held between jobs.
+                try:
+                    connection.close()
+                except Exception:
+                    logger.exception("The run watch could not close its database connection")
+
+
+_the_watcher: _Watcher | None = None
+_the_watcher_lock = threading.Lock()
+
+
+def _watcher() -> _Watcher:
+    """The process's watch thread, started on first use (again after a fork, where it does not exist)."""
+    global _the_watcher
+    with _the_watcher_lock:
+        if _the_watcher is None or not _the_watcher.alive():
+            _the_watcher = _Watcher()
+        return _the_watcher
