@@ -100,7 +100,7 @@ def trace(args) -> dict[str, list[float]]:
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "bench"), str(root)])
     workers = [start_traced_worker(data_dir, root, number) for number in range(args.workers)]
     try:
-        return measure(args, log)
+        return measure(args, log, [worker.pid for worker in workers])
     finally:
         for worker in workers:
             os.killpg(worker.pid, signal.SIGKILL)
@@ -131,7 +131,16 @@ def start_traced_worker(data_dir: Path, root: Path, number: int):
     )
 
 
-def measure(args, log: Path) -> dict[str, list[float]]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU of the worker processes (not of the runner's children)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure(args, log: Path, pids: list[int]) -> dict[str, list[float]]:
     from django.contrib.auth import get_user_model
     from django.db import transaction
 
@@ -170,10 +179,12 @@ def measure(args, log: Path) -> dict[str, list[float]]:
         one()
     submit.clear()
     time.sleep(0.5)
+    cpu = cpu_seconds(pids)
     for _ in range(args.jobs):
         one()
         time.sleep(0.02)
     time.sleep(0.5)
+    cpu = (cpu_seconds(pids) - cpu) / args.jobs * 1000
     for line in log.read_text().splitlines():
         run_id, step, when = line.split()
         if run_id in submit:
@@ -189,6 +200,8 @@ def measure(args, log: Path) -> dict[str, list[float]]:
             previous = step
         deltas.setdefault("total created -> finished_at", []).append((stamps["finished_at"] - stamps["created"]) * 1000)
         deltas.setdefault("total t0 -> seen", []).append((stamps["seen"] - stamps["t0"]) * 1000)
+    # The worker processes' CPU per job (its idle wake-ups included), outside the runner's children.
+    deltas["worker CPU per job"] = [cpu]
     return deltas
 
 
