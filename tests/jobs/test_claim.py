@@ -125,3 +125,35 @@ def test_two_workers_claiming_at_once_take_one_share_between_them(script):
         assert Run.objects.filter(pk__in=[r.pk for r in runs], status=Run.Status.RUNNING).count() == 1
         Run.objects.filter(pk__in=[r.pk for r in runs]).update(status=Run.Status.SUCCEEDED)
     assert connection.vendor in ("sqlite", "postgresql")
+
+
+def test_the_claim_reads_the_users_most_generous_group_limits(script, settings):
+    """shares.limits_for, read by every claim: the settings, or the most generous override of the user's
+    groups (a group without limits, or a limit left empty, overrides nothing)."""
+    from django.contrib.auth.models import Group
+
+    from scripts_app.models import GroupLimits
+    from scripts_app.services import shares
+
+    settings.OMLWEB_USER_QUOTA_MB = 7
+    user, other = script.owner, UserFactory()
+    assert shares.limits_for(user.pk) == shares.UserLimits(
+        max_sync_runs=settings.OMLWEB_USER_MAX_CONCURRENT_RUNS,
+        max_running_jobs=1,
+        max_queued_jobs=100,
+        quota_bytes=7 * 1024**2,
+    )
+    small, large, bare = (Group.objects.create(name=name) for name in ("small", "large", "bare"))
+    GroupLimits.objects.create(group=small, max_running_jobs=2, quota_mb=50)
+    GroupLimits.objects.create(group=large, max_running_jobs=3, max_queued_jobs=None)
+    user.groups.add(small, large, bare)
+    other.groups.add(bare)
+    limits = shares.limits_for(user.pk)
+    assert (limits.max_running_jobs, limits.max_queued_jobs, limits.quota_bytes) == (3, 100, 50 * 1024**2)
+    assert shares.limits_for(other.pk) == shares.limits_for(UserFactory().pk)
+    first, second, third = queued(script), queued(script), queued(script)
+    assert worker.job_claim(run_id=str(first.pk), worker="w1@test").share_limits == limits
+    assert worker.job_claim(run_id=str(second.pk), worker="w2@test") is not None
+    assert worker.job_claim(run_id=str(third.pk), worker="w3@test") is not None
+    with pytest.raises(worker.JobDeferred):
+        worker.job_claim(run_id=str(queued(script).pk), worker="w4@test")

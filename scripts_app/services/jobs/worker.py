@@ -90,7 +90,8 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
     returned is the row as claimed without reading it again. The user's limits are read once too: the
     share here, the storage quota when the outcome is recorded (`Run.share_limits`)."""
     queued = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True)
-    run = queued.select_related("script_version").first()
+    # No ORDER BY (the model's default ordering, which `first()` adds): one row by its key.
+    run = next(iter(queued.select_related("script_version").order_by()[:1]), None)
     if run is None:
         logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
         return None
