@@ -24,7 +24,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import connection, transaction
-from django.db.models import QuerySet, Sum
+from django.db.models import Field, Model, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from scripts_app import roles
@@ -60,17 +60,26 @@ def limits_for(user_id: int) -> UserLimits:
     return _limits(dict(zip(LIMIT_FIELDS, row, strict=True)))
 
 
+def _column(model: type[Model], name: str) -> str:
+    """A field's column, quoted: for the statements this module writes once per process."""
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field)
+    assert field.column
+    return connection.ops.quote_name(field.column)
+
+
+def _table(model: type[Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
 @functools.cache
 def _limits_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    limits = GroupLimits._meta
-    membership = get_user_model().groups.through._meta
-    group = quote(limits.get_field("group").column)
-    maxima = ", ".join(f"MAX(L.{quote(limits.get_field(name).column)})" for name in LIMIT_FIELDS)
+    membership = get_user_model().groups.through
+    maxima = ", ".join(f"MAX(L.{_column(GroupLimits, name)})" for name in LIMIT_FIELDS)
     return (
-        f"SELECT {maxima} FROM {quote(limits.db_table)} L INNER JOIN {quote(membership.db_table)} M "
-        f"ON L.{group} = M.{quote(membership.get_field('group').column)} "
-        f"WHERE M.{quote(membership.get_field('user').column)} = %s"
+        f"SELECT {maxima} FROM {_table(GroupLimits)} L INNER JOIN {_table(membership)} M "
+        f"ON L.{_column(GroupLimits, 'group')} = M.{_column(membership, 'group')} "
+        f"WHERE M.{_column(membership, 'user')} = %s"
     )
 
 
@@ -112,13 +121,33 @@ def lock_user(user_id: int) -> int:
     PostgreSQL returns a row locked FOR UPDATE as the last transaction that held it left it, which a
     value read through a join or a subquery of the locked statement is not.
     """
-    locked = StorageUsage.objects.select_for_update().filter(user=user_id).values_list("used_bytes", flat=True)
-    used = next(iter(locked), None)
+    used = _locked_usage(user_id)
     if used is None:
         # The user's first lock: their row first (a concurrent first lock waits on this insert).
         StorageUsage.objects.bulk_create([StorageUsage(user_id=user_id)], ignore_conflicts=True)
-        used = next(iter(locked.all()))
+        used = _locked_usage(user_id)
+        assert used is not None, "the row exists: inserted now, or by a concurrent first lock"
     return used
+
+
+def _locked_usage(user_id: int) -> int | None:
+    """`StorageUsage.objects.select_for_update().filter(user=...).values_list("used_bytes")`'s statement,
+    written once per process (every submission and every job's outcome takes this lock: building it
+    through the ORM took longer than the database takes to answer it)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_lock_sql(connection.vendor), [user_id])
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+@functools.cache
+def _lock_sql(vendor: str) -> str:
+    # SQLite has no row locks (and no FOR UPDATE): its IMMEDIATE transaction holds the one write lock.
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    return (
+        f"SELECT {_column(StorageUsage, 'used_bytes')} FROM {_table(StorageUsage)} "
+        f"WHERE {_column(StorageUsage, 'user')} = %s{lock}"
+    )
 
 
 def share_check(*, user, mode: str, limits: UserLimits | None = None) -> None:

@@ -11,6 +11,7 @@ import time
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
+from django.db.models import Field
 from django.utils import timezone
 
 from scripts_app import runner
@@ -123,14 +124,13 @@ def _claim_under_share(run: Run, *, worker: str, now, max_running_jobs: int) -> 
     would send, written once per process (`_claim_sql`): building it through the ORM took 1 to 5 ms of
     every job (resolving the subquery's filters and expressions), five times what the database takes to
     run it. Parameters go through the fields' own conversion, as the ORM's would."""
-    fields = {name: Run._meta.get_field(name) for name in ("id", "started_at")}
-    started = fields["started_at"].get_db_prep_value(now, connection)
+    started = _field("started_at").get_db_prep_value(now, connection)
     params = [
         Run.Status.RUNNING,
         started,
         started,
         worker,
-        fields["id"].get_db_prep_value(run.pk, connection),
+        _field("id").get_db_prep_value(run.pk, connection),
         Run.Status.QUEUED,
         run.attempts,
         Run.Status.QUEUED,
@@ -146,6 +146,13 @@ def _claim_under_share(run: Run, *, worker: str, now, max_running_jobs: int) -> 
         return cursor.rowcount
 
 
+def _field(name: str) -> Field:
+    field = Run._meta.get_field(name)
+    assert isinstance(field, Field)
+    assert field.column
+    return field
+
+
 @functools.cache
 def _claim_sql(vendor: str) -> str:
     """The claiming UPDATE, as the ORM writes it. Its count reads the partial index of active runs
@@ -155,7 +162,7 @@ def _claim_sql(vendor: str) -> str:
     table = quote(Run._meta.db_table)
 
     def name(field: str) -> str:
-        return quote(Run._meta.get_field(field).column)
+        return quote(str(_field(field).column))
 
     def column(field: str, alias: str = table) -> str:
         return f"{alias}.{name(field)}"
