@@ -98,6 +98,16 @@ def test_sync_runs_and_queued_jobs_do_not_count_against_the_share_of_running_job
     assert worker.job_claim(run_id=str(run.pk), worker="w@test") is not None
 
 
+def _claim_at_once(run: Run, name: str, barrier: threading.Barrier, outcomes: dict) -> None:
+    barrier.wait()
+    try:
+        outcomes[name] = worker.job_claim(run_id=str(run.pk), worker=name)
+    except worker.JobDeferred:
+        outcomes[name] = "deferred"
+    finally:
+        connections.close_all()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_workers_claiming_at_once_take_one_share_between_them(script):
     """Under the user's lock, the count and the claim are one statement: of two jobs claimed at the same
@@ -106,17 +116,10 @@ def test_two_workers_claiming_at_once_take_one_share_between_them(script):
         runs = [queued(script), queued(script)]
         outcomes: dict[str, object] = {}
         barrier = threading.Barrier(2)
-
-        def claim(run: Run, name: str) -> None:
-            barrier.wait()
-            try:
-                outcomes[name] = worker.job_claim(run_id=str(run.pk), worker=name)
-            except worker.JobDeferred:
-                outcomes[name] = "deferred"
-            finally:
-                connections.close_all()
-
-        threads = [threading.Thread(target=claim, args=(run, f"w{n}@test")) for n, run in enumerate(runs)]
+        threads = [
+            threading.Thread(target=_claim_at_once, args=(run, f"w{n}@test", barrier, outcomes))
+            for n, run in enumerate(runs)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
