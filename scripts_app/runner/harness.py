@@ -693,7 +693,7 @@ def _probe_error(action) -> str | None:
     return None if os.waitstatus_to_exitcode(status) == 0 else (detail or f"exit status {status}")
 
 
-def _probe_net_namespaces(own_netns: int, prep: dict) -> None:
+def _probe_net_namespaces(own_netns: int) -> None:
     """In a throwaway child: the template can make a run's network namespace, come back, and a
     spare can join it, and a new one reads as untouched."""
     nets = _NetNamespaces(own_netns)
@@ -1134,7 +1134,7 @@ class _NetNamespaces:
     keep a descriptor, go back to its own) and each joined by one spare. When that run has ended —
     its PID namespace gone, so no process is left in it — a namespace it left untouched (no socket,
     not a byte on `lo`: net_namespace_untouched) serves a later run; any other is let go. Making one
-    costs about 0.5 ms of CPU and tearing one down (a kernel worker, after the run) about 0.4 ms
+    costs about 0.5 ms of CPU and tearing one down (a kernel worker, after the run) about 0.5 ms
     more; most runs never open a socket."""
 
     KEEP = SPARES + 2
@@ -1320,7 +1320,7 @@ def zygote_main(control_fd: int, config: dict) -> None:
     nets = None
     if prep["netns"] and use_pidns and not info["spare_error"]:
         own_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        if _probe(lambda: _probe_net_namespaces(own_netns, prep)):
+        if _probe(lambda: _probe_net_namespaces(own_netns)):
             nets = _NetNamespaces(own_netns)
         else:
             os.close(own_netns)
