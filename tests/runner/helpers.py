@@ -1,5 +1,8 @@
 """Shared helpers of the runner's tests."""
 
+import sys
+from pathlib import Path
+
 from scripts_app import runner
 from scripts_app.runner import Job, Limits
 
@@ -17,3 +20,10 @@ def assert_runner_still_works() -> None:
     result = runner.run(make_job("def f():\n    return {'ok': True}\n"))
     assert result.succeeded, result.error_message + result.stderr
     assert result.value == {"ok": True}
+
+
+def bound_back_in_tmp() -> set[str]:
+    """The names a listing of a run's own /tmp shows that no run made: the runs' interpreter (this
+    venv), when it lives under /tmp (a checkout cloned there), is bound back into it, read-only."""
+    prefix = Path(sys.prefix)
+    return {prefix.relative_to("/tmp").parts[0]} if prefix.is_relative_to("/tmp") else set()
