@@ -10,6 +10,8 @@ from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from omlweb import sqlite_checkpoint
+
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
@@ -115,10 +117,15 @@ def sqlite_database(path: Path) -> dict:
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
         # WAL and a busy timeout so the web process and the workers don't trip over "database is locked".
+        # A commit checkpoints the WAL itself only past the backstop: a web process's own thread does it
+        # after the answers that stored large values (omlweb/sqlite_checkpoint.py).
         "OPTIONS": {
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "init_command": (
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; "
+                f"PRAGMA wal_autocheckpoint={sqlite_checkpoint.BACKSTOP_PAGES};"
+            ),
         },
         "TEST": {"NAME": str(path.with_name("test_" + path.name))},
     }

@@ -30,6 +30,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.utils import timezone
 
+from omlweb import sqlite_checkpoint
 from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, Busy, ErrorCode, OmlError
 from scripts_app.models import Run, RunImage
@@ -437,6 +438,8 @@ def _record(run: Run, pieces: list[Piece], failed: Piece | None) -> None:
             run.finish(Run.Status.FAILED, error_code=ErrorCode.QUOTA_EXCEEDED, error_message=refusal)
             return
         run.stored_bytes = size
+        # After the commit, not in the request: the checkpoint of what it wrote (omlweb/sqlite_checkpoint.py).
+        transaction.on_commit(lambda: sqlite_checkpoint.stored(size))
         for piece in pieces:
             result = piece.result
             if whole:
