@@ -101,7 +101,8 @@ def test_the_thread_checkpoints_once_enough_is_stored(options):
     while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert checkpointer.checkpoints == 1
-    assert checkpointer.thread is not None and checkpointer.thread.daemon
+    assert checkpointer.thread is not None
+    assert checkpointer.thread.daemon
 
 
 def test_a_run_tells_the_checkpointer_what_it_stored_after_its_commit(
