@@ -183,9 +183,9 @@ def _count_fast(line: memoryview, frame_orient: str) -> int | None:
         return None
     if count is None:
         return None
-    # No deeper than its opening brackets: a small value needs no count. Measured once the parser's
-    # buffers are freed (with them alive it takes four times as long).
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _nesting(data) > MAX_DEPTH:
+    # Measured once the parser's buffers are freed (with them alive it takes four times as long).
+    # Each level takes two brackets: a short text needs no count.
+    if len(data) > 2 * MAX_DEPTH and _nesting(data) > MAX_DEPTH:
         return None
     return count
 
@@ -217,9 +217,15 @@ def _nesting(data: bytes) -> int:
         data = data.replace(b"\\\\", b"")
     if b"\\" in data:
         data = data.replace(b'\\"', b"")
-    kept = np.frombuffer(data.translate(None, _NOT_STRUCTURE), dtype=np.uint8)
-    if not kept.size:
-        return 0
+    structure = data.translate(None, _NOT_STRUCTURE)
+    # A string with no bracket in it is two quotes side by side here. Pairs dropped from the left leave
+    # no quote only if each pair was one string's own (the first quote opens a string: it can only go
+    # with the next byte, its closing quote; and so on for the next), so what stays is the brackets
+    # outside strings: a DataFrame's records, 0.14 MB of quotes and brackets, become 20 KB of brackets.
+    bare = structure.replace(b'""', b"")
+    if b'"' not in bare:
+        return int(np.cumsum(_STEP[np.frombuffer(bare, dtype=np.uint8)], dtype=np.int64).max())
+    kept = np.frombuffer(structure, dtype=np.uint8)
     steps = _STEP[kept]
     # An odd count of quotes so far: inside a string, where a bracket is text.
     steps[np.cumsum(kept == ord('"'), dtype=np.int64) & 1 == 1] = 0

@@ -259,6 +259,31 @@ def test_nesting_is_check_values_depth():
         assert refused == (depth(value) > MAX_DEPTH)
 
 
+def test_nesting_of_strings_with_and_without_brackets():
+    """Quotes side by side are dropped as strings only when no quote is left over: a bracket in a string,
+    or a closing and an opening quote that meet, never counts (the deep cases past MAX_DEPTH)."""
+    cases = [
+        ["[", "]"],
+        ["]", "["] * 3,
+        [{"a": "", "b": ""}] * 300,
+        [{"a": "[", "b": "]"}] * 300,
+        [["x"] * 3, "[[[[", {"": "}}}}"}] * 50,
+        "[" * 300,
+        ["\"[", '"', "\\", "\\\"", "{\"}"] * 60,
+    ]
+    value: list = []
+    for _ in range(MAX_DEPTH + 5):
+        value = [value, "", "]", ""]
+    cases.append(value)
+    value = []
+    for _ in range(MAX_DEPTH - 3):
+        value = [{"k": value, "": "["}]
+    cases.append(value)
+    for value in cases:
+        for text in (json.dumps(value), json.dumps(value, separators=(",", ":")), json.dumps(value, indent=1)):
+            assert _nesting(text.encode()) == depth(value), text[:80]
+
+
 def depth(value) -> int:
     if isinstance(value, list):
         return 1 + max((depth(item) for item in value), default=0)
