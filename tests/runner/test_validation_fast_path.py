@@ -269,7 +269,7 @@ def test_nesting_of_strings_with_and_without_brackets():
         [{"a": "[", "b": "]"}] * 300,
         [["x"] * 3, "[[[[", {"": "}}}}"}] * 50,
         "[" * 300,
-        ["\"[", '"', "\\", "\\\"", "{\"}"] * 60,
+        ['"[', '"', "\\", '\\"', '{"}'] * 60,
     ]
     value: list = []
     for _ in range(MAX_DEPTH + 5):
