@@ -224,6 +224,8 @@ def _nesting(data: bytes) -> int:
     # outside strings: a DataFrame's records, 0.14 MB of quotes and brackets, become 20 KB of brackets.
     bare = structure.replace(b'""', b"")
     if b'"' not in bare:
+        if not bare:
+            return 0
         return int(np.cumsum(_STEP[np.frombuffer(bare, dtype=np.uint8)], dtype=np.int64).max())
     kept = np.frombuffer(structure, dtype=np.uint8)
     steps = _STEP[kept]
