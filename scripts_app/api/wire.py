@@ -78,9 +78,10 @@ def oml_result_response(run: Run, *, comments: str = "") -> HttpResponse:
     if not run.graphics:
         result = run.result_json if run.result_json is not None else "null"
     elif run.kind != Run.Kind.DO_EVAL:
-        result = dumps(apply_image_records(run))
+        records = apply_image_records(run)
+        result = dump_image_records(records) if isinstance(records, list) else dumps(records)
     else:
-        result = dumps(do_eval_image_records(run))
+        result = dump_image_records(do_eval_image_records(run))
     tail = f',"comments":{dumps(comments)}}}' if comments else "}"
     return HttpResponse(f'{{"result":{result}{tail}'.encode(), content_type="application/json")
 
@@ -88,6 +89,21 @@ def oml_result_response(run: Run, *, comments: str = "") -> HttpResponse:
 def dumps(value: Any) -> str:
     """JSON as the API's renderer writes it (DRF's JSONRenderer: compact, UTF-8, strict)."""
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def dump_image_records(records: list[ImageRecord]) -> str:
+    """`dumps(records)`, with each IMAGE put in as it is (base64 needs no escaping; a figure's 45 KB
+    through the encoder cost about 0.1 ms) and a DATA text the records share encoded once."""
+    parts, last_data, last_text = [], None, ""
+    for record in records:
+        image, data = record["IMAGE"], record["DATA"]
+        if data is not last_data:
+            last_data, last_text = data, dumps(data)
+        image_text = "null" if image is None else f'"{image}"'
+        parts.append(
+            f'{{"IMAGE":{image_text},"DATA":{last_text},"TITLE":{dumps(record["TITLE"])},"ID":{int(record["ID"])}}}'
+        )
+    return "[" + ",".join(parts) + "]"
 
 
 def do_eval_image_records(run: Run) -> list[ImageRecord]:

@@ -156,3 +156,20 @@ def test_an_outcome_that_does_not_commit_leaves_no_file(alice, alice_api, monkey
     assert run.status != Run.Status.SUCCEEDED
     assert not RunImage.objects.exists()
     assert stored_files(settings, run.pk) == []
+
+
+def test_the_records_text_is_what_dumps_writes():
+    """The answer's records are written with each IMAGE put in as it is: the same text as `dumps`,
+    for hostile titles and values and a record without an image."""
+    from scripts_app.api.wire import ImageRecord, dump_image_records, dumps
+
+    data = json.dumps({"caf\u00e9": '\u2603 "quoted" \\ \n', "n": [1, 2.5, None]}, ensure_ascii=False)
+    titles = [None, "", 'a "quote" \\ and \u2603', "line\nbreak", "\u2028"]
+    records = [
+        ImageRecord(IMAGE=base64.b64encode(bytes([i]) * (i + 4)).decode(), DATA=data, TITLE=title, ID=i + 1)
+        for i, title in enumerate(titles)
+    ]
+    records.append(ImageRecord(IMAGE=None, DATA="null", TITLE=None, ID=7))
+    assert dump_image_records(records) == dumps(records)
+    assert json.loads(dump_image_records(records)) == records
+    assert dump_image_records([]) == dumps([])
