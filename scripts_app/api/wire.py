@@ -123,7 +123,9 @@ def apply_image_records(run: Run) -> list[ImageRecord] | dict[str, list[ImageRec
         out: list[ImageRecord] = []
         for entry in entries:
             data = json.dumps(entry.get("value"))
-            figures = [images[p] for p in entry.get("figures", []) if p in images] or [None]
+            figures: list[tuple[str | None, bytes] | None] = [
+                images[p] for p in entry.get("figures", []) if p in images
+            ] or [None]
             for figure in figures:
                 out.append(
                     ImageRecord(

@@ -558,6 +558,7 @@ def save_figures(run: Run, figures: list[runner.Figure], *, after: int = 0) -> l
             raise FiguresNotStored(
                 f"The service could not store figure {position} of the run; nothing of the run was kept."
             ) from error
+        assert image.image.name, "a saved file has its name"
         run.kept_images.append(KeptImage(position, figure.title, image.image.name, figure.png))
         images.append(image)
     if images:
