@@ -487,6 +487,9 @@ class Run(models.Model):
     # Not a field: the submitter's limits (services.shares.UserLimits) read when this request recorded the
     # run, so that recording its outcome checks the quota without reading them again.
     share_limits: Any = None
+    # Not a field: the figures this process stored for the run's outcome (services.execution.KeptImage),
+    # in position order, so that its answer encodes the bytes at hand instead of reading the files back.
+    kept_images: Any = None
 
     @property
     def is_finished(self) -> bool:

@@ -78,9 +78,10 @@ def oml_result_response(run: Run, *, comments: str = "") -> HttpResponse:
     if not run.graphics:
         result = run.result_json if run.result_json is not None else "null"
     elif run.kind != Run.Kind.DO_EVAL:
-        result = dumps(apply_image_records(run))
+        records = apply_image_records(run)
+        result = dump_image_records(records) if isinstance(records, list) else dumps(records)
     else:
-        result = dumps(do_eval_image_records(run))
+        result = dump_image_records(do_eval_image_records(run))
     tail = f',"comments":{dumps(comments)}}}' if comments else "}"
     return HttpResponse(f'{{"result":{result}{tail}'.encode(), content_type="application/json")
 
@@ -90,30 +91,47 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+def dump_image_records(records: list[ImageRecord]) -> str:
+    """`dumps(records)`, with each IMAGE put in as it is (base64 needs no escaping; a figure's 45 KB
+    through the encoder cost about 0.1 ms) and a DATA text the records share encoded once."""
+    parts, last_data, last_text = [], None, ""
+    for record in records:
+        image, data = record["IMAGE"], record["DATA"]
+        if data is not last_data:
+            last_data, last_text = data, dumps(data)
+        image_text = "null" if image is None else f'"{image}"'
+        parts.append(
+            f'{{"IMAGE":{image_text},"DATA":{last_text},"TITLE":{dumps(record["TITLE"])},"ID":{int(record["ID"])}}}'
+        )
+    return "[" + ",".join(parts) + "]"
+
+
 def do_eval_image_records(run: Run) -> list[ImageRecord]:
     """A do-eval run with graphicsFlag: one record per figure, each with the value's JSON text as DATA."""
     data = run.result_json if run.result_json is not None else "null"
-    images = list(run.images.all())
+    images = _images(run)
     if not images:
         return [ImageRecord(IMAGE=None, DATA=data, TITLE=None, ID=1)]
-    return [ImageRecord(IMAGE=_base64(image), DATA=data, TITLE=image.title, ID=image.position) for image in images]
+    return [ImageRecord(IMAGE=_base64(png), DATA=data, TITLE=title, ID=position) for position, title, png in images]
 
 
 def apply_image_records(run: Run) -> list[ImageRecord] | dict[str, list[ImageRecord]]:
     """An apply run with graphicsFlag: image records per piece, keyed per group for group-apply."""
-    images = {image.position: image for image in run.images.all()}
+    images = {position: (title, png) for position, title, png in _images(run)}
 
     def records(entries: list[dict]) -> list[ImageRecord]:
         out: list[ImageRecord] = []
         for entry in entries:
             data = json.dumps(entry.get("value"))
-            figures: list[RunImage | None] = [images[p] for p in entry.get("figures", []) if p in images] or [None]
-            for image in figures:
+            figures: list[tuple[str | None, bytes] | None] = [
+                images[p] for p in entry.get("figures", []) if p in images
+            ] or [None]
+            for figure in figures:
                 out.append(
                     ImageRecord(
-                        IMAGE=_base64(image) if image else None,
+                        IMAGE=_base64(figure[1]) if figure else None,
                         DATA=data,
-                        TITLE=image.title if image else None,
+                        TITLE=figure[0] if figure else None,
                         ID=len(out) + 1,
                     )
                 )
@@ -124,9 +142,23 @@ def apply_image_records(run: Run) -> list[ImageRecord] | dict[str, list[ImageRec
     return records(run.pieces)
 
 
-def _base64(image: RunImage) -> str:
+def _images(run: Run) -> list[tuple[int, str | None, bytes]]:
+    """The run's figures in position order: (position, title, PNG bytes). A run this process has just
+    recorded carries what it stored (`Run.kept_images`, written and committed before it is answered);
+    any other is read from its rows and files."""
+    if run.kept_images is not None:
+        return [(image.position, image.title, image.png) for image in run.kept_images]
+    # Ordered by position alone: the model's ordering starts with the run, which joins the run's table.
+    return [(image.position, image.title, _read(image)) for image in run.images.order_by("position")]
+
+
+def _read(image: RunImage) -> bytes:
     with image.image.open("rb") as file:
-        return base64.b64encode(file.read()).decode("ascii")
+        return file.read()
+
+
+def _base64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
 
 
 def run_error(run: Run) -> OmlError:

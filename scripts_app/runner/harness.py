@@ -355,8 +355,8 @@ def _save_png(figure, buffer) -> None:
         figure.savefig(buffer, format="png")
 
 
-def collect_figures(limits: dict) -> list[dict]:
-    """Every figure still open, in figure-number order, as PNG with its title."""
+def collect_figures(limits: dict) -> list[tuple[str | None, bytes]]:
+    """Every figure still open, in figure-number order: its title and its PNG in base64."""
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is None:
         return []
@@ -381,8 +381,19 @@ def collect_figures(limits: dict) -> list[dict]:
                 "image_too_large",
                 f"Figure {position} is {len(png)} bytes as PNG, over the limit of {limits['max_image_bytes']} bytes",
             )
-        figures.append({"title": _figure_title(figure), "png": base64.b64encode(png).decode("ascii")})
+        figures.append((_figure_title(figure), base64.b64encode(png)))
     return figures
+
+
+def figures_line(figures: list[tuple[str | None, bytes]]) -> bytes:
+    """The document's figures line, the bytes `json.dumps` writes for `[{"title", "png"}, ...]`: base64
+    needs no escaping, so only the titles go through the encoder (a figure's 45 KB through it cost
+    about 0.1 ms)."""
+    return (
+        b"["
+        + b", ".join(b'{"title": ' + json.dumps(title).encode() + b', "png": "' + png + b'"}' for title, png in figures)
+        + b"]"
+    )
 
 
 def _flush_std_streams() -> None:
@@ -413,7 +424,7 @@ def execute(job: dict, result_fd: int, *, seq: int | None = None) -> None:
     pid = os.getpid()
     meta = {"outcome": "SUCCEEDED", "failure": None, "error_message": "", "traceback": ""}
     value_text = "null"
-    figures: list[dict] = []
+    figures: list[tuple[str | None, bytes]] = []
     try:
         value = call_user_function(job)
         if os.getpid() != pid:
@@ -442,7 +453,7 @@ def execute(job: dict, result_fd: int, *, seq: int | None = None) -> None:
     parts = [
         json.dumps(meta, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n",
         value_text.encode("utf-8", "surrogatepass"),
-        b"\n" + json.dumps(figures).encode(),
+        b"\n" + figures_line(figures),
     ]
     if seq is not None:
         parts.insert(0, PIECE_RESULT.pack(seq, sum(map(len, parts))))

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -117,7 +117,15 @@ def execute_run(
             failed = pieces[0]
             failed.status = "BUSY"
             failed.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
-    _record(run, pieces, failed)
+    try:
+        _record(run, pieces, failed)
+    except BaseException as error:
+        # Nothing of the outcome was committed: the figures' files written for it go too.
+        discard_kept_images(run)
+        if isinstance(error, FiguresNotStored):
+            run.stored_bytes = 0
+            run.finish(Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        raise
     if failed is not None and failed.error is not None:
         raise failed.error
     if failed is not None and failed.status == "BUSY":
@@ -518,12 +526,57 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat()
 
 
+class KeptImage(NamedTuple):
+    """A figure stored for a run's outcome: its row's position and title, its file's name and bytes."""
+
+    position: int
+    title: str | None
+    name: str
+    png: bytes
+
+
+class FiguresNotStored(OmlError):
+    """A figure's file could not be written: the run is failed, nothing of its outcome kept."""
+
+    status = 500
+    code = ErrorCode.INTERNAL
+
+
 def save_figures(run: Run, figures: list[runner.Figure], *, after: int = 0) -> list[int]:
-    """Keep figures as the run's images, numbered on from `after` (OML's ID); returns their positions."""
-    positions = []
+    """Keep figures as the run's images, numbered on from `after` (OML's ID); returns their positions.
+
+    Call inside the transaction that records the outcome: each file is written before that commits,
+    the rows in one INSERT. What was stored is kept on the run (`Run.kept_images`): the answer encodes
+    those bytes, and `discard_kept_images` removes the files when the transaction does not commit."""
+    if run.kept_images is None:
+        run.kept_images = []
+    images = []
     for position, figure in enumerate(figures, start=after + 1):
         image = RunImage(run=run, position=position, title=figure.title)
-        image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
-        image.save()
-        positions.append(position)
-    return positions
+        try:
+            # The storage's own save: a name no other attempt of the run has written (it never overwrites).
+            image.image.save(f"{position}.png", ContentFile(figure.png), save=False)
+        except Exception as error:
+            logger.exception("Run %s: figure %s could not be stored", run.pk, position)
+            raise FiguresNotStored(
+                f"The service could not store figure {position} of the run; nothing of the run was kept."
+            ) from error
+        assert image.image.name, "a saved file has its name"
+        run.kept_images.append(KeptImage(position, figure.title, image.image.name, figure.png))
+        images.append(image)
+    if images:
+        RunImage.objects.bulk_create(images)
+    return [image.position for image in images]
+
+
+def discard_kept_images(run: Run) -> None:
+    """Remove the files `save_figures` wrote for an outcome whose transaction did not commit."""
+    kept, run.kept_images = run.kept_images or [], None
+    if not kept:
+        return
+    storage = RunImage._meta.get_field("image").storage
+    for image in kept:
+        try:
+            storage.delete(image.name)
+        except Exception:
+            logger.exception("Run %s: the file of figure %s could not be removed", run.pk, image.position)

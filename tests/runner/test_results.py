@@ -186,6 +186,54 @@ def f():
     assert all(_png_ok(figure) for figure in result.figures)
 
 
+def test_a_figure_is_the_bytes_agg_savefig_writes(mode, run):
+    """The PNG that comes back is byte for byte what matplotlib's Agg savefig writes for the same
+    figure here (zlib level 1, as the harness saves it), whatever the title holds."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    title = 'sine "quoted" \\ caf\u00e9 \u2603'
+    draw = f"""
+import numpy as np
+import matplotlib.pyplot as plt
+def f():
+    x = np.linspace(0, 10, 100)
+    plt.figure()
+    plt.plot(x, np.sin(x))
+    plt.title({title!r})
+    return 1
+"""
+    result = run(draw, graphics=True)
+    assert result.succeeded, result.error_message + result.stderr
+    [figure] = result.figures
+    assert figure.title == title
+    x = np.linspace(0, 10, 100)
+    here = plt.figure()
+    plt.plot(x, np.sin(x))
+    plt.title(title)
+    buffer = io.BytesIO()
+    here.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
+    plt.close(here)
+    assert figure.png == buffer.getvalue()
+
+
+def test_the_figures_line_is_what_json_dumps_writes():
+    """The harness writes the figures line itself (base64 needs no escaping): the same bytes as
+    json.dumps, for any title."""
+    from scripts_app.runner import harness
+
+    titles = [None, "", "plain", 'a "quote" and \\', "caf\u00e9 \u2603", "line\nbreak", "\ud800 lone", "\x00nul"]
+    figures = [(title, base64.b64encode(bytes([i]) * (i + 3))) for i, title in enumerate(titles)]
+    expected = json.dumps([{"title": title, "png": png.decode()} for title, png in figures]).encode()
+    assert harness.figures_line(figures) == expected
+    assert harness.figures_line([]) == b"[]" == json.dumps([]).encode()
+
+
 def test_figures_are_not_returned_without_graphics(run):
     """With graphics off, open figures are not rendered."""
     result = run("import matplotlib.pyplot as plt\ndef f():\n    plt.plot([1])\n", graphics=False)
