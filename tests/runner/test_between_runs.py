@@ -679,20 +679,18 @@ def test_spares_forked_ahead_and_not_yet_told_to_prepare_leave_with_their_templa
     # bwrap, then bwrap's PID 1 in the sandbox, then the template.
     while Path(f"/proc/{template}/cmdline").read_bytes().split(b"\0")[0].endswith(b"bwrap"):
         template = _children(template)[0]
+    deadline = time.monotonic() + 10
+    while len(spares := _children(template)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 2 <= len(spares) <= SPARES, spares
     # A spare not yet told is still in the template's own mount namespace; a prepared one has its own.
     own = os.stat(f"/proc/{template}/ns/mnt").st_ino
-    deadline = time.monotonic() + 10
-    while True:
-        spares = _children(template)
-        try:
-            prepared = [pid for pid in spares if os.stat(f"/proc/{pid}/ns/mnt").st_ino != own]
-        except FileNotFoundError:
-            prepared = []  # the last run's child, still exiting
-        settled = 2 <= len(spares) <= SPARES and len(prepared) == min(len(spares), PREPARED)
-        if settled or time.monotonic() > deadline:
+    while time.monotonic() < deadline:
+        prepared = [pid for pid in spares if os.stat(f"/proc/{pid}/ns/mnt").st_ino != own]
+        if len(prepared) == min(len(spares), PREPARED):
             break
         time.sleep(0.05)
-    assert settled, (spares, prepared)
+    assert len(prepared) == min(len(spares), PREPARED), (spares, prepared)
     runner.shutdown()
     deadline = time.monotonic() + 15
     while (left := [pid for pid in spares if os.path.exists(f"/proc/{pid}")]) and time.monotonic() < deadline:
