@@ -1068,15 +1068,8 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
 
 # Spares kept ready. A spare's preparation (namespaces, mounts, cgroup, filter: a few ms of CPU, and
 # a new network namespace waits while the kernel tears down the previous run's) can outlast one
-# short run; two prepared give each the time of two runs, so back-to-back runs never wait for one.
-PREPARED = 2
-# Spares forked, in batches once SPARES_LOW are left. After every fork, each page the template then
-# writes (reference counts of whatever its loop touches) is copied on its first write: forking the
-# batch back to back pays that once a batch, not once a run (about 260 -> 150 faults a run). A
-# spare prepares only when told (PREPARED ahead), so the batch's preparations do not all compete
-# with the running runs for the CPU at once.
-SPARES = 4
-SPARES_LOW = 1
+# short run; two give each spare the time of two runs, so back-to-back runs never wait for one.
+SPARES = 2
 
 
 class _Spare:
@@ -1085,20 +1078,6 @@ class _Spare:
         self.sock = sock
         self.cgroup = cgroup
         self.netns = netns
-        self.told = False
-
-    def prepare(self) -> None:
-        """Tell the spare to set up its run's bounds now (once)."""
-        if not self.told:
-            self.told = True
-            # A spare that died unexpectedly shows up as a run that crashed.
-            with contextlib.suppress(OSError):
-                self.sock.send(b"p")
-
-
-def _prepare_ahead(spares: list[_Spare]) -> None:
-    for spare in spares[:PREPARED]:
-        spare.prepare()
 
 
 # /proc/self/net/sockstat and sockstat6: every count of a network namespace no socket was ever left
@@ -1262,9 +1241,6 @@ def _make_spare(use_pidns: bool, own_pidns: int, prep: dict, cgroups: _Cgroups, 
             _close_other_fds({child_end.fileno(), *(fd for _, fd in dirs), *([netns] if netns is not None else [])})
             os.setsid()
             reseed_random()
-            # Told to prepare (or the template is gone: nothing to do).
-            if not child_end.recv(1):
-                os._exit(0)
             tmp_bytes = prepare_spare(prep, dirs, netns)
             message, fds, _, _ = socket.recv_fds(child_end, 1 << 16, 8)
         except BaseException:  # noqa: BLE001
@@ -1412,8 +1388,6 @@ def zygote_main(control_fd: int, config: dict) -> None:
                         os.chown(workdir, header["uid"], header["uid"])
                     header["workdir"] = workdir
                 spare = spares.pop(0) if spares else _make_spare(use_pidns, own_pidns, prep, cgroups, nets)
-                spare.prepare()
-                _prepare_ahead(spares)
                 # A spare that died unexpectedly shows up as a run that crashed.
                 with contextlib.suppress(OSError):
                     socket.send_fds(spare.sock, [json.dumps(header).encode()], fds[:4])
@@ -1449,12 +1423,10 @@ def zygote_main(control_fd: int, config: dict) -> None:
             if now >= run.deadline:
                 run.kill("timeout")
                 run.deadline = now + 3600
-        # Fork the next runs' children ahead of time, so a fork is never on a run's critical path
-        # (a batch: see SPARES); remove finished runs' cgroups only when no run is waiting.
-        if len(spares) <= SPARES_LOW:
-            while len(spares) < SPARES:
-                spares.append(_make_spare(use_pidns, own_pidns, prep, cgroups, nets))
-            _prepare_ahead(spares)
+        # Fork the next run's child ahead of time, so a fork is never on a run's critical path;
+        # remove finished runs' cgroups, also only when no run is waiting.
+        while len(spares) < SPARES and not selector.select(0):
+            spares.append(_make_spare(use_pidns, own_pidns, prep, cgroups, nets))
         if cgroups.to_remove and not selector.select(0):
             cgroups.remove_finished()
 
