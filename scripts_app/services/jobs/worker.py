@@ -94,13 +94,11 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
     The row is read once, before the claim; the claim is conditional on the attempt read, so the run
     returned is the row as claimed without reading it again. The user's limits are read once too: the
     share here, the storage quota when the outcome is recorded (`Run.share_limits`)."""
-    queued = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True)
     run = _read_queued(run_id)
     if run is None:
         logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
         return None
     limits = shares.limits_for(run.user_id)
-    this_attempt = queued.filter(attempts=run.attempts)
     now = timezone.now()
     outcome = _claim_in_one_round_trip(run, worker=worker, now=now, max_running_jobs=limits.max_running_jobs)
     if outcome is None:
@@ -109,7 +107,7 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
             # Counted and claimed in one statement, under the user's lock: two workers cannot both take
             # the last share (running async jobs of the user at the run's level).
             claimed = _claim_under_share(run, worker=worker, now=now, max_running_jobs=limits.max_running_jobs)
-            deferred = not claimed and this_attempt.exists()
+            deferred = not claimed and _attempt_queued(run)
     else:
         claimed, deferred = outcome
     if deferred:
@@ -122,6 +120,13 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
     run.attempts += 1
     run.share_limits = limits
     return run
+
+
+def _attempt_queued(run: Run) -> bool:
+    """Whether the attempt read is still queued (and not cancelled)."""
+    return Run.objects.filter(
+        pk=run.pk, status=Run.Status.QUEUED, cancel_requested_at__isnull=True, attempts=run.attempts
+    ).exists()
 
 
 def _read_queued(run_id: str) -> Run | None:
