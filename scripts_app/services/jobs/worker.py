@@ -194,7 +194,8 @@ def _queued_read(alias: str) -> _CompiledRead:
         init_list=[column[0].target.attname for column in select[start:end]],
         start=start,
         end=end,
-        related=get_related_populators(klass_info, select, alias),
+        # django-stubs describe Django 6's signature (a fetch mode); 5.2's has none.
+        related=get_related_populators(klass_info, select, alias),  # type: ignore[call-arg]
     )
 
 
