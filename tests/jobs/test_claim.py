@@ -160,3 +160,102 @@ def test_the_claim_reads_the_users_most_generous_group_limits(script, settings):
     assert worker.job_claim(run_id=str(third.pk), worker="w3@test") is not None
     with pytest.raises(worker.JobDeferred):
         worker.job_claim(run_id=str(queued(script).pk), worker="w4@test")
+
+
+def test_the_claims_read_builds_the_run_as_the_orm_does(script, django_assert_num_queries):
+    """worker._read_queued (its query compiled once per process): every field as the ORM's read gives it,
+    the script version with it, and nothing for a run that is not queued or does not exist."""
+    run = queued(script, service="HIGH")
+    expected = Run.objects.select_related("script_version").get(pk=run.pk)
+    for _ in range(2):
+        with django_assert_num_queries(1):
+            read = worker._read_queued(str(run.pk))
+            assert read.script_version.source == expected.script_version.source
+        for field in Run._meta.concrete_fields:
+            assert getattr(read, field.attname) == getattr(expected, field.attname), field.name
+        assert read._state.db == expected._state.db
+        assert not read._state.adding
+    Run.objects.filter(pk=run.pk).update(cancel_requested_at=timezone.now())
+    assert worker._read_queued(str(run.pk)) is None
+    assert worker._read_queued(str(queued(script).pk)) is not None
+    assert worker._read_queued("00000000-0000-0000-0000-000000000001") is None
+
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the claim's one round trip is PostgreSQL's (DATABASE_URL)"
+)
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_the_claim_in_one_round_trip_is_conditional_on_the_attempt_read(script, monkeypatch):
+    """PostgreSQL's one-string claim: a run requeued between the read and the claim is not claimed, and a
+    user at their share is deferred, as on the general path; the claim is one statement to the server."""
+    run = queued(script)
+    real = worker._read_queued
+
+    def read_then_moved_on(run_id):
+        read = real(run_id)
+        Run.objects.filter(pk=read.pk).update(attempts=read.attempts + 1)
+        return read
+
+    monkeypatch.setattr(worker, "_read_queued", read_then_moved_on)
+    assert worker.job_claim(run_id=str(run.pk), worker="w@test") is None
+    assert Run.objects.get(pk=run.pk).status == Run.Status.QUEUED
+    monkeypatch.setattr(worker, "_read_queued", real)
+    assert worker.job_claim(run_id=str(run.pk), worker="w@test").attempts == 2
+    with pytest.raises(worker.JobDeferred):
+        worker.job_claim(run_id=str(queued(script).pk), worker="w2@test")
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_claim_in_one_round_trip_leaves_no_transaction_and_no_lock(script, monkeypatch):
+    """A statement of the string that fails aborts the transaction it opened: rolled back, the user's lock
+    released, the connection usable, the run still queued."""
+    from scripts_app.models import StorageUsage
+
+    run = queued(script)
+    real = worker._claim_params
+    monkeypatch.setattr(worker, "_claim_params", lambda *a, **k: [*real(*a, **k)[:-1], "not a number"])
+    with pytest.raises(Exception, match="not a number"):
+        worker.job_claim(run_id=str(run.pk), worker="w@test")
+    assert not connection.in_atomic_block
+    assert connection.connection.info.transaction_status == 0  # idle: no transaction left open
+    locked = {}
+
+    def lock_elsewhere():
+        try:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("BEGIN")
+                cursor.execute(
+                    f"SELECT 1 FROM {StorageUsage._meta.db_table} WHERE user_id = %s FOR UPDATE NOWAIT",
+                    [script.owner_id],
+                )
+                locked["row"] = cursor.fetchone()
+                cursor.execute("ROLLBACK")
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=lock_elsewhere)
+    thread.start()
+    thread.join()
+    assert locked["row"] == (1,)
+    monkeypatch.setattr(worker, "_claim_params", real)
+    assert Run.objects.get(pk=run.pk).status == Run.Status.QUEUED
+    assert worker.job_claim(run_id=str(run.pk), worker="w@test") is not None
+
+
+@postgresql_only
+@pytest.mark.django_db(transaction=True)
+def test_a_user_without_the_locks_row_is_claimed_on_the_general_path(script):
+    """Without the user's StorageUsage row the one-string claim locks nothing, so it claims nothing: the
+    general path makes the row, locks it and claims."""
+    from scripts_app.models import StorageUsage
+
+    run = queued(script)
+    StorageUsage.objects.filter(user_id=script.owner_id).delete()
+    assert worker._claim_in_one_round_trip(run, worker="w@test", now=timezone.now(), max_running_jobs=1) is None
+    assert Run.objects.get(pk=run.pk).status == Run.Status.QUEUED
+    assert worker.job_claim(run_id=str(run.pk), worker="w@test") is not None
+    assert StorageUsage.objects.filter(user_id=script.owner_id).exists()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import random
 import threading
 import time
+import uuid
+from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection, connections, transaction
 from django.db.models import Field
+from django.db.models.query import get_related_populators
 from django.utils import timezone
 
 from scripts_app import runner
@@ -90,22 +94,24 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
     The row is read once, before the claim; the claim is conditional on the attempt read, so the run
     returned is the row as claimed without reading it again. The user's limits are read once too: the
     share here, the storage quota when the outcome is recorded (`Run.share_limits`)."""
-    queued = Run.objects.filter(pk=run_id, status=Run.Status.QUEUED, cancel_requested_at__isnull=True)
-    # No ORDER BY (the model's default ordering, which `first()` adds): one row by its key.
-    run = next(iter(queued.select_related("script_version").order_by()[:1]), None)
+    run = _read_queued(run_id)
     if run is None:
         logger.info("Run %s: not queued any more (finished, held by another worker, or deleted); skipped", run_id)
         return None
     limits = shares.limits_for(run.user_id)
-    this_attempt = queued.filter(attempts=run.attempts)
     now = timezone.now()
-    with transaction.atomic():
-        _lock_user_for_claim(run.user_id)
-        # Counted and claimed in one statement, under the user's lock: two workers cannot both take the
-        # last share (running async jobs of the user at the run's level).
-        claimed = _claim_under_share(run, worker=worker, now=now, max_running_jobs=limits.max_running_jobs)
-        if not claimed and this_attempt.exists():
-            raise JobDeferred(run_id)
+    outcome = _claim_in_one_round_trip(run, worker=worker, now=now, max_running_jobs=limits.max_running_jobs)
+    if outcome is None:
+        with transaction.atomic():
+            _lock_user_for_claim(run.user_id)
+            # Counted and claimed in one statement, under the user's lock: two workers cannot both take
+            # the last share (running async jobs of the user at the run's level).
+            claimed = _claim_under_share(run, worker=worker, now=now, max_running_jobs=limits.max_running_jobs)
+            deferred = not claimed and _attempt_queued(run)
+    else:
+        claimed, deferred = outcome
+    if deferred:
+        raise JobDeferred(run_id)
     if not claimed:
         logger.info("Run %s: not queued any more (claimed by another worker, or deleted); skipped", run_id)
         return None
@@ -116,6 +122,83 @@ def job_claim(*, run_id: str, worker: str) -> Run | None:
     return run
 
 
+def _attempt_queued(run: Run) -> bool:
+    """Whether the attempt read is still queued (and not cancelled)."""
+    return Run.objects.filter(
+        pk=run.pk, status=Run.Status.QUEUED, cancel_requested_at__isnull=True, attempts=run.attempts
+    ).exists()
+
+
+def _read_queued(run_id: str) -> Run | None:
+    """The queued run with its script version, as `Run.objects.filter(pk=run_id, status=QUEUED,
+    cancel_requested_at__isnull=True).select_related("script_version")` reads it (no ORDER BY: one row by
+    its key), through that query compiled once per process (`_queued_read`): compiling it took about a
+    millisecond of every job, more than the database takes to answer. The row goes through the
+    compiler's own converters and Django's own model and related-object construction."""
+    read = _queued_read(connection.alias)
+    params = list(read.params)
+    params[read.key_at] = _field("id").get_db_prep_value(_uuid(run_id), connection)
+    with connection.cursor() as cursor:
+        cursor.execute(read.sql, params)
+        rows = cursor.fetchmany(1)
+    if not rows:
+        return None
+    [row] = read.compiler.results_iter(results=[rows])
+    run = Run.from_db(connection.alias, read.init_list, row[read.start : read.end])
+    for populator in read.related:
+        populator.populate(row, run)
+    return run
+
+
+def _uuid(value: str) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class _CompiledRead:
+    sql: str
+    params: tuple
+    key_at: int
+    compiler: Any
+    init_list: list[str]
+    start: int
+    end: int
+    related: list
+
+
+# A key no run has: compiled in its place, then replaced by each job's run id.
+_NO_RUN = uuid.UUID(int=0)
+
+
+@functools.cache
+def _queued_read(alias: str) -> _CompiledRead:
+    """`_read_queued`'s query compiled once, with what ModelIterable takes from its compiler to build rows."""
+    query = (
+        Run.objects.using(alias)
+        .filter(pk=_NO_RUN, status=Run.Status.QUEUED, cancel_requested_at__isnull=True)
+        .select_related("script_version")
+        .order_by()[:1]
+    ).query
+    compiler = query.get_compiler(using=alias)
+    sql, params = compiler.as_sql()
+    key = _field("id").get_db_prep_value(_NO_RUN, connections[alias])
+    [key_at] = [position for position, param in enumerate(params) if param == key]
+    klass_info, select = compiler.klass_info, compiler.select
+    fields = klass_info["select_fields"]
+    start, end = fields[0], fields[-1] + 1
+    return _CompiledRead(
+        sql=sql,
+        params=tuple(params),
+        key_at=key_at,
+        compiler=compiler,
+        init_list=[column[0].target.attname for column in select[start:end]],
+        start=start,
+        end=end,
+        # django-stubs describe Django 6's signature (a fetch mode); 5.2's has none.
+        related=get_related_populators(klass_info, select, alias),  # type: ignore[call-arg]
+    )
+
+
 def _claim_under_share(run: Run, *, worker: str, now, max_running_jobs: int) -> int:
     """`RunQuerySet.claim` of this attempt of the run, on condition that its user runs fewer than
     `max_running_jobs` async jobs at its level: 1 when claimed, else 0.
@@ -124,8 +207,17 @@ def _claim_under_share(run: Run, *, worker: str, now, max_running_jobs: int) -> 
     would send, written once per process (`_claim_sql`): building it through the ORM took 1 to 5 ms of
     every job (resolving the subquery's filters and expressions), five times what the database takes to
     run it. Parameters go through the fields' own conversion, as the ORM's would."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _claim_sql(connection.vendor),
+            _claim_params(run, worker=worker, now=now, max_running_jobs=max_running_jobs),
+        )
+        return cursor.rowcount
+
+
+def _claim_params(run: Run, *, worker: str, now, max_running_jobs: int) -> list:
     started = _field("started_at").get_db_prep_value(now, connection)
-    params = [
+    return [
         Run.Status.RUNNING,
         started,
         started,
@@ -141,9 +233,67 @@ def _claim_under_share(run: Run, *, worker: str, now, max_running_jobs: int) -> 
         Run.Status.RUNNING,
         max_running_jobs,
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(_claim_sql(connection.vendor), params)
-        return cursor.rowcount
+
+
+def _claim_in_one_round_trip(run: Run, *, worker: str, now, max_running_jobs: int) -> tuple[bool, bool] | None:
+    """PostgreSQL: the claim's transaction as one query string, one round trip where Django's atomic block
+    takes four (BEGIN, the lock, the claim, COMMIT; and the deferral's check): `(claimed, deferred)`.
+
+    The same statements in the same order: the user's lock (with the asynchronous commit,
+    `_lock_user_for_claim`), then the claiming `UPDATE` (`_claim_under_share`), then whether this attempt
+    is still queued. In PostgreSQL's READ COMMITTED each statement of the string reads a snapshot taken
+    when it starts, so the claim's count, after the lock, sees every claim committed before it, as
+    before. The claim holds only when the lock statement locked the user's row (it sets a setting local
+    to this transaction that the claim checks). None, nothing done, when the general path must take it:
+    not PostgreSQL, inside a transaction already, a cursor that binds on the server (one statement a
+    query), or a user without the lock's row yet (shares.lock_user makes it)."""
+    if (
+        connection.vendor != "postgresql"
+        or connection.in_atomic_block
+        or not connection.get_autocommit()
+        or connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+    ):
+        return None
+    key = _field("id").get_db_prep_value(run.pk, connection)
+    token = str(run.pk)
+    params = [token, run.user_id, *_claim_params(run, worker=worker, now=now, max_running_jobs=max_running_jobs)]
+    params += [token, key, Run.Status.QUEUED, run.attempts]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_claim_transaction_sql(), params)
+            cursor.nextset()  # BEGIN -> the lock
+            locked = cursor.fetchone() is not None
+            cursor.nextset()  # -> the claim
+            claimed = cursor.rowcount == 1
+            cursor.nextset()  # -> this attempt still queued
+            [still_queued] = cursor.fetchone()
+    except BaseException:
+        # A statement failed: the rest of the string was skipped, the transaction is open and aborted.
+        with contextlib.suppress(Exception), connection.cursor() as cursor:
+            cursor.execute("ROLLBACK")
+        raise
+    if not locked:
+        assert not claimed
+        return None
+    return claimed, not claimed and still_queued
+
+
+@functools.cache
+def _claim_transaction_sql() -> str:
+    quote = connection.ops.quote_name
+    usage = StorageUsage._meta
+    table = quote(Run._meta.db_table)
+    lock = (
+        "SELECT set_config('synchronous_commit', 'off', true), set_config('omlweb.claim_lock', %s, true) "
+        f"FROM {quote(usage.db_table)} WHERE {quote(usage.pk.attname)} = %s FOR UPDATE"
+    )
+    claim = _claim_sql("postgresql") + " AND current_setting('omlweb.claim_lock', true) = %s"
+    name = {field: quote(str(_field(field).column)) for field in ("id", "status", "cancel_requested_at", "attempts")}
+    queued = (
+        f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {name['id']} = %s AND {name['status']} = %s "
+        f"AND {name['cancel_requested_at']} IS NULL AND {name['attempts']} = %s)"
+    )
+    return f"BEGIN; {lock}; {claim}; {queued}; COMMIT"
 
 
 def _field(name: str) -> Field:
