@@ -58,7 +58,9 @@ class PieceJob:
 
     seq: int
     args: tuple = ()
-    arrow: Any = None  # bytes-like (a pyarrow Buffer is one), or None for a piece without rows
+    # The rows as Arrow IPC: one bytes-like or a list of them (a pyarrow Buffer is one: the table's own
+    # memory, sent without a copy), or None for a piece without rows.
+    arrow: Any = None
     tap: Tap | None = None
 
 
@@ -311,7 +313,8 @@ def _serve_warm(
             head = json.dumps({"seq": current.seq, "args": list(current.args), "data": current.arrow is not None})
             parts: list[Any] = [FRAME.pack(len(head)), head.encode()]
             if current.arrow is not None:
-                parts += [FRAME.pack(len(current.arrow)), current.arrow]
+                rows = current.arrow if isinstance(current.arrow, list) else [current.arrow]
+                parts += [FRAME.pack(sum(len(part) for part in rows)), *rows]
             writer.send(*parts)
 
         next_cancel_check = 0.0

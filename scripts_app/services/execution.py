@@ -187,12 +187,32 @@ def _parquet(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def _arrow(table: pa.Table) -> pa.Buffer:
-    """A piece's rows as Arrow IPC, written once from its zero-copy slice; sent to the child as is."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+class _Parts:
+    """A file that keeps what is written to it: Arrow's IPC writer hands it each column's buffer
+    itself (a pyarrow Buffer over the table's memory), so a piece's rows reach the job pipe without
+    the copy a BufferOutputStream makes (40 MB for a million rows of five columns)."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.parts.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _arrow(table: pa.Table) -> list:
+    """A piece's rows as Arrow IPC, in parts over its zero-copy slice; sent to the child as they are."""
+    sink = _Parts()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue()
+    return sink.parts
 
 
 def _run_pieces(
