@@ -442,6 +442,10 @@ def _run_pieces(
             degree = plan_degree(run, len(pieces))
             if live is not None:
                 live.follow_pieces(pieces)
+            if is_cancelled is not None and is_cancelled():
+                # Cancelled while the query ran: no piece starts.
+                cancelled.set()
+                stop.set()
         except Exception as error:
             input_error = error
             stop.set()
