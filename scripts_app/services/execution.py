@@ -270,16 +270,16 @@ def _run_pieces(
     queue: Iterator[tuple[int, Piece]] = iter(())
     # The most children the run may have before its pieces are counted (a table-apply has one piece,
     # an index-apply its `times`); its degree once they are.
-    options = run.apply_options
+    requested = run.apply_options
     most = settings.OMLWEB_APPLY_MAX_PIECES
     if run.kind == Run.Kind.TABLE_APPLY:
         most = 1
     elif run.kind == Run.Kind.INDEX_APPLY:
-        most = options.get("times") or most
+        most = requested.get("times") or most
     degree = degree_for(
         service=run.service,
-        parallel_flag=options.get("parallelFlag", False),
-        parallel=options.get("parallel"),
+        parallel_flag=requested.get("parallelFlag", False),
+        parallel=requested.get("parallel"),
         pieces=most,
     )
     timed_out = threading.Event()
