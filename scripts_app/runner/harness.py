@@ -1014,7 +1014,8 @@ def _run_child(header: dict, fds: list[int], tmp_bytes: int, cgroups: list) -> N
             # A multi-piece child: the common job is the first frame; the pieces follow (serve_pieces).
             first = read_frame(job_r)
             if first is None:
-                raise EOFError("the job pipe ended before the job")
+                # Started while the run's input was read, and no piece was left for it: nothing ran.
+                os._exit(0)
             job = json.loads(first)
         else:
             chunks = []

@@ -58,7 +58,9 @@ class PieceJob:
 
     seq: int
     args: tuple = ()
-    arrow: Any = None  # bytes-like (a pyarrow Buffer is one), or None for a piece without rows
+    # The rows as Arrow IPC: one bytes-like or a list of them (a pyarrow Buffer is one: the table's own
+    # memory, sent without a copy), or None for a piece without rows.
+    arrow: Any = None
     tap: Tap | None = None
 
 
@@ -209,14 +211,16 @@ def serve_pieces(
     *,
     data_options: dict | None = None,
     is_cancelled: Callable[[], bool] | None = None,
-    child_cpu_seconds: int | None = None,
+    child_cpu_seconds: int | Callable[[], int] | None = None,
 ) -> bool:
     """Serve pieces of one run in one child until `take()` gives None; `give()` gets each result.
 
     `job` is what all pieces share (its `data` and `args` are ignored; `data_options` holds
     oml_input_type and oml_na_omit); its wall clock bounds the child, so it is what is left of the
     run's. `job.limits.cpu_seconds` is each piece's; `child_cpu_seconds` bounds the child's pieces
-    together (the run's pieces times that, say). Returns False, having taken no piece, when no warm
+    together (the run's pieces times that, say; a callable is asked when the first piece is taken).
+    The child starts at once and gets the job with its first piece: `take()` may wait (for the run's
+    input query, say) while the child is made. Returns False, having taken no piece, when no warm
     template can run it (the cold mode, or "auto" isolation with no template): the caller then runs
     its pieces one job each.
     The caller holds the run's slot (`runner.slot()`).
@@ -253,7 +257,7 @@ def _serve_warm(
     give: Callable[[PieceJob, Result], None],
     data_options: dict | None,
     is_cancelled: Callable[[], bool] | None,
-    child_cpu_seconds: int | None,
+    child_cpu_seconds: int | Callable[[], int] | None,
 ) -> None:
     started = time.monotonic()
     job_r, job_w = _pipe()
@@ -284,7 +288,7 @@ def _serve_warm(
                 os.close(fd)
             ctl_child.close()
         watch.add(ctl, "ctl")
-        writer.send(FRAME.pack(len(document := _job_document(job, data_options, child_cpu_seconds))), document)
+        sent_job = False
 
         def kill(reason: str) -> None:
             nonlocal killed
@@ -300,7 +304,7 @@ def _serve_warm(
                 ctl.send(b"k")
 
         def next_piece() -> None:
-            nonlocal current, piece_started, done
+            nonlocal current, piece_started, done, sent_job, child_cpu_seconds
             current = None if (killed or done) else take()
             if current is None:
                 done = True
@@ -308,10 +312,19 @@ def _serve_warm(
                 return
             piece_started = time.monotonic()
             watch.begin(current.seq, current.tap)
+            parts: list[Any] = []
+            if not sent_job:
+                # The job goes with the first piece: what it says of the pieces is known by then.
+                sent_job = True
+                if callable(child_cpu_seconds):
+                    child_cpu_seconds = child_cpu_seconds()
+                document = _job_document(job, data_options, child_cpu_seconds)
+                parts += [FRAME.pack(len(document)), document]
             head = json.dumps({"seq": current.seq, "args": list(current.args), "data": current.arrow is not None})
-            parts: list[Any] = [FRAME.pack(len(head)), head.encode()]
+            parts += [FRAME.pack(len(head)), head.encode()]
             if current.arrow is not None:
-                parts += [FRAME.pack(len(current.arrow)), current.arrow]
+                rows = current.arrow if isinstance(current.arrow, list) else [current.arrow]
+                parts += [FRAME.pack(sum(len(part) for part in rows)), *rows]
             writer.send(*parts)
 
         next_cancel_check = 0.0
@@ -374,7 +387,8 @@ def _serve_warm(
         if current is not None:
             watch.drain(time.monotonic() + DRAIN_GRACE_SECONDS)
             # A crash, a kill (time, cancel, memory, CPU), or the template's death: the piece is named.
-            _cpu_verdict(ending, child_cpu_seconds or job.limits.cpu_seconds)
+            total = child_cpu_seconds if isinstance(child_cpu_seconds, int) else None
+            _cpu_verdict(ending, total or job.limits.cpu_seconds)
             give(current, _memory_limit_from_cgroup(_conclude(job, watch, ending, piece_started), job, ending))
             current = None
     except BaseException:

@@ -11,7 +11,6 @@ the run, with a message naming the piece, and stops the others.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import io
@@ -19,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -35,7 +34,15 @@ from scripts_app import runner
 from scripts_app.errors import FAILURE_CODES, Busy, ErrorCode, OmlError
 from scripts_app.models import Run, RunImage
 from scripts_app.services import environments, shares
-from scripts_app.services.apply import Piece, assemble, build_pieces, control_arguments, plan_degree
+from scripts_app.services.apply import (
+    DATA_KINDS,
+    Piece,
+    assemble,
+    build_pieces,
+    control_arguments,
+    degree_for,
+    plan_degree,
+)
 from scripts_app.services.runs import function_kwargs, limits_from_settings
 
 if TYPE_CHECKING:
@@ -77,18 +84,10 @@ def execute_run(
     try:
         # The run's environment (issue 6); this host builds its copy first if it has none.
         python = environments.python_for_run(run)
-        pieces = [Piece(label="run", whole=True)] if whole else build_pieces(run)
-    except OmlError as error:
-        run.finish(Run.Status.FAILED, error_code=error.code, error_message=error.message)
-        return run
     except Exception as error:
-        if whole:
-            raise
-        logger.exception("Run %s: preparing the input failed", run.pk)
-        message = f"The service failed to prepare the input: {error}"
-        run.finish(Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
-        raise
+        return _preparation_failed(run, error, whole=whole)
     if whole:
+        pieces = [Piece(label="run", whole=True)]
         failed = _run_whole(
             run,
             pieces[0],
@@ -98,25 +97,32 @@ def execute_run(
             live=live,
         )
     else:
-        degree = plan_degree(run, len(pieces))
-        if live is not None:
-            live.follow_pieces(pieces)
         try:
-            with runner.slot() if pieces else contextlib.nullcontext():
-                failed = _run_pieces(
+            # The slot first: the run's children start while its input query runs (_run_pieces).
+            with runner.slot():
+                pieces, failed = _run_pieces(
                     run,
-                    pieces,
-                    degree=degree,
+                    lambda: build_pieces(run),
                     deadline=deadline,
                     is_cancelled=is_cancelled,
                     limits=limits or limits_from_settings(),
                     python=python,
                     live=live,
                 )
+        except _InputFailed as failure:
+            return _preparation_failed(run, failure.error, whole=False)
         except runner.RunnerBusy as error:
-            failed = pieces[0]
-            failed.status = "BUSY"
-            failed.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
+            # No slot: the input is still read, so that a bad query is named as before, and the
+            # pieces recorded; a run without pieces needs no slot.
+            try:
+                pieces = build_pieces(run)
+            except Exception as input_error:
+                return _preparation_failed(run, input_error, whole=False)
+            plan_degree(run, len(pieces))
+            failed = pieces[0] if pieces else None
+            if failed is not None:
+                failed.status = "BUSY"
+                failed.result = runner.Result(outcome=runner.Outcome.FAILED, error_message=str(error))
     try:
         _record(run, pieces, failed)
     except BaseException as error:
@@ -131,6 +137,29 @@ def execute_run(
     if failed is not None and failed.status == "BUSY":
         raise Busy(Busy.busy_message)
     return run
+
+
+class _InputFailed(Exception):
+    """The run's input could not be split into pieces (its query failed, say): `error` says why."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _preparation_failed(run: Run, error: Exception, *, whole: bool) -> Run:
+    """A run that failed before any piece ran: its environment, or its input. An OmlError is the
+    run's (recorded FAILED, returned); any other error is a fault of the service (recorded for an
+    apply run, then raised)."""
+    if isinstance(error, OmlError):
+        run.finish(Run.Status.FAILED, error_code=error.code, error_message=error.message)
+        return run
+    if whole:
+        raise error
+    logger.error("Run %s: preparing the input failed", run.pk, exc_info=error)
+    message = f"The service failed to prepare the input: {error}"
+    run.finish(Run.Status.FAILED, error_code=ErrorCode.INTERNAL, error_message=message)
+    raise error
 
 
 def _job(run: Run, *, limits: runner.Limits, python: str | None, **fields: Any) -> runner.Job:
@@ -196,36 +225,75 @@ def _parquet(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def _arrow(table: pa.Table) -> pa.Buffer:
-    """A piece's rows as Arrow IPC, written once from its zero-copy slice; sent to the child as is."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+class _Parts:
+    """A file that keeps what is written to it: Arrow's IPC writer hands it each column's buffer
+    itself (a pyarrow Buffer over the table's memory), so a piece's rows reach the job pipe without
+    the copy a BufferOutputStream makes (40 MB for a million rows of five columns)."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.parts.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _arrow(table: pa.Table) -> list:
+    """A piece's rows as Arrow IPC, in parts over its zero-copy slice; sent to the child as they are."""
+    sink = _Parts()
+    with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue()
+    return sink.parts
 
 
 def _run_pieces(
     run: Run,
-    pieces: list[Piece],
+    build: Callable[[], list[Piece]],
     *,
-    degree: int,
     deadline: float,
     is_cancelled: Callable[[], bool] | None,
     limits: runner.Limits,
     python: str | None = None,
     live: LiveRun | None = None,
-) -> Piece | None:
-    """Run every piece in `degree` children, each taking the next piece until none are left
-    (runner.serve_pieces); returns the first piece that failed, if any."""
+) -> tuple[list[Piece], Piece | None]:
+    """Split the run's input into pieces (`build`, in this thread) while its first children start,
+    then run every piece in up to the run's degree of children, each taking the next piece until
+    none are left (runner.serve_pieces). Returns the pieces and the first that failed, if any;
+    raises _InputFailed, once every child started is told there is nothing to run, when `build` fails.
+    """
     input_type, na_omit = control_arguments(run.parameters)
     frame_orient = "columns" if run.kind == Run.Kind.GROUP_APPLY else "records"
     stop = threading.Event()
     lock = threading.Lock()
     failed: list[Piece] = []
-    queue = iter(enumerate(pieces))
+    # Set once `build` is done (or failed): until then the children started wait for their first piece.
+    ready = threading.Event()
+    pieces: list[Piece] = []
+    queue: Iterator[tuple[int, Piece]] = iter(())
+    # The most children the run may have before its pieces are counted (a table-apply has one piece,
+    # an index-apply its `times`); its degree once they are.
+    requested = run.apply_options
+    most = settings.OMLWEB_APPLY_MAX_PIECES
+    if run.kind == Run.Kind.TABLE_APPLY:
+        most = 1
+    elif run.kind == Run.Kind.INDEX_APPLY:
+        most = requested.get("times") or most
+    degree = degree_for(
+        service=run.service,
+        parallel_flag=requested.get("parallelFlag", False),
+        parallel=requested.get("parallel"),
+        pieces=most,
+    )
     timed_out = threading.Event()
     cancelled = threading.Event()  # the caller's is_cancelled said so
-    has_data = any(piece.data is not None for piece in pieces)
+    has_data = run.kind in DATA_KINDS
     # For the children past the cores (`needed`): pieces taken, when each running one was taken,
     # the fastest piece done.
     taken_count = [0]
@@ -244,6 +312,7 @@ def _run_pieces(
             stop.set()
 
     def next_piece() -> tuple[int, Piece] | None:
+        ready.wait()
         with lock:
             if stop.is_set():
                 return None
@@ -305,9 +374,11 @@ def _run_pieces(
         """One child: takes pieces until none are left. Children past the machine's cores start
         only when the pieces are long enough to be worth one more process (`needed`)."""
         held: dict[int, Piece] = {}
-        eager = min(degree, _cores())
-        if number >= eager and not needed(eager):
-            return
+        if number >= min(degree, _cores()):
+            ready.wait()
+            # `degree` is the run's now: the children at once were started before it was known.
+            if number >= degree or not needed(min(degree, _cores())):
+                return
 
         def take() -> runner.PieceJob | None:
             taken = next_piece()
@@ -336,7 +407,7 @@ def _run_pieces(
                 data_options=options,
                 is_cancelled=stopped,
                 # Each piece has its CPU seconds, as when each piece was a child of its own.
-                child_cpu_seconds=limits.cpu_seconds * len(pieces),
+                child_cpu_seconds=lambda: limits.cpu_seconds * len(pieces),
             )
             if served:
                 return
@@ -355,6 +426,7 @@ def _run_pieces(
     def _held_or_next(held: dict[int, Piece]) -> Piece | None:
         if held:
             return next(iter(held.values()))
+        ready.wait()
         with lock:
             taken = next(queue, None)
         return taken[1] if taken is not None else None
@@ -376,8 +448,24 @@ def _run_pieces(
                 continue
             finished(piece, result)
 
+    input_error: Exception | None = None
     with ThreadPoolExecutor(max_workers=degree, thread_name_prefix=f"apply-{run.pk}") as pool:
         futures = [pool.submit(work, number) for number in range(degree)]
+        try:
+            pieces = build()
+            queue = iter(enumerate(pieces))
+            degree = plan_degree(run, len(pieces))
+            if live is not None:
+                live.follow_pieces(pieces)
+            if is_cancelled is not None and is_cancelled():
+                # Cancelled while the query ran: no piece starts.
+                cancelled.set()
+                stop.set()
+        except Exception as error:
+            input_error = error
+            stop.set()
+        finally:
+            ready.set()
         # The caller's cancel check may query the database: it is asked here, in the caller's thread.
         while wait(futures, timeout=CANCEL_CHECK_SECONDS).not_done:
             if is_cancelled is not None and not stop.is_set() and is_cancelled():
@@ -385,12 +473,14 @@ def _run_pieces(
                 stop.set()
     for future in futures:
         future.result()
+    if input_error is not None:
+        raise _InputFailed(input_error)
     for piece in pieces:
         if piece.status == "PENDING":
             piece.status = "SKIPPED"
             piece.data = None
     if failed:
-        return failed[0]
+        return pieces, failed[0]
     if cancelled.is_set() and any(piece.status == "SKIPPED" for piece in pieces):
         # Cancelled between two pieces (no child was running one to be killed): the first piece
         # left is the cancelled one; a run with pieces never run must not read as SUCCEEDED.
@@ -399,7 +489,7 @@ def _run_pieces(
         late.result = runner.Result(
             outcome=runner.Outcome.CANCELLED, failure=runner.Failure.CANCELLED, error_message="The run was cancelled"
         )
-        return late
+        return pieces, late
     if timed_out.is_set():
         late = next(piece for piece in pieces if piece.status == "SKIPPED")
         late.status = "TIMED_OUT"
@@ -408,8 +498,8 @@ def _run_pieces(
             failure=runner.Failure.TIMEOUT,
             error_message=f"The run exceeded its time limit of {_wall_seconds(run):g} seconds",
         )
-        return late
-    return None
+        return pieces, late
+    return pieces, None
 
 
 def _cores() -> int:
