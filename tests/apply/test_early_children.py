@@ -52,13 +52,13 @@ def settle(baseline: int, timeout: float = 15.0) -> int:
     return count
 
 
-def row_run(user, **options) -> Run:
+def row_run(user, *, query: str = "select * from DATA", rows: int = 10) -> Run:
     return record_run(
         RunRequest(
             kind=Run.Kind.ROW_APPLY,
             script=Script.objects.get(name="rows"),
             user=user,
-            apply_input=ApplyInput(input_query="select * from DATA", rows=10, parallel_flag=True, **options),
+            apply_input=ApplyInput(input_query=query, rows=rows, parallel_flag=True),
             parameters={"oml_input_type": "pandas.DataFrame"},
             service="MEDIUM",
         )
@@ -157,17 +157,7 @@ def test_a_cancel_while_the_query_runs_cancels_the_run_and_ends_its_children(ali
 def test_fewer_pieces_than_children_started(alice, warm):
     """One piece at MEDIUM: the children started before the query was split that get no piece exit
     (nothing runs in them); the run records the degree its pieces allow."""
-    run = record_run(
-        RunRequest(
-            kind=Run.Kind.ROW_APPLY,
-            script=Script.objects.get(name="rows"),
-            user=alice,
-            apply_input=ApplyInput(input_query="select * from DATA", rows=100, parallel_flag=True),
-            parameters={"oml_input_type": "pandas.DataFrame"},
-            service="MEDIUM",
-        )
-    )
-    run = execute_run(run)
+    run = execute_run(row_run(alice, rows=100))
     assert run.status == Run.Status.SUCCEEDED, run.error_message
     assert run.result == [{"N": 40}]
     assert run.apply_options["degree"] == 1
@@ -175,17 +165,7 @@ def test_fewer_pieces_than_children_started(alice, warm):
 
 
 def test_an_empty_query_runs_no_piece(alice, warm):
-    run = record_run(
-        RunRequest(
-            kind=Run.Kind.ROW_APPLY,
-            script=Script.objects.get(name="rows"),
-            user=alice,
-            apply_input=ApplyInput(input_query="select * from DATA where X < 0", rows=10, parallel_flag=True),
-            parameters={"oml_input_type": "pandas.DataFrame"},
-            service="MEDIUM",
-        )
-    )
-    run = execute_run(run)
+    run = execute_run(row_run(alice, query="select * from DATA where X < 0"))
     assert run.status == Run.Status.SUCCEEDED, run.error_message
     assert run.result == []
     assert settle(warm) <= warm
