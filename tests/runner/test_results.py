@@ -186,17 +186,50 @@ def f():
     assert all(_png_ok(figure) for figure in result.figures)
 
 
-def test_a_figure_is_the_bytes_agg_savefig_writes(mode, run):
-    """The PNG that comes back is byte for byte what matplotlib's Agg savefig writes for the same
-    figure here (zlib level 1, as the harness saves it), whatever the title holds."""
+def _decoded(png: bytes):
+    """What a PNG shows and says: its pixels, size, dpi and text, whatever its filters and compression."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image.mode, image.size, image.info, np.asarray(image)
+
+
+def _same_image(png: bytes, other: bytes) -> bool:
+    import numpy as np
+
+    mode, size, info, pixels = _decoded(png)
+    other_mode, other_size, other_info, other_pixels = _decoded(other)
+    return (mode, size, info) == (other_mode, other_size, other_info) and np.array_equal(pixels, other_pixels)
+
+
+def _savefig_here(draw: str, **savefig) -> bytes:
+    """The PNG matplotlib's Agg savefig writes for `draw`'s figure, drawn in the test's process."""
     import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
+    namespace: dict = {}
+    with matplotlib.rc_context():
+        exec(draw, namespace)
+        namespace["f"]()
+        here = plt.gcf()
+        buffer = io.BytesIO()
+        here.savefig(buffer, format="png", **savefig)
+        plt.close(here)
+    return buffer.getvalue()
+
+
+def test_a_figure_is_the_image_agg_savefig_writes(mode, run):
+    """The PNG that comes back shows what matplotlib's Agg savefig writes for the same figure here:
+    the same pixels, size, dpi and Software text, whatever the title holds. (Its rows are written
+    unfiltered at zlib level 1, so its bytes are not Pillow's: docs/runner.md, branch value.)"""
     title = 'sine "quoted" \\ caf\u00e9 \u2603'
     draw = f"""
 import numpy as np
@@ -212,14 +245,101 @@ def f():
     assert result.succeeded, result.error_message + result.stderr
     [figure] = result.figures
     assert figure.title == title
-    x = np.linspace(0, 10, 100)
-    here = plt.figure()
-    plt.plot(x, np.sin(x))
-    plt.title(title)
+    here = _savefig_here(draw, pil_kwargs={"compress_level": 1})
+    assert _same_image(figure.png, here)
+    assert figure.png != here  # the harness's own encoder wrote it, not Pillow's
+    assert figure.png.startswith(b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR")
+
+
+def test_a_figure_keeps_the_scripts_savefig_settings(mode, run):
+    """What a script sets for savefig (dpi, a tight box, a transparent or coloured background) shapes the
+    figure that comes back exactly as it shapes savefig's own, pixel for pixel."""
+    draw = """
+import numpy as np
+import matplotlib.pyplot as plt
+def f():
+    plt.rcParams["savefig.dpi"] = 37
+    plt.rcParams["savefig.bbox"] = "tight"
+    plt.rcParams["savefig.transparent"] = True
+    plt.rcParams["savefig.facecolor"] = "red"
+    figure, axes = plt.subplots(figsize=(3, 2))
+    axes.imshow(np.arange(100.0).reshape(10, 10))
+    axes.set_title("heat")
+    return 1
+"""
+    result = run(draw, graphics=True)
+    assert result.succeeded, result.error_message + result.stderr
+    [figure] = result.figures
+    here = _savefig_here(draw)
+    assert _same_image(figure.png, here)
+    mode_, size, info, _ = _decoded(figure.png)
+    assert size != (640, 480)
+    assert round(info["dpi"][0]) == 37
+
+
+def test_a_figure_on_a_canvas_of_another_backend_is_saved_as_matplotlib_saves_it(mode, run):
+    """A figure the script put on a canvas of its own (here SVG's, which has no print_png) goes through
+    savefig untouched: still a PNG of that figure."""
+    draw = """
+import matplotlib.pyplot as plt
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+def f():
+    figure = plt.figure()
+    FigureCanvasSVG(figure)
+    figure.gca().plot([1, 3, 2])
+    return type(figure.canvas).__name__
+"""
+    result = run(draw, graphics=True)
+    assert result.succeeded, result.error_message + result.stderr
+    assert result.value == "FigureCanvasSVG"
+    [figure] = result.figures
+    _, size, _, _ = _decoded(figure.png)
+    assert size == (640, 480)
+
+
+def test_a_figure_that_fails_to_draw_leaves_its_canvas_as_matplotlib_made_it():
+    """When drawing raises inside the harness's print_png, the error reaches the caller and the
+    canvas keeps no print_png of the harness's: savefig of the fixed figure is matplotlib's own."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pytest
+
+    from scripts_app.runner import harness
+
+    figure = plt.figure()
+    figure.gca().set_title("\ud800")
+    with pytest.raises(TypeError):
+        harness._save_png(figure, io.BytesIO())
+    assert "print_png" not in vars(figure.canvas)
+    figure.gca().set_title("fixed")
     buffer = io.BytesIO()
-    here.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
-    plt.close(here)
-    assert figure.png == buffer.getvalue()
+    harness._save_png(figure, buffer)
+    plain = io.BytesIO()
+    figure.savefig(plain, format="png")
+    plt.close(figure)
+    assert _same_image(buffer.getvalue(), plain.getvalue())
+
+
+def test_png_bytes_holds_any_canvas_size_pixel_for_pixel():
+    """The harness's PNG writer against Pillow's reading, for odd sizes, one pixel, and random pixels
+    (nothing compresses), with the dpi Pillow writes."""
+    import numpy as np
+
+    from scripts_app.runner import harness
+
+    generator = np.random.default_rng(11)
+    for height, width in [(1, 1), (3, 7), (480, 640), (17, 1)]:
+        rgba = generator.integers(0, 256, size=(height, width, 4), dtype=np.uint8)
+        png = harness.png_bytes(rgba, 72.0, "Matplotlib version0, https://matplotlib.org/")
+        mode_, size, info, pixels = _decoded(png)
+        assert (mode_, size) == ("RGBA", (width, height))
+        assert info["Software"] == "Matplotlib version0, https://matplotlib.org/"
+        assert abs(info["dpi"][0] - 72.0) < 0.02  # stored as whole pixels a metre
+        assert np.array_equal(pixels, rgba)
 
 
 def test_the_figures_line_is_what_json_dumps_writes():
