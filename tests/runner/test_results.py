@@ -297,6 +297,26 @@ def f():
     assert size == (640, 480)
 
 
+def test_a_print_png_the_script_gave_its_canvas_is_the_one_savefig_uses(mode, run):
+    """A script that gave its canvas a print_png of its own (here Pillow at zlib level 9) gets what that
+    method writes, byte for byte: the harness's writer stands aside."""
+    draw = """
+import matplotlib.pyplot as plt
+def f():
+    figure = plt.figure()
+    plt.plot([1, 3, 2])
+    canvas = figure.canvas
+    def own(target, **print_figure_kwargs):
+        type(canvas).print_png(canvas, target, pil_kwargs={"compress_level": 9})
+    canvas.print_png = own
+    return 1
+"""
+    result = run(draw, graphics=True)
+    assert result.succeeded, result.error_message + result.stderr
+    [figure] = result.figures
+    assert figure.png == _savefig_here(draw.replace("canvas.print_png = own", "pass"), pil_kwargs={"compress_level": 9})
+
+
 def test_a_figure_that_fails_to_draw_leaves_its_canvas_as_matplotlib_made_it():
     """When drawing raises inside the harness's print_png, the error reaches the caller and the
     canvas keeps no print_png of the harness's: savefig of the fixed figure is matplotlib's own."""
