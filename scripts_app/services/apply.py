@@ -236,7 +236,7 @@ def build_pieces(run: Run) -> list[Piece]:
     with query.open():
         if run.kind == Run.Kind.GROUP_APPLY:
             return _group_pieces(query, options)
-        table = query.fetch(query.relation())
+        table = query.rows()
     if run.kind == Run.Kind.TABLE_APPLY:
         return [Piece(label="table", data=table, rows=table.num_rows)]
     size = options["rows"]
