@@ -253,3 +253,88 @@ def test_a_plain_read_stops_a_huge_result_as_it_streams(alice, settings, tmp_pat
     assert peak_after - peak_before < 150 * 1024**2
     settings.OMLWEB_QUERY_MAX_RESULT_MB = 1000
     assert rows(alice, "select i from HUGE").num_rows == 300000
+
+
+GROUP_KEYS = """
+SELECT i AS "ID", CASE WHEN i % 11 = 0 THEN NULL ELSE (i % 7) - 3 END AS "N",
+       CASE WHEN i % 13 = 0 THEN NULL WHEN i % 5 = 0 THEN '' ELSE ['Z', 'a', 'é', 'ab', 'A'][i % 5 + 1] END AS "S",
+       i % 3 = 0 AS "B", DATE '2020-01-01' + (i % 4)::INTEGER AS "D",
+       TIMESTAMP '2020-01-01' + INTERVAL (i % 2) SECOND AS "T", (i % 3) / 2 AS "F", (i % 9)::UBIGINT AS "U"
+FROM range(3000) t(i)
+"""
+
+
+@pytest.fixture
+def keyed(alice, tmp_path):
+    path = str(tmp_path / "keyed.parquet")
+    connection = duckdb.connect()
+    connection.execute(f"COPY ({GROUP_KEYS}) TO '{path}' (FORMAT parquet)")
+    connection.close()
+    with open(path, "rb") as upload:
+        dataset, _ = dataset_create(owner=alice, name="KEYED", upload=upload, filename="keyed.parquet")
+    return dataset
+
+
+def groups(alice, text, group_by, monkeypatch=None):
+    from scripts_app.services import apply as apply_service
+
+    query = queries.Query(caller=alice, text=text)
+    with query.open():
+        pieces = apply_service._group_pieces(query, {"groupBy": group_by})
+    return [(piece.key, piece.label, piece.rows, piece.data) for piece in pieces]
+
+
+@pytest.mark.parametrize(
+    "group_by", [["N"], ["s"], ["B"], ["D"], ["T"], ["U"], ["S", "N"], ["N", "B", "D"], ["ID"], ["F"], ["F", "S"]]
+)
+def test_a_plain_group_split_gives_what_duckdb_gives(alice, keyed, group_by):
+    """Split with Arrow, a plain query's groups are DuckDB's: the same keys in the same order (NULL last,
+    strings by their bytes), each with exactly its rows, in the dataset's order."""
+    plain = groups(alice, "select * from KEYED", group_by)
+    duck = groups(alice, "select * from KEYED where true", group_by)
+    assert [piece[:3] for piece in plain] == [piece[:3] for piece in duck]
+    assert len(plain) > 1
+    for (_, label, _, found), (_, _, _, expected) in zip(plain, duck, strict=True):
+        assert found.schema == expected.schema
+        ids = found.column("ID").to_pylist()
+        assert sorted(ids) == sorted(expected.column("ID").to_pylist()), label
+        if group_by[0] != "F":
+            assert ids == sorted(ids), label  # the dataset's order within a group
+
+
+def test_a_plain_group_split_is_arrows_only_for_exact_keys(alice, keyed, monkeypatch):
+    """Float keys (NaN, -0.0) and an orderBy are split by DuckDB; integer keys with Arrow, with no
+    DuckDB database."""
+    from scripts_app.services import apply as apply_service
+
+    calls = []
+    real = apply_service._plain_group_pieces
+    monkeypatch.setattr(apply_service, "_plain_group_pieces", lambda *a: calls.append(real(*a)) or calls[-1])
+    taken = []
+    real_take = queries._spare.take
+    monkeypatch.setattr(queries._spare, "take", lambda: taken.append(1) or real_take())
+    assert len(groups(alice, "select * from KEYED", ["N"])) == 8
+    assert calls[-1] is not None
+    assert taken == []
+    groups(alice, "select * from KEYED", ["F"])
+    assert calls[-1] is None
+    assert taken == [1]
+    query = queries.Query(caller=alice, text="select * from KEYED")
+    with query.open():
+        ordered = apply_service._group_pieces(query, {"groupBy": ["N"], "orderBy": ["ID DESC"]})
+    assert len(calls) == 2
+    assert ordered[0].data.column("ID").to_pylist()[:2] == [2996, 2989]  # descending, by DuckDB
+
+
+def test_a_plain_group_apply_through_the_api(alice, alice_api, iris):
+    """group-apply over a plain query, keyed per group as with any other query; a missing groupBy
+    column is the same 400."""
+    make_dataset(alice, "IRIS", iris)
+    make_script(alice, "count", COUNT)
+    plain = apply(alice_api, "group-apply", "count", {"input": "select * from IRIS", "groupBy": "species"})
+    duck = apply(alice_api, "group-apply", "count", {"input": "select * from IRIS where true", "groupBy": "species"})
+    assert plain.status_code == 200, plain.json()
+    assert plain.json() == duck.json() == {"result": {"setosa": 7, "versicolor": 7, "virginica": 7}}
+    missing = apply(alice_api, "group-apply", "count", {"input": "select * from IRIS", "groupBy": "NOPE"})
+    assert missing.status_code == 400
+    assert "no column 'NOPE'" in missing.json()["errorMessage"]
