@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -215,7 +216,7 @@ def _query_check(query: str) -> _Checked:
 
 # A plain query's parse tree (DuckDB's json_serialize_sql) holds these and nothing else: any other key,
 # or any of these with another value (a WHERE, a LIMIT, DISTINCT, a sample, a CTE...), is not plain.
-_PLAIN_NODE = {
+_PLAIN_NODE: dict[str, Any] = {
     "type": "SELECT_NODE",
     "modifiers": [],
     "cte_map": {"map": []},
@@ -227,7 +228,7 @@ _PLAIN_NODE = {
     "sample": None,
     "qualify": None,
 }
-_PLAIN_STAR = {
+_PLAIN_STAR: dict[str, Any] = {
     "class": "STAR",
     "type": "STAR",
     "alias": "",
@@ -239,7 +240,13 @@ _PLAIN_STAR = {
     "qualified_exclude_list": [],
     "rename_list": [],
 }
-_PLAIN_TABLE = {"type": "BASE_TABLE", "sample": None, "column_name_alias": [], "catalog_name": "", "at_clause": None}
+_PLAIN_TABLE: dict[str, Any] = {
+    "type": "BASE_TABLE",
+    "sample": None,
+    "column_name_alias": [],
+    "catalog_name": "",
+    "at_clause": None,
+}
 _LOCATION = ("query_location", "query_location_length")
 
 
@@ -250,7 +257,8 @@ def _plain_columns(connection: duckdb.DuckDBPyConnection, query: str) -> tuple[t
     known here makes the query not plain, and it runs in DuckDB as any other.
     """
     try:
-        tree = json.loads(connection.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+        row = connection.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
+        tree = json.loads(row[0] if row else "")
         [statement] = tree["statements"]
         node = dict(statement["node"])
         if tree.get("error") or set(statement) != {"node", "named_param_map"} or statement["named_param_map"]:
