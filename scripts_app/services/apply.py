@@ -12,7 +12,9 @@ import dataclasses
 import datetime
 import logging
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from django.conf import settings
 
 from scripts_app import runner
@@ -176,6 +178,10 @@ def _sql_name(column: str) -> str:
 
 
 def _group_pieces(query: queries.Query, options: dict) -> list[Piece]:
+    if query.plain and not options.get("orderBy"):
+        pieces = _plain_group_pieces(query, options)
+        if pieces is not None:
+            return pieces
     relation = query.relation()
     columns = list(relation.columns)
     group_by = [_column(name, columns, "groupBy") for name in options.get("groupBy", [])]
@@ -213,6 +219,56 @@ def _group_pieces(query: queries.Query, options: dict) -> list[Piece]:
     return pieces
 
 
+def _plain_group_pieces(query: queries.Query, options: dict) -> list[Piece] | None:
+    """A plain query's groups split in this process with Arrow: its rows read once (`Query.rows`),
+    sorted by the keys (a stable sort: a group's rows in the dataset's order) and cut where a key
+    changes. About two thirds of the CPU of DuckDB's two readings (the counts, then the rows in order).
+    None, having split nothing, when a key's type is not one whose order and equality are DuckDB's
+    exactly (floats: NaN and -0.0; decimals): DuckDB splits those, as before."""
+    table = query.rows()
+    columns = table.column_names
+    group_by = [_column(name, columns, "groupBy") for name in options.get("groupBy", [])]
+    if not group_by:
+        raise BadRequest("groupBy: required for group-apply.")
+    if not all(_exact_key(table.schema.field(column).type) for column in group_by):
+        return None
+    if table.num_rows == 0:
+        return []
+    order = pc.sort_indices(table, sort_keys=[(column, "ascending", "at_end") for column in group_by])
+    rows = table.take(order)
+    changed = np.zeros(rows.num_rows - 1, dtype=bool)
+    for column in group_by:
+        values = rows.column(column).combine_chunks()
+        after, before = values.slice(1), values.slice(0, len(values) - 1)
+        # A NULL is its own group (last): NULL next to a value differs, NULL next to NULL does not.
+        differs = pc.fill_null(pc.not_equal(after, before), True)
+        differs = pc.and_not(differs, pc.and_(pc.is_null(after), pc.is_null(before)))
+        changed |= differs.to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.flatnonzero(changed) + 1])
+    _check_piece_count(len(starts), "groups")
+    sizes = np.diff(np.append(starts, rows.num_rows)).tolist()
+    firsts = rows.select(group_by).take(pa.array(starts))
+    group_values = [firsts.column(i).to_pylist() for i in range(len(group_by))]
+    pieces, seen = [], set()
+    for position, (start, size) in enumerate(zip(starts.tolist(), sizes, strict=True)):
+        key = _group_key([values[position] for values in group_values])
+        while key in seen:
+            key += "_"
+        seen.add(key)
+        pieces.append(Piece(label=f"group {key!r}", key=key, data=rows.slice(start, size), rows=size))
+    return pieces
+
+
+def _exact_key(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_date32(kind)
+        or (pa.types.is_timestamp(kind) and kind.tz is None)
+    )
+
+
 def _same(found, expected) -> bool:
     return found == expected or (found != found and expected != expected)  # NaN is its own group
 
@@ -236,7 +292,7 @@ def build_pieces(run: Run) -> list[Piece]:
     with query.open():
         if run.kind == Run.Kind.GROUP_APPLY:
             return _group_pieces(query, options)
-        table = query.fetch(query.relation())
+        table = query.rows()
     if run.kind == Run.Kind.TABLE_APPLY:
         return [Piece(label="table", data=table, rows=table.num_rows)]
     size = options["rows"]

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
@@ -151,15 +155,29 @@ def _split_qualified(text: str) -> list[str]:
 
 def query_check(query: str) -> list[TableName]:
     """The table names of a single SELECT; anything else is a BadRequest saying why."""
+    return list(_checked(query).names)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    names: tuple[TableName, ...]
+    # For a query that only reads whole columns of one table (`SELECT * FROM T`, `SELECT A, B FROM T`):
+    # the columns it names, or None for `*`. Such a query is read straight from the dataset's Parquet
+    # file (`Query.rows`); `plain` is False for any other query.
+    plain: bool = False
+    columns: tuple[str, ...] | None = None
+
+
+def _checked(query: str) -> _Checked:
     if not isinstance(query, str):
         raise BadRequest("input: the query is empty.")
     # A function of the text alone: a run's query is checked when recorded and again when it runs,
     # and each check opens a DuckDB connection (tens of ms).
-    return list(_query_check(query))
+    return _query_check(query)
 
 
 @functools.lru_cache(maxsize=256)
-def _query_check(query: str) -> tuple[TableName, ...]:
+def _query_check(query: str) -> _Checked:
     if not query.strip():
         raise BadRequest("input: the query is empty.")
     if len(query) > MAX_QUERY_CHARS:
@@ -182,6 +200,7 @@ def _query_check(query: str) -> tuple[TableName, ...]:
             raise BadRequest("input: a query may only read datasets, not files or other sources.") from None
         except duckdb.Error as error:
             raise BadRequest(f"input: the query does not parse: {error}") from None
+        plain = _plain_columns(connection, query)
     finally:
         connection.close()
     names = []
@@ -190,7 +209,90 @@ def _query_check(query: str) -> tuple[TableName, ...]:
         if len(parts) > 2:
             raise BadRequest(f"input: {raw} is not a dataset name; write NAME or owner.NAME.")
         names.append(TableName(parts[0], parts[1]) if len(parts) == 2 else TableName(None, parts[0]))
-    return tuple(names)
+    if plain is None or len(names) != 1:
+        return _Checked(tuple(names))
+    return _Checked(tuple(names), plain=True, columns=plain[0])
+
+
+# A plain query's parse tree (DuckDB's json_serialize_sql) holds these and nothing else: any other key,
+# or any of these with another value (a WHERE, a LIMIT, DISTINCT, a sample, a CTE...), is not plain.
+_PLAIN_NODE: dict[str, Any] = {
+    "type": "SELECT_NODE",
+    "modifiers": [],
+    "cte_map": {"map": []},
+    "where_clause": None,
+    "group_expressions": [],
+    "group_sets": [],
+    "aggregate_handling": "STANDARD_HANDLING",
+    "having": None,
+    "sample": None,
+    "qualify": None,
+}
+_PLAIN_STAR: dict[str, Any] = {
+    "class": "STAR",
+    "type": "STAR",
+    "alias": "",
+    "relation_name": "",
+    "exclude_list": [],
+    "replace_list": [],
+    "columns": False,
+    "expr": None,
+    "qualified_exclude_list": [],
+    "rename_list": [],
+}
+_PLAIN_TABLE: dict[str, Any] = {
+    "type": "BASE_TABLE",
+    "sample": None,
+    "column_name_alias": [],
+    "catalog_name": "",
+    "at_clause": None,
+}
+_LOCATION = ("query_location", "query_location_length")
+
+
+def _plain_columns(connection: duckdb.DuckDBPyConnection, query: str) -> tuple[tuple[str, ...] | None] | None:
+    """(None,) for `SELECT * FROM T`, ((A, B),) for `SELECT A, B FROM T`, None for any other query.
+
+    Read from DuckDB's own parse tree, matched against a whitelist: what the tree holds that is not
+    known here makes the query not plain, and it runs in DuckDB as any other.
+    """
+    try:
+        row = connection.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
+        tree = json.loads(row[0] if row else "")
+        [statement] = tree["statements"]
+        node = dict(statement["node"])
+        if tree.get("error") or set(statement) != {"node", "named_param_map"} or statement["named_param_map"]:
+            return None
+        select_list, table = node.pop("select_list"), node.pop("from_table")
+    except (duckdb.Error, KeyError, TypeError, ValueError):
+        return None
+    if node != _PLAIN_NODE or not isinstance(table, dict):
+        return None
+    table_rest = {key: value for key, value in table.items() if key not in _LOCATION}
+    if {key: table_rest.pop(key, None) for key in _PLAIN_TABLE} != _PLAIN_TABLE:
+        return None
+    if set(table_rest) != {"alias", "schema_name", "table_name", "qualified_name"}:
+        return None
+    if not isinstance(select_list, list) or not select_list:
+        return None
+    items = [{key: value for key, value in item.items() if key not in _LOCATION} for item in select_list]
+    if items == [_PLAIN_STAR]:
+        return (None,)
+    columns = []
+    for item in items:
+        if set(item) != {"class", "type", "alias", "column_names"} or (item["class"], item["type"], item["alias"]) != (
+            "COLUMN_REF",
+            "COLUMN_REF",
+            "",
+        ):
+            return None
+        names = item["column_names"]
+        if not (isinstance(names, list) and len(names) == 1 and isinstance(names[0], str)):
+            return None
+        columns.append(names[0])
+    if len({column.lower() for column in columns}) != len(columns):
+        return None
+    return (tuple(columns),)
 
 
 def resolve_names(*, caller, names: list[TableName]) -> dict[TableName, Dataset]:
@@ -260,17 +362,37 @@ def _local_files(datasets: list[Dataset]) -> Iterator[dict]:
 
 
 class Query:
-    """A checked input query, bound to the datasets it reads; `relation()` inside `open()`."""
+    """A checked input query, bound to the datasets it reads; `relation()` and `rows()` inside `open()`."""
 
     def __init__(self, *, caller, text: str) -> None:
         self.text = text.strip().rstrip(";")
-        self.tables = resolve_names(caller=caller, names=query_check(text))
+        checked = _checked(text)
+        self.tables = resolve_names(caller=caller, names=list(checked.names))
+        self.plain, self.columns = checked.plain, checked.columns
         self.connection: duckdb.DuckDBPyConnection | None = None
+        self.paths: dict | None = None
 
     @contextlib.contextmanager
     def open(self) -> Iterator[Query]:
         datasets = list({d.pk: d for d in self.tables.values()}.values())
         with _local_files(datasets) as paths:
+            self.paths = paths
+            try:
+                if not self.plain:
+                    self._open()
+                # A plain query's rows come from its file (`rows()`): its DuckDB database is made only
+                # if something else is asked of it (group-apply's relation).
+                yield self
+            finally:
+                self.paths = None
+                connection, self.connection = self.connection, None
+                if connection is not None:
+                    _spare.close(connection)
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        if self.paths is None:
+            raise RuntimeError("the query is used outside its `with` block")
+        if self.connection is None:
             connection = _spare.take()
             try:
                 schemas = {t.schema for t in self.tables if t.schema}
@@ -278,19 +400,68 @@ class Query:
                     connection.execute(f"CREATE SCHEMA {_quote(schema)}")
                 for table, dataset in self.tables.items():
                     target = f"{_quote(table.schema)}.{_quote(table.name)}" if table.schema else _quote(table.name)
-                    path = _literal(paths[dataset.pk])
+                    path = _literal(self.paths[dataset.pk])
                     connection.execute(f"CREATE VIEW {target} AS SELECT * FROM read_parquet({path})")
-                _lock(connection, sorted(set(paths.values())))
-                self.connection = connection
-                yield self
-            finally:
-                self.connection = None
+                _lock(connection, sorted(set(self.paths.values())))
+            except BaseException:
                 _spare.close(connection)
-
-    def _open(self) -> duckdb.DuckDBPyConnection:
-        if self.connection is None:
-            raise RuntimeError("the query is used outside its `with` block")
+                raise
+            self.connection = connection
         return self.connection
+
+    def rows(self) -> pa.Table:
+        """All the query's rows, within its limits. A plain query (whole columns of one dataset) is read
+        straight from the dataset's Parquet file when its columns' types come out of DuckDB unchanged:
+        the same table, without DuckDB's read (its CPU, about twice pyarrow's for the same file)."""
+        if self.plain:
+            table = self._read_plain()
+            if table is not None:
+                return table
+        return self.fetch(self.relation())
+
+    def _read_plain(self) -> pa.Table | None:
+        """The plain query's rows read with pyarrow, or None when DuckDB must read them (a column
+        named that the file does not have exactly once: DuckDB's error names it; a type DuckDB
+        returns otherwise). Only the one dataset the query names, which the caller may read."""
+        if self.paths is None:
+            raise RuntimeError("the query is used outside its `with` block")
+        [dataset] = self.tables.values()
+        file = pq.ParquetFile(self.paths[dataset.pk])
+        schema = file.schema_arrow
+        names = schema.names
+        if len({name.lower() for name in names}) != len(names):
+            return None
+        wanted = names
+        if self.columns is not None:
+            wanted = []
+            for column in self.columns:
+                found = [name for name in names if name.lower() == column.lower()]
+                if len(found) != 1:
+                    return None
+                wanted.append(found[0])
+        fields = [pa.field(name, schema.field(name).type) for name in wanted]
+        if not all(_as_duckdb_gives(field.type) for field in fields):
+            return None
+        clean = pa.schema(fields)  # nullable and without metadata, as DuckDB's answer
+        max_rows = settings.OMLWEB_QUERY_MAX_ROWS
+        if file.metadata.num_rows > max_rows:
+            raise BadRequest(_too_many_rows(max_rows))
+        max_bytes = settings.OMLWEB_QUERY_MAX_RESULT_MB * 1024**2
+        deadline = time.monotonic() + settings.OMLWEB_QUERY_TIMEOUT_SECONDS
+        batches, size = [], 0
+        reader = file.iter_batches(
+            batch_size=FETCH_BATCH_ROWS, columns=wanted, use_threads=settings.OMLWEB_QUERY_THREADS > 1
+        )
+        for batch in reader:
+            if batch.schema.names != wanted:
+                return None  # a name pyarrow read as a nested column's path
+            size += batch.nbytes
+            if size > max_bytes:
+                raise BadRequest(_too_many_bytes())
+            if time.monotonic() > deadline:
+                raise BadRequest(_too_long())
+            batches.append(pa.RecordBatch.from_arrays(batch.columns, schema=clean))
+        return pa.Table.from_batches(batches, schema=clean)
 
     def relation(self) -> duckdb.DuckDBPyRelation:
         try:
@@ -316,18 +487,13 @@ class Query:
                 rows += batch.num_rows
                 size += batch.nbytes
                 if rows > max_rows:
-                    raise BadRequest(f"input: the query gives more than {max_rows} rows, the most an apply run takes.")
+                    raise BadRequest(_too_many_rows(max_rows))
                 if size > max_bytes:
-                    raise BadRequest(
-                        f"input: the query's rows take more than {settings.OMLWEB_QUERY_MAX_RESULT_MB} MB, "
-                        "the most an apply run takes (OMLWEB_QUERY_MAX_RESULT_MB)."
-                    )
+                    raise BadRequest(_too_many_bytes())
                 batches.append(batch)
             return pa.Table.from_batches(batches, schema=reader.schema)
         except duckdb.InterruptException:
-            raise BadRequest(
-                f"input: the query ran longer than its limit of {settings.OMLWEB_QUERY_TIMEOUT_SECONDS:g} seconds."
-            ) from None
+            raise BadRequest(_too_long()) from None
         except duckdb.OutOfMemoryException:
             raise BadRequest(
                 f"input: the query needed more than its memory limit of {settings.OMLWEB_QUERY_MEMORY_MB} MB."
@@ -336,6 +502,41 @@ class Query:
             raise BadRequest(f"input: {_first_line(error)}") from None
         finally:
             timer.cancel()
+
+
+def _too_many_rows(max_rows: int) -> str:
+    return f"input: the query gives more than {max_rows} rows, the most an apply run takes."
+
+
+def _too_many_bytes() -> str:
+    return (
+        f"input: the query's rows take more than {settings.OMLWEB_QUERY_MAX_RESULT_MB} MB, "
+        "the most an apply run takes (OMLWEB_QUERY_MAX_RESULT_MB)."
+    )
+
+
+def _too_long() -> str:
+    return f"input: the query ran longer than its limit of {settings.OMLWEB_QUERY_TIMEOUT_SECONDS:g} seconds."
+
+
+def _as_duckdb_gives(kind: pa.DataType) -> bool:
+    """Whether DuckDB's Arrow answer for a Parquet column that pyarrow reads as `kind` is `kind` too
+    (tests/apply/test_plain_queries.py compares each). Not so, among others: a UUID (DuckDB: text),
+    an interval, a timestamp with a time zone or in milliseconds, lists and structs (other field names)."""
+    if pa.types.is_timestamp(kind):
+        return kind.tz is None and kind.unit in ("us", "ns")
+    if pa.types.is_time64(kind):
+        return kind.unit == "us"
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_float32(kind)
+        or pa.types.is_float64(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_date32(kind)
+        or pa.types.is_decimal128(kind)
+    )
 
 
 def _first_line(error: Exception) -> str:
@@ -347,4 +548,4 @@ def query_table(*, caller, text: str) -> pa.Table:
     """The rows of an input query, as an Arrow table."""
     query = Query(caller=caller, text=text)
     with query.open():
-        return query.fetch(query.relation())
+        return query.rows()
