@@ -72,8 +72,9 @@ def start_run(request: RunRequest) -> Run:
     return it QUEUED (published once committed). Refusals are OmlErrors, raised before anything is kept;
     a sync run that could not be run is recorded FAILED and its error raised (Busy, RunnerUnavailable)."""
     if request.asynchronous:
-        with transaction.atomic():
-            run = record_run(request)
+        # Recorded in _record_checked's own transaction (not nested in one here: a savepoint's two
+        # statements more per submission), then published once committed.
+        run = record_run(request)
         job_publish_submitted(run)
         return run
     run = record_run(request, started=True)
