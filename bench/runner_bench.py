@@ -238,8 +238,13 @@ class _HttpClient:
         self.headers = headers or {}
         self.local = threading.local()
 
-    def post(self, path: str, body: dict | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        data = json.dumps(body or {}).encode()
+    def get(self, path: str) -> tuple[int, bytes]:
+        return self.post(path, method="GET")
+
+    def post(
+        self, path: str, body: dict | None = None, headers: dict[str, str] | None = None, *, method: str = "POST"
+    ) -> tuple[int, bytes]:
+        data = json.dumps(body or {}).encode() if method == "POST" else None
         all_headers = {"Content-Type": "application/json", "Accept": "application/json", **self.headers}
         all_headers.update(headers or {})
         for attempt in (1, 2):
@@ -248,7 +253,7 @@ class _HttpClient:
                 connection = http.client.HTTPConnection(self.host, self.port, timeout=120)
                 self.local.connection = connection
             try:
-                connection.request("POST", self.prefix + path, body=data, headers=all_headers)
+                connection.request(method, self.prefix + path, body=data, headers=all_headers)
                 response = connection.getresponse()
                 payload = response.read()
                 if response.getheader("Connection", "").lower() == "close":
@@ -277,6 +282,7 @@ class Service:
             raise Unavailable(f"token request answered {status}: {body[:200]!r}")
         token = json.loads(body)["accessToken"]
         self.client = _HttpClient(base_url, {"Authorization": f"Bearer {token}"})
+        self._wait_for_builds()
         for name, (source, _) in SCRIPTS.items():
             status, body = self.client.post(
                 "/oml/api/py-scripts/v1/scripts",
@@ -284,6 +290,23 @@ class Service:
             )
             if status not in (200, 201):
                 raise Unavailable(f"creating script {name} answered {status}: {body[:200]!r}")
+
+    def _wait_for_builds(self, timeout: float = 600) -> None:
+        """A freshly started service builds its demo environment (bootstrap): seconds of CPU that would
+        be measured against whichever target came first. Wait until no environment is BUILDING."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.client.get("/oml/api/py-scripts/v1/envs")
+            if status != 200:
+                raise Unavailable(f"listing environments answered {status}: {body[:200]!r}")
+            building = [
+                env["name"] for env in json.loads(body)["result"]["envs"] if env["tags"].get("status") == "BUILDING"
+            ]
+            if not building:
+                return
+            print(f"waiting for environment builds: {', '.join(building)}", file=sys.stderr)
+            time.sleep(2)
+        raise Unavailable(f"environments still building after {timeout:g} s")
 
     def call(self, name: str) -> Callable[[], None]:
         graphics = SCRIPTS[name][1]
