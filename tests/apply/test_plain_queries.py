@@ -34,15 +34,20 @@ FROM range(40000) t(i)
 """
 
 
-@pytest.fixture
-def typed(alice, tmp_path):
-    path = str(tmp_path / "typed.parquet")
+def parquet_dataset(owner, tmp_path, name: str, select: str):
+    """A dataset uploaded as the Parquet file DuckDB writes for `select`."""
+    path = str(tmp_path / f"{name}.parquet")
     connection = duckdb.connect()
-    connection.execute(f"COPY ({ALL_TYPES}) TO '{path}' (FORMAT parquet)")
+    connection.execute(f"COPY ({select}) TO '{path}' (FORMAT parquet)")
     connection.close()
     with open(path, "rb") as upload:
-        dataset, _ = dataset_create(owner=alice, name="TYPED", upload=upload, filename="typed.parquet")
+        dataset, _ = dataset_create(owner=owner, name=name, upload=upload, filename=f"{name}.parquet")
     return dataset
+
+
+@pytest.fixture
+def typed(alice, tmp_path):
+    return parquet_dataset(alice, tmp_path, "TYPED", ALL_TYPES)
 
 
 def duckdb_answer(caller, text):
@@ -238,12 +243,7 @@ def test_a_plain_read_keeps_the_time_limit(alice, typed, settings):
 def test_a_plain_read_stops_a_huge_result_as_it_streams(alice, settings, tmp_path):
     """A dataset whose small Parquet file holds 300 MB of text (one value, repeated) is stopped at the
     byte limit a batch at a time: the web process never holds it all."""
-    path = str(tmp_path / "huge.parquet")
-    connection = duckdb.connect()
-    connection.execute(f"COPY (select repeat('x', 1000) as s, i from range(300000) t(i)) TO '{path}' (FORMAT parquet)")
-    connection.close()
-    with open(path, "rb") as upload:
-        dataset_create(owner=alice, name="HUGE", upload=upload, filename="huge.parquet")
+    parquet_dataset(alice, tmp_path, "HUGE", "select repeat('x', 1000) as s, i from range(300000) t(i)")
     settings.OMLWEB_QUERY_MAX_RESULT_MB = 1
     assert queries._checked("select * from HUGE").plain
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -266,13 +266,7 @@ FROM range(3000) t(i)
 
 @pytest.fixture
 def keyed(alice, tmp_path):
-    path = str(tmp_path / "keyed.parquet")
-    connection = duckdb.connect()
-    connection.execute(f"COPY ({GROUP_KEYS}) TO '{path}' (FORMAT parquet)")
-    connection.close()
-    with open(path, "rb") as upload:
-        dataset, _ = dataset_create(owner=alice, name="KEYED", upload=upload, filename="keyed.parquet")
-    return dataset
+    return parquet_dataset(alice, tmp_path, "KEYED", GROUP_KEYS)
 
 
 def groups(alice, text, group_by, monkeypatch=None):
